@@ -1,0 +1,187 @@
+"""SPMD bootstrap: every rank calls init(); rank 0 returns as the head, the others serve.
+
+Under mpiexec/srun the job's ranks are the cluster. A plain ``python script.py``
+(a single rank) spawns local worker ranks with MPI_Comm_spawn instead.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import threading
+import time
+import uuid
+
+import psutil
+
+from . import config as config_mod
+from .launch import under_mpi_launcher
+from .runtime import RankInfo
+
+_SPAWNED_FLAG = "HPCRAY_SPAWNED_WORKER"
+
+
+def _mpi():
+    if "mpi4py.MPI" not in sys.modules:
+        # the mpich wheel's mpiexec must be on PATH for MPI_Comm_spawn in a singleton
+        bindir = os.path.dirname(sys.executable)
+        if bindir not in os.environ.get("PATH", "").split(os.pathsep):
+            os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
+        import mpi4py
+
+        mpi4py.rc.finalize = False
+    from mpi4py import MPI
+
+    return MPI
+
+
+def _node_name() -> str:
+    return os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+
+
+def _describe(comm, config) -> list[RankInfo]:
+    """Every rank's host, pid, node and resources, known to all ranks."""
+    MPI = _mpi()
+    node_comm = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    leader = node_comm.bcast(comm.Get_rank(), root=0)
+    on_node = node_comm.Get_size()
+    node_comm.Free()
+    rank = comm.Get_rank()
+    resources = {}
+    if rank != 0:
+        resources = {"CPU": float(config.cpus_per_rank),
+                     "memory": float(psutil.virtual_memory().total // max(on_node - (leader == 0), 1))}
+        resources.update({k: float(v) for k, v in config.resources.items()})
+    rows = comm.allgather((socket.gethostname(), os.getpid(), leader, _node_name(), resources))
+    leaders = sorted({row[2] for row in rows})
+    return [RankInfo(r, host, pid, f"node-{leaders.index(lead)}", name, res)
+            for r, (host, pid, lead, name, res) in enumerate(rows)]
+
+
+def _spawn_workers(MPI, n: int):
+    args = ["-m", "hpcray._private.bootstrap"]
+    env_ok = os.environ.setdefault(_SPAWNED_FLAG, "1")
+    try:
+        inter = MPI.COMM_SELF.Spawn(sys.executable, args=args, maxprocs=n)
+    finally:
+        if env_ok == "1":
+            os.environ.pop(_SPAWNED_FLAG, None)
+    return inter, inter.Merge(high=False)
+
+
+def start(overrides: dict, num_cpus: int | None):
+    """Collective start-up. Returns the head runtime on rank 0; never returns elsewhere."""
+    MPI = _mpi()
+    if not MPI.Is_initialized():
+        MPI.Init_thread(MPI.THREAD_MULTIPLE)
+    world = MPI.COMM_WORLD
+    parent = MPI.Comm.Get_parent()
+    inter = None
+    if parent != MPI.COMM_NULL:
+        comm = parent.Merge(high=True)
+        inter = parent
+    elif world.Get_size() == 1 and not (under_mpi_launcher() and num_cpus == 0):
+        count = num_cpus if num_cpus else (os.cpu_count() or 1)
+        inter, comm = _spawn_workers(MPI, count)
+    else:
+        comm = world.Dup()
+    overrides = comm.bcast(overrides, root=0)
+    config = config_mod.load(**overrides)
+    job_id = comm.bcast(os.environ.get("SLURM_JOB_ID") or uuid.uuid4().hex[:8], root=0)
+    ranks = _describe(comm, config)
+    from .transport import Transport
+
+    transport = Transport(comm)
+    if comm.Get_rank() == 0:
+        from .head import HeadRuntime
+
+        head = HeadRuntime(transport, config, ranks, job_id)
+        head._mpi = (MPI, comm, inter)
+        head.start()
+        return head
+    from .worker import WorkerRuntime
+
+    from .worker_context import set_current
+
+    worker = WorkerRuntime(transport, config, ranks, job_id)
+    set_current(worker)
+    worker.forward_output()
+    status = 0
+    try:
+        worker.run()
+    except BaseException:
+        import traceback
+
+        traceback.print_exc(file=sys.__stderr__)
+        status = 1
+    _exit(MPI, comm, inter, status, clean=worker.stopping == "shutdown")
+
+
+def _exit(MPI, comm, inter, status: int, clean: bool) -> None:
+    """Ends this process: MPI_Finalize when every rank is healthy, then os._exit."""
+    for stream in (sys.__stdout__, sys.__stderr__):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    if clean:
+        watchdog = threading.Timer(10, os._exit, args=(status,))
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            comm.Free()
+            if inter is not None:
+                inter.Disconnect()
+            MPI.Finalize()
+        except Exception:
+            pass
+    os._exit(status)
+
+
+class _ExitHook:
+    """Remembers whether the driver died of an exception."""
+
+    failed = False
+
+    def install(self) -> None:
+        previous = sys.excepthook
+
+        def hook(kind, value, tb):
+            self.failed = True
+            previous(kind, value, tb)
+
+        sys.excepthook = hook
+
+
+exit_hook = _ExitHook()
+
+
+def stop_head(head) -> None:
+    """Stops the workers; with a dead rank the job ends here with status 1."""
+    head.shutdown()
+    MPI, comm, inter = head._mpi
+    if head.dead_ranks:
+        print(f"hpcray: ranks {head.dead_ranks} died during the job; exiting with status 1",
+              file=sys.stderr, flush=True)
+        _exit(MPI, comm, inter, 1, clean=False)
+
+
+def finalize(head) -> None:
+    """At interpreter exit: releases MPI (bounded in time) and lets Python exit normally."""
+    MPI, comm, inter = head._mpi
+    watchdog = threading.Timer(10, os._exit, args=(1,))
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        comm.Free()
+        if inter is not None:
+            inter.Disconnect()
+        MPI.Finalize()
+    except Exception:
+        pass
+    watchdog.cancel()
+
+
+if __name__ == "__main__":
+    start({}, None)

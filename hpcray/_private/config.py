@@ -1,0 +1,59 @@
+"""Every tuning knob, read from ``HPCRAY_*`` environment variables in one place."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field, fields
+
+
+@dataclass
+class Config:
+    """Runtime settings; each field ``x`` is overridden by the variable ``HPCRAY_X``."""
+
+    #: largest serialized value (bytes) that travels inside control messages
+    inline_max: int = 100 * 1024
+    #: longest idle sleep of a progress loop, in seconds
+    backoff_max: float = 0.001
+    #: how long a progress loop keeps polling without sleeping after activity, in seconds
+    spin_time: float = 0.002
+    #: seconds between a worker's heartbeats to the head
+    heartbeat_interval: float = 1.0
+    #: a rank silent for this long is declared dead (ranks on the head's host are also checked by pid)
+    heartbeat_timeout: float = 8.0
+    #: CPUs each worker rank advertises
+    cpus_per_rank: float = 1.0
+    #: CPUs the head rank advertises (it runs the driver)
+    head_cpus: float = 0.0
+    #: custom resources of every worker rank, as JSON, e.g. '{"accel": 1}'
+    resources: dict = field(default_factory=dict)
+    #: forward what tasks print to the driver, prefixed with rank and host
+    log_to_driver: bool = True
+
+
+def _parse(kind: type, text: str):
+    if kind is bool:
+        return text.strip().lower() not in ("0", "false", "no", "off", "")
+    if kind is dict:
+        value = json.loads(text)
+        if not isinstance(value, dict):
+            raise ValueError(f"expected a JSON object, got {text!r}")
+        return value
+    return kind(text)
+
+
+def load(**overrides) -> Config:
+    """Defaults, then ``HPCRAY_*`` variables, then explicit keyword overrides."""
+    config = Config()
+    for f in fields(Config):
+        text = os.environ.get("HPCRAY_" + f.name.upper())
+        if text is not None:
+            kind = type(getattr(config, f.name))
+            try:
+                setattr(config, f.name, _parse(kind, text))
+            except ValueError as exc:
+                raise ValueError(f"HPCRAY_{f.name.upper()}={text!r} is invalid: {exc}") from None
+    for key, value in overrides.items():
+        if value is not None:
+            setattr(config, key, value)
+    return config

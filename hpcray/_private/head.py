@@ -1,0 +1,667 @@
+"""The head (rank 0): object directory, reference counts, task and actor scheduling.
+
+The driver thread calls the ``on_*`` handlers directly; worker messages reach the
+same handlers through the progress thread. Both hold ``self.lock``.
+"""
+
+from __future__ import annotations
+
+import collections
+import sys
+import threading
+import time
+import traceback
+from typing import Any
+
+import psutil
+
+from .. import exceptions as E
+from . import protocol as P
+from .objects import Stored
+from .runtime import RankInfo, Runtime
+from .scheduler import DEFAULT, Infeasible, InPlacementGroup, Request, Scheduler
+from .serialization import serialize
+
+
+class Entry:
+    """The head's record of one object."""
+
+    __slots__ = ("refs", "ready", "inline", "size", "locations", "waiters", "dependents",
+                 "contained", "producer", "actor_id")
+
+    def __init__(self, refs: int, producer: int = 0):
+        self.refs = refs
+        self.ready = False
+        self.inline: tuple | None = None   # (header, buffers, error) when small or an error
+        self.size = 0
+        self.locations: set[int] = set()   # ranks holding (or being sent) a stored copy
+        self.waiters: set[int] = set()     # ranks that asked for it
+        self.dependents: list[Task] = []
+        self.contained: list[int] = []
+        self.producer = producer
+        self.actor_id = 0                  # an actor handle: dropping it ends the actor
+
+
+class Task:
+    """A task, actor creation or actor call the head is responsible for."""
+
+    __slots__ = ("spec", "rank", "waiting", "retries_left", "pins", "blocked", "cancelled")
+
+    def __init__(self, spec: P.TaskSpec):
+        self.spec = spec
+        self.rank: int | None = None
+        self.waiting = 0
+        self.retries_left = spec.max_retries
+        self.pins = [dep for _, dep in spec.deps] + list(spec.contained)
+        self.blocked = False
+        self.cancelled = False
+
+
+class Actor:
+    """An actor: where it lives and the calls waiting to be sent to it, in order."""
+
+    __slots__ = ("actor_id", "create", "rank", "dead", "cause", "name", "queue", "inflight",
+                 "lifetime", "orphaned", "detached")
+
+    def __init__(self, create: Task):
+        spec = create.spec
+        self.actor_id = spec.actor_id
+        self.create = create
+        self.rank: int | None = None
+        self.dead = False
+        self.cause = ""
+        self.name = spec.options.get("name")
+        self.detached = spec.options.get("lifetime") == "detached"
+        self.queue: collections.deque[Task] = collections.deque()
+        self.inflight: set[int] = set()
+        self.lifetime = spec.options.get("lifetime_resources", {})
+        self.orphaned = False
+
+
+class HeadRuntime(Runtime):
+    """Rank 0: runs the driver's calls and schedules everything over the worker ranks."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.scheduler = Scheduler()
+        for info in self.ranks[1:]:
+            self.scheduler.add_rank(info.rank, info.node_id, info.resources)
+        self.objects: dict[int, Entry] = {}
+        self.tasks: dict[int, Task] = {}
+        self.actors: dict[int, Actor] = {}
+        self.named: dict[str, int] = {}
+        self.fn_blobs: dict[int, bytes] = {}
+        self.fn_sent: list[set[int]] = [set() for _ in self.ranks]
+        self.free_out: dict[int, list[int]] = collections.defaultdict(list)
+        self.pending_pgs: dict[int, int] = {}
+        self.dead_ranks: list[int] = []
+        self.handlers = {
+            P.SUBMIT: self.on_submit, P.DONE: self.on_done, P.REFS: self.on_refs,
+            P.WANT: self.on_want, P.PUT: self.on_put, P.LOG: self.on_log,
+            P.BLOCKED: self.on_blocked, P.HEARTBEAT: lambda src: None,
+            P.REQUEST: self.on_request, P.OBJDATA: self.on_objdata,
+        }
+        self.ops = {
+            "get_actor": self.op_get_actor, "kill": self.op_kill, "cancel": self.op_cancel,
+            "cluster_resources": lambda src: self.scheduler.cluster_resources(),
+            "available_resources": lambda src: self.scheduler.available_resources(),
+            "nodes": self.op_nodes, "pg_create": self.op_pg_create, "pg_remove": self.op_pg_remove,
+            "pg_ranks": lambda src, pg_id: self.scheduler.placement_group_ranks(pg_id),
+        }
+        self.thread = threading.Thread(target=self.progress_loop, name="hpcray-head", daemon=True)
+
+    # -- the head's half of the conversation -----------------------------------------------
+    def start(self) -> None:
+        self.thread.start()
+
+    def to_head(self, msg: tuple) -> None:
+        with self.lock:
+            self.drain_refs()
+            self.handlers[msg[0]](0, *msg[1:])
+            self.flush()
+        self.backoff.kick()
+
+    def request(self, op: str, *args) -> Any:
+        with self.lock:
+            self.drain_refs()
+            try:
+                return self.ops[op](0, *args)
+            finally:
+                self.flush()
+
+    def progress_loop(self) -> None:
+        transport, backoff = self.transport, self.backoff
+        next_check = 0.0
+        while not self.stopping:
+            with self.lock:
+                self.drain_refs()
+                busy = False
+                for _ in range(64):
+                    item = transport.poll()
+                    if item is None:
+                        break
+                    busy = True
+                    src, msg = item
+                    self.ranks[src].last_seen = time.monotonic()
+                    try:
+                        self.handlers[msg[0]](src, *msg[1:])
+                    except Exception:
+                        traceback.print_exc()
+                self.flush()
+                transport.test_sends()
+                if transport.pending_sends():
+                    busy = True
+            now = time.monotonic()
+            if now >= next_check:
+                next_check = now + 0.2
+                self.check_ranks(now)
+            if busy:
+                backoff.reset()
+            else:
+                backoff.sleep()
+
+    def flush(self) -> None:
+        """Sends the FREE messages batched while handling."""
+        if self.free_out:
+            for rank, ids in self.free_out.items():
+                if self.ranks[rank].alive:
+                    self.transport.send(rank, (P.FREE, ids))
+            self.free_out.clear()
+
+    # -- references --------------------------------------------------------------------------
+    def drain_refs(self) -> None:
+        for object_id, delta in self.refs.drain():
+            self.on_ref_change(object_id, delta)
+
+    def on_refs(self, src: int, changes: list) -> None:
+        for object_id, delta in changes:
+            self.on_ref_change(object_id, delta)
+
+    def on_ref_change(self, object_id: int, delta: int) -> None:
+        entry = self.objects.get(object_id)
+        if entry is not None:
+            entry.refs += delta
+            if entry.refs <= 0:
+                self.free(object_id, entry)
+
+    def pin(self, ids) -> None:
+        for object_id in ids:
+            entry = self.objects.get(object_id)
+            if entry is not None:
+                entry.refs += 1
+
+    def unpin(self, ids) -> None:
+        for object_id in ids:
+            self.on_ref_change(object_id, -1)
+
+    def free(self, object_id: int, entry: Entry) -> None:
+        del self.objects[object_id]
+        for rank in entry.locations:
+            if rank == 0:
+                self.store.free((object_id,))
+            else:
+                self.free_out[rank].append(object_id)
+        self.unpin(entry.contained)
+        if entry.actor_id:
+            self.actor_orphaned(entry.actor_id)
+
+    # -- objects -----------------------------------------------------------------------------
+    def error_blob(self, exc: BaseException) -> tuple:
+        header, buffers, _ = serialize(exc)
+        return (header, [bytes(b) for b in buffers], True)
+
+    def on_put(self, src: int, object_id: int, inline, size: int, contained: list) -> None:
+        entry = self.objects[object_id] = Entry(1)
+        entry.ready, entry.inline, entry.size = True, inline, size
+        entry.locations.add(src)
+        entry.contained = contained
+        self.pin(contained)
+
+    def set_ready(self, object_id: int, inline=None, location: int | None = None, size: int = 0,
+                  contained=()) -> None:
+        entry = self.objects.get(object_id)
+        if entry is None:  # every ref was dropped while it was computed
+            if location:
+                self.free_out[location].append(object_id)
+            return
+        entry.ready, entry.inline, entry.size = True, inline, size
+        if location is not None:
+            entry.locations.add(location)
+        if contained:
+            entry.contained = list(contained)
+            self.pin(contained)
+        for rank in entry.waiters:
+            self.deliver(object_id, entry, rank)
+        entry.waiters.clear()
+        dependents, entry.dependents = entry.dependents, []
+        failed = inline is not None and inline[2]
+        for task in dependents:
+            if task.spec.task_id not in self.tasks:
+                continue
+            if failed:
+                self.fail_task(task, inline)
+            else:
+                task.waiting -= 1
+                if task.waiting == 0:
+                    self.task_ready(task)
+
+    def on_want(self, src: int, ids: list) -> None:
+        for object_id in ids:
+            entry = self.objects.get(object_id)
+            if entry is None:
+                self.deliver_error(src, object_id, E.ObjectFreedError(
+                    f"object {object_id:016x} was freed: no ObjectRef to it was left"))
+            elif entry.ready:
+                self.deliver(object_id, entry, src)
+            else:
+                entry.waiters.add(src)
+
+    def deliver_error(self, rank: int, object_id: int, exc: BaseException) -> None:
+        header, buffers, error = self.error_blob(exc)
+        if rank == 0:
+            self.store.add(object_id, Stored(header, buffers, error))
+        else:
+            self.transport.send(rank, (P.OBJ, object_id, header, buffers, error))
+
+    def deliver(self, object_id: int, entry: Entry, rank: int) -> None:
+        """Makes sure ``rank`` gets a copy: inline from here, else pushed by a holder."""
+        if rank in entry.locations:
+            return
+        if entry.inline is not None:
+            header, buffers, error = entry.inline
+            if rank == 0:
+                self.store.add(object_id, Stored(header, buffers, error))
+            else:
+                self.transport.send(rank, (P.OBJ, object_id, header, buffers, error))
+        else:
+            source = min(entry.locations)
+            if source == 0:
+                self.push_local(object_id, rank)
+            else:
+                self.transport.send(source, (P.PUSH, object_id, rank))
+        entry.locations.add(rank)
+
+    def push_local(self, object_id: int, dest: int) -> None:
+        stored = self.store.get(object_id)
+        sizes = [memoryview(b).nbytes for b in stored.buffers]
+        reqs = self.transport.send_buffers(
+            dest, (P.OBJDATA, object_id, stored.header, sizes, stored.error), stored.buffers)
+        if stored.sending is not None:
+            stored.sending.extend(reqs)
+
+    def on_objdata(self, src: int, object_id: int, header: bytes, sizes: list, error: bool) -> None:
+        buffers = self.transport.recv_buffers(src, sizes)
+        self.store.add(object_id, Stored(header, buffers, error))
+
+    # -- tasks -------------------------------------------------------------------------------
+    def on_submit(self, src: int, spec: P.TaskSpec) -> None:
+        task = Task(spec)
+        for object_id in spec.return_ids:
+            self.objects[object_id] = Entry(1, spec.task_id)
+        if spec.fn_blob is not None:
+            self.fn_blobs[spec.fn_id] = spec.fn_blob
+            self.fn_sent[src].add(spec.fn_id)
+            spec.fn_blob = None
+        try:
+            if spec.kind == P.ACTOR_CREATE:
+                self.new_actor(task)
+            elif spec.kind == P.NORMAL:
+                self.scheduler.check_feasible(spec.resources, spec.strategy)
+        except (Infeasible, ValueError) as exc:
+            if src == 0:
+                for object_id in spec.return_ids:
+                    del self.objects[object_id]
+                raise
+            self.tasks[spec.task_id] = task
+            self.fail_task(task, self.error_blob(exc))
+            return
+        self.tasks[spec.task_id] = task
+        self.pin(task.pins)
+        for _, object_id in spec.deps:
+            entry = self.objects.get(object_id)
+            if entry is None:
+                self.fail_task(task, self.error_blob(E.ObjectFreedError(
+                    f"argument object {object_id:016x} of {spec.name} was already freed")))
+                return
+            if not entry.ready:
+                task.waiting += 1
+                entry.dependents.append(task)
+            elif entry.inline is not None and entry.inline[2]:
+                self.fail_task(task, entry.inline)
+                return
+        if spec.kind == P.ACTOR_CALL:
+            actor = self.actors.get(spec.actor_id)
+            if actor is None or actor.dead:
+                self.fail_task(task, self.error_blob(self.actor_died_error(actor, spec.name)))
+                return
+            actor.queue.append(task)
+            self.pump_actor(actor)
+        elif task.waiting == 0:
+            self.task_ready(task)
+
+    def task_ready(self, task: Task) -> None:
+        spec = task.spec
+        if spec.kind == P.ACTOR_CALL:
+            self.pump_actor(self.actors[spec.actor_id])
+            return
+        request = Request(spec.task_id, spec.resources, spec.strategy)
+        rank = self.scheduler.try_place(request)
+        if rank is None:
+            self.scheduler.submit(request)
+        else:
+            self.dispatch(task, rank)
+
+    def schedule_queued(self) -> None:
+        for request, rank in self.scheduler.schedule():
+            task = self.tasks.get(request.id)
+            if task is None:
+                self.scheduler.release(rank, request.resources, self.pg_of(request.strategy))
+            else:
+                self.dispatch(task, rank)
+        for request, why in self.scheduler.take_infeasible():
+            task = self.tasks.get(request.id)
+            if task is not None:
+                self.fail_task(task, self.error_blob(Infeasible(why)))
+        for pg_id, ready_id in list(self.pending_pgs.items()):
+            if self.scheduler.placement_group_ready(pg_id):
+                del self.pending_pgs[pg_id]
+                self.set_ready(ready_id, self.value_blob(True))
+
+    def value_blob(self, value) -> tuple:
+        header, buffers, _ = serialize(value)
+        return (header, [bytes(b) for b in buffers], False)
+
+    @staticmethod
+    def pg_of(strategy) -> InPlacementGroup | None:
+        return strategy if isinstance(strategy, InPlacementGroup) else None
+
+    def dispatch(self, task: Task, rank: int) -> None:
+        spec = task.spec
+        task.rank = rank
+        inline = {}
+        for _, object_id in spec.deps:
+            entry = self.objects[object_id]
+            if entry.inline is not None:
+                inline[object_id] = entry.inline
+            else:
+                self.deliver(object_id, entry, rank)
+        if spec.kind == P.ACTOR_CREATE:
+            actor = self.actors[spec.actor_id]
+            actor.rank = rank
+            placed = spec.resources
+            keep = actor.lifetime
+            extra = {k: v - keep.get(k, 0.0) for k, v in placed.items() if v - keep.get(k, 0.0) > 0}
+            if extra:
+                self.scheduler.release(rank, extra, self.pg_of(spec.strategy))
+        sent = self.fn_sent[rank]
+        if spec.fn_id and spec.fn_id not in sent:
+            spec.fn_blob = self.fn_blobs[spec.fn_id]
+            sent.add(spec.fn_id)
+        self.transport.send(rank, (P.TASK, spec, inline))
+        spec.fn_blob = None
+        if spec.kind == P.ACTOR_CREATE:
+            self.pump_actor(self.actors[spec.actor_id])
+
+    def on_done(self, src: int, task_id: int, results: list, retryable: bool) -> None:
+        task = self.tasks.get(task_id)
+        if task is None:
+            self.free_out[src].extend(r[0] for r in results if r[1] is None)
+            return
+        spec = task.spec
+        if spec.kind == P.NORMAL:
+            if task.blocked:
+                task.blocked = False
+            else:
+                self.scheduler.release(src, spec.resources, self.pg_of(spec.strategy))
+            if retryable and task.retries_left > 0 and not task.cancelled:
+                task.retries_left -= 1
+                task.rank = None
+                self.task_ready(task)
+                self.schedule_queued()
+                return
+        del self.tasks[task_id]
+        for object_id, inline, size, contained, _ in results:
+            self.set_ready(object_id, inline, None if inline is not None else src, size, contained)
+        self.unpin(task.pins)
+        if spec.kind == P.ACTOR_CALL:
+            actor = self.actors[spec.actor_id]
+            actor.inflight.discard(task_id)
+            self.maybe_end_actor(actor)
+        elif spec.kind == P.ACTOR_CREATE:
+            failed = results and results[0][1] is not None and results[0][4]
+            if failed:
+                self.end_actor(self.actors[spec.actor_id], "its __init__ raised (see the error above)",
+                               notify_rank=False)
+        if spec.kind == P.NORMAL:
+            self.schedule_queued()
+
+    def fail_task(self, task: Task, blob: tuple) -> None:
+        """Ends a task that will not run (or not again): its results become the error."""
+        spec = task.spec
+        if self.tasks.pop(spec.task_id, None) is None:
+            return
+        if task.rank is None and spec.kind == P.NORMAL:
+            self.scheduler.cancel(spec.task_id)
+        for object_id in spec.return_ids:
+            self.set_ready(object_id, blob)
+        self.unpin(task.pins)
+        if spec.kind == P.ACTOR_CREATE:
+            actor = self.actors.get(spec.actor_id)
+            if actor is not None and not actor.dead:
+                self.end_actor(actor, "it could not be created", notify_rank=False)
+
+    def on_blocked(self, src: int, task_id: int, blocked: bool) -> None:
+        """A task waiting in a nested get lends its resources to others, as Ray does."""
+        task = self.tasks.get(task_id)
+        if task is None or task.spec.kind != P.NORMAL or task.rank != src or task.blocked == blocked:
+            return
+        task.blocked = blocked
+        spec = task.spec
+        if blocked:
+            self.scheduler.release(src, spec.resources, self.pg_of(spec.strategy))
+            self.schedule_queued()
+        else:
+            self.scheduler.acquire(src, spec.resources, self.pg_of(spec.strategy))
+
+    # -- actors ------------------------------------------------------------------------------
+    def new_actor(self, task: Task) -> None:
+        spec = task.spec
+        self.scheduler.check_feasible(spec.resources, spec.strategy)
+        actor = Actor(task)
+        if actor.name:
+            taken = self.named.get(actor.name)
+            if taken is not None and not self.actors[taken].dead:
+                raise ValueError(f"an actor named {actor.name!r} already exists; pick another name "
+                                 "or use get_actor()/options(get_if_exists=True)")
+            self.named[actor.name] = actor.actor_id
+        self.actors[spec.actor_id] = actor
+        self.objects[spec.return_ids[0]].actor_id = spec.actor_id
+
+    def pump_actor(self, actor: Actor) -> None:
+        """Sends queued calls to the actor in submission order, each once its args are ready."""
+        if actor.rank is None:
+            return
+        queue = actor.queue
+        while queue and not actor.dead and queue[0].waiting == 0:
+            task = queue.popleft()
+            if task.spec.task_id in self.tasks:
+                actor.inflight.add(task.spec.task_id)
+                self.dispatch(task, actor.rank)
+
+    def actor_died_error(self, actor: Actor | None, name: str) -> E.ActorDiedError:
+        why = actor.cause if actor is not None else "it does not exist"
+        return E.ActorDiedError(f"the actor is dead ({why}), so {name} cannot run")
+
+    def end_actor(self, actor: Actor, cause: str, notify_rank: bool = True) -> None:
+        if actor.dead:
+            return
+        actor.dead = True
+        actor.cause = cause
+        if actor.name and self.named.get(actor.name) == actor.actor_id:
+            del self.named[actor.name]
+        if actor.rank is not None and self.ranks[actor.rank].alive:
+            if notify_rank:
+                self.transport.send(actor.rank, (P.KILL_ACTOR, actor.actor_id))
+            if actor.lifetime:
+                self.scheduler.release(actor.rank, actor.lifetime,
+                                       self.pg_of(actor.create.spec.strategy))
+        elif actor.rank is None and actor.create.spec.task_id in self.tasks:
+            self.scheduler.cancel(actor.create.spec.task_id)
+        pending = [self.tasks[t] for t in actor.inflight if t in self.tasks] + list(actor.queue)
+        actor.queue.clear()
+        actor.inflight.clear()
+        for task in pending:
+            self.fail_task(task, self.error_blob(self.actor_died_error(actor, task.spec.name)))
+        create = self.tasks.get(actor.create.spec.task_id)
+        if create is not None:
+            self.fail_task(create, self.error_blob(self.actor_died_error(actor, create.spec.name)))
+        self.schedule_queued()
+
+    def actor_orphaned(self, actor_id: int) -> None:
+        actor = self.actors.get(actor_id)
+        if actor is not None and not actor.detached:
+            actor.orphaned = True
+            self.maybe_end_actor(actor)
+
+    def maybe_end_actor(self, actor: Actor) -> None:
+        if actor.orphaned and not actor.inflight and not actor.queue and not actor.dead:
+            self.end_actor(actor, "every handle to it went out of scope")
+            del self.actors[actor.actor_id]
+
+    # -- requests ----------------------------------------------------------------------------
+    def on_request(self, src: int, req_id: int, op: str, args: tuple) -> None:
+        try:
+            self.transport.send(src, (P.REPLY, req_id, True, self.ops[op](src, *args)))
+        except Exception as exc:
+            self.transport.send(src, (P.REPLY, req_id, False, exc))
+
+    def op_get_actor(self, src: int, name: str):
+        actor_id = self.named.get(name)
+        actor = self.actors.get(actor_id) if actor_id is not None else None
+        if actor is None or actor.dead:
+            raise ValueError(f"no live actor named {name!r}")
+        spec = actor.create.spec
+        return actor_id, spec.return_ids[0], spec.options.get("class_info")
+
+    def op_kill(self, src: int, actor_id: int) -> None:
+        actor = self.actors.get(actor_id)
+        if actor is not None:
+            self.end_actor(actor, "it was killed with hpcray.kill()")
+
+    def op_cancel(self, src: int, object_id: int, force: bool) -> bool:
+        entry = self.objects.get(object_id)
+        task = self.tasks.get(entry.producer) if entry is not None else None
+        if task is None:
+            return False
+        task.cancelled = True
+        if task.rank is None:
+            if task.spec.kind == P.ACTOR_CALL:
+                actor = self.actors.get(task.spec.actor_id)
+                if actor is not None and task in actor.queue:
+                    actor.queue.remove(task)
+            self.fail_task(task, self.error_blob(E.TaskCancelledError(
+                f"{task.spec.name} was cancelled before it started")))
+        else:
+            self.transport.send(task.rank, (P.CANCEL, task.spec.task_id, force))
+        return True
+
+    def op_nodes(self, src: int) -> list[dict]:
+        nodes: dict[str, dict] = {}
+        for info in self.ranks:
+            node = nodes.setdefault(info.node_id, {
+                "NodeID": info.node_id, "NodeName": info.node_name, "NodeManagerHostname": info.host,
+                "Alive": False, "Resources": {}, "Ranks": []})
+            node["Alive"] = node["Alive"] or info.alive
+            node["Ranks"].append(info.rank)
+            if info.alive:
+                for k, v in info.resources.items():
+                    node["Resources"][k] = node["Resources"].get(k, 0.0) + v
+        return list(nodes.values())
+
+    def op_pg_create(self, src: int, pg_id: int, bundles: list, strategy: str, ready_id: int) -> None:
+        self.scheduler.create_placement_group(pg_id, bundles, strategy)
+        self.objects[ready_id] = Entry(1)
+        if self.scheduler.placement_group_ready(pg_id):
+            self.set_ready(ready_id, self.value_blob(True))
+        else:
+            self.pending_pgs[pg_id] = ready_id
+
+    def op_pg_remove(self, src: int, pg_id: int) -> None:
+        self.scheduler.remove_placement_group(pg_id)
+        ready_id = self.pending_pgs.pop(pg_id, None)
+        if ready_id is not None:
+            self.set_ready(ready_id, self.error_blob(E.HpcrayError(
+                f"placement group {pg_id} was removed before it was ready")))
+        self.schedule_queued()
+
+    # -- output and failures -----------------------------------------------------------------
+    def on_log(self, src: int, text: str) -> None:
+        info = self.ranks[src]
+        prefix = f"(rank={src} pid={info.pid} host={info.host}) "
+        lines = text.splitlines()
+        sys.stdout.write("".join(prefix + line + "\n" for line in lines))
+        sys.stdout.flush()
+
+    def check_ranks(self, now: float) -> None:
+        """Declares ranks dead: by pid on this host, by silence elsewhere."""
+        for info in self.ranks[1:]:
+            if not info.alive:
+                continue
+            if info.host == self.host:
+                try:
+                    gone = psutil.Process(info.pid).status() == psutil.STATUS_ZOMBIE
+                except psutil.NoSuchProcess:
+                    gone = True
+            else:
+                gone = now - info.last_seen > self.config.heartbeat_timeout
+            if gone:
+                with self.lock:
+                    self.rank_died(info)
+
+    def rank_died(self, info: RankInfo) -> None:
+        rank = info.rank
+        info.alive = False
+        self.dead_ranks.append(rank)
+        print(f"hpcray: rank {rank} (pid {info.pid} on {info.host}) died", file=sys.stderr,
+              flush=True)
+        self.scheduler.remove_rank(rank)
+        for actor in list(self.actors.values()):
+            if actor.rank == rank:
+                self.end_actor(actor, f"its rank {rank} on {info.host} died", notify_rank=False)
+        crashed = E.WorkerCrashedError(f"rank {rank} (pid {info.pid} on {info.host}) died while "
+                                       "running the task")
+        for task in [t for t in self.tasks.values() if t.rank == rank]:
+            if task.spec.kind == P.NORMAL and task.retries_left > 0 and not task.cancelled:
+                task.retries_left -= 1
+                task.rank = None
+                task.blocked = False
+                self.task_ready(task)
+            else:
+                self.fail_task(task, self.error_blob(crashed))
+        lost = E.ObjectLostError(f"the only copy was on rank {rank} (host {info.host}), which died")
+        for object_id, entry in list(self.objects.items()):
+            entry.waiters.discard(rank)
+            if rank in entry.locations:
+                entry.locations.discard(rank)
+                if entry.ready and entry.inline is None and not entry.locations:
+                    entry.ready = False
+                    self.set_ready(object_id, self.error_blob(lost))
+        self.free_out.pop(rank, None)
+        self.schedule_queued()
+        self.flush()
+
+    def shutdown(self) -> None:
+        """Stops the workers and the progress thread."""
+        with self.lock:
+            self.drain_refs()
+            for info in self.ranks[1:]:
+                if info.alive:
+                    self.transport.send(info.rank, (P.SHUTDOWN,))
+        deadline = time.monotonic() + 5
+        while self.transport.pending_sends() and time.monotonic() < deadline:
+            self.transport.test_sends()
+            time.sleep(0.001)
+        self.stopping = True
+        self.backoff.kick()
+        if self.thread.is_alive() and threading.current_thread() is not self.thread:
+            self.thread.join(timeout=5)

@@ -1,0 +1,144 @@
+"""Finding and driving ``mpiexec`` to start an hpcray MPI job."""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+__all__ = [
+    "find_mpiexec",
+    "mpi_flavor",
+    "mpiexec_command",
+    "under_mpi_launcher",
+]
+
+_ENV_VAR = "HPCRAY_MPIEXEC"
+
+_INSTALL_HINT = (
+    'install an MPI launcher with `pip install mpich` (or `pip install "hpcray[mpich]"`), '
+    f"or point {_ENV_VAR} at an existing mpiexec/mpirun"
+)
+
+
+def _is_executable(path: Path) -> bool:
+    return path.is_file() and os.access(path, os.X_OK)
+
+
+def find_mpiexec() -> str:
+    """Return the path of the ``mpiexec`` to use, or raise RuntimeError with a fix-it hint."""
+    override = os.environ.get(_ENV_VAR)
+    if override:
+        candidate = Path(override).expanduser()
+        if _is_executable(candidate):
+            return str(candidate)
+        if os.sep not in override:
+            found = shutil.which(override)
+            if found:
+                return found
+        raise RuntimeError(
+            f"{_ENV_VAR}={override!r} does not name an executable file; "
+            f"fix or unset {_ENV_VAR}, or {_INSTALL_HINT}"
+        )
+
+    # The `mpich` wheel installs mpiexec into the environment's bin/, next to python.
+    # Look next to the unresolved interpreter first (virtualenvs symlink python).
+    exe = Path(sys.executable)
+    for bindir in dict.fromkeys([exe.parent, exe.resolve().parent]):
+        candidate = bindir / "mpiexec"
+        if _is_executable(candidate):
+            return str(candidate)
+
+    for name in ("mpiexec", "mpirun"):
+        found = shutil.which(name)
+        if found:
+            return found
+
+    raise RuntimeError(f"no mpiexec/mpirun found: {_INSTALL_HINT}")
+
+
+@functools.cache
+def mpi_flavor(mpiexec: str) -> str:
+    """Return "mpich", "openmpi" or "unknown" from ``mpiexec --version`` (cached per path)."""
+    try:
+        proc = subprocess.run(
+            [mpiexec, "--version"],
+            check=False,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=20,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    text = (proc.stdout + "\n" + proc.stderr).lower()
+    if any(key in text for key in ("open mpi", "openrte", "prte", "pmix reference")):
+        return "openmpi"
+    if "hydra" in text or "mpich" in text:
+        return "mpich"
+    return "unknown"
+
+
+def _is_root() -> bool:
+    geteuid = getattr(os, "geteuid", None)
+    return geteuid is not None and geteuid() == 0
+
+
+def mpiexec_command(
+    n: int,
+    argv: list[str],
+    mpiexec: str | None = None,
+    extra: list[str] | None = None,
+) -> tuple[list[str], dict[str, str]]:
+    """Return ``(command, env_additions)`` that run ``argv`` on ``n`` MPI ranks."""
+    if n < 1:
+        raise ValueError(f"need at least one rank, got n={n}")
+    if not argv:
+        raise ValueError("argv must not be empty")
+    exe = mpiexec or find_mpiexec()
+    flavor = mpi_flavor(exe)
+    cmd = [exe, "-n", str(n)]
+    env: dict[str, str] = {}
+    if flavor == "mpich":
+        # Hydra normally kills the whole job when one rank dies; hpcray detects dead
+        # worker ranks itself and carries on, so keep the surviving ranks alive.
+        cmd.append("-disable-auto-cleanup")
+    elif flavor == "openmpi":
+        # Allow more ranks than cores/slots (head + one worker per core is the default).
+        cmd.append("--oversubscribe")
+        if _is_root():
+            # Open MPI refuses to run as root (containers, CI) unless both are set.
+            env["OMPI_ALLOW_RUN_AS_ROOT"] = "1"
+            env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
+    cmd.extend(extra or [])
+    cmd.extend(argv)
+    return cmd, env
+
+
+# Set by a process manager for every rank it starts.
+_LAUNCHER_VARS = (
+    "PMI_RANK",
+    "PMI_SIZE",
+    "PMI_FD",
+    "PMIX_RANK",
+    "PMIX_NAMESPACE",
+    "OMPI_COMM_WORLD_SIZE",
+    "OMPI_COMM_WORLD_RANK",
+    "MPI_LOCALNRANKS",
+    "HYDI_CONTROL_FD",
+)
+
+
+def under_mpi_launcher() -> bool:
+    """Return True when this process was started as an MPI rank by mpiexec/mpirun/srun."""
+    env = os.environ
+    if any(env.get(var) for var in _LAUNCHER_VARS):
+        return True
+    # srun sets SLURM_STEP_ID for any step; it is an MPI launch only with a PMI plugin.
+    return env.get("SLURM_STEP_ID") is not None and any(
+        k.startswith(("PMI_", "PMIX_")) for k in env
+    )

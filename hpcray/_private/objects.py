@@ -1,0 +1,84 @@
+"""Objects on one rank: the local store and per-rank reference counting.
+
+Counting is two-level. Each process counts its live ObjectRef instances per id
+and tells the head only when a count goes 0 -> 1 or 1 -> 0; the head frees an
+object everywhere once no rank holds it and no task or object pins it.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from dataclasses import dataclass, field
+
+from .serialization import deserialize
+
+# (object id, event): +1 a ref appeared, -1 one was dropped, 0 a ref created by
+# this rank's own submit/put, which the head already counts.
+ADD, DROP, CREATED = 1, -1, 0
+ref_events: collections.deque = collections.deque()
+
+
+class RefTracker:
+    """Turns ObjectRef construction/destruction events into per-rank transitions."""
+
+    def __init__(self):
+        self.counts: dict[int, int] = {}
+
+    def drain(self) -> list[tuple[int, int]]:
+        """Returns (id, +1|-1) for ids this rank started or stopped holding."""
+        changes = []
+        counts = self.counts
+        pop = ref_events.popleft
+        while ref_events:
+            object_id, event = pop()
+            before = counts.get(object_id, 0)
+            after = before + (1 if event == CREATED else event)
+            if after:
+                counts[object_id] = after
+            else:
+                del counts[object_id]
+            if event != CREATED and (before == 0 or after == 0):
+                changes.append((object_id, event))
+        return changes
+
+
+@dataclass
+class Stored:
+    """A serialized value held by this rank."""
+
+    header: bytes
+    buffers: list
+    error: bool = False          # the value is an exception for get() to raise
+    sending: list | None = None  # MPI requests still reading borrowed buffers
+
+    @property
+    def size(self) -> int:
+        return len(self.header) + sum(memoryview(b).nbytes for b in self.buffers)
+
+    def value(self):
+        return deserialize(self.header, self.buffers)
+
+
+@dataclass
+class LocalStore:
+    """Values present on this rank, and threads waiting for them."""
+
+    objects: dict[int, Stored] = field(default_factory=dict)
+    cond: threading.Condition = field(default_factory=threading.Condition)
+
+    def __contains__(self, object_id: int) -> bool:
+        return object_id in self.objects
+
+    def get(self, object_id: int) -> Stored | None:
+        return self.objects.get(object_id)
+
+    def add(self, object_id: int, stored: Stored) -> None:
+        self.objects[object_id] = stored
+        with self.cond:
+            self.cond.notify_all()
+
+    def free(self, object_ids) -> None:
+        for object_id in object_ids:
+            self.objects.pop(object_id, None)
+

@@ -1,0 +1,80 @@
+"""Validation of ``.options(...)``/``@remote(...)`` keywords, with Ray's names and defaults."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .scheduler import DEFAULT, SPREAD, InPlacementGroup, NodeAffinity
+
+COMMON = {"num_cpus", "num_gpus", "resources", "memory", "scheduling_strategy", "placement_group",
+          "placement_group_bundle_index", "placement_group_capture_child_tasks", "runtime_env",
+          "accelerator_type", "label_selector", "_metadata"}
+TASK = COMMON | {"num_returns", "max_retries", "retry_exceptions", "max_calls", "name"}
+ACTOR = COMMON | {"name", "namespace", "lifetime", "max_concurrency", "max_restarts",
+                  "max_task_retries", "get_if_exists", "max_pending_calls", "concurrency_groups"}
+METHOD = {"num_returns", "name", "max_task_retries", "retry_exceptions", "concurrency_group"}
+
+
+def validate(options: dict[str, Any], allowed: set[str], what: str) -> dict[str, Any]:
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise ValueError(f"invalid option(s) {unknown} for {what}; valid options are "
+                         f"{sorted(allowed)}")
+    for key in ("num_cpus", "num_gpus", "memory"):
+        value = options.get(key)
+        if value is not None and (not isinstance(value, (int, float)) or value < 0):
+            raise ValueError(f"{key} must be a non-negative number, got {value!r}")
+    resources = options.get("resources")
+    if resources is not None:
+        if not isinstance(resources, dict):
+            raise ValueError(f"resources must be a dict, got {type(resources).__name__}")
+        for key, value in resources.items():
+            if key in ("CPU", "GPU", "memory"):
+                raise ValueError(f"use num_cpus/num_gpus/memory instead of resources={{{key!r}: ...}}")
+            if not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"resource {key!r} must be a non-negative number, got {value!r}")
+    num_returns = options.get("num_returns")
+    if num_returns is not None and (not isinstance(num_returns, int) or num_returns < 0):
+        raise ValueError(f"num_returns must be a non-negative int, got {num_returns!r}")
+    lifetime = options.get("lifetime")
+    if lifetime not in (None, "detached", "non_detached"):
+        raise ValueError(f"lifetime must be 'detached' or 'non_detached', got {lifetime!r}")
+    concurrency = options.get("max_concurrency")
+    if concurrency is not None and (not isinstance(concurrency, int) or concurrency < 1):
+        raise ValueError(f"max_concurrency must be an int >= 1, got {concurrency!r}")
+    return options
+
+
+def resources_of(options: dict[str, Any], default_cpus: float) -> dict[str, float]:
+    cpus = options.get("num_cpus")
+    out = {"CPU": float(default_cpus if cpus is None else cpus)}
+    if options.get("num_gpus"):
+        out["GPU"] = float(options["num_gpus"])
+    if options.get("memory"):
+        out["memory"] = float(options["memory"])
+    for key, value in (options.get("resources") or {}).items():
+        out[key] = float(value)
+    return {k: v for k, v in out.items() if v > 0}
+
+
+def strategy_of(options: dict[str, Any]):
+    """Turns scheduling options into the scheduler's strategy value."""
+    from ..util.scheduling_strategies import (NodeAffinitySchedulingStrategy,
+                                              PlacementGroupSchedulingStrategy)
+
+    strategy = options.get("scheduling_strategy")
+    pg = options.get("placement_group")
+    if pg is not None and pg != "default":
+        strategy = PlacementGroupSchedulingStrategy(pg, options.get("placement_group_bundle_index", -1))
+    if strategy is None or strategy == DEFAULT:
+        return DEFAULT
+    if strategy == SPREAD:
+        return SPREAD
+    if isinstance(strategy, PlacementGroupSchedulingStrategy):
+        if strategy.placement_group is None:
+            return DEFAULT
+        return InPlacementGroup(strategy.placement_group.id, strategy.placement_group_bundle_index)
+    if isinstance(strategy, NodeAffinitySchedulingStrategy):
+        return NodeAffinity(strategy.node_id, strategy.soft)
+    raise ValueError(f"unknown scheduling_strategy {strategy!r}: use 'DEFAULT', 'SPREAD', a "
+                     "PlacementGroupSchedulingStrategy or a NodeAffinitySchedulingStrategy")

@@ -1,0 +1,227 @@
+"""What every rank's runtime does for the code running on it: submit, put, get, wait.
+
+The head (rank 0) and the workers share this client half; they differ only in
+how a message reaches the head: a direct call on rank 0, an MPI send elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from typing import Any
+
+from ..exceptions import GetTimeoutError, TaskError
+from ..object_ref import ObjectRef
+from . import protocol as P
+from .config import Config
+from .objects import LocalStore, RefTracker, Stored
+from .serialization import serialize
+from .transport import Backoff, Transport
+
+
+class RankInfo:
+    """What the head knows about one rank."""
+
+    __slots__ = ("rank", "host", "pid", "node_id", "node_name", "resources", "alive", "last_seen")
+
+    def __init__(self, rank: int, host: str, pid: int, node_id: str, node_name: str,
+                 resources: dict):
+        self.rank, self.host, self.pid = rank, host, pid
+        self.node_id, self.node_name, self.resources = node_id, node_name, resources
+        self.alive = True
+        self.last_seen = time.monotonic()
+
+
+class Runtime:
+    """State and client operations shared by the head and the workers."""
+
+    def __init__(self, transport: Transport, config: Config, ranks: list[RankInfo], job_id: str):
+        self.transport = transport
+        self.lock = transport.lock
+        self.config = config
+        self.rank = transport.rank
+        self.ranks = ranks
+        self.job_id = job_id
+        self.host = socket.gethostname()
+        self.pid = os.getpid()
+        self.ids = P.Ids(self.rank)
+        self.store = LocalStore()
+        self.refs = RefTracker()
+        self.backoff = Backoff(config.spin_time, config.backoff_max)
+        self.functions: dict[int, Any] = {}
+        self.local = threading.local()  # current task / actor of the calling thread
+        self.stopping = False
+
+    # -- reaching the head (differs by role) ----------------------------------------------
+    def to_head(self, msg: tuple) -> None:
+        raise NotImplementedError
+
+    def request(self, op: str, *args) -> Any:
+        raise NotImplementedError
+
+    # -- submission ------------------------------------------------------------------------
+    def pack_args(self, args: tuple, kwargs: dict, name: str) -> tuple:
+        """Splits arguments into (serialized, top-level ref deps, nested ref ids)."""
+        deps = []
+        if args:
+            args = list(args)
+            for i, a in enumerate(args):
+                if type(a) is ObjectRef:
+                    deps.append((i, a.id))
+                    args[i] = None
+        if kwargs:
+            kwargs = dict(kwargs)
+            for k, a in kwargs.items():
+                if type(a) is ObjectRef:
+                    deps.append((k, a.id))
+                    kwargs[k] = None
+        if not args and not kwargs:
+            return None, deps, [], None
+        try:
+            header, buffers, contained = serialize((args, kwargs))
+        except Exception as exc:
+            raise TypeError(f"could not serialize an argument of {name}: {type(exc).__name__}: {exc}."
+                            " Arguments must be picklable; create locks, sockets, open files and "
+                            "the like inside the task instead.") from exc
+        if len(header) + sum(b.nbytes for b in buffers) <= self.config.inline_max:
+            return (header, [bytes(b) for b in buffers]), deps, contained, None
+        # large: ship as an object of its own, moved rank to rank without the head
+        ref = self._store_put(header, buffers, contained, borrowed=self.rank == 0)
+        deps.append(("*", ref.id))
+        return None, deps, [], ref
+
+    def submit(self, spec: P.TaskSpec, num_returns: int) -> list[ObjectRef]:
+        """Sends a task to the head; returns refs to its results."""
+        spec.caller = self.rank
+        spec.return_ids = [self.ids.next() for _ in range(num_returns)]
+        refs = [ObjectRef(i, _created=True) for i in spec.return_ids]
+        self.to_head((P.SUBMIT, spec))
+        return refs
+
+    def settle_borrowed(self, ref: ObjectRef | None) -> None:
+        """After submit: a large argument still referencing the caller's memory is sent or copied."""
+        if ref is None:
+            return
+        stored = self.store.get(ref.id)
+        if stored is None:
+            return
+        if stored.sending:
+            self.transport.wait_requests(stored.sending)
+        else:
+            with self.lock:
+                stored.buffers = [bytearray(b) for b in stored.buffers]
+        stored.sending = None
+
+    # -- objects ---------------------------------------------------------------------------
+    def _store_put(self, header: bytes, buffers: list, contained: list, borrowed: bool = False
+                   ) -> ObjectRef:
+        object_id = self.ids.next()
+        size = len(header) + sum(memoryview(b).nbytes for b in buffers)
+        inline = None
+        if size <= self.config.inline_max:
+            buffers = [bytes(b) for b in buffers]
+            inline = (header, buffers, False)
+        elif not borrowed:
+            buffers = [bytearray(b) for b in buffers]
+        ref = ObjectRef(object_id, _created=True)
+        with self.lock:
+            self.store.add(object_id, Stored(header, buffers, sending=[] if borrowed and inline is None else None))
+            self.to_head((P.PUT, object_id, inline, size, contained))
+        return ref
+
+    def put(self, value: Any) -> ObjectRef:
+        if isinstance(value, ObjectRef):
+            raise TypeError("put() of an ObjectRef is not allowed: pass the ObjectRef itself")
+        try:
+            header, buffers, contained = serialize(value)
+        except Exception as exc:
+            raise TypeError(f"could not serialize the value given to put(): {type(exc).__name__}: "
+                            f"{exc}") from exc
+        return self._store_put(header, buffers, contained)
+
+    def _wait_local(self, ids: list[int], deadline: float | None, count: int | None = None) -> bool:
+        """Asks the head for ids and waits until ``count`` of them (default all) are local."""
+        objects = self.store.objects
+        missing = [i for i in dict.fromkeys(ids) if i not in objects]
+        if not missing:
+            return True
+        need = len(missing) if count is None else count - (len(set(ids)) - len(missing))
+        if need <= 0:
+            return True
+        self.to_head((P.WANT, missing))
+        task = getattr(self.local, "task_id", 0)
+        if task:
+            self.to_head((P.BLOCKED, task, True))
+        try:
+            return self.await_local(missing, deadline, need)
+        finally:
+            if task:
+                self.to_head((P.BLOCKED, task, False))
+
+    def await_local(self, ids: list[int], deadline: float | None, need: int) -> bool:
+        """Waits until ``need`` of ids are in the local store; False on deadline."""
+        objects = self.store.objects
+        cond = self.store.cond
+        with cond:
+            while sum(1 for i in ids if i in objects) < need:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self.backoff.kick()
+                cond.wait(0.05 if remaining is None else min(remaining, 0.05))
+            return True
+
+    def get(self, refs, timeout: float | None = None):
+        """Values of refs (a ref or a list of refs); raises the task's error if it failed."""
+        single = isinstance(refs, ObjectRef)
+        if single:
+            refs = [refs]
+        elif not isinstance(refs, (list, tuple)):
+            raise TypeError(f"get() expects an ObjectRef or a list of ObjectRefs, got "
+                            f"{type(refs).__name__}")
+        ids = []
+        for r in refs:
+            if not isinstance(r, ObjectRef):
+                raise TypeError(f"get() expects ObjectRefs, got an element of type {type(r).__name__}")
+            ids.append(r.id)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._wait_local(ids, deadline):
+            missing = sum(1 for i in set(ids) if i not in self.store.objects)
+            raise GetTimeoutError(f"get() timed out after {timeout} s: {missing} of {len(set(ids))} "
+                                  "objects not ready")
+        values = [self.value_of(i) for i in ids]
+        return values[0] if single else values
+
+    def value_of(self, object_id: int):
+        stored = self.store.objects[object_id]
+        value = stored.value()
+        if stored.error:
+            if isinstance(value, TaskError):
+                raise value.as_instanceof_cause()
+            raise value
+        return value
+
+    def wait(self, refs: list, num_returns: int = 1, timeout: float | None = None,
+             fetch_local: bool = True) -> tuple[list, list]:
+        """Splits refs into (ready, not ready) once num_returns are ready or timeout passes."""
+        if isinstance(refs, ObjectRef) or not isinstance(refs, (list, tuple)):
+            raise TypeError("wait() expects a list of ObjectRefs")
+        if any(not isinstance(r, ObjectRef) for r in refs):
+            raise TypeError("wait() expects a list of ObjectRefs")
+        if len({r.id for r in refs}) != len(refs):
+            raise ValueError("wait() got duplicate ObjectRefs")
+        if not 0 <= num_returns <= len(refs):
+            raise ValueError(f"num_returns must be between 0 and {len(refs)}, got {num_returns}")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._wait_local([r.id for r in refs], deadline, num_returns)
+        objects = self.store.objects
+        ready, not_ready = [], []
+        for r in refs:
+            (ready if r.id in objects and len(ready) < num_returns else not_ready).append(r)
+        return ready, not_ready
+
+    # -- context ---------------------------------------------------------------------------
+    def rank_info(self, rank: int) -> RankInfo:
+        return self.ranks[rank]

@@ -1,0 +1,120 @@
+"""MPI transport: control messages, zero-copy buffer transfers and idle backoff.
+
+Every MPI call goes through one ``Transport`` under its lock, so any thread of a
+rank may send while the progress thread receives.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import numpy as np
+from mpi4py import MPI
+
+CTRL = 11  # pickled control messages, ordered per sender
+DATA = 12  # raw buffers following an OBJDATA control message
+
+
+class Backoff:
+    """Idle waiting for poll loops: spin right after work, then sleep up to ``max_delay``."""
+
+    def __init__(self, spin_time: float, max_delay: float):
+        self.spin_time = spin_time
+        self.max_delay = max_delay
+        self.wakeup = threading.Event()
+        self.reset()
+
+    def reset(self) -> None:
+        self.spin_until = time.monotonic() + self.spin_time
+        self.delay = 0.0
+
+    def kick(self) -> None:
+        """Wakes the sleeping loop now: another thread expects a reply soon."""
+        self.wakeup.set()
+
+    def sleep(self) -> None:
+        if self.wakeup.is_set():
+            self.wakeup.clear()
+            self.reset()
+            return
+        if time.monotonic() < self.spin_until:
+            time.sleep(0)
+            return
+        self.delay = min(self.max_delay, max(self.delay * 2, 2e-5))
+        if self.wakeup.wait(self.delay):
+            self.wakeup.clear()
+            self.reset()
+
+
+class Transport:
+    """Sends and receives over one communicator."""
+
+    def __init__(self, comm: MPI.Comm):
+        self.comm = comm
+        self.rank = comm.Get_rank()
+        self.size = comm.Get_size()
+        self.lock = threading.RLock()
+        self._sends: list[MPI.Request] = []
+        self._keep: list[Any] = []
+
+    def send(self, dest: int, msg: tuple) -> None:
+        """Queues a control message to ``dest`` (never blocks on the receiver)."""
+        with self.lock:
+            self._sends.append(self.comm.isend(msg, dest, CTRL))
+            self._keep.append(None)
+
+    def send_buffers(self, dest: int, msg: tuple, buffers: list) -> list[MPI.Request]:
+        """Sends a control message then each buffer as raw bytes; returns the buffer requests."""
+        with self.lock:
+            self._sends.append(self.comm.isend(msg, dest, CTRL))
+            self._keep.append(None)
+            reqs = []
+            for buf in buffers:
+                req = self.comm.Isend([buf, MPI.BYTE], dest, DATA)
+                reqs.append(req)
+                self._sends.append(req)
+                self._keep.append(buf)
+            return reqs
+
+    def pending_sends(self) -> int:
+        return len(self._sends)
+
+    def test_sends(self) -> None:
+        """Completes finished sends and drops their buffers."""
+        with self.lock:
+            if not self._sends:
+                return
+            done = MPI.Request.Testsome(self._sends)
+            if done:
+                for i in sorted(done, reverse=True):
+                    del self._sends[i]
+                    del self._keep[i]
+
+    def wait_requests(self, reqs: list[MPI.Request]) -> None:
+        """Waits for some sends while letting other threads use MPI in between."""
+        while True:
+            with self.lock:
+                if all(r == MPI.REQUEST_NULL for r in reqs) or MPI.Request.Testall(reqs):
+                    return
+            time.sleep(0)
+
+    def poll(self) -> tuple[int, Any] | None:
+        """Returns (source, message) of the next control message, or None."""
+        with self.lock:
+            status = MPI.Status()
+            msg = self.comm.improbe(MPI.ANY_SOURCE, CTRL, status)
+            if msg is None:
+                return None
+            return status.Get_source(), msg.recv()
+
+    def recv_buffers(self, source: int, sizes: list[int]) -> list[memoryview]:
+        """Receives the raw buffers announced by an OBJDATA message from ``source``."""
+        out = []
+        with self.lock:
+            for size in sizes:
+                buf = np.empty(size, dtype=np.uint8)
+                self.comm.Recv([buf, MPI.BYTE], source, DATA)
+                out.append(memoryview(buf))
+        return out

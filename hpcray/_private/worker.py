@@ -1,0 +1,423 @@
+"""A worker rank: receives tasks and actor calls from the head and runs them.
+
+The main thread is the progress loop (all receiving); tasks run in a pool of
+threads and each actor in its own thread(s) or asyncio loop, so a task blocked
+in a nested ``get`` never stops the rank from serving others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import inspect
+import io
+import queue
+import sys
+import threading
+import time
+import traceback
+from typing import Any
+
+import psutil
+
+from .. import exceptions as E
+from . import protocol as P
+from .objects import Stored
+from .runtime import Runtime
+from .serialization import deserialize, serialize
+
+
+class Executor:
+    """Threads for normal tasks: reuses idle ones, starts another when all are busy."""
+
+    def __init__(self):
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.idle = 0
+        self.lock = threading.Lock()
+
+    def submit(self, fn, *args) -> None:
+        with self.lock:
+            start = self.idle == 0
+            if not start:
+                self.idle -= 1
+        self.queue.put((fn, args))
+        if start:
+            threading.Thread(target=self.loop, daemon=True, name="hpcray-task").start()
+
+    def loop(self) -> None:
+        while True:
+            fn, args = self.queue.get()
+            fn(*args)
+            with self.lock:
+                self.idle += 1
+
+
+class ActorHost:
+    """One actor on this rank: its instance and the calls it runs in order."""
+
+    def __init__(self, worker: WorkerRuntime, spec: P.TaskSpec, inline: dict):
+        self.worker = worker
+        self.actor_id = spec.actor_id
+        self.instance: Any = None
+        self.dead = False
+        self.calls: queue.SimpleQueue = queue.SimpleQueue()
+        self.concurrency = int(spec.options.get("max_concurrency") or 0)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.create_spec = spec
+        threading.Thread(target=self.main, args=(spec, inline), daemon=True,
+                         name=f"hpcray-actor-{spec.name}").start()
+
+    def main(self, spec: P.TaskSpec, inline: dict) -> None:
+        worker = self.worker
+        worker.local.actor_id = self.actor_id
+        ok = worker.execute(spec, inline, lambda: self.construct)
+        if not ok or self.dead:
+            self.dead = True
+            return
+        if self.loop is not None:
+            self.loop.run_forever()
+            return
+        for _ in range(max(self.concurrency, 1) - 1):
+            threading.Thread(target=self.serve, daemon=True, name="hpcray-actor").start()
+        self.serve()
+
+    def construct(self, *args, **kwargs):
+        cls = self.worker.load_function(self.create_spec)
+        is_async = any(inspect.iscoroutinefunction(m) for _, m in inspect.getmembers(cls))
+        if is_async:
+            self.loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(self.loop)
+            self.semaphore = asyncio.Semaphore(self.concurrency or 1000)
+        self.instance = cls(*args, **kwargs)
+
+    def submit(self, spec: P.TaskSpec, inline: dict) -> None:
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self.loop.create_task, self.run_async(spec, inline))
+        else:
+            self.calls.put((spec, inline))
+
+    def serve(self) -> None:
+        worker = self.worker
+        worker.local.actor_id = self.actor_id
+        while not self.dead:
+            item = self.calls.get()
+            if item is None:
+                return
+            spec, inline = item
+            worker.execute(spec, inline, lambda: getattr(self.instance, spec.method), copy=True)
+
+    async def run_async(self, spec: P.TaskSpec, inline: dict) -> None:
+        worker = self.worker
+        async with self.semaphore:
+            try:
+                method = getattr(self.instance, spec.method)
+                args, kwargs = worker.resolve_args(spec, inline)
+                result = method(*args, **kwargs)
+                if inspect.isawaitable(result):
+                    result = await result
+                results, retryable = worker.pack_results(spec, result, copy=True), False
+            except BaseException as exc:
+                results, retryable = worker.pack_error(spec, exc)
+            if not self.dead:
+                worker.to_head((P.DONE, spec.task_id, results, retryable))
+
+    def kill(self) -> None:
+        self.dead = True
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+        else:
+            for _ in range(max(self.concurrency, 1)):
+                self.calls.put(None)
+
+
+class _Forward(io.TextIOBase):
+    """Replaces sys.stdout/stderr on workers: complete lines go to the driver."""
+
+    def __init__(self, worker: WorkerRuntime, is_err: bool):
+        self.worker = worker
+        self.is_err = is_err
+        self.parts: list[str] = []
+        self.lock = threading.Lock()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        with self.lock:
+            self.parts.append(text)
+        return len(text)
+
+    def take(self, final: bool = False) -> str:
+        with self.lock:
+            if not self.parts:
+                return ""
+            text = "".join(self.parts)
+            cut = len(text) if final else text.rfind("\n") + 1
+            self.parts = [text[cut:]] if text[cut:] else []
+            return text[:cut]
+
+
+class WorkerRuntime(Runtime):
+    """Ranks 1..N-1."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.executor = Executor()
+        self.actors: dict[int, ActorHost] = {}
+        self.running: dict[int, int] = {}   # task id -> thread ident
+        self.cancelled: set[int] = set()
+        self.replies: dict[int, list] = {}
+        self.fn_blobs: dict[int, bytes] = {}
+        self.head_pid = self.ranks[0].pid if self.ranks[0].host == self.host else 0
+        self.handlers = {
+            P.TASK: self.on_task, P.PUSH: self.on_push, P.OBJ: self.on_obj, P.FREE: self.on_free,
+            P.CANCEL: self.on_cancel, P.KILL_ACTOR: self.on_kill_actor, P.REPLY: self.on_reply,
+            P.SHUTDOWN: self.on_shutdown, P.OBJDATA: self.on_objdata,
+        }
+        self.streams: list[_Forward] = []
+
+    # -- the worker's half of the conversation ---------------------------------------------
+    def to_head(self, msg: tuple) -> None:
+        with self.lock:
+            changes = self.refs.drain()
+            if changes:
+                self.transport.send(0, (P.REFS, changes))
+            self.transport.send(0, msg)
+        self.backoff.kick()
+
+    def request(self, op: str, *args) -> Any:
+        req_id = self.ids.next()
+        slot = self.replies[req_id] = [threading.Event(), None, None]
+        self.to_head((P.REQUEST, req_id, op, args))
+        while not slot[0].wait(0.05):
+            if self.stopping:
+                raise E.HpcrayError("the job is shutting down")
+        del self.replies[req_id]
+        if not slot[1]:
+            raise slot[2]
+        return slot[2]
+
+    def forward_output(self) -> None:
+        if self.config.log_to_driver:
+            self.streams = [_Forward(self, False), _Forward(self, True)]
+            sys.stdout, sys.stderr = self.streams
+
+    def flush_output(self, final: bool = False) -> None:
+        for stream in self.streams:
+            text = stream.take(final)
+            if text:
+                self.transport.send(0, (P.LOG, text, stream.is_err))
+
+    def run(self) -> None:
+        """The progress loop; returns when the head says SHUTDOWN or dies."""
+        transport, backoff = self.transport, self.backoff
+        heartbeat = self.config.heartbeat_interval
+        next_beat = next_check = 0.0
+        while not self.stopping:
+            with self.lock:
+                changes = self.refs.drain()
+                if changes:
+                    transport.send(0, (P.REFS, changes))
+                busy = False
+                for _ in range(64):
+                    item = transport.poll()
+                    if item is None:
+                        break
+                    busy = True
+                    src, msg = item
+                    try:
+                        self.handlers[msg[0]](src, *msg[1:])
+                    except Exception:
+                        traceback.print_exc(file=sys.__stderr__)
+                self.flush_output()
+                transport.test_sends()
+                if transport.pending_sends():
+                    busy = True
+            now = time.monotonic()
+            if now >= next_beat:
+                next_beat = now + heartbeat
+                transport.send(0, (P.HEARTBEAT,))
+            if now >= next_check:
+                next_check = now + 0.5
+                if self.head_pid and not psutil.pid_exists(self.head_pid):
+                    print(f"hpcray: rank {self.rank}: the head (pid {self.head_pid}) is gone; "
+                          "exiting", file=sys.__stderr__, flush=True)
+                    self.stopping = "orphaned"
+            if busy:
+                backoff.reset()
+            else:
+                backoff.sleep()
+        with self.lock:
+            self.flush_output(final=True)
+        deadline = time.monotonic() + 5
+        while transport.pending_sends() and time.monotonic() < deadline:
+            transport.test_sends()
+            time.sleep(0.001)
+
+    # -- messages from the head ------------------------------------------------------------
+    def on_task(self, src: int, spec: P.TaskSpec, inline: dict) -> None:
+        if spec.fn_blob is not None:
+            self.fn_blobs[spec.fn_id] = spec.fn_blob
+        if spec.kind == P.NORMAL:
+            self.executor.submit(self.run_task, spec, inline)
+        elif spec.kind == P.ACTOR_CREATE:
+            self.actors[spec.actor_id] = ActorHost(self, spec, inline)
+        else:
+            host = self.actors.get(spec.actor_id)
+            if host is not None:
+                host.submit(spec, inline)
+
+    def on_push(self, src: int, object_id: int, dest: int) -> None:
+        stored = self.store.get(object_id)
+        if stored is None:
+            exc = E.ObjectLostError(f"rank {self.rank} was asked for object {object_id:016x}, "
+                                    "which it no longer holds")
+            header, buffers, _ = serialize(exc)
+            self.transport.send_buffers(dest, (P.OBJDATA, object_id, header, [], True), [])
+            return
+        sizes = [memoryview(b).nbytes for b in stored.buffers]
+        self.transport.send_buffers(dest, (P.OBJDATA, object_id, stored.header, sizes, stored.error),
+                                    stored.buffers)
+
+    def on_objdata(self, src: int, object_id: int, header: bytes, sizes: list, error: bool) -> None:
+        buffers = self.transport.recv_buffers(src, sizes)
+        self.store.add(object_id, Stored(header, buffers, error))
+
+    def on_obj(self, src: int, object_id: int, header: bytes, buffers: list, error: bool) -> None:
+        self.store.add(object_id, Stored(header, buffers, error))
+
+    def on_free(self, src: int, ids: list) -> None:
+        self.store.free(ids)
+
+    def on_cancel(self, src: int, task_id: int, force: bool) -> None:
+        self.cancelled.add(task_id)
+        ident = self.running.get(task_id)
+        if ident is not None:
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident),
+                                                       ctypes.py_object(E.TaskCancelledError))
+
+    def on_kill_actor(self, src: int, actor_id: int) -> None:
+        host = self.actors.pop(actor_id, None)
+        if host is not None:
+            host.kill()
+
+    def on_reply(self, src: int, req_id: int, ok: bool, value: Any) -> None:
+        slot = self.replies.get(req_id)
+        if slot is not None:
+            slot[1], slot[2] = ok, value
+            slot[0].set()
+
+    def on_shutdown(self, src: int) -> None:
+        self.stopping = "shutdown"
+
+    # -- running code ----------------------------------------------------------------------
+    def load_function(self, spec: P.TaskSpec):
+        fn = self.functions.get(spec.fn_id)
+        if fn is None:
+            fn = self.functions[spec.fn_id] = deserialize(self.fn_blobs[spec.fn_id])
+        return fn
+
+    def resolve_args(self, spec: P.TaskSpec, inline: dict) -> tuple[list, dict]:
+        values = {}
+        missing = [i for _, i in spec.deps if i not in inline]
+        if missing:
+            self.await_local(missing, None, len(missing))
+        for _, object_id in spec.deps:
+            item = inline.get(object_id)
+            stored = Stored(*item) if item is not None else self.store.objects[object_id]
+            value = stored.value()
+            if stored.error:
+                raise value
+            values[object_id] = value
+        args, kwargs = [], {}
+        if spec.args is not None:
+            args, kwargs = deserialize(*spec.args)
+        for position, object_id in spec.deps:
+            if position == "*":
+                args, kwargs = values[object_id]
+        for position, object_id in spec.deps:
+            if position == "*":
+                continue
+            if isinstance(position, int):
+                args[position] = values[object_id]
+            else:
+                kwargs[position] = values[object_id]
+        return args, kwargs
+
+    def pack_results(self, spec: P.TaskSpec, result: Any, copy: bool = False) -> list:
+        n = len(spec.return_ids)
+        if n == 1:
+            values = (result,)
+        elif n == 0:
+            values = ()
+        else:
+            if not isinstance(result, (tuple, list)) or len(result) != n:
+                raise ValueError(f"{spec.name} has num_returns={n} but returned "
+                                 f"{type(result).__name__} (need a tuple or list of {n} values)")
+            values = result
+        results = []
+        for object_id, value in zip(spec.return_ids, values):
+            try:
+                header, buffers, contained = serialize(value)
+            except Exception as exc:
+                raise TypeError(f"could not serialize the return value of {spec.name}: "
+                                f"{type(exc).__name__}: {exc}") from exc
+            size = len(header) + sum(b.nbytes for b in buffers)
+            if size <= self.config.inline_max:
+                results.append((object_id, (header, [bytes(b) for b in buffers], False), size,
+                                contained, False))
+            else:
+                if copy:
+                    buffers = [bytearray(b) for b in buffers]
+                with self.lock:
+                    self.store.objects[object_id] = Stored(header, buffers)
+                results.append((object_id, None, size, contained, False))
+        return results
+
+    def pack_error(self, spec: P.TaskSpec, exc: BaseException) -> tuple[list, bool]:
+        if isinstance(exc, E.TaskCancelledError) or spec.task_id in self.cancelled:
+            error: BaseException = E.TaskCancelledError(f"{spec.name} was cancelled")
+            retryable = False
+        else:
+            text = traceback.format_exc()
+            error = E.TaskError(spec.name, text, exc, self.rank, self.host, self.pid)
+            retry = spec.retry_exceptions
+            retryable = retry is True or (isinstance(retry, (list, tuple)) and
+                                          isinstance(exc, tuple(retry)))
+        try:
+            header, buffers, _ = serialize(error)
+        except Exception:
+            error = E.TaskError(spec.name, traceback.format_exc(), None, self.rank, self.host,
+                                self.pid)
+            header, buffers, _ = serialize(error)
+        blob = (header, [bytes(b) for b in buffers], True)
+        return [(object_id, blob, 0, [], True) for object_id in spec.return_ids], retryable
+
+    def execute(self, spec: P.TaskSpec, inline: dict, target, copy: bool = False) -> bool:
+        """Runs one task or actor call on this thread and reports it; False if it raised.
+
+        ``target`` returns the callable (an actor's method); None means the task's function.
+        """
+        local = self.local
+        local.task_id = spec.task_id
+        self.running[spec.task_id] = threading.get_ident()
+        ok = True
+        try:
+            if spec.task_id in self.cancelled:
+                raise E.TaskCancelledError(spec.name)
+            fn = self.load_function(spec) if target is None else target()
+            args, kwargs = self.resolve_args(spec, inline)
+            result = fn(*args, **kwargs)
+            results, retryable = self.pack_results(spec, result, copy), False
+        except BaseException as exc:
+            ok = False
+            results, retryable = self.pack_error(spec, exc)
+        finally:
+            del self.running[spec.task_id]
+            local.task_id = 0
+        self.cancelled.discard(spec.task_id)
+        self.to_head((P.DONE, spec.task_id, results, retryable))
+        return ok
+
+    def run_task(self, spec: P.TaskSpec, inline: dict) -> None:
+        self.execute(spec, inline, None)

@@ -1,0 +1,144 @@
+"""@remote classes: actors, their handles and methods."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from ._private import options as opts
+from ._private import protocol as P
+from .object_ref import ObjectRef
+from .remote_function import CodeCache
+
+
+def method(num_returns: int | None = None, **options):
+    """Decorates an actor method with defaults for its calls, e.g. ``@hpcray.method(num_returns=2)``."""
+    options = opts.validate({**options, "num_returns": num_returns} if num_returns is not None
+                            else options, opts.METHOD, "an actor method")
+
+    def wrap(fn):
+        fn.__hpcray_options__ = options
+        return fn
+
+    return wrap
+
+
+def _class_info(cls) -> tuple[str, dict[str, dict]]:
+    methods = {}
+    for name, member in inspect.getmembers(cls, callable):
+        if name.startswith("__") and name not in ("__call__",):
+            continue
+        methods[name] = dict(getattr(member, "__hpcray_options__", {}))
+    return cls.__name__, methods
+
+
+class ActorClass:
+    """A class turned into an actor factory by ``@hpcray.remote``; create with ``.remote()``."""
+
+    def __init__(self, cls, options: dict[str, Any], cache: CodeCache | None = None):
+        self._cls = cls
+        self._options = opts.validate(dict(options), opts.ACTOR, f"actor {cls.__qualname__}")
+        self._cache = cache or CodeCache(cls)
+        self.__name__ = cls.__name__
+        self.__doc__ = cls.__doc__
+
+    def __call__(self, *args, **kwargs):
+        raise TypeError(f"actor class {self.__name__} cannot be instantiated directly: use "
+                        f"{self.__name__}.remote(...)")
+
+    def options(self, **options) -> ActorClass:
+        """A copy with these options changed (name, lifetime, num_cpus, max_concurrency, ...)."""
+        return ActorClass(self._cls, {**self._options, **options}, self._cache)
+
+    def remote(self, *args, **kwargs) -> ActorHandle:
+        """Creates the actor on some rank; returns its handle at once."""
+        from . import api
+
+        runtime = api._runtime()
+        o = self._options
+        name = o.get("name")
+        if name is not None and o.get("get_if_exists"):
+            try:
+                return api.get_actor(name)
+            except ValueError:
+                pass
+        info = _class_info(self._cls)
+        fn_id, blob = self._cache.id_and_blob(runtime)
+        packed, deps, contained, big = runtime.pack_args(args, kwargs, f"{self.__name__}.__init__")
+        explicit = o.get("num_cpus") is not None
+        placement = opts.resources_of(o, 1)
+        lifetime = opts.resources_of(o, 0) if not explicit else dict(placement)
+        spec = P.TaskSpec(
+            task_id=runtime.ids.next(), kind=P.ACTOR_CREATE, name=f"{self.__name__}.__init__",
+            fn_id=fn_id, fn_blob=blob, args=packed, deps=deps, contained=contained,
+            resources=placement, strategy=opts.strategy_of(o), actor_id=runtime.ids.next(),
+            options={"name": name, "lifetime": o.get("lifetime"), "class_info": info,
+                     "max_concurrency": o.get("max_concurrency"), "lifetime_resources": lifetime})
+        try:
+            handle_ref = runtime.submit(spec, 1)[0]
+        except Exception:
+            self._cache.key = None
+            raise
+        runtime.settle_borrowed(big)
+        return ActorHandle(spec.actor_id, handle_ref, info)
+
+
+class ActorHandle:
+    """A handle to a live actor; call methods with ``handle.method.remote(...)``."""
+
+    def __init__(self, actor_id: int, handle_ref: ObjectRef, class_info: tuple):
+        self._actor_id = actor_id
+        self._handle_ref = handle_ref
+        self._class_name, self._methods = class_info
+
+    def __getattr__(self, name: str) -> ActorMethod:
+        methods = self.__dict__.get("_methods", {})
+        if name in methods:
+            return ActorMethod(self, name, methods[name])
+        raise AttributeError(f"actor {self.__dict__.get('_class_name', '?')} has no method {name!r}")
+
+    def __reduce__(self):
+        return (ActorHandle, (self._actor_id, self._handle_ref, (self._class_name, self._methods)))
+
+    def __repr__(self) -> str:
+        return f"Actor({self._class_name}, {self._actor_id:016x})"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, ActorHandle) and other._actor_id == self._actor_id
+
+    def __hash__(self) -> int:
+        return hash(self._actor_id)
+
+
+class ActorMethod:
+    """``handle.method``: ``.remote(...)`` submits a call, ``.options(num_returns=...)``."""
+
+    def __init__(self, handle: ActorHandle, name: str, options: dict):
+        self._handle = handle
+        self._name = name
+        self._options = options
+
+    def __call__(self, *args, **kwargs):
+        raise TypeError(f"actor method {self._name} cannot be called directly: use "
+                        f".{self._name}.remote(...)")
+
+    def options(self, **options) -> ActorMethod:
+        opts.validate(options, opts.METHOD, f"actor method {self._name}")
+        return ActorMethod(self._handle, self._name, {**self._options, **options})
+
+    def remote(self, *args, **kwargs):
+        from . import api
+
+        runtime = api._runtime()
+        handle = self._handle
+        name = f"{handle._class_name}.{self._name}"
+        packed, deps, contained, big = runtime.pack_args(args, kwargs, name)
+        spec = P.TaskSpec(task_id=runtime.ids.next(), kind=P.ACTOR_CALL, name=name, args=packed,
+                          deps=deps, contained=contained, actor_id=handle._actor_id,
+                          method=self._name)
+        num_returns = self._options.get("num_returns", 1)
+        refs = runtime.submit(spec, num_returns)
+        runtime.settle_borrowed(big)
+        if num_returns == 1:
+            return refs[0]
+        return refs if num_returns else None

@@ -1,0 +1,182 @@
+"""The public functions: init, remote, get, put, wait and friends, with Ray's semantics."""
+
+from __future__ import annotations
+
+import atexit
+import threading
+from typing import Any
+
+from ._private import bootstrap
+from .actor import ActorClass, ActorHandle
+from .object_ref import ObjectRef
+from .remote_function import RemoteFunction
+from .runtime_context import RuntimeContext
+
+_state: dict[str, Any] = {"runtime": None, "spmd_done": False}
+_init_lock = threading.RLock()
+
+
+def init(num_cpus: int | None = None, resources: dict[str, float] | None = None, *,
+         ignore_reinit_error: bool = False, log_to_driver: bool = True, **kwargs) -> dict:
+    """Starts hpcray. Collective: on every rank but 0 it runs the worker and never returns.
+
+    Under mpiexec/srun the job's ranks are used. Run plainly (one process), it spawns
+    ``num_cpus`` local worker ranks (default: one per core).
+    """
+    ignored = {"address", "namespace", "runtime_env", "logging_level", "include_dashboard",
+               "configure_logging", "local_mode", "object_store_memory", "num_gpus",
+               "_temp_dir", "dashboard_host", "job_config", "_system_config"}
+    unknown = sorted(set(kwargs) - ignored)
+    if unknown:
+        raise TypeError(f"init() got unknown argument(s) {unknown}")
+    with _init_lock:
+        if _state["runtime"] is not None:
+            if ignore_reinit_error:
+                return _info()
+            raise RuntimeError("hpcray.init() was already called; call hpcray.shutdown() first or "
+                               "pass ignore_reinit_error=True")
+        if _state["spmd_done"]:
+            raise RuntimeError("this MPI job's workers already exited after shutdown(); an "
+                               "mpiexec/srun job can call init() only once")
+        if num_cpus is not None and (not isinstance(num_cpus, int) or num_cpus < 1):
+            raise ValueError(f"num_cpus must be a positive int, got {num_cpus!r}")
+        overrides = {"log_to_driver": log_to_driver}
+        if resources:
+            overrides["resources"] = dict(resources)
+        head = bootstrap.start(overrides, num_cpus)
+        _state["runtime"] = head
+        if not _state.get("atexit"):
+            _state["atexit"] = True
+            bootstrap.exit_hook.install()
+            atexit.register(_at_exit)
+        return _info()
+
+
+def _info() -> dict:
+    rt = _state["runtime"]
+    return {"job_id": rt.job_id, "num_ranks": len(rt.ranks), "node_id": rt.ranks[0].node_id}
+
+
+def _at_exit() -> None:
+    head = _state["runtime"]
+    if head is not None:
+        shutdown()
+    final = _state.pop("finalize", None)
+    if final is not None:
+        bootstrap.finalize(final)
+
+
+def shutdown() -> None:
+    """Stops every worker rank. In a plain (spawned) run, init() may be called again."""
+    with _init_lock:
+        head = _state["runtime"]
+        if head is None:
+            return
+        _state["runtime"] = None
+        _state["finalize"] = head
+        if head._mpi[2] is None:
+            _state["spmd_done"] = True
+        bootstrap.stop_head(head)
+
+
+def is_initialized() -> bool:
+    return _state["runtime"] is not None
+
+
+def _runtime():
+    rt = _state["runtime"]
+    if rt is None:
+        from ._private.worker_context import current
+
+        rt = current()
+        if rt is None:
+            init()
+            rt = _state["runtime"]
+    return rt
+
+
+def remote(*args, **options):
+    """``@remote`` or ``@remote(num_cpus=..., ...)`` on a function (task) or class (actor)."""
+    if len(args) == 1 and not options and callable(args[0]):
+        return _make_remote(args[0], {})
+    if args:
+        raise TypeError("remote() takes a function or class, or only keyword options: "
+                        "@hpcray.remote or @hpcray.remote(num_cpus=2)")
+    return lambda target: _make_remote(target, options)
+
+
+def _make_remote(target, options: dict):
+    if isinstance(target, type):
+        return ActorClass(target, options)
+    if callable(target):
+        return RemoteFunction(target, options)
+    raise TypeError(f"@remote needs a function or a class, got {type(target).__name__}")
+
+
+def get(object_refs, *, timeout: float | None = None):
+    """Blocks until the objects are ready; returns their values (raises a failed task's error)."""
+    return _runtime().get(object_refs, timeout)
+
+
+def put(value: Any) -> ObjectRef:
+    """Stores value in this rank's memory; returns a ref usable anywhere in the job."""
+    return _runtime().put(value)
+
+
+def wait(object_refs: list[ObjectRef], *, num_returns: int = 1, timeout: float | None = None,
+         fetch_local: bool = True) -> tuple[list[ObjectRef], list[ObjectRef]]:
+    """Returns (ready, not_ready) once num_returns refs are ready or timeout seconds passed."""
+    return _runtime().wait(object_refs, num_returns, timeout, fetch_local)
+
+
+def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
+    """Cancels the task producing object_ref: get() then raises TaskCancelledError."""
+    if not isinstance(object_ref, ObjectRef):
+        raise TypeError(f"cancel() expects an ObjectRef, got {type(object_ref).__name__}")
+    _runtime().request("cancel", object_ref.id, force)
+
+
+def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
+    """Ends the actor now; pending and later calls raise ActorDiedError."""
+    if not isinstance(actor, ActorHandle):
+        raise TypeError(f"kill() expects an actor handle, got {type(actor).__name__}")
+    _runtime().request("kill", actor._actor_id)
+
+
+def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
+    """The handle of the live actor created with ``.options(name=name)``."""
+    actor_id, handle_id, info = _runtime().request("get_actor", name)
+    return ActorHandle(actor_id, ObjectRef(handle_id), info)
+
+
+def available_resources() -> dict[str, float]:
+    return _runtime().request("available_resources")
+
+
+def cluster_resources() -> dict[str, float]:
+    return _runtime().request("cluster_resources")
+
+
+def nodes() -> list[dict]:
+    """One dict per node: NodeID, NodeName, NodeManagerHostname, Alive, Resources, Ranks."""
+    return _runtime().request("nodes")
+
+
+def get_runtime_context() -> RuntimeContext:
+    return RuntimeContext(_runtime())
+
+
+def get_gpu_ids() -> list:
+    """GPU ids assigned to the calling task (none until GPU support lands)."""
+    return []
+
+
+def _placement_group(bundles: list[dict], strategy: str):
+    from .util.placement_group import PlacementGroup
+
+    rt = _runtime()
+    pg_id = rt.ids.next()
+    ready_id = rt.ids.next()
+    ready = ObjectRef(ready_id, _created=True)
+    rt.request("pg_create", pg_id, bundles, strategy, ready_id)
+    return PlacementGroup(pg_id, bundles, strategy, ready)

@@ -1,0 +1,62 @@
+"""ObjectRef: a handle to a value that lives on some rank."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+
+from ._private.objects import ADD, CREATED, DROP, ref_events
+from ._private.serialization import note_ref
+
+_append = ref_events.append
+
+
+class ObjectRef:
+    """A reference to an object produced by a task or ``put``; resolve it with ``hpcray.get``."""
+
+    __slots__ = ("id", "__weakref__")
+
+    def __init__(self, object_id: int, _created: bool = False):
+        self.id = object_id
+        _append((object_id, CREATED if _created else ADD))
+
+    def __del__(self):
+        _append((self.id, DROP))
+
+    def __reduce__(self):
+        note_ref(self.id)
+        return (ObjectRef, (self.id,))
+
+    def hex(self) -> str:
+        return f"{self.id:016x}"
+
+    def binary(self) -> bytes:
+        return self.id.to_bytes(8, "big")
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, ObjectRef) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    def __repr__(self) -> str:
+        return f"ObjectRef({self.hex()})"
+
+    def future(self) -> concurrent.futures.Future:
+        """A concurrent.futures.Future that completes with the value."""
+        from . import api
+
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+
+        def resolve():
+            try:
+                fut.set_result(api.get(self))
+            except BaseException as exc:
+                fut.set_exception(exc)
+
+        threading.Thread(target=resolve, daemon=True, name="hpcray-future").start()
+        return fut
+
+    def __await__(self):
+        return asyncio.wrap_future(self.future()).__await__()

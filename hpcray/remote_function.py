@@ -1,0 +1,81 @@
+"""@remote functions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._private import options as opts
+from ._private import protocol as P
+from ._private.serialization import dumps_code
+
+
+class CodeCache:
+    """A function or class pickled once per process, with the id its rank gave it."""
+
+    def __init__(self, code: Any):
+        self.code = code
+        self.key: tuple | None = None   # (runtime identity, code id)
+
+    def id_and_blob(self, runtime) -> tuple[int, bytes | None]:
+        key = self.key
+        if key is not None and key[0] is runtime:
+            return key[1], None
+        try:
+            blob = dumps_code(self.code)
+        except Exception as exc:
+            name = getattr(self.code, "__qualname__", repr(self.code))
+            raise TypeError(f"could not serialize {name} to send it to other ranks: "
+                            f"{type(exc).__name__}: {exc}. Something it uses (a global or closure "
+                            "variable) cannot be pickled; create it inside the function instead."
+                            ) from exc
+        code_id = runtime.ids.next()
+        self.key = (runtime, code_id)
+        return code_id, blob
+
+    def __reduce__(self):
+        return (CodeCache, (self.code,))
+
+
+class RemoteFunction:
+    """A function turned into a task by ``@hpcray.remote``; call it with ``.remote()``."""
+
+    def __init__(self, function, options: dict[str, Any], cache: CodeCache | None = None):
+        self._function = function
+        self._options = opts.validate(dict(options), opts.TASK, f"task {function.__qualname__}")
+        self._cache = cache or CodeCache(function)
+        self.__name__ = getattr(function, "__name__", "task")
+        self.__doc__ = function.__doc__
+
+    def __call__(self, *args, **kwargs):
+        raise TypeError(f"remote function {self.__name__} cannot be called directly: use "
+                        f"{self.__name__}.remote(...)")
+
+    def options(self, **options) -> RemoteFunction:
+        """A copy with these options changed (num_cpus, num_returns, scheduling_strategy, ...)."""
+        return RemoteFunction(self._function, {**self._options, **options}, self._cache)
+
+    def remote(self, *args, **kwargs):
+        """Submits the task; returns an ObjectRef (a list of them when num_returns > 1)."""
+        from . import api
+
+        runtime = api._runtime()
+        o = self._options
+        name = o.get("name") or self._function.__qualname__
+        fn_id, blob = self._cache.id_and_blob(runtime)
+        packed, deps, contained, big = runtime.pack_args(args, kwargs, name)
+        retry = o.get("retry_exceptions", False)
+        spec = P.TaskSpec(
+            task_id=runtime.ids.next(), kind=P.NORMAL, name=name, fn_id=fn_id, fn_blob=blob,
+            args=packed, deps=deps, contained=contained, resources=opts.resources_of(o, 1),
+            strategy=opts.strategy_of(o), max_retries=o.get("max_retries", 3),
+            retry_exceptions=list(retry) if isinstance(retry, (list, tuple)) else bool(retry))
+        num_returns = o.get("num_returns", 1)
+        try:
+            refs = runtime.submit(spec, num_returns)
+        except Exception:
+            self._cache.key = None
+            raise
+        runtime.settle_borrowed(big)
+        if num_returns == 1:
+            return refs[0]
+        return refs if num_returns else None

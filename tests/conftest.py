@@ -1,0 +1,63 @@
+"""Fixtures that run real multi-rank hpcray jobs with a hard timeout."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def mpiexec() -> str:
+    from hpcray._private.launch import find_mpiexec
+
+    return find_mpiexec()
+
+
+def run_process(cmd: list[str], timeout: float, env: dict | None = None,
+                cwd: str | None = None) -> subprocess.CompletedProcess:
+    """Runs cmd in its own process group; on timeout kills the whole group and fails."""
+    full_env = dict(os.environ)
+    full_env["PYTHONPATH"] = str(ROOT) + os.pathsep + full_env.get("PYTHONPATH", "")
+    full_env.setdefault("PYTHONUNBUFFERED", "1")
+    if env:
+        full_env.update(env)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=full_env, cwd=cwd, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"timed out after {timeout}s: {cmd}\n--- stdout\n{out}\n--- stderr\n{err}")
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+@pytest.fixture
+def run_job(tmp_path):
+    """run_job(code, n=3, timeout=120, spawn=False, env=None): runs code as a job's script.
+
+    With spawn=True the script runs as a plain ``python script.py`` (one process that
+    spawns its workers); otherwise under ``mpiexec -n n``.
+    """
+
+    def run(code: str, n: int = 3, timeout: float = 120, spawn: bool = False,
+            env: dict | None = None, args: list[str] | None = None) -> subprocess.CompletedProcess:
+        script = tmp_path / "job.py"
+        script.write_text(textwrap.dedent(code))
+        argv = [sys.executable, str(script), *(args or [])]
+        cmd = argv if spawn else [mpiexec(), "-n", str(n), "-disable-auto-cleanup", *argv]
+        return run_process(cmd, timeout, env=env, cwd=str(tmp_path))
+
+    return run
