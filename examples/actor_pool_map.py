@@ -9,7 +9,7 @@ import os
 import socket
 
 import hpcray
-from hpcray.util.actor_pool import ActorPool
+from hpcray.util import ActorPool
 
 
 @hpcray.remote

@@ -5,13 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import signal
-import site
-import subprocess
 import sys
 from pathlib import Path
 
-from hpcray._private.launch import mpiexec_command
+from hpcray._private.launch import child_pythonpath, mpiexec_command, run_job
 
 __all__ = ["main"]
 
@@ -70,52 +67,6 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _child_pythonpath() -> str | None:
-    """Return a PYTHONPATH letting ranks import this same hpcray, or None if not needed."""
-    root = str(Path(__file__).resolve().parent.parent)
-    standard = set(site.getsitepackages())
-    if site.ENABLE_USER_SITE:
-        standard.add(site.getusersitepackages())
-    if root in {str(Path(p).resolve()) for p in standard}:
-        return None
-    current = os.environ.get("PYTHONPATH", "")
-    parts = [p for p in current.split(os.pathsep) if p]
-    if root in parts:
-        return None
-    return os.pathsep.join([root, *parts])
-
-
-def _run_job(cmd: list[str], env: dict[str, str]) -> int:
-    """Run ``cmd`` in its own process group, forwarding SIGINT/SIGTERM; return its exit code."""
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
-    received: list[int] = []
-
-    def forward(signum: int, _frame: object) -> None:
-        received.append(signum)
-        # Third signal: the job is not going away politely, kill it outright.
-        sig = signal.SIGKILL if len(received) >= 3 else signum
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
-
-    forwarded = (signal.SIGINT, signal.SIGTERM)
-    previous = {s: signal.signal(s, forward) for s in forwarded}
-    try:
-        while True:
-            try:
-                code = proc.wait()
-                break
-            except InterruptedError:  # pragma: no cover - PEP 475 retries for us
-                continue
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-    if code < 0:
-        return 128 - code  # killed by a signal: shell convention
-    return code
-
-
 def _cmd_run(ns: argparse.Namespace) -> int:
     script = ns.script
     if not Path(script).is_file():
@@ -139,11 +90,11 @@ def _cmd_run(ns: argparse.Namespace) -> int:
         return 0
     env = dict(os.environ)
     env.update(env_add)
-    pythonpath = _child_pythonpath()
+    pythonpath = child_pythonpath()
     if pythonpath is not None:
         env["PYTHONPATH"] = pythonpath
     try:
-        return _run_job(cmd, env)
+        return run_job(cmd, env)
     except OSError as exc:
         print(f"hpcray run: error: cannot start {cmd[0]!r}: {exc}", file=sys.stderr)
         return 2

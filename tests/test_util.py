@@ -30,7 +30,7 @@ ACTOR_POOL_JOB = """
     import time
 
     import hpcray
-    from hpcray.util.actor_pool import ActorPool
+    from hpcray.util import ActorPool
 
     hpcray.init()
 

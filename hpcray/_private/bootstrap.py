@@ -60,7 +60,7 @@ def _describe(comm, config) -> list[RankInfo]:
 
 
 def _spawn_workers(MPI, n: int):
-    args = ["-m", "hpcray._private.bootstrap"]
+    args = ["-m", "hpcray._private.worker_main"]
     env_ok = os.environ.setdefault(_SPAWNED_FLAG, "1")
     try:
         inter = MPI.COMM_SELF.Spawn(sys.executable, args=args, maxprocs=n)
@@ -70,8 +70,34 @@ def _spawn_workers(MPI, n: int):
     return inter, inter.Merge(high=False)
 
 
+def _interactive() -> bool:
+    return bool(getattr(sys, "ps1", None) or sys.flags.interactive or not sys.argv
+                or sys.argv[0] in ("",))
+
+
+def _relaunch(workers: int) -> None:
+    """Runs this same command again as an MPI job of 1 head + ``workers`` ranks, then exits.
+
+    Code before init() runs once more in the job's rank 0, as with multiprocessing's spawn.
+    """
+    from .launch import child_pythonpath, mpiexec_command, run_job
+
+    argv = [sys.executable, *sys.orig_argv[1:]]
+    cmd, env_add = mpiexec_command(workers + 1, argv)
+    env = dict(os.environ, **env_add, HPCRAY_EMBEDDED="1")
+    pythonpath = child_pythonpath()
+    if pythonpath is not None:
+        env["PYTHONPATH"] = pythonpath
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(run_job(cmd, env))
+
+
 def start(overrides: dict, num_cpus: int | None):
     """Collective start-up. Returns the head runtime on rank 0; never returns elsewhere."""
+    embedded = os.environ.get("HPCRAY_EMBEDDED") == "1"
+    if not embedded and not under_mpi_launcher() and not _interactive():
+        _relaunch(num_cpus or os.cpu_count() or 1)
     MPI = _mpi()
     if not MPI.Is_initialized():
         MPI.Init_thread(MPI.THREAD_MULTIPLE)
@@ -81,7 +107,7 @@ def start(overrides: dict, num_cpus: int | None):
     if parent != MPI.COMM_NULL:
         comm = parent.Merge(high=True)
         inter = parent
-    elif world.Get_size() == 1 and not (under_mpi_launcher() and num_cpus == 0):
+    elif world.Get_size() == 1 and not embedded:
         count = num_cpus if num_cpus else (os.cpu_count() or 1)
         inter, comm = _spawn_workers(MPI, count)
     else:
@@ -181,7 +207,3 @@ def finalize(head) -> None:
     except Exception:
         pass
     watchdog.cancel()
-
-
-if __name__ == "__main__":
-    start({}, None)

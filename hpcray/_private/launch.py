@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import signal
+import site
 import subprocess
 import sys
 from pathlib import Path
@@ -142,3 +144,49 @@ def under_mpi_launcher() -> bool:
     return env.get("SLURM_STEP_ID") is not None and any(
         k.startswith(("PMI_", "PMIX_")) for k in env
     )
+
+
+def child_pythonpath() -> str | None:
+    """Return a PYTHONPATH letting ranks import this same hpcray, or None if not needed."""
+    root = str(Path(__file__).resolve().parent.parent.parent)
+    standard = set(site.getsitepackages())
+    if site.ENABLE_USER_SITE:
+        standard.add(site.getusersitepackages())
+    if root in {str(Path(p).resolve()) for p in standard}:
+        return None
+    current = os.environ.get("PYTHONPATH", "")
+    parts = [p for p in current.split(os.pathsep) if p]
+    if root in parts:
+        return None
+    return os.pathsep.join([root, *parts])
+
+
+def run_job(cmd: list[str], env: dict[str, str]) -> int:
+    """Run ``cmd`` in its own process group, forwarding SIGINT/SIGTERM; return its exit code."""
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    received: list[int] = []
+
+    def forward(signum: int, _frame: object) -> None:
+        received.append(signum)
+        # Third signal: the job is not going away politely, kill it outright.
+        sig = signal.SIGKILL if len(received) >= 3 else signum
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    forwarded = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.signal(s, forward) for s in forwarded}
+    try:
+        while True:
+            try:
+                code = proc.wait()
+                break
+            except InterruptedError:  # pragma: no cover - PEP 475 retries for us
+                continue
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if code < 0:
+        return 128 - code  # killed by a signal: shell convention
+    return code
