@@ -54,7 +54,7 @@ def main() -> None:
     print("sum of put data: ", hpcray.get(total.remote(data_ref)))
 
     # wait() returns as soon as num_returns results are ready.
-    refs = [sleepy.remote(s) for s in (1.5, 0.1, 0.2)]
+    refs = [sleepy.remote(s) for s in (1.0, 0.1, 0.2)]
     ready, not_ready = hpcray.wait(refs, num_returns=2, timeout=10)
     print("first two ready: ", sorted(hpcray.get(ready)), f"({len(not_ready)} still running)")
     print("all done:        ", hpcray.get(refs))

@@ -29,6 +29,7 @@ class CodeCache:
                             "variable) cannot be pickled; create it inside the function instead."
                             ) from exc
         code_id = runtime.ids.next()
+        runtime.functions[code_id] = self.code
         self.key = (runtime, code_id)
         return code_id, blob
 

@@ -1,4 +1,4 @@
-"""Tests of hpcray._private.scheduler: fixed scenarios, then random runs against a brute-force model."""
+"""Tests of hpcray._private.scheduler: fixed scenarios, then random runs against brute force."""
 
 import random
 
@@ -140,7 +140,7 @@ def test_blocked_group_does_not_rescan_every_rank(monkeypatch):
 
 def test_spread_prefers_nodes_with_fewest_spread_tasks():
     s = make(3, 2, {"CPU": 2})
-    nodes = lambda ranks: sorted(rank // 2 for rank in ranks)  # noqa: E731
+    nodes = lambda ranks: sorted(rank // 2 for rank in ranks)
     first = [s.try_place(Request(i, {"CPU": 1}, SPREAD)) for i in range(3)]
     assert nodes(first) == [0, 1, 2]
     second = [s.try_place(Request(i, {"CPU": 1}, SPREAD)) for i in range(3, 6)]
@@ -247,7 +247,7 @@ def test_placement_group_feasibility():
 
 def test_placement_group_strategies():
     s = make(3, 2, {"CPU": 2})
-    node = lambda rank: rank // 2  # noqa: E731
+    node = lambda rank: rank // 2
     s.create_placement_group(1, [{"CPU": 1}] * 3, "PACK")
     assert len({node(r) for r in s.placement_group_ranks(1)}) == 1
     assert len(set(s.placement_group_ranks(1))) == 2
@@ -294,6 +294,24 @@ def test_tasks_in_placement_group_use_the_bundle():
         s.release(bundle_rank[1], {"CPU": 1}, InPlacementGroup(1, 0))
 
 
+def test_blocked_task_in_placement_group_lends_its_bundle():
+    s = make(2, 1, {"CPU": 2})
+    s.create_placement_group(1, [{"CPU": 1}], "PACK")
+    [rank] = s.placement_group_ranks(1)
+    pg = InPlacementGroup(1)
+    assert s.try_place(Request(0, {"CPU": 1}, pg)) == rank
+    s.release(rank, {"CPU": 1}, pg)  # task 0 blocks in a nested get
+    assert s.try_place(Request(1, {"CPU": 1}, pg)) == rank
+    s.acquire(rank, {"CPU": 1}, pg)  # task 0 resumes: the bundle is overdrawn
+    assert s.try_place(Request(2, {"CPU": 0.5}, pg)) is None
+    assert s.rank_available(rank) == {"CPU": 1.0}  # the rank outside the bundle is untouched
+    with pytest.raises(ValueError, match="no bundle"):
+        s.release(1 - rank, {"CPU": 1}, pg)
+    s.release(rank, {"CPU": 1}, pg)
+    s.release(rank, {"CPU": 1}, pg)
+    assert s.try_place(Request(3, {"CPU": 1}, pg)) == rank
+
+
 def test_remove_placement_group_returns_what_tasks_do_not_hold():
     s = make(1, 1, {"CPU": 4})
     s.create_placement_group(1, [{"CPU": 3}], "PACK")
@@ -301,7 +319,8 @@ def test_remove_placement_group_returns_what_tasks_do_not_hold():
     s.submit(Request(1, {"CPU": 2}, InPlacementGroup(1)))
     s.remove_placement_group(1)
     assert s.rank_available(0) == {"CPU": 2.0}
-    assert [(r.id, "placement group 1 does not exist" in why) for r, why in s.take_infeasible()] == [(1, True)]
+    [(request, why)] = s.take_infeasible()
+    assert request.id == 1 and "placement group 1 does not exist" in why
     assert s.take_infeasible() == []
     s.release(0, {"CPU": 2}, InPlacementGroup(1))  # the task finishes after its group is gone
     assert s.rank_available(0) == {"CPU": 4.0}
@@ -321,7 +340,7 @@ def test_remove_rank_reports_requests_that_became_infeasible():
     s.submit(Request(2, {"CPU": 1}, NodeAffinity("b")))
     s.submit(Request(3, {"CPU": 1}, NodeAffinity("b", soft=True)))
     s.remove_rank(1)
-    reasons = dict((r.id, why) for r, why in s.take_infeasible())
+    reasons = {r.id: why for r, why in s.take_infeasible()}
     assert sorted(reasons) == [1, 2]
     assert "'CPU': 4.0" in reasons[1] and "'b'" in reasons[2]
     assert s.cluster_resources() == {"CPU": 2.0}
@@ -373,8 +392,10 @@ class Model:
 
     def free(self, rank) -> dict:
         free = dict(self.total[rank])
-        held = [req.resources for req, r, pg in self.running.values() if r == rank and pg not in self.pgs]
-        held += [b for _, bundles, ranks in self.pgs.values() for b, r in zip(bundles, ranks) if r == rank]
+        held = [req.resources for req, r, pg in self.running.values()
+                if r == rank and pg not in self.pgs]
+        held += [b for _, bundles, ranks in self.pgs.values()
+                 for b, r in zip(bundles, ranks) if r == rank]
         for amounts in held:
             for k, v in amounts.items():
                 free[k] = free.get(k, 0.0) - v
@@ -423,7 +444,8 @@ class Model:
             if None in ranks:
                 return False
             busy = {r for _, r, pg in self.running.values() if pg == strategy.pg_id}
-            indices = range(len(bundles)) if strategy.bundle_index == -1 else [strategy.bundle_index]
+            index = strategy.bundle_index
+            indices = range(len(bundles)) if index == -1 else [index]
             return any(ranks[i] not in busy and covers(bundles[i], resources) for i in indices)
         if isinstance(strategy, NodeAffinity) and not strategy.soft:
             candidates = self.ranks_on(strategy.node_id)
@@ -452,7 +474,8 @@ class Model:
         elif roll < 0.6:
             strategy = SPREAD
         elif roll < 0.75:
-            strategy = NodeAffinity(self.rng.choice(list(self.node.values()) + ["gone"]), self.rng.random() < 0.5)
+            node = self.rng.choice([*self.node.values(), "gone"])
+            strategy = NodeAffinity(node, soft=self.rng.random() < 0.5)
         else:
             strategy = InPlacementGroup(self.rng.randint(0, 5), self.rng.randint(-1, 2))
         return Request(self.next_id, dict(self.rng.choice(SHAPES)), strategy)
@@ -466,7 +489,10 @@ class Model:
         if isinstance(strategy, InPlacementGroup):
             pg = strategy.pg_id
             ranks = self.pgs[pg][2]
-            assert rank == ranks[strategy.bundle_index] if strategy.bundle_index >= 0 else rank in ranks
+            if strategy.bundle_index >= 0:
+                assert rank == ranks[strategy.bundle_index]
+            else:
+                assert rank in ranks
         self.running[req.id] = (req, rank, pg)
 
     def submit(self):
@@ -523,7 +549,8 @@ class Model:
     def create_pg(self):
         self.next_pg += self.rng.randint(1, 2)  # ids are never reused; some are never created
         pg_id = self.next_pg
-        bundles = [dict(self.rng.choice(SHAPES[:7]) or {"CPU": 1}) for _ in range(self.rng.randint(1, 3))]
+        bundles = [dict(self.rng.choice(SHAPES[:7]) or {"CPU": 1})
+                   for _ in range(self.rng.randint(1, 3))]
         strategy = self.rng.choice(PG_STRATEGIES)
         expected = self.pg_possible(strategy, bundles, [None] * len(bundles))
         try:
@@ -568,7 +595,8 @@ class Model:
                 assert self.s.placement_group_ranks(pg_id) == []
                 continue
             now = self.s.placement_group_ranks(pg_id)
-            assert all(old is None or old == new for old, new in zip(ranks, now))  # placed bundles stay
+            # bundles that were placed stay where they are
+            assert all(old is None or old == new for old, new in zip(ranks, now))
             ranks[:] = now
             nodes = [self.node[r] for r in now]
             if strategy == "STRICT_PACK":
@@ -594,10 +622,10 @@ class Model:
                 assert all(v >= -1e-6 for v in capacity.values())
         totals = [self.total[r] for r in self.total]
         assert approx_equal(self.s.cluster_resources(),
-                            {k: sum(t.get(k, 0.0) for t in totals) for k in {"CPU", "GPU", "mem"}})
+                            {k: sum(t.get(k, 0.0) for t in totals) for k in ("CPU", "GPU", "mem")})
         frees = [self.free(r) for r in self.total]
         assert approx_equal(self.s.available_resources(),
-                            {k: sum(f.get(k, 0.0) for f in frees) for k in {"CPU", "GPU", "mem"}})
+                            {k: sum(f.get(k, 0.0) for f in frees) for k in ("CPU", "GPU", "mem")})
         assert self.s.num_queued() == sum(len(q) for q in self.queues.values())
 
     def run(self, steps: int):

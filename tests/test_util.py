@@ -80,11 +80,11 @@ ACTOR_POOL_JOB = """
     out["map_generator_input"] = list(pool.map(double, (i for i in range(5))))
 
     # get_next keeps submission order; get_next_unordered returns the first finished.
-    for arg in [(1.0, "slow"), (0.0, "fast")]:
+    for arg in [(0.6, "slow"), (0.0, "fast")]:
         pool.submit(sleep_then, arg)
     out["busy"] = [pool.has_next(), pool.has_free()]
     out["ordered"] = [pool.get_next(), pool.get_next()]
-    for arg in [(1.0, "slow"), (0.0, "fast")]:
+    for arg in [(0.6, "slow"), (0.0, "fast")]:
         pool.submit(sleep_then, arg)
     out["unordered"] = [pool.get_next_unordered(), pool.get_next_unordered()]
     out["drained"] = [pool.has_next(), pool.has_free()]
@@ -92,23 +92,23 @@ ACTOR_POOL_JOB = """
     out["stop_unordered"] = caught(pool.get_next_unordered)
 
     # get_next after get_next_unordered has skipped ahead is an error.
-    for arg in [(1.0, "a"), (0.0, "b")]:
+    for arg in [(0.6, "a"), (0.0, "b")]:
         pool.submit(sleep_then, arg)
     out["skip_first"] = pool.get_next_unordered()
     out["mixed"] = caught(pool.get_next)
     out["skip_rest"] = pool.get_next_unordered()
 
     # Timeouts: TimeoutError, the result stays pending unless ignore_if_timedout.
-    pool.submit(sleep_then, (1.0, "late"))
+    pool.submit(sleep_then, (0.6, "late"))
     t0 = time.monotonic()
     out["timeout"] = caught(lambda: pool.get_next(timeout=0.1))
-    out["timeout_fast"] = time.monotonic() - t0 < 0.9
+    out["timeout_fast"] = time.monotonic() - t0 < 0.5
     out["timeout_unordered"] = caught(lambda: pool.get_next_unordered(timeout=0.1))
     out["timeout_pending"] = [pool.has_next(), pool.get_next()]
-    pool.submit(sleep_then, (1.0, "ignored"))
+    pool.submit(sleep_then, (0.6, "ignored"))
     out["ignored"] = caught(lambda: pool.get_next(timeout=0.1, ignore_if_timedout=True))
     out["ignored_gone"] = [pool.has_next(), pool.has_free()]
-    pool.submit(sleep_then, (1.0, "ignored"))
+    pool.submit(sleep_then, (0.6, "ignored"))
     out["ignored_unordered"] = caught(
         lambda: pool.get_next_unordered(timeout=0.1, ignore_if_timedout=True))
     out["ignored_unordered_gone"] = pool.has_next()

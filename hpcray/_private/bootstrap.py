@@ -7,6 +7,7 @@ Under mpiexec/srun the job's ranks are the cluster. A plain ``python script.py``
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import sys
 import threading
@@ -34,6 +35,14 @@ def _mpi():
     from mpi4py import MPI
 
     return MPI
+
+
+def process_gone(pid: int) -> bool:
+    """True once pid has exited (a zombie counts as gone)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 def _node_name() -> str:
@@ -93,6 +102,23 @@ def _relaunch(workers: int) -> None:
     os._exit(run_job(cmd, env))
 
 
+def _survive_peer_failure(on_failure) -> None:
+    """Hydra tells surviving ranks that a rank died with SIGUSR1, whose default action kills.
+
+    Catching it keeps the job alive so the head can fail or retry the lost work.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    previous = signal.getsignal(signal.SIGUSR1)
+
+    def handler(signum, frame):
+        on_failure()
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGUSR1, handler)
+
+
 def start(overrides: dict, num_cpus: int | None):
     """Collective start-up. Returns the head runtime on rank 0; never returns elsewhere."""
     embedded = os.environ.get("HPCRAY_EMBEDDED") == "1"
@@ -124,6 +150,7 @@ def start(overrides: dict, num_cpus: int | None):
 
         head = HeadRuntime(transport, config, ranks, job_id)
         head._mpi = (MPI, comm, inter)
+        _survive_peer_failure(head.check_soon)
         head.start()
         return head
     from .worker import WorkerRuntime
@@ -132,6 +159,7 @@ def start(overrides: dict, num_cpus: int | None):
 
     worker = WorkerRuntime(transport, config, ranks, job_id)
     set_current(worker)
+    _survive_peer_failure(lambda: None)
     worker.forward_output()
     status = 0
     try:
@@ -141,25 +169,37 @@ def start(overrides: dict, num_cpus: int | None):
 
         traceback.print_exc(file=sys.__stderr__)
         status = 1
-    _exit(MPI, comm, inter, status, clean=worker.stopping == "shutdown")
+    _exit(MPI, comm, inter, status, clean=worker.stopping == "shutdown", head_pid=worker.head_pid)
 
 
-def _exit(MPI, comm, inter, status: int, clean: bool) -> None:
-    """Ends this process: MPI_Finalize when every rank is healthy, then os._exit."""
+def _exit(MPI, comm, inter, status: int, clean: bool, head_pid: int = 0) -> None:
+    """Ends a worker: a last barrier with the head, MPI_Finalize, then os._exit.
+
+    Workers leave only after the head's own exit so the launcher sees the head's status
+    (Hydra may kill a head that is still running when all its peers are gone).
+    """
     for stream in (sys.__stdout__, sys.__stderr__):
         try:
             stream.flush()
         except Exception:
             pass
     if clean:
-        watchdog = threading.Timer(10, os._exit, args=(status,))
+        watchdog = threading.Timer(30, os._exit, args=(status,))
         watchdog.daemon = True
         watchdog.start()
         try:
+            request = comm.Ibarrier()
+            while not request.Test():
+                if head_pid and process_gone(head_pid):
+                    os._exit(status)
+                time.sleep(0.01)
             comm.Free()
             if inter is not None:
                 inter.Disconnect()
             MPI.Finalize()
+            deadline = time.monotonic() + 5
+            while head_pid and not process_gone(head_pid) and time.monotonic() < deadline:
+                time.sleep(0.005)
         except Exception:
             pass
     os._exit(status)
@@ -194,12 +234,13 @@ def stop_head(head) -> None:
 
 
 def finalize(head) -> None:
-    """At interpreter exit: releases MPI (bounded in time) and lets Python exit normally."""
+    """At interpreter exit on rank 0: MPI_Finalize together with the workers (bounded in time)."""
     MPI, comm, inter = head._mpi
     watchdog = threading.Timer(10, os._exit, args=(1,))
     watchdog.daemon = True
     watchdog.start()
     try:
+        comm.Ibarrier().Wait()  # matches the workers' Ibarrier (blocking ones would not)
         comm.Free()
         if inter is not None:
             inter.Disconnect()

@@ -17,6 +17,7 @@ import psutil
 
 from .. import exceptions as E
 from . import protocol as P
+from .bootstrap import process_gone
 from .objects import Stored
 from .runtime import RankInfo, Runtime
 from .scheduler import DEFAULT, Infeasible, InPlacementGroup, Request, Scheduler
@@ -131,7 +132,7 @@ class HeadRuntime(Runtime):
 
     def progress_loop(self) -> None:
         transport, backoff = self.transport, self.backoff
-        next_check = 0.0
+        self.next_check = 0.0
         while not self.stopping:
             with self.lock:
                 self.drain_refs()
@@ -152,13 +153,18 @@ class HeadRuntime(Runtime):
                 if transport.pending_sends():
                     busy = True
             now = time.monotonic()
-            if now >= next_check:
-                next_check = now + 0.2
+            if now >= self.next_check:
+                self.next_check = now + 0.2
                 self.check_ranks(now)
             if busy:
                 backoff.reset()
             else:
                 backoff.sleep()
+
+    def check_soon(self) -> None:
+        """Signal-safe: makes the progress loop check rank liveness now."""
+        self.next_check = 0.0
+        self.backoff.kick()
 
     def flush(self) -> None:
         """Sends the FREE messages batched while handling."""
@@ -595,12 +601,12 @@ class HeadRuntime(Runtime):
         self.schedule_queued()
 
     # -- output and failures -----------------------------------------------------------------
-    def on_log(self, src: int, text: str) -> None:
+    def on_log(self, src: int, text: str, is_err: bool) -> None:
         info = self.ranks[src]
         prefix = f"(rank={src} pid={info.pid} host={info.host}) "
-        lines = text.splitlines()
-        sys.stdout.write("".join(prefix + line + "\n" for line in lines))
-        sys.stdout.flush()
+        stream = sys.stderr if is_err else sys.stdout
+        stream.write("".join(prefix + line + "\n" for line in text.splitlines()))
+        stream.flush()
 
     def check_ranks(self, now: float) -> None:
         """Declares ranks dead: by pid on this host, by silence elsewhere."""
@@ -608,10 +614,7 @@ class HeadRuntime(Runtime):
             if not info.alive:
                 continue
             if info.host == self.host:
-                try:
-                    gone = psutil.Process(info.pid).status() == psutil.STATUS_ZOMBIE
-                except psutil.NoSuchProcess:
-                    gone = True
+                gone = process_gone(info.pid)
             else:
                 gone = now - info.last_seen > self.config.heartbeat_timeout
             if gone:

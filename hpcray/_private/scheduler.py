@@ -52,7 +52,10 @@ class InPlacementGroup:
 
 @dataclass
 class Request:
-    """A task or actor waiting for resources. strategy: DEFAULT, SPREAD, NodeAffinity or InPlacementGroup."""
+    """A task or actor waiting for resources.
+
+    strategy: DEFAULT, SPREAD, a NodeAffinity or an InPlacementGroup.
+    """
 
     id: int
     resources: dict[str, float]
@@ -68,7 +71,8 @@ def _shape(resources: dict[str, float]) -> Shape:
     for name, amount in resources.items():
         if not amount >= 0:
             raise ValueError(f"resource {name!r} must be a non-negative number, got {amount!r}")
-    return tuple(sorted((name, float(amount)) for name, amount in resources.items() if amount > _EPS))
+    return tuple(sorted((name, float(amount))
+                        for name, amount in resources.items() if amount > _EPS))
 
 
 def _checked(strategy: object) -> object:
@@ -81,7 +85,10 @@ def _checked(strategy: object) -> object:
 
 def _covers(amounts: dict[str, float], shape: Shape) -> bool:
     """True when amounts has at least shape of every resource (within 1e-9)."""
-    return all(amounts.get(name, 0.0) >= amount - _EPS for name, amount in shape)
+    for name, amount in shape:
+        if amounts.get(name, 0.0) < amount - _EPS:
+            return False
+    return True
 
 
 def _snap(value: float) -> float:
@@ -135,7 +142,9 @@ class _Pool:
         for name, amount in amounts:
             value = _snap(free.get(name, 0.0) + sign * amount)
             free[name] = value
-            having = self._having.setdefault(name, OrderedDict())
+            having = self._having.get(name)
+            if having is None:
+                having = self._having[name] = OrderedDict()
             if value > 0:
                 having.setdefault(slot)
             else:
@@ -144,7 +153,7 @@ class _Pool:
             self.freed.append(slot)
 
     def find(self, shape: Shape) -> int | None:
-        """Round robin: the least recently chosen slot that fits; slots looked at move to the back."""
+        """Round robin: the least recently chosen slot that fits; what it looked at goes last."""
         candidates = min((self._having.get(name, OrderedDict()) for name, _ in shape),
                          key=len, default=self._slots)
         looked_at = []
@@ -202,7 +211,7 @@ class Scheduler:
         self._spread_load: dict[str, int] = {}  # node -> SPREAD requests running there
         self._nodes_by_load: list[OrderedDict[str, None]] = [OrderedDict()]
         self._queues: dict[tuple[Shape, object], _Group] = {}
-        self._queued: dict[int, tuple[Shape, object]] = {}  # request id -> key of its group
+        self._queued: dict[int, _Group] = {}  # request id -> its group
         self._infeasible: list[tuple[Request, str]] = []
         self._pgs: dict[int, _PlacementGroup] = {}
 
@@ -274,7 +283,7 @@ class Scheduler:
                 raise Infeasible(reason)
             group = self._queues[key] = _Group(*key)
         group.queue[req.id] = req
-        self._queued[req.id] = key
+        self._queued[req.id] = group
 
     def schedule(self) -> list[tuple[Request, int]]:
         """Reserves pending placement groups, then places as many queued requests as fit now.
@@ -317,16 +326,16 @@ class Scheduler:
 
     def cancel(self, req_id: int) -> bool:
         """Removes a queued request; True if it was queued."""
-        key = self._queued.pop(req_id, None)
-        if key is None:
+        group = self._queued.pop(req_id, None)
+        if group is None:
             return False
-        group = self._queues[key]
         del group.queue[req_id]
         if not group.queue:
-            del self._queues[key]
+            del self._queues[group.shape, group.strategy]
         return True
 
-    def release(self, rank: int, resources: dict[str, float], pg: InPlacementGroup | None = None) -> None:
+    def release(self, rank: int, resources: dict[str, float],
+                pg: InPlacementGroup | None = None) -> None:
         """Gives back resources a request held on rank (a finished or blocked task).
 
         They go to the request's bundle when pg names a live placement group (bundle_index -1:
@@ -343,7 +352,8 @@ class Scheduler:
             info.spread[shape] -= 1
             self._shift_spread_load(info.node, -1)
 
-    def acquire(self, rank: int, resources: dict[str, float], pg: InPlacementGroup | None = None) -> None:
+    def acquire(self, rank: int, resources: dict[str, float],
+                pg: InPlacementGroup | None = None) -> None:
         """Takes resources on rank (or its bundle of pg) even if they are not free: may go negative.
 
         Used when a task that released its resources while blocked in a nested get resumes.
@@ -365,7 +375,8 @@ class Scheduler:
         return len(self._queued)
 
     # -- placement groups ----------------------------------------------------------------------
-    def create_placement_group(self, pg_id: int, bundles: list[dict[str, float]], strategy: str) -> None:
+    def create_placement_group(self, pg_id: int, bundles: list[dict[str, float]],
+                               strategy: str) -> None:
         """Reserves each bundle on one rank, all or nothing, now or in a later schedule().
 
         strategy: PACK (as few ranks and nodes as possible), SPREAD (distinct nodes when
@@ -375,10 +386,12 @@ class Scheduler:
         if pg_id in self._pgs:
             raise ValueError(f"placement group {pg_id} already exists")
         if strategy not in PLACEMENT_STRATEGIES:
-            raise ValueError(f"unknown placement strategy {strategy!r}: use one of {PLACEMENT_STRATEGIES}")
+            raise ValueError(f"unknown placement strategy {strategy!r}: "
+                             f"use one of {PLACEMENT_STRATEGIES}")
         shapes = [_shape(bundle) for bundle in bundles]
         if not shapes or not all(shapes):
-            raise ValueError(f"a placement group needs bundles, each asking for some resource: {bundles!r}")
+            raise ValueError("a placement group needs bundles, each asking for some resource: "
+                             f"{bundles!r}")
         pg = _PlacementGroup(strategy, shapes, [None] * len(shapes))
         reason = self._placement_group_reason(pg)
         if reason is not None:
@@ -398,9 +411,9 @@ class Scheduler:
         return [rank for rank in self._pgs[pg_id].ranks if rank is not None]
 
     def remove_placement_group(self, pg_id: int) -> None:
-        """Returns the group's free reserved resources to the ranks; its queued requests become infeasible.
+        """Frees the group's unused reservations; its queued requests become infeasible.
 
-        What tasks still hold comes back to the rank by their later release(..., pg=...).
+        What its tasks still hold comes back to the rank with their later release(..., pg=...).
         Unknown or already removed groups are ignored.
         """
         pg = self._pgs.pop(pg_id, None)
@@ -417,7 +430,7 @@ class Scheduler:
         return _total(info.total for info in self._ranks.values())
 
     def available_resources(self) -> dict[str, float]:
-        """Free resources of the live ranks (resources reserved by placement groups are not free)."""
+        """Free resources of the live ranks (placement-group reservations are not free)."""
         return _total(self._cluster.free.values())
 
     def rank_available(self, rank: int) -> dict[str, float]:
@@ -451,7 +464,10 @@ class Scheduler:
         return self._find(self._cluster, group)
 
     def _find(self, pool: _Pool, group: _Group) -> int | None:
-        """Round-robin choice of a slot of pool that fits group; a blocked group only looks at freed slots."""
+        """Round-robin choice of a slot of pool that fits group.
+
+        A blocked group only looks at the slots freed since the last schedule().
+        """
         if group.blocked:
             return self._next_freed_fit(pool, group)
         slot = pool.find(group.shape)
@@ -459,7 +475,7 @@ class Scheduler:
         return slot
 
     def _next_freed_fit(self, pool: _Pool, group: _Group) -> int | None:
-        """The first slot freed since the last schedule() that fits group, resuming at group.cursor."""
+        """The first slot freed since the last schedule() that fits group, from group.cursor on."""
         while group.cursor < len(pool.freed):
             slot = pool.freed[group.cursor]
             if pool.fits(slot, group.shape):
@@ -513,7 +529,7 @@ class Scheduler:
 
     def _holder(self, rank: int, shape: Shape, pg: InPlacementGroup | None,
                 taking: bool) -> tuple[_Pool, int]:
-        """The pool and slot that a request on rank takes its resources from (or gives them back to)."""
+        """The pool and slot a request on rank takes its resources from (or gives them back to)."""
         group = self._pgs.get(pg.pg_id) if pg is not None else None
         if group is None:
             return self._cluster, rank
@@ -540,7 +556,9 @@ class Scheduler:
                 ranks = self._nodes[node]
                 if self._reserve_each(pg, lambda shape, ranks=ranks: self._first_fit(ranks, shape)):
                     return True
-            return pg.strategy == PACK and self._reserve_each(pg, lambda shape: self._near_bundles(pg, shape))
+            if pg.strategy == STRICT_PACK:
+                return False
+            return self._reserve_each(pg, lambda shape: self._near_bundles(pg, shape))
         strict = pg.strategy == STRICT_SPREAD
         return self._reserve_each(pg, lambda shape: self._on_new_node(pg, shape, strict))
 
@@ -582,7 +600,7 @@ class Scheduler:
         return rank if rank is not None else self._cluster.find(shape)
 
     def _on_new_node(self, pg: _PlacementGroup, shape: Shape, strict: bool) -> int | None:
-        """SPREAD: a rank on a node without bundles of pg; unless strict, any rank when there is none."""
+        """SPREAD: a rank on a node without bundles of pg; unless strict, any rank if none fits."""
         used = set(self._bundle_nodes(pg))
         for node, ranks in self._nodes.items():
             if node not in used:
@@ -600,8 +618,9 @@ class Scheduler:
         if isinstance(strategy, NodeAffinity) and not strategy.soft:
             ranks = self._nodes.get(strategy.node_id)
             if not ranks:
-                return (f"request {dict(shape)} has a hard affinity to node {strategy.node_id!r}, which has "
-                        "no live rank. Use a live node id, or NodeAffinity(node_id, soft=True).")
+                return (f"request {dict(shape)} has a hard affinity to node {strategy.node_id!r}, "
+                        "which has no live rank. Use a live node id, or "
+                        "NodeAffinity(node_id, soft=True).")
             capacities = [self._ranks[rank].total for rank in ranks]
             where = f" of node {strategy.node_id!r}"
         else:
@@ -616,14 +635,14 @@ class Scheduler:
             return f"placement group {target.pg_id} does not exist (never created, or removed)"
         count = len(pg.bundles)
         if not -1 <= target.bundle_index < count:
-            return (f"bundle index {target.bundle_index} is out of range: placement group {target.pg_id} "
-                    f"has {count} bundles (use 0..{count - 1}, or -1 for any)")
+            return (f"bundle index {target.bundle_index} is out of range: placement group "
+                    f"{target.pg_id} has {count} bundles (use 0..{count - 1}, or -1 for any)")
         bundles = pg.bundles if target.bundle_index == -1 else [pg.bundles[target.bundle_index]]
         if not any(_covers(dict(bundle), shape) for bundle in bundles):
             which = "any bundle" if target.bundle_index == -1 else f"bundle {target.bundle_index}"
-            return (f"request {dict(shape)} does not fit in {which} of placement group {target.pg_id} "
-                    f"(bundles: {[dict(bundle) for bundle in bundles]}). Request less, or create the "
-                    "group with larger bundles.")
+            return (f"request {dict(shape)} does not fit in {which} of placement group "
+                    f"{target.pg_id} (bundles: {[dict(bundle) for bundle in bundles]}). "
+                    "Request less, or create the group with larger bundles.")
         return None if pg.ready else self._placement_group_reason(pg)
 
     def _placement_group_reason(self, pg: _PlacementGroup) -> str | None:
@@ -633,19 +652,21 @@ class Scheduler:
             if not any(_covers(capacity, bundle) for capacity in capacities):
                 return _too_big("a bundle", bundle, capacities, "")
         if pg.strategy == STRICT_SPREAD and len(pg.bundles) > len(self._nodes):
-            return (f"STRICT_SPREAD needs {len(pg.bundles)} distinct nodes but only {len(self._nodes)} "
-                    "have live ranks. Use SPREAD, or fewer bundles.")
+            return (f"STRICT_SPREAD needs {len(pg.bundles)} distinct nodes but only "
+                    f"{len(self._nodes)} have live ranks. Use SPREAD, or fewer bundles.")
         if pg.strategy != STRICT_PACK:
             return None
         if any(self._node_holds(node, pg.bundles) for node in self._pack_nodes(pg)):
             return None
-        node_totals = [_total(self._ranks[rank].total for rank in ranks) for ranks in self._nodes.values()]
+        node_totals = [_total(self._ranks[rank].total for rank in ranks)
+                       for ranks in self._nodes.values()]
         largest = max(node_totals, key=lambda total: sum(total.values()), default=None)
         return (f"STRICT_PACK needs {_total(dict(bundle) for bundle in pg.bundles)} on one node, "
-                f"which no node has in total (largest node: {largest}). Use PACK, or smaller bundles.")
+                f"which no node has in total (largest node: {largest}). "
+                "Use PACK, or smaller bundles.")
 
     def _node_holds(self, node: str, bundles: list[Shape]) -> bool:
-        """Whether the ranks of node have, in total, room for all bundles (a necessary condition)."""
+        """Whether the ranks of node have room for all bundles in total (necessary, not enough)."""
         capacities = [self._ranks[rank].total for rank in self._nodes[node]]
         need = tuple(_total(dict(bundle) for bundle in bundles).items())
         return _covers(_total(capacities), need) and all(

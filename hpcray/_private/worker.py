@@ -18,10 +18,9 @@ import time
 import traceback
 from typing import Any
 
-import psutil
-
 from .. import exceptions as E
 from . import protocol as P
+from .bootstrap import process_gone
 from .objects import Stored
 from .runtime import Runtime
 from .serialization import deserialize, serialize
@@ -63,6 +62,14 @@ class ActorHost:
         self.calls: queue.SimpleQueue = queue.SimpleQueue()
         self.concurrency = int(spec.options.get("max_concurrency") or 0)
         self.loop: asyncio.AbstractEventLoop | None = None
+        try:
+            cls = worker.load_function(spec)
+        except Exception:
+            cls = None  # construct() raises it again, reported as the creation's error
+        if cls is not None and any(inspect.iscoroutinefunction(m)
+                                   for _, m in inspect.getmembers(cls)):
+            self.loop = asyncio.new_event_loop()
+            self.semaphore = asyncio.Semaphore(self.concurrency or 1000)
         self.create_spec = spec
         threading.Thread(target=self.main, args=(spec, inline), daemon=True,
                          name=f"hpcray-actor-{spec.name}").start()
@@ -70,6 +77,8 @@ class ActorHost:
     def main(self, spec: P.TaskSpec, inline: dict) -> None:
         worker = self.worker
         worker.local.actor_id = self.actor_id
+        if self.loop is not None:
+            asyncio.set_event_loop(self.loop)
         ok = worker.execute(spec, inline, lambda: self.construct)
         if not ok or self.dead:
             self.dead = True
@@ -81,14 +90,8 @@ class ActorHost:
             threading.Thread(target=self.serve, daemon=True, name="hpcray-actor").start()
         self.serve()
 
-    def construct(self, *args, **kwargs):
-        cls = self.worker.load_function(self.create_spec)
-        is_async = any(inspect.iscoroutinefunction(m) for _, m in inspect.getmembers(cls))
-        if is_async:
-            self.loop = asyncio.new_event_loop()
-            asyncio.set_event_loop(self.loop)
-            self.semaphore = asyncio.Semaphore(self.concurrency or 1000)
-        self.instance = cls(*args, **kwargs)
+    def construct(self, *args, **kwargs) -> None:
+        self.instance = self.worker.load_function(self.create_spec)(*args, **kwargs)
 
     def submit(self, spec: P.TaskSpec, inline: dict) -> None:
         if self.loop is not None:
@@ -239,7 +242,7 @@ class WorkerRuntime(Runtime):
                 transport.send(0, (P.HEARTBEAT,))
             if now >= next_check:
                 next_check = now + 0.5
-                if self.head_pid and not psutil.pid_exists(self.head_pid):
+                if self.head_pid and process_gone(self.head_pid):
                     print(f"hpcray: rank {self.rank}: the head (pid {self.head_pid}) is gone; "
                           "exiting", file=sys.__stderr__, flush=True)
                     self.stopping = "orphaned"

@@ -29,12 +29,6 @@ def _key(future: Future) -> Any:
     return tuple(future) if isinstance(future, list) else future
 
 
-def _actor_died_errors() -> tuple[type[BaseException], ...]:
-    """The exception meaning the actor is gone and must not go back into the pool."""
-    died = getattr(getattr(hpcray, "exceptions", None), "ActorDiedError", None)
-    return (died,) if isinstance(died, type) else ()
-
-
 class ActorPool:
     """Run ``fn(actor, value)`` calls over a fixed set of actors, one call per actor at a time.
 
@@ -88,9 +82,7 @@ class ActorPool:
         """Whether any submitted call has a result still to collect."""
         return bool(self._future_to_actor)
 
-    def get_next(
-        self, timeout: float | None = None, ignore_if_timedout: bool = False
-    ) -> Any:
+    def get_next(self, timeout: float | None = None, ignore_if_timedout: bool = False) -> Any:
         """Return the next result in submission order, blocking until it is ready.
 
         Raises StopIteration when nothing is pending and TimeoutError when the result is not
@@ -100,9 +92,7 @@ class ActorPool:
         if not self.has_next():
             raise StopIteration("No more results to get")
         if self._next_return_index >= self._next_task_index:
-            raise ValueError(
-                "It is not allowed to call get_next() after get_next_unordered()."
-            )
+            raise ValueError("It is not allowed to call get_next() after get_next_unordered().")
         index = self._next_return_index
         future = self._index_to_future[index]
         timed_out = False
@@ -170,7 +160,7 @@ class ActorPool:
         alive = True
         try:
             return hpcray.get(future)
-        except _actor_died_errors():
+        except hpcray.exceptions.ActorDiedError:
             alive = False
             raise
         finally:

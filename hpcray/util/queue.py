@@ -7,7 +7,6 @@ handle to that actor, so it pickles and can be passed to tasks and actors.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import queue
 from collections.abc import Iterable
 from typing import Any
@@ -50,9 +49,7 @@ class Queue:
     that holds the items (e.g. ``{"num_cpus": 0}`` or a ``name``).
     """
 
-    def __init__(
-        self, maxsize: int = 0, actor_options: dict[str, Any] | None = None
-    ) -> None:
+    def __init__(self, maxsize: int = 0, actor_options: dict[str, Any] | None = None) -> None:
         self.maxsize = maxsize
         actor_cls = hpcray.remote(_QueueActor).options(**(actor_options or {}))
         self.actor = actor_cls.remote(self.maxsize)
@@ -97,9 +94,7 @@ class Queue:
         _check_timeout(timeout)
         return _unwrap(hpcray.get(self.actor.get.remote(timeout)))
 
-    async def put_async(
-        self, item: Any, block: bool = True, timeout: float | None = None
-    ) -> None:
+    async def put_async(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         """``put`` for use inside a coroutine: awaits instead of blocking the event loop."""
         if not block:
             _unwrap(await _resolve(self.actor.put_nowait.remote(item)))
@@ -144,15 +139,23 @@ class Queue:
         if not self.actor:
             return
         actor, self.actor = self.actor, None
-        if not force:
-            done: list[Any] = []
-            # Where the actor has no graceful exit, fall back to kill.
-            with contextlib.suppress(Exception):
-                done_ref = actor.__ray_terminate__.remote()
-                done, _ = hpcray.wait([done_ref], timeout=grace_period_s)
-            if done:
-                return
-        hpcray.kill(actor, no_restart=True)
+        if force or not _terminate(actor, grace_period_s):
+            hpcray.kill(actor, no_restart=True)
+
+
+def _terminate(actor: Any, grace_period_s: float) -> bool:
+    """Ask the actor to exit after the calls already sent; whether it did in time."""
+    try:
+        done_ref = actor.__ray_terminate__.remote()
+        done, _ = hpcray.wait([done_ref], timeout=grace_period_s)
+        if not done:
+            return False
+        hpcray.get(done_ref)
+    except hpcray.exceptions.ActorDiedError:  # it exited before answering
+        return True
+    except (AttributeError, hpcray.exceptions.RayError):  # no graceful exit here
+        return False
+    return True
 
 
 async def _resolve(ref: Any) -> Any:
@@ -225,8 +228,6 @@ class _QueueActor:
 
     async def get_nowait_batch(self, num_items: int) -> tuple[int, Any]:
         if num_items > self.queue.qsize():
-            message = (
-                f"Cannot get {num_items} items from queue of size {self.queue.qsize()}."
-            )
+            message = f"Cannot get {num_items} items from queue of size {self.queue.qsize()}."
             return _EMPTY, (message,)
         return _OK, [self.queue.get_nowait() for _ in range(num_items)]
