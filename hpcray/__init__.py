@@ -2,17 +2,50 @@
 
 from . import exceptions, util
 from .actor import ActorClass, ActorHandle, method
-from .api import (available_resources, cancel, cluster_resources, get, get_actor, get_gpu_ids,
-                  get_runtime_context, init, is_initialized, kill, nodes, put, remote, shutdown,
-                  wait)
+from .api import (
+                  available_resources,
+                  cancel,
+                  cluster_resources,
+                  get,
+                  get_actor,
+                  get_gpu_ids,
+                  get_runtime_context,
+                  init,
+                  is_initialized,
+                  kill,
+                  nodes,
+                  put,
+                  remote,
+                  shutdown,
+                  wait,
+)
 from .object_ref import ObjectRef
 from .remote_function import RemoteFunction
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ActorClass", "ActorHandle", "ObjectRef", "RemoteFunction", "available_resources", "cancel",
-    "cluster_resources", "exceptions", "get", "get_actor", "get_gpu_ids", "get_runtime_context",
-    "init", "is_initialized", "kill", "method", "nodes", "put", "remote", "shutdown", "util",
-    "wait", "__version__",
+                  "ActorClass",
+                  "ActorHandle",
+                  "ObjectRef",
+                  "RemoteFunction",
+                  "__version__",
+                  "available_resources",
+                  "cancel",
+                  "cluster_resources",
+                  "exceptions",
+                  "get",
+                  "get_actor",
+                  "get_gpu_ids",
+                  "get_runtime_context",
+                  "init",
+                  "is_initialized",
+                  "kill",
+                  "method",
+                  "nodes",
+                  "put",
+                  "remote",
+                  "shutdown",
+                  "util",
+                  "wait",
 ]

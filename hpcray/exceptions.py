@@ -52,7 +52,7 @@ class TaskError(HpcrayError):
                                self.host, self.pid)
             err.args = (self._message(),)
             return err
-        except Exception:
+        except Exception:  # noqa: BLE001 - an exotic exception class: plain TaskError
             return self
 
 

@@ -15,7 +15,7 @@ _append = ref_events.append
 class ObjectRef:
     """A reference to an object produced by a task or ``put``; resolve it with ``hpcray.get``."""
 
-    __slots__ = ("id", "__weakref__")
+    __slots__ = ("__weakref__", "id")
 
     def __init__(self, object_id: int, _created: bool = False):
         self.id = object_id
@@ -52,7 +52,7 @@ class ObjectRef:
         def resolve():
             try:
                 fut.set_result(api.get(self))
-            except BaseException as exc:
+            except BaseException as exc:  # noqa: BLE001 - handed to the future
                 fut.set_exception(exc)
 
         threading.Thread(target=resolve, daemon=True, name="hpcray-future").start()

@@ -6,6 +6,7 @@ Under mpiexec/srun the job's ranks are the cluster. A plain ``python script.py``
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -154,7 +155,6 @@ def start(overrides: dict, num_cpus: int | None):
         head.start()
         return head
     from .worker import WorkerRuntime
-
     from .worker_context import set_current
 
     worker = WorkerRuntime(transport, config, ranks, job_id)
@@ -164,7 +164,7 @@ def start(overrides: dict, num_cpus: int | None):
     status = 0
     try:
         worker.run()
-    except BaseException:
+    except BaseException:  # noqa: BLE001 - any failure of the loop ends this rank with status 1
         import traceback
 
         traceback.print_exc(file=sys.__stderr__)
@@ -179,10 +179,8 @@ def _exit(MPI, comm, inter, status: int, clean: bool, head_pid: int = 0) -> None
     (Hydra may kill a head that is still running when all its peers are gone).
     """
     for stream in (sys.__stdout__, sys.__stderr__):
-        try:
+        with contextlib.suppress(OSError, ValueError):
             stream.flush()
-        except Exception:
-            pass
     if clean:
         watchdog = threading.Timer(30, os._exit, args=(status,))
         watchdog.daemon = True
@@ -200,8 +198,8 @@ def _exit(MPI, comm, inter, status: int, clean: bool, head_pid: int = 0) -> None
             deadline = time.monotonic() + 5
             while head_pid and not process_gone(head_pid) and time.monotonic() < deadline:
                 time.sleep(0.005)
-        except Exception:
-            pass
+        except MPI.Exception as exc:
+            print(f"hpcray: a worker's MPI shutdown failed: {exc}", file=sys.__stderr__)
     os._exit(status)
 
 
@@ -245,6 +243,6 @@ def finalize(head) -> None:
         if inter is not None:
             inter.Disconnect()
         MPI.Finalize()
-    except Exception:
-        pass
+    except MPI.Exception as exc:
+        print(f"hpcray: MPI shutdown failed on rank 0: {exc}", file=sys.stderr)
     watchdog.cancel()

@@ -13,22 +13,30 @@ import time
 import traceback
 from typing import Any
 
-import psutil
-
 from .. import exceptions as E
 from . import protocol as P
 from .bootstrap import process_gone
 from .objects import Stored
 from .runtime import RankInfo, Runtime
-from .scheduler import DEFAULT, Infeasible, InPlacementGroup, Request, Scheduler
+from .scheduler import Infeasible, InPlacementGroup, Request, Scheduler
 from .serialization import serialize
 
 
 class Entry:
     """The head's record of one object."""
 
-    __slots__ = ("refs", "ready", "inline", "size", "locations", "waiters", "dependents",
-                 "contained", "producer", "actor_id")
+    __slots__ = (
+        "actor_id",
+        "contained",
+        "dependents",
+        "inline",
+        "locations",
+        "producer",
+        "ready",
+        "refs",
+        "size",
+        "waiters",
+    )
 
     def __init__(self, refs: int, producer: int = 0):
         self.refs = refs
@@ -46,7 +54,7 @@ class Entry:
 class Task:
     """A task, actor creation or actor call the head is responsible for."""
 
-    __slots__ = ("spec", "rank", "waiting", "retries_left", "pins", "blocked", "cancelled")
+    __slots__ = ("blocked", "cancelled", "pins", "rank", "retries_left", "spec", "waiting")
 
     def __init__(self, spec: P.TaskSpec):
         self.spec = spec
@@ -61,8 +69,19 @@ class Task:
 class Actor:
     """An actor: where it lives and the calls waiting to be sent to it, in order."""
 
-    __slots__ = ("actor_id", "create", "rank", "dead", "cause", "name", "queue", "inflight",
-                 "lifetime", "orphaned", "detached")
+    __slots__ = (
+        "actor_id",
+        "cause",
+        "create",
+        "dead",
+        "detached",
+        "inflight",
+        "lifetime",
+        "name",
+        "orphaned",
+        "queue",
+        "rank",
+    )
 
     def __init__(self, create: Task):
         spec = create.spec
@@ -146,7 +165,7 @@ class HeadRuntime(Runtime):
                     self.ranks[src].last_seen = time.monotonic()
                     try:
                         self.handlers[msg[0]](src, *msg[1:])
-                    except Exception:
+                    except Exception:  # noqa: BLE001 - a bad message must not stop the head
                         traceback.print_exc()
                 self.flush()
                 transport.test_sends()
@@ -538,7 +557,7 @@ class HeadRuntime(Runtime):
     def on_request(self, src: int, req_id: int, op: str, args: tuple) -> None:
         try:
             self.transport.send(src, (P.REPLY, req_id, True, self.ops[op](src, *args)))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the error is the reply
             self.transport.send(src, (P.REPLY, req_id, False, exc))
 
     def op_get_actor(self, src: int, name: str):

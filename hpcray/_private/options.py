@@ -59,8 +59,10 @@ def resources_of(options: dict[str, Any], default_cpus: float) -> dict[str, floa
 
 def strategy_of(options: dict[str, Any]):
     """Turns scheduling options into the scheduler's strategy value."""
-    from ..util.scheduling_strategies import (NodeAffinitySchedulingStrategy,
-                                              PlacementGroupSchedulingStrategy)
+    from ..util.scheduling_strategies import (
+        NodeAffinitySchedulingStrategy,
+        PlacementGroupSchedulingStrategy,
+    )
 
     strategy = options.get("scheduling_strategy")
     pg = options.get("placement_group")

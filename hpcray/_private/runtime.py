@@ -24,7 +24,7 @@ from .transport import Backoff, Transport
 class RankInfo:
     """What the head knows about one rank."""
 
-    __slots__ = ("rank", "host", "pid", "node_id", "node_name", "resources", "alive", "last_seen")
+    __slots__ = ("alive", "host", "last_seen", "node_id", "node_name", "pid", "rank", "resources")
 
     def __init__(self, rank: int, host: str, pid: int, node_id: str, node_name: str,
                  resources: dict):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import functools
 import inspect
 import io
 import queue
@@ -64,8 +65,8 @@ class ActorHost:
         self.loop: asyncio.AbstractEventLoop | None = None
         try:
             cls = worker.load_function(spec)
-        except Exception:
-            cls = None  # construct() raises it again, reported as the creation's error
+        except Exception:  # noqa: BLE001 - construct() raises it again as the creation's error
+            cls = None
         if cls is not None and any(inspect.iscoroutinefunction(m)
                                    for _, m in inspect.getmembers(cls)):
             self.loop = asyncio.new_event_loop()
@@ -107,7 +108,8 @@ class ActorHost:
             if item is None:
                 return
             spec, inline = item
-            worker.execute(spec, inline, lambda: getattr(self.instance, spec.method), copy=True)
+            worker.execute(spec, inline, functools.partial(getattr, self.instance, spec.method),
+                           copy=True)
 
     async def run_async(self, spec: P.TaskSpec, inline: dict) -> None:
         worker = self.worker
@@ -119,7 +121,7 @@ class ActorHost:
                 if inspect.isawaitable(result):
                     result = await result
                 results, retryable = worker.pack_results(spec, result, copy=True), False
-            except BaseException as exc:
+            except BaseException as exc:  # noqa: BLE001 - user code: the error is the result
                 results, retryable = worker.pack_error(spec, exc)
             if not self.dead:
                 worker.to_head((P.DONE, spec.task_id, results, retryable))
@@ -230,7 +232,7 @@ class WorkerRuntime(Runtime):
                     src, msg = item
                     try:
                         self.handlers[msg[0]](src, *msg[1:])
-                    except Exception:
+                    except Exception:  # noqa: BLE001 - a bad message must not stop the rank
                         traceback.print_exc(file=sys.__stderr__)
                 self.flush_output()
                 transport.test_sends()
@@ -276,7 +278,8 @@ class WorkerRuntime(Runtime):
             exc = E.ObjectLostError(f"rank {self.rank} was asked for object {object_id:016x}, "
                                     "which it no longer holds")
             header, buffers, _ = serialize(exc)
-            self.transport.send_buffers(dest, (P.OBJDATA, object_id, header, [], True), [])
+            self.transport.send_buffers(dest, (P.OBJDATA, object_id, header,
+                                               [b.nbytes for b in buffers], True), buffers)
             return
         sizes = [memoryview(b).nbytes for b in stored.buffers]
         self.transport.send_buffers(dest, (P.OBJDATA, object_id, stored.header, sizes, stored.error),
@@ -389,7 +392,7 @@ class WorkerRuntime(Runtime):
                                           isinstance(exc, tuple(retry)))
         try:
             header, buffers, _ = serialize(error)
-        except Exception:
+        except Exception:  # noqa: BLE001 - an unpicklable exception is sent as its traceback
             error = E.TaskError(spec.name, traceback.format_exc(), None, self.rank, self.host,
                                 self.pid)
             header, buffers, _ = serialize(error)
@@ -412,7 +415,7 @@ class WorkerRuntime(Runtime):
             args, kwargs = self.resolve_args(spec, inline)
             result = fn(*args, **kwargs)
             results, retryable = self.pack_results(spec, result, copy), False
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - user code: the error is the result
             ok = False
             results, retryable = self.pack_error(spec, exc)
         finally:

@@ -1,8 +1,12 @@
 """Utilities with Ray's names: ActorPool, placement groups, scheduling strategies, Queue."""
 
 from .actor_pool import ActorPool
-from .placement_group import (PlacementGroup, get_current_placement_group, placement_group,
-                              remove_placement_group)
+from .placement_group import (
+                              PlacementGroup,
+                              get_current_placement_group,
+                              placement_group,
+                              remove_placement_group,
+)
 from .scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 
 __all__ = ["ActorPool", "NodeAffinitySchedulingStrategy", "PlacementGroup",
