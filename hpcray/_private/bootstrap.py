@@ -145,6 +145,8 @@ def start(overrides: dict, num_cpus: int | None):
     ranks = _describe(comm, config)
     from .transport import Transport
 
+    sys.setswitchinterval(float(os.environ.get("SWI", "0.005")))
+
     transport = Transport(comm)
     if comm.Get_rank() == 0:
         from .head import HeadRuntime

@@ -10,7 +10,6 @@ import collections
 import sys
 import threading
 import time
-import traceback
 from typing import Any
 
 from .. import exceptions as E
@@ -115,10 +114,11 @@ class HeadRuntime(Runtime):
         self.free_out: dict[int, list[int]] = collections.defaultdict(list)
         self.pending_pgs: dict[int, int] = {}
         self.dead_ranks: list[int] = []
+        self.pollers = 0  # driver threads polling in get(); the progress thread steps aside
         self.handlers = {
             P.SUBMIT: self.on_submit, P.DONE: self.on_done, P.REFS: self.on_refs,
             P.WANT: self.on_want, P.PUT: self.on_put, P.LOG: self.on_log,
-            P.BLOCKED: self.on_blocked, P.HEARTBEAT: lambda src: None,
+            P.BLOCKED: self.on_blocked, P.HEARTBEAT: self.on_heartbeat,
             P.REQUEST: self.on_request, P.OBJDATA: self.on_objdata,
         }
         self.ops = {
@@ -150,27 +150,11 @@ class HeadRuntime(Runtime):
                 self.flush()
 
     def progress_loop(self) -> None:
-        transport, backoff = self.transport, self.backoff
+        """The head's own progress; it idles while a driver thread polls in get()."""
+        backoff = self.backoff
         self.next_check = 0.0
         while not self.stopping:
-            with self.lock:
-                self.drain_refs()
-                busy = False
-                for _ in range(64):
-                    item = transport.poll()
-                    if item is None:
-                        break
-                    busy = True
-                    src, msg = item
-                    self.ranks[src].last_seen = time.monotonic()
-                    try:
-                        self.handlers[msg[0]](src, *msg[1:])
-                    except Exception:  # noqa: BLE001 - a bad message must not stop the head
-                        traceback.print_exc()
-                self.flush()
-                transport.test_sends()
-                if transport.pending_sends():
-                    busy = True
+            busy = self.progress_once() if not self.pollers else False
             now = time.monotonic()
             if now >= self.next_check:
                 self.next_check = now + 0.2
@@ -179,6 +163,25 @@ class HeadRuntime(Runtime):
                 backoff.reset()
             else:
                 backoff.sleep()
+
+    def before_poll(self) -> None:
+        self.drain_refs()
+
+    def after_poll(self) -> None:
+        self.flush()
+
+    def may_poll(self) -> bool:
+        return True
+
+    def await_local(self, ids: list[int], deadline: float | None, need: int) -> bool:
+        self.pollers += 1
+        try:
+            return super().await_local(ids, deadline, need)
+        finally:
+            self.pollers -= 1
+
+    def on_heartbeat(self, src: int) -> None:
+        self.ranks[src].last_seen = time.monotonic()
 
     def check_soon(self) -> None:
         """Signal-safe: makes the progress loop check rank liveness now."""
@@ -319,7 +322,9 @@ class HeadRuntime(Runtime):
         self.store.add(object_id, Stored(header, buffers, error))
 
     # -- tasks -------------------------------------------------------------------------------
-    def on_submit(self, src: int, spec: P.TaskSpec) -> None:
+    def on_submit(self, src: int, spec: P.TaskSpec | tuple) -> None:
+        if type(spec) is tuple:
+            spec = P.TaskSpec(*spec)
         task = Task(spec)
         for object_id in spec.return_ids:
             self.objects[object_id] = Entry(1, spec.task_id)
@@ -422,7 +427,7 @@ class HeadRuntime(Runtime):
         if spec.fn_id and spec.fn_id not in sent:
             spec.fn_blob = self.fn_blobs[spec.fn_id]
             sent.add(spec.fn_id)
-        self.transport.send(rank, (P.TASK, spec, inline))
+        self.transport.send(rank, (P.TASK, spec.wire(), inline))
         spec.fn_blob = None
         if spec.kind == P.ACTOR_CREATE:
             self.pump_actor(self.actors[spec.actor_id])

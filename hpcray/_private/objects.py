@@ -60,12 +60,22 @@ class Stored:
         return deserialize(self.header, self.buffers)
 
 
+class Waiter:
+    """Counts arrivals of the ids a get/wait is waiting for (O(1) per arrival)."""
+
+    __slots__ = ("arrived",)
+
+    def __init__(self):
+        self.arrived = 0
+
+
 @dataclass
 class LocalStore:
     """Values present on this rank, and threads waiting for them."""
 
     objects: dict[int, Stored] = field(default_factory=dict)
     cond: threading.Condition = field(default_factory=threading.Condition)
+    watchers: dict[int, list[Waiter]] = field(default_factory=dict)
 
     def __contains__(self, object_id: int) -> bool:
         return object_id in self.objects
@@ -73,10 +83,31 @@ class LocalStore:
     def get(self, object_id: int) -> Stored | None:
         return self.objects.get(object_id)
 
+    def watch(self, ids) -> Waiter:
+        """A Waiter counting the ids of ``ids`` (absent now) as they arrive; hold the rank lock."""
+        waiter = Waiter()
+        watchers = self.watchers
+        for object_id in ids:
+            watchers.setdefault(object_id, []).append(waiter)
+        return waiter
+
+    def unwatch(self, ids, waiter: Waiter) -> None:
+        watchers = self.watchers
+        for object_id in ids:
+            waiting = watchers.get(object_id)
+            if waiting is not None and waiter in waiting:
+                waiting.remove(waiter)
+                if not waiting:
+                    del watchers[object_id]
+
     def add(self, object_id: int, stored: Stored) -> None:
         self.objects[object_id] = stored
-        with self.cond:
-            self.cond.notify_all()
+        waiting = self.watchers.pop(object_id, None)
+        if waiting is not None:
+            for waiter in waiting:
+                waiter.arrived += 1
+            with self.cond:
+                self.cond.notify_all()
 
     def free(self, object_ids) -> None:
         for object_id in object_ids:

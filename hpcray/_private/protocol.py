@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # worker -> head
-SUBMIT = 1        # (SUBMIT, TaskSpec)
+SUBMIT = 1        # (SUBMIT, TaskSpec.wire())
 DONE = 2          # (DONE, task_id, results, retryable)    results: [(id, inline|None, size, contained, error)]
 REFS = 3          # (REFS, [(id, +1|-1), ...])
 WANT = 4          # (WANT, [ids])                          deliver these objects to me when ready
@@ -21,7 +21,7 @@ LOG = 7           # (LOG, text)
 BLOCKED = 8       # (BLOCKED, task_id, blocked: bool)       a task waits in a nested get
 HEARTBEAT = 9     # (HEARTBEAT,)
 # head -> worker
-TASK = 20         # (TASK, TaskSpec, inline_deps {id: (header, buffers, error)})
+TASK = 20         # (TASK, TaskSpec.wire(), inline_deps {id: (header, buffers, error)})
 PUSH = 21         # (PUSH, id, dest)                       send your copy of id to dest
 OBJ = 22          # (OBJ, id, header, buffers, error)      a small value you asked for
 FREE = 23         # (FREE, [ids])
@@ -71,3 +71,10 @@ class TaskSpec:
     method: str = ""
     options: dict = field(default_factory=dict)     # actor options (max_concurrency, name, ...)
     caller: int = 0                                 # rank that submitted it
+
+    def wire(self) -> tuple:
+        """The fields as a flat tuple: pickles several times faster than the dataclass."""
+        return tuple(getattr(self, f) for f in _FIELDS)
+
+
+_FIELDS = tuple(TaskSpec.__dataclass_fields__)

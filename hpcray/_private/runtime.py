@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import threading
 import time
+import traceback
 from typing import Any
 
 from ..exceptions import GetTimeoutError, TaskError
@@ -53,6 +55,37 @@ class Runtime:
         self.functions: dict[int, Any] = {}
         self.local = threading.local()  # current task / actor of the calling thread
         self.stopping = False
+
+    # -- progress (shared by both roles) ---------------------------------------------------
+    def progress_once(self) -> bool:
+        """Handles what has arrived and completes finished sends; True if anything happened."""
+        transport = self.transport
+        with self.lock:
+            self.before_poll()
+            busy = False
+            for _ in range(64):
+                item = transport.poll()
+                if item is None:
+                    break
+                busy = True
+                src, msg = item
+                try:
+                    self.handlers[msg[0]](src, *msg[1:])
+                except Exception:  # noqa: BLE001 - a bad message must not stop the rank
+                    traceback.print_exc(file=sys.__stderr__)
+            self.after_poll()
+            transport.test_sends()
+            return busy or transport.pending_sends() > 0
+
+    def before_poll(self) -> None:
+        """Sends or applies the reference count changes made since the last poll."""
+
+    def after_poll(self) -> None:
+        """Flushes what handling produced (batched FREEs, forwarded output)."""
+
+    def may_poll(self) -> bool:
+        """Whether the calling thread drives progress itself while it waits."""
+        return False
 
     # -- reaching the head (differs by role) ----------------------------------------------
     def to_head(self, msg: tuple) -> None:
@@ -161,17 +194,37 @@ class Runtime:
                 self.to_head((P.BLOCKED, task, False))
 
     def await_local(self, ids: list[int], deadline: float | None, need: int) -> bool:
-        """Waits until ``need`` of ids are in the local store; False on deadline."""
-        objects = self.store.objects
-        cond = self.store.cond
-        with cond:
-            while sum(1 for i in ids if i in objects) < need:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return False
-                self.backoff.kick()
-                cond.wait(0.05 if remaining is None else min(remaining, 0.05))
-            return True
+        """Waits until ``need`` of ids (absent when called) arrive locally; False on deadline."""
+        with self.lock:
+            objects = self.store.objects
+            absent = [i for i in ids if i not in objects]
+            need -= len(ids) - len(absent)
+            if need <= 0:
+                return True
+            waiter = self.store.watch(absent)
+        try:
+            if self.may_poll():
+                backoff = Backoff(self.config.spin_time, self.config.backoff_max)
+                while waiter.arrived < need:
+                    if deadline is not None and time.monotonic() >= deadline:
+                        return False
+                    if self.progress_once():
+                        backoff.reset()
+                    else:
+                        backoff.sleep()
+                return True
+            cond = self.store.cond
+            with cond:
+                while waiter.arrived < need:
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        return False
+                    self.backoff.kick()
+                    cond.wait(0.05 if remaining is None else min(remaining, 0.05))
+                return True
+        finally:
+            with self.lock:
+                self.store.unwatch(absent, waiter)
 
     def get(self, refs, timeout: float | None = None):
         """Values of refs (a ref or a list of refs); raises the task's error if it failed."""

@@ -8,6 +8,7 @@ in a nested ``get`` never stops the rank from serving others.
 from __future__ import annotations
 
 import asyncio
+import collections
 import ctypes
 import functools
 import inspect
@@ -180,9 +181,14 @@ class WorkerRuntime(Runtime):
             P.SHUTDOWN: self.on_shutdown, P.OBJDATA: self.on_objdata,
         }
         self.streams: list[_Forward] = []
+        self.main_thread = threading.current_thread()
+        self.main_busy = False   # the main thread is running a task
+        self.inline_tasks: collections.deque = collections.deque()
 
     # -- the worker's half of the conversation ---------------------------------------------
     def to_head(self, msg: tuple) -> None:
+        if msg[0] == P.SUBMIT:
+            msg = (P.SUBMIT, msg[1].wire())
         with self.lock:
             changes = self.refs.drain()
             if changes:
@@ -213,41 +219,33 @@ class WorkerRuntime(Runtime):
             if text:
                 self.transport.send(0, (P.LOG, text, stream.is_err))
 
+    def before_poll(self) -> None:
+        changes = self.refs.drain()
+        if changes:
+            self.transport.send(0, (P.REFS, changes))
+
+    def after_poll(self) -> None:
+        self.flush_output()
+
+    def may_poll(self) -> bool:
+        return threading.current_thread() is self.main_thread
+
     def run(self) -> None:
-        """The progress loop; returns when the head says SHUTDOWN or dies."""
-        transport, backoff = self.transport, self.backoff
-        heartbeat = self.config.heartbeat_interval
-        next_beat = next_check = 0.0
+        """The main thread: polls and runs tasks inline; returns on SHUTDOWN or a dead head.
+
+        While it runs a task, the sentinel thread keeps messages flowing, and tasks that
+        arrive meanwhile go to pool threads.
+        """
+        backoff = self.backoff
+        threading.Thread(target=self.sentinel, daemon=True, name="hpcray-sentinel").start()
         while not self.stopping:
-            with self.lock:
-                changes = self.refs.drain()
-                if changes:
-                    transport.send(0, (P.REFS, changes))
-                busy = False
-                for _ in range(64):
-                    item = transport.poll()
-                    if item is None:
-                        break
-                    busy = True
-                    src, msg = item
-                    try:
-                        self.handlers[msg[0]](src, *msg[1:])
-                    except Exception:  # noqa: BLE001 - a bad message must not stop the rank
-                        traceback.print_exc(file=sys.__stderr__)
-                self.flush_output()
-                transport.test_sends()
-                if transport.pending_sends():
-                    busy = True
-            now = time.monotonic()
-            if now >= next_beat:
-                next_beat = now + heartbeat
-                transport.send(0, (P.HEARTBEAT,))
-            if now >= next_check:
-                next_check = now + 0.5
-                if self.head_pid and process_gone(self.head_pid):
-                    print(f"hpcray: rank {self.rank}: the head (pid {self.head_pid}) is gone; "
-                          "exiting", file=sys.__stderr__, flush=True)
-                    self.stopping = "orphaned"
+            busy = self.progress_once()
+            while self.inline_tasks and not self.stopping:
+                busy = True
+                self.main_busy = True
+                spec, inline = self.inline_tasks.popleft()
+                self.execute(spec, inline, None)
+                self.main_busy = False
             if busy:
                 backoff.reset()
             else:
@@ -255,16 +253,40 @@ class WorkerRuntime(Runtime):
         with self.lock:
             self.flush_output(final=True)
         deadline = time.monotonic() + 5
-        while transport.pending_sends() and time.monotonic() < deadline:
-            transport.test_sends()
+        while self.transport.pending_sends() and time.monotonic() < deadline:
+            self.transport.test_sends()
             time.sleep(0.001)
 
+    def sentinel(self) -> None:
+        """Heartbeats, head liveness, and progress while the main thread runs a task."""
+        heartbeat = self.config.heartbeat_interval
+        next_beat = next_check = 0.0
+        while not self.stopping:
+            time.sleep(self.config.backoff_max)
+            if self.main_busy:
+                self.progress_once()
+            now = time.monotonic()
+            if now >= next_beat:
+                next_beat = now + heartbeat
+                self.transport.send(0, (P.HEARTBEAT,))
+            if now >= next_check:
+                next_check = now + 0.5
+                if self.head_pid and process_gone(self.head_pid):
+                    print(f"hpcray: rank {self.rank}: the head (pid {self.head_pid}) is gone; "
+                          "exiting", file=sys.__stderr__, flush=True)
+                    self.stopping = "orphaned"
+                    self.backoff.kick()
+
     # -- messages from the head ------------------------------------------------------------
-    def on_task(self, src: int, spec: P.TaskSpec, inline: dict) -> None:
+    def on_task(self, src: int, fields: tuple, inline: dict) -> None:
+        spec = P.TaskSpec(*fields)
         if spec.fn_blob is not None:
             self.fn_blobs[spec.fn_id] = spec.fn_blob
         if spec.kind == P.NORMAL:
-            self.executor.submit(self.run_task, spec, inline)
+            if not self.main_busy and not self.inline_tasks:
+                self.inline_tasks.append((spec, inline))
+            else:
+                self.executor.submit(self.run_task, spec, inline)
         elif spec.kind == P.ACTOR_CREATE:
             self.actors[spec.actor_id] = ActorHost(self, spec, inline)
         else:
