@@ -226,7 +226,7 @@ class HeadRuntime(Runtime):
         del self.objects[object_id]
         for rank in entry.locations:
             if rank == 0:
-                self.store.free((object_id,))
+                self.store.free((object_id,), self.transport.pool)
             else:
                 self.free_out[rank].append(object_id)
         self.unpin(entry.contained)

@@ -8,6 +8,7 @@ object everywhere once no rank holds it and no task or object pins it.
 from __future__ import annotations
 
 import collections
+import sys
 import threading
 from dataclasses import dataclass, field
 
@@ -109,7 +110,14 @@ class LocalStore:
             with self.cond:
                 self.cond.notify_all()
 
-    def free(self, object_ids) -> None:
+    def free(self, object_ids, pool=None) -> None:
+        """Drops values; buffers no user array still references go back to ``pool``."""
         for object_id in object_ids:
-            self.objects.pop(object_id, None)
+            stored = self.objects.pop(object_id, None)
+            if pool is not None and stored is not None:
+                buffers, stored.buffers = stored.buffers, []
+                while buffers:
+                    buf = buffers.pop()
+                    if sys.getrefcount(buf) == 2:  # only `buf` and getrefcount's argument
+                        pool.give(buf)
 

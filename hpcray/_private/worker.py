@@ -315,7 +315,7 @@ class WorkerRuntime(Runtime):
         self.store.add(object_id, Stored(header, buffers, error))
 
     def on_free(self, src: int, ids: list) -> None:
-        self.store.free(ids)
+        self.store.free(ids, self.transport.pool)
 
     def on_cancel(self, src: int, task_id: int, force: bool) -> None:
         self.cancelled.add(task_id)
