@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import threading
 
 from ._private.objects import ADD, CREATED, DROP, ref_events
@@ -43,11 +41,13 @@ class ObjectRef:
     def __repr__(self) -> str:
         return f"ObjectRef({self.hex()})"
 
-    def future(self) -> concurrent.futures.Future:
+    def future(self):
         """A concurrent.futures.Future that completes with the value."""
+        import concurrent.futures
+
         from . import api
 
-        fut: concurrent.futures.Future = concurrent.futures.Future()
+        fut = concurrent.futures.Future()
 
         def resolve():
             try:
@@ -59,4 +59,6 @@ class ObjectRef:
         return fut
 
     def __await__(self):
+        import asyncio
+
         return asyncio.wrap_future(self.future()).__await__()

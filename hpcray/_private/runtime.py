@@ -12,15 +12,18 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..exceptions import GetTimeoutError, TaskError
 from ..object_ref import ObjectRef
 from . import protocol as P
+from .backoff import Backoff
 from .config import Config
 from .objects import LocalStore, RefTracker, Stored
 from .serialization import serialize
-from .transport import Backoff, Transport
+
+if TYPE_CHECKING:
+    from .transport import Transport
 
 
 class RankInfo:

@@ -1,4 +1,4 @@
-"""MPI transport: control messages, zero-copy buffer transfers and idle backoff.
+"""MPI transport: control messages and zero-copy buffer transfers.
 
 Every MPI call goes through one ``Transport`` under its lock, so any thread of a
 rank may send while the progress thread receives.
@@ -10,42 +10,10 @@ import threading
 import time
 from typing import Any
 
-import numpy as np
 from mpi4py import MPI
 
 CTRL = 11  # pickled control messages, ordered per sender
 DATA = 12  # raw buffers following an OBJDATA control message
-
-
-class Backoff:
-    """Idle waiting for poll loops: spin right after work, then sleep up to ``max_delay``."""
-
-    def __init__(self, spin_time: float, max_delay: float):
-        self.spin_time = spin_time
-        self.max_delay = max_delay
-        self.wakeup = threading.Event()
-        self.reset()
-
-    def reset(self) -> None:
-        self.spin_until = time.monotonic() + self.spin_time
-        self.delay = 0.0
-
-    def kick(self) -> None:
-        """Wakes the sleeping loop now: another thread expects a reply soon."""
-        self.wakeup.set()
-
-    def sleep(self) -> None:
-        if self.wakeup.is_set():
-            self.wakeup.clear()
-            self.reset()
-            return
-        if time.monotonic() < self.spin_until:
-            time.sleep(0)
-            return
-        self.delay = min(self.max_delay, max(self.delay * 2, 2e-5))
-        if self.wakeup.wait(self.delay):
-            self.wakeup.clear()
-            self.reset()
 
 
 class BufferPool:
@@ -54,10 +22,13 @@ class BufferPool:
     def __init__(self, max_bytes: int, min_size: int = 1 << 20):
         self.max_bytes = max_bytes
         self.min_size = min_size
-        self.free: list[np.ndarray] = []
+        self.free: list = []
         self.held = 0
 
-    def take(self, size: int) -> np.ndarray:
+    def take(self, size: int):
+        """An uninitialized uint8 numpy array of ``size`` bytes (numpy loads on first use)."""
+        import numpy as np
+
         if size >= self.min_size:
             for i, buf in enumerate(self.free):
                 if size <= buf.nbytes <= 2 * size:
@@ -68,7 +39,7 @@ class BufferPool:
 
     def give(self, buf) -> None:
         """Takes back a buffer nobody else references (checked by the caller)."""
-        if type(buf) is not np.ndarray or buf.nbytes < self.min_size:
+        if type(buf).__name__ != "ndarray" or buf.nbytes < self.min_size:
             return
         base = buf.base if buf.base is not None else buf
         if self.held + base.nbytes > self.max_bytes:
@@ -139,7 +110,7 @@ class Transport:
                 return None
             return status.Get_source(), msg.recv()
 
-    def recv_buffers(self, source: int, sizes: list[int]) -> list[np.ndarray]:
+    def recv_buffers(self, source: int, sizes: list[int]) -> list:
         """Receives the raw buffers announced by an OBJDATA message from ``source``."""
         out = []
         with self.lock:

@@ -7,7 +7,6 @@ in a nested ``get`` never stops the rank from serving others.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import ctypes
 import functools
@@ -63,13 +62,15 @@ class ActorHost:
         self.dead = False
         self.calls: queue.SimpleQueue = queue.SimpleQueue()
         self.concurrency = int(spec.options.get("max_concurrency") or 0)
-        self.loop: asyncio.AbstractEventLoop | None = None
+        self.loop = None  # an asyncio loop when the class has async methods
         try:
             cls = worker.load_function(spec)
         except Exception:  # noqa: BLE001 - construct() raises it again as the creation's error
             cls = None
         if cls is not None and any(inspect.iscoroutinefunction(m)
                                    for _, m in inspect.getmembers(cls)):
+            import asyncio
+
             self.loop = asyncio.new_event_loop()
             self.semaphore = asyncio.Semaphore(self.concurrency or 1000)
         self.create_spec = spec
@@ -80,6 +81,8 @@ class ActorHost:
         worker = self.worker
         worker.local.actor_id = self.actor_id
         if self.loop is not None:
+            import asyncio
+
             asyncio.set_event_loop(self.loop)
         ok = worker.execute(spec, inline, lambda: self.construct)
         if not ok or self.dead:
