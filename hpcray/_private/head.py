@@ -114,7 +114,8 @@ class HeadRuntime(Runtime):
         self.free_out: dict[int, list[int]] = collections.defaultdict(list)
         self.pending_pgs: dict[int, int] = {}
         self.dead_ranks: list[int] = []
-        self.pollers = 0  # driver threads polling in get(); the progress thread steps aside
+        self.pollers = 0  # driver threads inside the runtime; the progress thread steps aside
+        self.last_poll = 0.0
         self.handlers = {
             P.SUBMIT: self.on_submit, P.DONE: self.on_done, P.REFS: self.on_refs,
             P.WANT: self.on_want, P.PUT: self.on_put, P.LOG: self.on_log,
@@ -135,11 +136,23 @@ class HeadRuntime(Runtime):
         self.thread.start()
 
     def to_head(self, msg: tuple) -> None:
-        with self.lock:
-            self.drain_refs()
-            self.handlers[msg[0]](0, *msg[1:])
-            self.flush()
-        self.backoff.kick()
+        """A driver call: handled right here, and it polls for the workers now and then.
+
+        While driver threads are inside the runtime the progress thread steps aside, so
+        the two do not fight over the lock and the GIL.
+        """
+        self.pollers += 1
+        try:
+            with self.lock:
+                self.drain_refs()
+                self.handlers[msg[0]](0, *msg[1:])
+                self.flush()
+                now = time.monotonic()
+                if now - self.last_poll > 2e-4:
+                    self.last_poll = now
+                    self.progress_once()
+        finally:
+            self.pollers -= 1
 
     def request(self, op: str, *args) -> Any:
         with self.lock:
