@@ -76,6 +76,10 @@ def _dual_class(cause_cls: type) -> type:
     return cls
 
 
+class InfeasibleError(HpcrayError):
+    """No rank of the job can ever provide what a task, actor or placement group asks for."""
+
+
 class GetTimeoutError(HpcrayError, TimeoutError):
     """``get`` or ``wait`` ran out of time."""
 

@@ -7,8 +7,6 @@ failing check names itself). Jobs shared by several tests run once per module.
 The only time bounds are the hard ones hpcray promises (a failed job ends within 30 s); CPU use
 is measured as CPU time, never as wall-clock time.
 
-Tests marked ``xfail(strict=True)`` show bugs found while writing this file; each reason says
-what goes wrong. Remove the marker once the bug is fixed (strict: an unexpected pass fails).
 """
 
 from __future__ import annotations
@@ -48,8 +46,8 @@ def _result(proc: subprocess.CompletedProcess, status: int | None = 0) -> dict[s
     return json.loads(lines[0][len("RESULT "):])
 
 
-def _survivors(marker: str, pids: tuple[int, ...] = ()) -> list[psutil.Process]:
-    """Live processes whose command line mentions marker (a script path), or with these pids."""
+def _survivors(marker: str) -> list[psutil.Process]:
+    """Live processes whose command line mentions marker (a job's script path)."""
     found = {}
     me = os.getpid()
     for proc in psutil.process_iter(["pid", "cmdline", "status"]):
@@ -57,7 +55,7 @@ def _survivors(marker: str, pids: tuple[int, ...] = ()) -> list[psutil.Process]:
             if proc.pid == me or proc.info["status"] == psutil.STATUS_ZOMBIE:
                 continue
             cmdline = proc.info["cmdline"] or []
-            if proc.pid in pids or any(marker in arg for arg in cmdline):
+            if any(marker in arg for arg in cmdline):
                 found[proc.pid] = proc
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
@@ -82,13 +80,13 @@ def _kill_all(procs: list[psutil.Process]) -> None:
             pass
 
 
-def _leftovers(marker: str, pids: tuple[int, ...] = (), until: float | None = None) -> list[str]:
+def _leftovers(marker: str, until: float | None = None) -> list[str]:
     """Processes of a finished job still alive at ``until`` (monotonic time, default: now).
 
     Whatever is found is killed so that a failing test leaves nothing running.
     """
     while True:
-        alive = _survivors(marker, pids)
+        alive = _survivors(marker)
         if not alive or until is None or time.monotonic() >= until:
             break
         time.sleep(0.1)
@@ -310,10 +308,6 @@ def test_infeasible_num_cpus_fails_at_submission_and_says_what_to_do(scheduling)
     assert scheduling["after_infeasible"] in (1, 2)    # the job goes on
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "an infeasible request raises hpcray._private.scheduler.Infeasible, a private class that "
-    "derives from Exception only: it is not in hpcray.exceptions and `except "
-    "hpcray.exceptions.HpcrayError` does not catch it"))
 def test_infeasible_error_is_a_public_hpcray_exception(scheduling):
     assert scheduling["infeasible"]["hpcray_error"], scheduling["infeasible"]
 
@@ -342,10 +336,6 @@ def test_spread_uses_both_ranks(scheduling):
     assert set(scheduling["default_quarter"]) == {1, 2}, scheduling["default_quarter"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "SPREAD only balances SPREAD requests across nodes: within a node Scheduler._choose_spread "
-    "takes the first rank that fits (_first_fit), so in a one-node job 4 SPREAD tasks of "
-    "num_cpus=0.25 all land on rank 1 while DEFAULT spreads the same tasks over both ranks"))
 def test_spread_with_fractional_cpus_uses_both_ranks(scheduling):
     assert set(scheduling["spread_quarter"]) == {1, 2}, scheduling["spread_quarter"]
 
@@ -525,10 +515,6 @@ def test_driver_exception_fails_the_job_fast(run_job: RunJob, script_path: str, 
     assert _leftovers(script_path, until=start + FAIL_BOUND_S) == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "workers run a task on their main thread, which only checks for SHUTDOWN between tasks: "
-    "when the driver raises while tasks are running, their ranks stay alive until those tasks "
-    "return, so the job does not end (forever for a task that loops)"))
 def test_driver_exception_fails_the_job_fast_while_tasks_run(run_job: RunJob, script_path: str,
                                                              cleanup) -> None:
     start = time.monotonic()
@@ -602,15 +588,10 @@ def test_worker_killed_ends_the_job(run_job: RunJob, script_path: str, cleanup) 
     outcome = [line for line in proc.stdout.splitlines() if line.startswith("OUTCOME ")]
     assert outcome in ([], ["OUTCOME WorkerCrashedError"]), _output(proc)
     assert proc.returncode != 0, _output(proc)
-    pids = (info["driver"], *info["workers"].values())
-    assert _leftovers(script_path, pids, until=start + FAIL_BOUND_S) == [], _output(proc)
+    # every rank (driver and workers run the script) and mpiexec are gone
+    assert _leftovers(script_path, until=start + FAIL_BOUND_S) == [], _output(proc)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a driver that returns while tasks are still running fails the job: a task that finishes "
-    "while its rank is in MPI_Finalize sends its result with MPI_Isend after finalize; MPICH "
-    "aborts ('Attempting to use an MPI routine ... after finalizing MPICH') and the job exits "
-    "with status 1 or 10 instead of 0"))
 def test_driver_may_exit_with_tasks_in_flight(run_job: RunJob, cleanup) -> None:
     code = """
         import time
@@ -632,12 +613,6 @@ def test_driver_may_exit_with_tasks_in_flight(run_job: RunJob, cleanup) -> None:
     _result(proc, status=0)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "cancel() injects TaskCancelledError into the thread running the task "
-    "(PyThreadState_SetAsyncExc) whenever the task is in the worker's `running` map, which "
-    "includes the time the worker spends formatting a failed task's traceback in pack_error; "
-    "the exception then escapes execute() and kills the worker rank's main loop: get() raises "
-    "WorkerCrashedError, the rank is lost and the job exits 1"))
 def test_cancel_while_a_failed_task_is_reported(run_job: RunJob, cleanup) -> None:
     code = """
         import json
@@ -737,10 +712,6 @@ def test_idle_job_measures_every_rank(idle):
     assert sorted(idle["percent"]) == ["0", "1", "2", "3", "4"], idle
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "idle ranks poll: every worker's sentinel thread wakes every backoff_max (1 ms) and its "
-    "main loop sleeps at most 1 ms, the head's progress thread too (~1800 wakeups/s per worker); "
-    "with 4 workers on 2 cores an idle rank uses 5.5-7 % of a core, over the 5 % bound"))
 def test_idle_ranks_use_under_5_percent_cpu(idle):
     busy = {rank: round(pct, 2) for rank, pct in idle["percent"].items() if pct >= 5.0}
     assert busy == {}, f"idle CPU % per rank: {idle['percent']}"
@@ -900,10 +871,6 @@ def test_negative_num_cpus_is_value_error(bad_input, case):
     assert name == "ValueError" and "num_cpus" in message, bad_input[case]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "options.validate checks `value < 0`, which is False for NaN: num_cpus=float('nan') is "
-    "accepted and resources_of() then drops it (nan > 0 is False), so the task silently asks "
-    "for no CPU at all"))
 def test_nan_num_cpus_is_value_error(bad_input):
     assert bad_input["num_cpus_nan"] is not None, "num_cpus=nan was accepted"
     assert bad_input["num_cpus_nan"][0] == "ValueError"
@@ -927,10 +894,6 @@ def test_bad_api_arguments(bad_input, case, error):
     assert bad_input["still_works"] == 1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bootstrap.start() calls sys.setswitchinterval(float(os.environ.get('SWI', '0.005'))): a "
-    "leftover, undocumented and unprefixed variable; any non-number in SWI makes init() raise "
-    "ValueError on every rank"))
 def test_unrelated_environment_variable_does_not_break_init(run_job: RunJob, cleanup) -> None:
     code = """
         import hpcray

@@ -145,8 +145,6 @@ def start(overrides: dict, num_cpus: int | None):
     ranks = _describe(comm, config)
     from .transport import Transport
 
-    sys.setswitchinterval(float(os.environ.get("SWI", "0.005")))
-
     transport = Transport(comm)
     if comm.Get_rank() == 0:
         from .head import HeadRuntime
@@ -163,6 +161,15 @@ def start(overrides: dict, num_cpus: int | None):
     set_current(worker)
     _survive_peer_failure(lambda: None)
     worker.forward_output()
+    exiting = threading.Lock()
+
+    def end(status: int = 0) -> None:
+        if exiting.acquire(blocking=False):
+            transport.close()
+            _exit(MPI, comm, inter, status, clean=worker.stopping == "shutdown",
+                  head_pid=worker.head_pid)
+
+    worker.exit_fn = end
     status = 0
     try:
         worker.run()
@@ -171,7 +178,9 @@ def start(overrides: dict, num_cpus: int | None):
 
         traceback.print_exc(file=sys.__stderr__)
         status = 1
-    _exit(MPI, comm, inter, status, clean=worker.stopping == "shutdown", head_pid=worker.head_pid)
+    end(status)
+    while True:  # the sentinel thread is ending the rank
+        time.sleep(1)
 
 
 def _exit(MPI, comm, inter, status: int, clean: bool, head_pid: int = 0) -> None:
@@ -236,6 +245,7 @@ def stop_head(head) -> None:
 def finalize(head) -> None:
     """At interpreter exit on rank 0: MPI_Finalize together with the workers (bounded in time)."""
     MPI, comm, inter = head._mpi
+    head.transport.close()
     watchdog = threading.Timer(10, os._exit, args=(1,))
     watchdog.daemon = True
     watchdog.start()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from .scheduler import DEFAULT, SPREAD, InPlacementGroup, NodeAffinity
@@ -22,7 +23,7 @@ def validate(options: dict[str, Any], allowed: set[str], what: str) -> dict[str,
                          f"{sorted(allowed)}")
     for key in ("num_cpus", "num_gpus", "memory"):
         value = options.get(key)
-        if value is not None and (not isinstance(value, (int, float)) or value < 0):
+        if value is not None and (not isinstance(value, (int, float)) or not 0 <= value < math.inf):
             raise ValueError(f"{key} must be a non-negative number, got {value!r}")
     resources = options.get("resources")
     if resources is not None:
@@ -31,7 +32,7 @@ def validate(options: dict[str, Any], allowed: set[str], what: str) -> dict[str,
         for key, value in resources.items():
             if key in ("CPU", "GPU", "memory"):
                 raise ValueError(f"use num_cpus/num_gpus/memory instead of resources={{{key!r}: ...}}")
-            if not isinstance(value, (int, float)) or value < 0:
+            if not isinstance(value, (int, float)) or not 0 <= value < math.inf:
                 raise ValueError(f"resource {key!r} must be a non-negative number, got {value!r}")
     num_returns = options.get("num_returns")
     if num_returns is not None and (not isinstance(num_returns, int) or num_returns < 0):

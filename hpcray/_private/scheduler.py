@@ -21,6 +21,8 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from ..exceptions import InfeasibleError
+
 DEFAULT = "DEFAULT"
 SPREAD = "SPREAD"
 PACK = "PACK"
@@ -62,7 +64,7 @@ class Request:
     strategy: object = DEFAULT
 
 
-class Infeasible(Exception):
+class Infeasible(InfeasibleError):
     """No live rank (or bundle) can ever satisfy the request, however long it waits."""
 
 
@@ -493,7 +495,7 @@ class Scheduler:
             return None
         for nodes in self._nodes_by_load:
             for node in nodes:
-                rank = self._first_fit(self._nodes[node], group.shape)
+                rank = self._least_spread_fit(self._nodes[node], group.shape)
                 if rank is not None:
                     return rank
         group.blocked = True
@@ -511,6 +513,11 @@ class Scheduler:
             return None
         pg.pool.change(index, group.shape, -1)
         return pg.ranks[index]
+
+    def _least_spread_fit(self, ranks: Iterable[int], shape: Shape) -> int | None:
+        """Within a node, the fitting rank running the fewest SPREAD requests."""
+        fitting = [rank for rank in ranks if self._cluster.fits(rank, shape)]
+        return min(fitting, key=lambda r: sum(self._ranks[r].spread.values()), default=None)
 
     def _first_fit(self, ranks: Iterable[int], shape: Shape) -> int | None:
         return next((rank for rank in ranks if self._cluster.fits(rank, shape)), None)

@@ -59,16 +59,26 @@ class Transport:
         self._sends: list[MPI.Request] = []
         self._keep: list[Any] = []
         self.pool = BufferPool(256 << 20)
+        self.closed = False
+
+    def close(self) -> None:
+        """No MPI call goes through this transport afterwards (MPI is being finalized)."""
+        with self.lock:
+            self.closed = True
 
     def send(self, dest: int, msg: tuple) -> None:
         """Queues a control message to ``dest`` (never blocks on the receiver)."""
         with self.lock:
+            if self.closed:
+                return
             self._sends.append(self.comm.isend(msg, dest, CTRL))
             self._keep.append(None)
 
     def send_buffers(self, dest: int, msg: tuple, buffers: list) -> list[MPI.Request]:
         """Sends a control message then each buffer as raw bytes; returns the buffer requests."""
         with self.lock:
+            if self.closed:
+                return []
             self._sends.append(self.comm.isend(msg, dest, CTRL))
             self._keep.append(None)
             reqs = []
@@ -90,7 +100,7 @@ class Transport:
         """
         with self.lock:
             sends = self._sends
-            if not sends:
+            if not sends or self.closed:
                 return
             done = MPI.Request.Testsome(sends[:64] if len(sends) > 64 else sends)
             if done:
@@ -102,13 +112,15 @@ class Transport:
         """Waits for some sends while letting other threads use MPI in between."""
         while True:
             with self.lock:
-                if all(r == MPI.REQUEST_NULL for r in reqs) or MPI.Request.Testall(reqs):
+                if self.closed or MPI.Request.Testall(reqs):
                     return
             time.sleep(0)
 
     def poll(self) -> tuple[int, Any] | None:
         """Returns (source, message) of the next control message, or None."""
         with self.lock:
+            if self.closed:
+                return None
             status = MPI.Status()
             msg = self.comm.improbe(MPI.ANY_SOURCE, CTRL, status)
             if msg is None:

@@ -186,6 +186,8 @@ class WorkerRuntime(Runtime):
         self.streams: list[_Forward] = []
         self.main_thread = threading.current_thread()
         self.main_busy = False   # the main thread is running a task
+        self.busy_event = threading.Event()
+        self.exit_fn = lambda: None  # set by bootstrap: ends the rank
         self.inline_tasks: collections.deque = collections.deque()
 
     # -- the worker's half of the conversation ---------------------------------------------
@@ -246,9 +248,11 @@ class WorkerRuntime(Runtime):
             while self.inline_tasks and not self.stopping:
                 busy = True
                 self.main_busy = True
+                self.busy_event.set()
                 spec, inline = self.inline_tasks.popleft()
                 self.execute(spec, inline, None)
                 self.main_busy = False
+                self.busy_event.clear()
             if busy:
                 backoff.reset()
             else:
@@ -261,13 +265,25 @@ class WorkerRuntime(Runtime):
             time.sleep(0.001)
 
     def sentinel(self) -> None:
-        """Heartbeats, head liveness, and progress while the main thread runs a task."""
+        """Heartbeats, head liveness, and progress while the main thread runs a task.
+
+        If the job ends while the main thread is stuck in a task, the sentinel ends the rank.
+        """
         heartbeat = self.config.heartbeat_interval
         next_beat = next_check = 0.0
-        while not self.stopping:
-            time.sleep(self.config.backoff_max)
+        stop_seen = 0.0
+        while True:
+            if self.stopping:
+                stop_seen = stop_seen or time.monotonic()
+                if self.main_busy and time.monotonic() - stop_seen > 0.5:
+                    self.exit_fn()
+                time.sleep(0.05)
+                continue
             if self.main_busy:
+                time.sleep(self.config.backoff_max)
                 self.progress_once()
+            else:
+                self.busy_event.wait(heartbeat / 2)
             now = time.monotonic()
             if now >= next_beat:
                 next_beat = now + heartbeat
@@ -430,24 +446,29 @@ class WorkerRuntime(Runtime):
         ``target`` returns the callable (an actor's method); None means the task's function.
         """
         local = self.local
-        local.task_id = spec.task_id
-        self.running[spec.task_id] = threading.get_ident()
+        local.task_id = task_id = spec.task_id
         ok = True
         try:
-            if spec.task_id in self.cancelled:
+            if task_id in self.cancelled:
                 raise E.TaskCancelledError(spec.name)
             fn = self.load_function(spec) if target is None else target()
             args, kwargs = self.resolve_args(spec, inline)
-            result = fn(*args, **kwargs)
+            with self.lock:  # cancel() may interrupt only the user's code
+                self.running[task_id] = threading.get_ident()
+            try:
+                result = fn(*args, **kwargs)
+            finally:
+                with self.lock:
+                    self.running.pop(task_id, None)
             results, retryable = self.pack_results(spec, result, copy), False
         except BaseException as exc:  # noqa: BLE001 - user code: the error is the result
+            with self.lock:
+                self.running.pop(task_id, None)
             ok = False
             results, retryable = self.pack_error(spec, exc)
-        finally:
-            del self.running[spec.task_id]
-            local.task_id = 0
-        self.cancelled.discard(spec.task_id)
-        self.to_head((P.DONE, spec.task_id, results, retryable))
+        local.task_id = 0
+        self.cancelled.discard(task_id)
+        self.to_head((P.DONE, task_id, results, retryable))
         return ok
 
     def run_task(self, spec: P.TaskSpec, inline: dict) -> None:
