@@ -63,8 +63,8 @@ class ActorClass:
             except ValueError:
                 pass
         info = _class_info(self._cls)
-        fn_id, blob = self._cache.id_and_blob(runtime)
         packed, deps, contained, big = runtime.pack_args(args, kwargs, f"{self.__name__}.__init__")
+        fn_id, blob = self._cache.id_and_blob(runtime)
         explicit = o.get("num_cpus") is not None
         placement = opts.resources_of(o, 1)
         lifetime = opts.resources_of(o, 0) if not explicit else dict(placement)

@@ -62,14 +62,15 @@ class RemoteFunction:
         runtime = api._runtime()
         o = self._options
         name = o.get("name") or self._function.__qualname__
-        fn_id, blob = self._cache.id_and_blob(runtime)
         packed, deps, contained, big = runtime.pack_args(args, kwargs, name)
+        fn_id, blob = self._cache.id_and_blob(runtime)
         retry = o.get("retry_exceptions", False)
         spec = P.TaskSpec(
             task_id=runtime.ids.next(), kind=P.NORMAL, name=name, fn_id=fn_id, fn_blob=blob,
             args=packed, deps=deps, contained=contained, resources=opts.resources_of(o, 1),
             strategy=opts.strategy_of(o), max_retries=o.get("max_retries", 3),
-            retry_exceptions=list(retry) if isinstance(retry, (list, tuple)) else bool(retry))
+            retry_exceptions=dumps_code(tuple(retry)) if isinstance(retry, (list, tuple))
+            else bool(retry))
         num_returns = o.get("num_returns", 1)
         try:
             refs = runtime.submit(spec, num_returns)

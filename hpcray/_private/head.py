@@ -18,7 +18,7 @@ from .bootstrap import process_gone
 from .objects import Stored
 from .runtime import RankInfo, Runtime
 from .scheduler import Infeasible, InPlacementGroup, Request, Scheduler
-from .serialization import serialize
+from .serialization import deserialize, serialize
 
 
 class Entry:
@@ -473,7 +473,9 @@ class HeadRuntime(Runtime):
         elif spec.kind == P.ACTOR_CREATE:
             failed = results and results[0][1] is not None and results[0][4]
             if failed:
-                self.end_actor(self.actors[spec.actor_id], "its __init__ raised (see the error above)",
+                header, buffers, _ = results[0][1]
+                self.end_actor(self.actors[spec.actor_id],
+                               f"its __init__ raised: {deserialize(header, buffers)}",
                                notify_rank=False)
         if spec.kind == P.NORMAL:
             self.schedule_queued()

@@ -58,7 +58,8 @@ class Stored:
         return len(self.header) + sum(memoryview(b).nbytes for b in self.buffers)
 
     def value(self):
-        return deserialize(self.header, self.buffers)
+        """The value; arrays in it are read-only views of the stored buffers, as in Ray."""
+        return deserialize(self.header, [memoryview(b).toreadonly() for b in self.buffers])
 
 
 class Waiter:

@@ -66,7 +66,7 @@ class TaskSpec:
     resources: dict = field(default_factory=dict)
     strategy: Any = "DEFAULT"
     max_retries: int = 0
-    retry_exceptions: Any = False
+    retry_exceptions: Any = False   # bool, or the exception types pickled by value (bytes)
     actor_id: int = 0
     method: str = ""
     options: dict = field(default_factory=dict)     # actor options (max_concurrency, name, ...)

@@ -266,6 +266,8 @@ class Runtime:
             raise TypeError("wait() expects a list of ObjectRefs")
         if any(not isinstance(r, ObjectRef) for r in refs):
             raise TypeError("wait() expects a list of ObjectRefs")
+        if not refs:
+            return [], []
         if len({r.id for r in refs}) != len(refs):
             raise ValueError("wait() got duplicate ObjectRefs")
         if not 0 <= num_returns <= len(refs):

@@ -102,9 +102,11 @@ class Transport:
             sends = self._sends
             if not sends or self.closed:
                 return
-            done = MPI.Request.Testsome(sends[:64] if len(sends) > 64 else sends)
-            if done:
-                for i in sorted(done, reverse=True):
+            window = sends[:64]
+            MPI.Request.Testsome(window)
+            # completed here or by wait_requests(): either way now REQUEST_NULL
+            for i in range(len(window) - 1, -1, -1):
+                if window[i] == MPI.REQUEST_NULL:
                     del sends[i]
                     del self._keep[i]
 

@@ -427,13 +427,17 @@ class WorkerRuntime(Runtime):
             retryable = False
         else:
             text = traceback.format_exc()
-            error = E.TaskError(spec.name, text, exc, self.rank, self.host, self.pid)
+            # an error from a nested get keeps the original cause, so `except ValueError` works
+            cause = exc.cause if isinstance(exc, E.TaskError) and exc.cause is not None else exc
+            error = E.TaskError(spec.name, text, cause, self.rank, self.host, self.pid)
             retry = spec.retry_exceptions
-            retryable = retry is True or (isinstance(retry, (list, tuple)) and
-                                          isinstance(exc, tuple(retry)))
+            if isinstance(retry, bytes):
+                retry = deserialize(retry)
+            retryable = retry is True or (isinstance(retry, tuple) and isinstance(exc, retry))
         try:
             header, buffers, _ = serialize(error)
-        except Exception:  # noqa: BLE001 - an unpicklable exception is sent as its traceback
+            deserialize(header, buffers)  # the driver must be able to rebuild it too
+        except Exception:  # noqa: BLE001 - such an exception travels as its traceback only
             error = E.TaskError(spec.name, traceback.format_exc(), None, self.rank, self.host,
                                 self.pid)
             header, buffers, _ = serialize(error)
