@@ -18,7 +18,6 @@ import subprocess
 import textwrap
 
 import numpy as np
-import pytest
 
 # Prepended to every job script. Worker ranks run the script up to hpcray.init() too.
 PRELUDE = '''

@@ -850,7 +850,7 @@ BAD_INPUT_JOB = """
     out["unknown_option_actor"] = caught(lambda: hpcray.remote(bogus_option=3)(C))
     out["get_int"] = caught(lambda: hpcray.get(42))
     out["get_list_of_int"] = caught(lambda: hpcray.get([42]))
-    out["wait_empty"] = caught(lambda: hpcray.wait([], num_returns=1))
+    out["wait_too_many"] = caught(lambda: hpcray.wait([task.remote()], num_returns=2))
     out["kill_task"] = caught(lambda: hpcray.kill(task))
     out["kill_int"] = caught(lambda: hpcray.kill(42))
     out["still_works"] = hpcray.get(task.remote(), timeout=30)
@@ -885,7 +885,7 @@ def test_unknown_option_is_value_error_naming_it(bad_input, case):
 
 
 @pytest.mark.parametrize("case,error", [
-    ("get_int", "TypeError"), ("get_list_of_int", "TypeError"), ("wait_empty", "ValueError"),
+    ("get_int", "TypeError"), ("get_list_of_int", "TypeError"), ("wait_too_many", "ValueError"),
     ("kill_task", "TypeError"), ("kill_int", "TypeError"),
 ])
 def test_bad_api_arguments(bad_input, case, error):
