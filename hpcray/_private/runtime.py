@@ -26,6 +26,17 @@ if TYPE_CHECKING:
     from .transport import Transport
 
 
+def _unpicklable(args, kwargs) -> str:
+    """Names the first argument that cannot be serialized."""
+    for label, value in [(f"argument {i}", a) for i, a in enumerate(args or ())] + [
+            (f"keyword argument {k!r}", v) for k, v in (kwargs or {}).items()]:
+        try:
+            serialize(value)
+        except Exception:  # noqa: BLE001 - any failure names the culprit
+            return f"{label} ({type(value).__name__})"
+    return "an argument"
+
+
 class RankInfo:
     """What the head knows about one rank."""
 
@@ -118,7 +129,8 @@ class Runtime:
         try:
             header, buffers, contained = serialize((args, kwargs))
         except Exception as exc:
-            raise TypeError(f"could not serialize an argument of {name}: {type(exc).__name__}: {exc}."
+            culprit = _unpicklable(args, kwargs)
+            raise TypeError(f"could not serialize {culprit} of {name}: {type(exc).__name__}: {exc}."
                             " Arguments must be picklable; create locks, sockets, open files and "
                             "the like inside the task instead.") from exc
         if len(header) + sum(b.nbytes for b in buffers) <= self.config.inline_max:

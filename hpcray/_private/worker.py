@@ -195,6 +195,7 @@ class WorkerRuntime(Runtime):
         if msg[0] == P.SUBMIT:
             msg = (P.SUBMIT, msg[1].wire())
         with self.lock:
+            self.flush_output()  # what a task printed arrives before its result
             changes = self.refs.drain()
             if changes:
                 self.transport.send(0, (P.REFS, changes))
@@ -426,7 +427,10 @@ class WorkerRuntime(Runtime):
             error: BaseException = E.TaskCancelledError(f"{spec.name} was cancelled")
             retryable = False
         else:
-            text = traceback.format_exc()
+            tb = exc.__traceback__
+            while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+                tb = tb.tb_next  # the user's frames only
+            text = "".join(traceback.format_exception(type(exc), exc, tb))
             # an error from a nested get keeps the original cause, so `except ValueError` works
             cause = exc.cause if isinstance(exc, E.TaskError) and exc.cause is not None else exc
             error = E.TaskError(spec.name, text, cause, self.rank, self.host, self.pid)
