@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -29,7 +30,7 @@ class Backoff:
             self.reset()
             return
         if time.monotonic() < self.spin_until:
-            time.sleep(0)
+            os.sched_yield()  # gives the core to a runnable rank when cores are oversubscribed
             return
         self.delay = min(self.max_delay, max(self.delay * 2, 2e-5))
         if self.wakeup.wait(self.delay):

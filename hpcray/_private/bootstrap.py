@@ -15,10 +15,7 @@ import threading
 import time
 import uuid
 
-import psutil
-
 from . import config as config_mod
-from .launch import under_mpi_launcher
 from .runtime import RankInfo
 
 _SPAWNED_FLAG = "HPCRAY_SPAWNED_WORKER"
@@ -41,9 +38,28 @@ def _mpi():
 def process_gone(pid: int) -> bool:
     """True once pid has exited (a zombie counts as gone)."""
     try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except FileNotFoundError:
         return True
+    except OSError:  # no /proc: ask psutil
+        import psutil
+
+        try:
+            return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+    return stat[stat.rfind(b")") + 2:stat.rfind(b")") + 3] in (b"Z", b"X")
+
+
+def _node_memory() -> int:
+    """Physical memory of this node, in bytes."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        import psutil
+
+        return psutil.virtual_memory().total
 
 
 def _node_name() -> str:
@@ -61,7 +77,7 @@ def _describe(comm, config) -> list[RankInfo]:
     resources = {}
     if rank != 0:
         resources = {"CPU": float(config.cpus_per_rank),
-                     "memory": float(psutil.virtual_memory().total // max(on_node - (leader == 0), 1))}
+                     "memory": float(_node_memory() // max(on_node - (leader == 0), 1))}
         resources.update({k: float(v) for k, v in config.resources.items()})
     rows = comm.allgather((socket.gethostname(), os.getpid(), leader, _node_name(), resources))
     leaders = sorted({row[2] for row in rows})
@@ -122,6 +138,8 @@ def _survive_peer_failure(on_failure) -> None:
 
 def start(overrides: dict, num_cpus: int | None):
     """Collective start-up. Returns the head runtime on rank 0; never returns elsewhere."""
+    from .launch import under_mpi_launcher
+
     embedded = os.environ.get("HPCRAY_EMBEDDED") == "1"
     if not embedded and not under_mpi_launcher() and not _interactive():
         _relaunch(num_cpus or os.cpu_count() or 1)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .scheduler import DEFAULT, SPREAD, InPlacementGroup, NodeAffinity
-
 COMMON = {"num_cpus", "num_gpus", "resources", "memory", "scheduling_strategy", "placement_group",
           "placement_group_bundle_index", "placement_group_capture_child_tasks", "runtime_env",
           "accelerator_type", "label_selector", "_metadata"}
@@ -60,13 +58,15 @@ def resources_of(options: dict[str, Any], default_cpus: float) -> dict[str, floa
 
 def strategy_of(options: dict[str, Any]):
     """Turns scheduling options into the scheduler's strategy value."""
+    strategy = options.get("scheduling_strategy")
+    pg = options.get("placement_group")
+    if (strategy is None or strategy == "DEFAULT") and pg in (None, "default"):
+        return "DEFAULT"
     from ..util.scheduling_strategies import (
         NodeAffinitySchedulingStrategy,
         PlacementGroupSchedulingStrategy,
     )
-
-    strategy = options.get("scheduling_strategy")
-    pg = options.get("placement_group")
+    from .scheduler import DEFAULT, SPREAD, InPlacementGroup, NodeAffinity
     if pg is not None and pg != "default":
         strategy = PlacementGroupSchedulingStrategy(pg, options.get("placement_group_bundle_index", -1))
     if strategy is None or strategy == DEFAULT:
