@@ -645,13 +645,14 @@ def evaluate(
         target = f"< {LAUNCH_TARGET_S} s"
         status = "n/a" if h is None else ("PASS" if h < LAUNCH_TARGET_S else "MISS")
         return ratio, target, status
-    if not higher_better:
+    if not higher_better or name == "rss_1mib_tasks":  # the RSS row is informational
         return ratio, "-", ""
-    checks: list[bool | None] = [None if ratio is None else ratio >= THROUGHPUT_TARGET_X]
-    target = f">= {THROUGHPUT_TARGET_X:g}x ray"
-    if name == "arg_100mib":
-        checks.append(None if h is None else h >= ARG_TARGET_GBPS)
-        target += f", >= {ARG_TARGET_GBPS:g} GB/s"
+    if name == "arg_100mib":  # the issue sets an absolute target for this row
+        checks: list[bool | None] = [None if h is None else h >= ARG_TARGET_GBPS]
+        target = f">= {ARG_TARGET_GBPS:g} GB/s"
+    else:
+        checks = [None if ratio is None else ratio >= THROUGHPUT_TARGET_X]
+        target = f">= {THROUGHPUT_TARGET_X:g}x ray"
     if any(c is False for c in checks):
         status = "MISS"
     elif all(c is True for c in checks):

@@ -112,6 +112,8 @@ def mpiexec_command(
     elif flavor == "openmpi":
         # Allow more ranks than cores/slots (head + one worker per core is the default).
         cmd.append("--oversubscribe")
+        # Worker ranks run threads (progress, actors): pinning each rank to one core hurts.
+        cmd.extend(["--bind-to", "none"])
         if _is_root():
             # Open MPI refuses to run as root (containers, CI) unless both are set.
             env["OMPI_ALLOW_RUN_AS_ROOT"] = "1"
