@@ -15,6 +15,7 @@ import pytest
 
 from hpcray._private import launch
 from hpcray._private.launch import (
+    _LAUNCHER_VARS,
     find_mpiexec,
     mpi_flavor,
     mpiexec_command,
@@ -24,18 +25,7 @@ from hpcray._private.launch import (
 REPO = Path(__file__).resolve().parent.parent
 TIMEOUT = 60
 
-_LAUNCHER_ENV = (
-    "PMI_RANK",
-    "PMI_SIZE",
-    "PMI_FD",
-    "PMIX_RANK",
-    "PMIX_NAMESPACE",
-    "OMPI_COMM_WORLD_SIZE",
-    "OMPI_COMM_WORLD_RANK",
-    "MPI_LOCALNRANKS",
-    "HYDI_CONTROL_FD",
-    "SLURM_STEP_ID",
-)
+_LAUNCHER_ENV = (*_LAUNCHER_VARS, "SLURM_STEP_ID")
 
 
 def _env(**extra: str) -> dict[str, str]:
