@@ -53,10 +53,6 @@ class Stored:
     error: bool = False          # the value is an exception for get() to raise
     sending: list | None = None  # MPI requests still reading borrowed buffers
 
-    @property
-    def size(self) -> int:
-        return len(self.header) + sum(memoryview(b).nbytes for b in self.buffers)
-
     def value(self):
         """The value; arrays in it are read-only views of the stored buffers, as in Ray."""
         return deserialize(self.header, [memoryview(b).toreadonly() for b in self.buffers])

@@ -20,7 +20,7 @@ from . import protocol as P
 from .backoff import Backoff
 from .config import Config
 from .objects import LocalStore, RefTracker, Stored
-from .serialization import serialize
+from .serialization import nbytes, serialize
 
 if TYPE_CHECKING:
     from .transport import Transport
@@ -133,7 +133,7 @@ class Runtime:
             raise TypeError(f"could not serialize {culprit} of {name}: {type(exc).__name__}: {exc}."
                             " Arguments must be picklable; create locks, sockets, open files and "
                             "the like inside the task instead.") from exc
-        if len(header) + sum(b.nbytes for b in buffers) <= self.config.inline_max:
+        if nbytes(header, buffers) <= self.config.inline_max:
             return (header, [bytes(b) for b in buffers]), deps, contained, None
         # large: ship as an object of its own, moved rank to rank without the head
         ref = self._store_put(header, buffers, contained, borrowed=self.rank == 0)
@@ -166,7 +166,7 @@ class Runtime:
     def _store_put(self, header: bytes, buffers: list, contained: list, borrowed: bool = False
                    ) -> ObjectRef:
         object_id = self.ids.next()
-        size = len(header) + sum(memoryview(b).nbytes for b in buffers)
+        size = nbytes(header, buffers)
         inline = None
         if size <= self.config.inline_max:
             buffers = [bytes(b) for b in buffers]

@@ -67,14 +67,5 @@ def dumps_code(obj: Any) -> bytes:
 
 
 def nbytes(header: bytes, buffers: list) -> int:
-    return len(header) + sum(b.nbytes for b in buffers)
-
-
-def check_picklable(value: Any, what: str) -> None:
-    """Raises TypeError naming ``what`` when value cannot be serialized."""
-    try:
-        serialize(value)
-    except Exception as exc:
-        raise TypeError(f"could not serialize {what}: {type(exc).__name__}: {exc}. Only picklable "
-                        "values can be sent to other ranks; create unpicklable things (locks, "
-                        "sockets, open files) inside the task or actor instead.") from exc
+    """Size of a serialized value: its pickle stream and out-of-band buffers."""
+    return len(header) + sum(memoryview(b).nbytes for b in buffers)

@@ -24,7 +24,7 @@ from . import protocol as P
 from .bootstrap import process_gone
 from .objects import Stored
 from .runtime import Runtime
-from .serialization import deserialize, serialize
+from .serialization import deserialize, nbytes, serialize
 
 
 class Executor:
@@ -410,7 +410,7 @@ class WorkerRuntime(Runtime):
             except Exception as exc:
                 raise TypeError(f"could not serialize the return value of {spec.name}: "
                                 f"{type(exc).__name__}: {exc}") from exc
-            size = len(header) + sum(b.nbytes for b in buffers)
+            size = nbytes(header, buffers)
             if size <= self.config.inline_max:
                 results.append((object_id, (header, [bytes(b) for b in buffers], False), size,
                                 contained, False))
