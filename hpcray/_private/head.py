@@ -117,7 +117,8 @@ class HeadRuntime(Runtime):
         self.pollers = 0  # driver threads inside the runtime; the progress thread steps aside
         self.last_poll = 0.0
         self.handlers = {
-            P.SUBMIT: self.on_submit, P.DONE: self.on_done, P.REFS: self.on_refs,
+            P.SUBMIT: self.on_submit, P.DONE: self.on_done, P.DONE_MANY: self.on_done_many,
+            P.REFS: self.on_refs,
             P.WANT: self.on_want, P.PUT: self.on_put, P.LOG: self.on_log,
             P.BLOCKED: self.on_blocked, P.HEARTBEAT: self.on_heartbeat,
             P.REQUEST: self.on_request, P.OBJDATA: self.on_objdata,
@@ -479,6 +480,10 @@ class HeadRuntime(Runtime):
                                notify_rank=False)
         if spec.kind == P.NORMAL:
             self.schedule_queued()
+
+    def on_done_many(self, src: int, reports: list) -> None:
+        for task_id, results, retryable in reports:
+            self.on_done(src, task_id, results, retryable)
 
     def fail_task(self, task: Task, blob: tuple) -> None:
         """Ends a task that will not run (or not again): its results become the error."""

@@ -14,6 +14,7 @@ from typing import Any
 SUBMIT = 1        # (SUBMIT, TaskSpec.wire())
 DONE = 2          # (DONE, task_id, results, retryable)    results: [(id, inline|None, size, contained, error)]
 REFS = 3          # (REFS, [(id, +1|-1), ...])
+DONE_MANY = 10    # (DONE_MANY, [(task_id, results, retryable), ...])
 WANT = 4          # (WANT, [ids])                          deliver these objects to me when ready
 REQUEST = 5       # (REQUEST, req_id, op, args)
 PUT = 6           # (PUT, id, inline|None, size, contained)

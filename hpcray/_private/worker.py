@@ -107,13 +107,14 @@ class ActorHost:
     def serve(self) -> None:
         worker = self.worker
         worker.local.actor_id = self.actor_id
+        calls = self.calls
         while not self.dead:
-            item = self.calls.get()
+            item = calls.get()
             if item is None:
                 return
             spec, inline = item
             worker.execute(spec, inline, functools.partial(getattr, self.instance, spec.method),
-                           copy=True)
+                           copy=True, more=not calls.empty())
 
     async def run_async(self, spec: P.TaskSpec, inline: dict) -> None:
         worker = self.worker
@@ -128,7 +129,7 @@ class ActorHost:
             except BaseException as exc:  # noqa: BLE001 - user code: the error is the result
                 results, retryable = worker.pack_error(spec, exc)
             if not self.dead:
-                worker.to_head((P.DONE, spec.task_id, results, retryable))
+                worker.report(spec.task_id, results, retryable)
 
     def kill(self) -> None:
         self.dead = True
@@ -187,6 +188,7 @@ class WorkerRuntime(Runtime):
         self.main_thread = threading.current_thread()
         self.main_busy = False   # the main thread is running a task
         self.busy_event = threading.Event()
+        self.done: list = []  # batched task reports (see report())
         self.exit_fn = lambda: None  # set by bootstrap: ends the rank
         self.inline_tasks: collections.deque = collections.deque()
 
@@ -232,6 +234,7 @@ class WorkerRuntime(Runtime):
 
     def after_poll(self) -> None:
         self.flush_output()
+        self.flush_done()
 
     def may_poll(self) -> bool:
         return threading.current_thread() is self.main_thread
@@ -448,10 +451,12 @@ class WorkerRuntime(Runtime):
         blob = (header, [bytes(b) for b in buffers], True)
         return [(object_id, blob, 0, [], True) for object_id in spec.return_ids], retryable
 
-    def execute(self, spec: P.TaskSpec, inline: dict, target, copy: bool = False) -> bool:
+    def execute(self, spec: P.TaskSpec, inline: dict, target, copy: bool = False,
+                more: bool = False) -> bool:
         """Runs one task or actor call on this thread and reports it; False if it raised.
 
         ``target`` returns the callable (an actor's method); None means the task's function.
+        ``more``: other calls are queued behind this one, so its report may be batched.
         """
         local = self.local
         local.task_id = task_id = spec.task_id
@@ -476,8 +481,23 @@ class WorkerRuntime(Runtime):
             results, retryable = self.pack_error(spec, exc)
         local.task_id = 0
         self.cancelled.discard(task_id)
-        self.to_head((P.DONE, task_id, results, retryable))
+        self.report(task_id, results, retryable, more)
         return ok
+
+    def report(self, task_id: int, results: list, retryable: bool, more: bool = False) -> None:
+        """Sends a task's results, batching them while more calls are queued on the thread.
+
+        A batch waits at most one poll of the progress loop (after_poll flushes it).
+        """
+        with self.lock:
+            self.done.append((task_id, results, retryable))
+            if not more or len(self.done) >= 64:
+                self.flush_done()
+
+    def flush_done(self) -> None:
+        if self.done:
+            done, self.done = self.done, []
+            self.to_head((P.DONE_MANY, done) if len(done) > 1 else (P.DONE, *done[0]))
 
     def run_task(self, spec: P.TaskSpec, inline: dict) -> None:
         self.execute(spec, inline, None)
