@@ -30,6 +30,8 @@ def _mpi():
         import mpi4py
 
         mpi4py.rc.finalize = False
+        # every MPI call is made under the transport lock, one thread at a time
+        mpi4py.rc.thread_level = "serialized"
     from mpi4py import MPI
 
     return MPI
@@ -145,7 +147,7 @@ def start(overrides: dict, num_cpus: int | None):
         _relaunch(num_cpus or os.cpu_count() or 1)
     MPI = _mpi()
     if not MPI.Is_initialized():
-        MPI.Init_thread(MPI.THREAD_MULTIPLE)
+        MPI.Init_thread(MPI.THREAD_SERIALIZED)
     world = MPI.COMM_WORLD
     parent = MPI.Comm.Get_parent()
     inter = None
