@@ -222,7 +222,7 @@ def _exit(MPI, comm, inter, status: int, clean: bool, head_pid: int = 0) -> None
                 if head_pid and process_gone(head_pid):
                     os._exit(status)
                 time.sleep(0.01)
-            comm.Free()
+            # no comm.Free(): it fails while unread messages (late results) are pending
             if inter is not None:
                 inter.Disconnect()
             MPI.Finalize()
@@ -271,7 +271,6 @@ def finalize(head) -> None:
     watchdog.start()
     try:
         comm.Ibarrier().Wait()  # matches the workers' Ibarrier (blocking ones would not)
-        comm.Free()
         if inter is not None:
             inter.Disconnect()
         MPI.Finalize()
