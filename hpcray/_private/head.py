@@ -115,6 +115,7 @@ class HeadRuntime(Runtime):
         self.pending_pgs: dict[int, int] = {}
         self.dead_ranks: list[int] = []
         self.pollers = 0  # driver threads inside the runtime; the progress thread steps aside
+        self.pollers_lock = threading.Lock()
         self.last_poll = 0.0
         self.handlers = {
             P.SUBMIT: self.on_submit, P.DONE: self.on_done, P.DONE_MANY: self.on_done_many,
@@ -142,7 +143,7 @@ class HeadRuntime(Runtime):
         While driver threads are inside the runtime the progress thread steps aside, so
         the two do not fight over the lock and the GIL.
         """
-        self.pollers += 1
+        self.add_poller(1)
         try:
             with self.lock:
                 self.drain_refs()
@@ -153,7 +154,11 @@ class HeadRuntime(Runtime):
                     self.last_poll = now
                     self.progress_once()
         finally:
-            self.pollers -= 1
+            self.add_poller(-1)
+
+    def add_poller(self, delta: int) -> None:
+        with self.pollers_lock:  # driver threads may be many (futures, pools)
+            self.pollers += delta
 
     def request(self, op: str, *args) -> Any:
         with self.lock:
@@ -188,11 +193,11 @@ class HeadRuntime(Runtime):
         return True
 
     def await_local(self, ids: list[int], deadline: float | None, need: int) -> bool:
-        self.pollers += 1
+        self.add_poller(1)
         try:
             return super().await_local(ids, deadline, need)
         finally:
-            self.pollers -= 1
+            self.add_poller(-1)
 
     def on_heartbeat(self, src: int) -> None:
         self.ranks[src].last_seen = time.monotonic()
