@@ -1427,3 +1427,37 @@ def test_driver_idles_after_large_by_value_arguments(run_job):
     assert all(s == 30 * 2.0**17 for s in r["sums"])
     # an idle head backs off: well under half a core
     assert max(r["cpu"]) < 0.25, r["cpu"]
+
+
+def test_async_await_futures_and_driver_threads(run_job):
+    """Refs are awaitable and have futures; many driver threads may call the API at once."""
+    r, _ = run(run_job, '''
+        import asyncio
+        import threading
+        hpcray.init()
+
+        @hpcray.remote
+        def double(x):
+            return 2 * x
+
+        async def gather():
+            return await asyncio.gather(*[double.remote(i) for i in range(20)])
+
+        awaited = asyncio.run(gather())
+        futures = [double.remote(i).future() for i in range(20)]
+        from_futures = [f.result(timeout=60) for f in futures]
+        sums = []
+
+        def driver_thread(k):
+            sums.append(sum(hpcray.get([double.remote(k * 100 + i) for i in range(50)])))
+
+        threads = [threading.Thread(target=driver_thread, args=(k,)) for k in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        emit({"awaited": awaited, "futures": from_futures, "sums": sorted(sums)})
+    ''')
+    assert r["awaited"] == [2 * i for i in range(20)]
+    assert r["futures"] == [2 * i for i in range(20)]
+    assert r["sums"] == sorted(sum(2 * (k * 100 + i) for i in range(50)) for k in range(8))
