@@ -54,6 +54,15 @@ def settle_output():
     remove_placement_group(pg)
 
 
+@hpcray.remote
+def gate(path, value):
+    """Returns value once the file path exists (no timing assumptions in the checks)."""
+    deadline = time.monotonic() + 60
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return value
+
+
 def poll(cond, timeout=30.0):
     """cond() once it is truthy, or its last value after timeout seconds."""
     deadline = time.monotonic() + timeout
@@ -285,15 +294,6 @@ E = hpcray.exceptions
 @hpcray.remote
 def square(x):
     return x * x
-
-
-@hpcray.remote
-def gate(path, value):
-    """Returns value once the file path exists (no timing assumptions in the checks)."""
-    deadline = time.monotonic() + 60
-    while not os.path.exists(path) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return value
 
 
 gate_path = os.path.abspath("gate-open")
@@ -855,14 +855,6 @@ E = hpcray.exceptions
 @hpcray.remote
 def double(x):
     return 2 * x
-
-
-@hpcray.remote
-def gate(path, value):
-    deadline = time.monotonic() + 60
-    while not os.path.exists(path) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return value
 
 
 @hpcray.remote

@@ -18,7 +18,7 @@ from .bootstrap import process_gone
 from .objects import Stored
 from .runtime import RankInfo, Runtime
 from .scheduler import Infeasible, InPlacementGroup, Request, Scheduler
-from .serialization import deserialize, serialize
+from .serialization import deserialize, inline_blob
 
 
 class Entry:
@@ -253,9 +253,9 @@ class HeadRuntime(Runtime):
             self.actor_orphaned(entry.actor_id)
 
     # -- objects -----------------------------------------------------------------------------
-    def error_blob(self, exc: BaseException) -> tuple:
-        header, buffers, _ = serialize(exc)
-        return (header, [bytes(b) for b in buffers], True)
+    @staticmethod
+    def error_blob(exc: BaseException) -> tuple:
+        return inline_blob(exc, error=True)
 
     def on_put(self, src: int, object_id: int, inline, size: int, contained: list) -> None:
         entry = self.objects[object_id] = Entry(1)
@@ -296,15 +296,15 @@ class HeadRuntime(Runtime):
         for object_id in ids:
             entry = self.objects.get(object_id)
             if entry is None:
-                self.deliver_error(src, object_id, E.ObjectFreedError(
-                    f"object {object_id:016x} was freed: no ObjectRef to it was left"))
+                self.send_inline(src, object_id, self.error_blob(E.ObjectFreedError(
+                    f"object {object_id:016x} was freed: no ObjectRef to it was left")))
             elif entry.ready:
                 self.deliver(object_id, entry, src)
             else:
                 entry.waiters.add(src)
 
-    def deliver_error(self, rank: int, object_id: int, exc: BaseException) -> None:
-        header, buffers, error = self.error_blob(exc)
+    def send_inline(self, rank: int, object_id: int, blob: tuple) -> None:
+        header, buffers, error = blob
         if rank == 0:
             self.store.add(object_id, Stored(header, buffers, error))
         else:
@@ -315,11 +315,7 @@ class HeadRuntime(Runtime):
         if rank in entry.locations:
             return
         if entry.inline is not None:
-            header, buffers, error = entry.inline
-            if rank == 0:
-                self.store.add(object_id, Stored(header, buffers, error))
-            else:
-                self.transport.send(rank, (P.OBJ, object_id, header, buffers, error))
+            self.send_inline(rank, object_id, entry.inline)
         else:
             source = min(entry.locations)
             if source == 0:
@@ -414,11 +410,7 @@ class HeadRuntime(Runtime):
         for pg_id, ready_id in list(self.pending_pgs.items()):
             if self.scheduler.placement_group_ready(pg_id):
                 del self.pending_pgs[pg_id]
-                self.set_ready(ready_id, self.value_blob(True))
-
-    def value_blob(self, value) -> tuple:
-        header, buffers, _ = serialize(value)
-        return (header, [bytes(b) for b in buffers], False)
+                self.set_ready(ready_id, inline_blob(True))
 
     @staticmethod
     def pg_of(strategy) -> InPlacementGroup | None:
@@ -637,7 +629,7 @@ class HeadRuntime(Runtime):
         self.scheduler.create_placement_group(pg_id, bundles, strategy)
         self.objects[ready_id] = Entry(1)
         if self.scheduler.placement_group_ready(pg_id):
-            self.set_ready(ready_id, self.value_blob(True))
+            self.set_ready(ready_id, inline_blob(True))
         else:
             self.pending_pgs[pg_id] = ready_id
 

@@ -61,6 +61,12 @@ def deserialize(header: bytes, buffers: list | tuple = ()) -> Any:
     return pickle.loads(header, buffers=buffers)
 
 
+def inline_blob(value: Any, error: bool = False) -> tuple[bytes, list[bytes], bool]:
+    """A small value (or an exception to raise) as it travels inside a control message."""
+    header, buffers, _ = serialize(value)
+    return header, [bytes(b) for b in buffers], error
+
+
 def dumps_code(obj: Any) -> bytes:
     """Pickles a function or class by value where needed (``__main__``, closures)."""
     return cloudpickle.dumps(obj, protocol=5)
