@@ -18,8 +18,6 @@ import uuid
 from . import config as config_mod
 from .runtime import RankInfo
 
-_SPAWNED_FLAG = "HPCRAY_SPAWNED_WORKER"
-
 
 def _mpi():
     if "mpi4py.MPI" not in sys.modules:
@@ -88,13 +86,10 @@ def _describe(comm, config) -> list[RankInfo]:
 
 
 def _spawn_workers(MPI, n: int):
-    args = ["-m", "hpcray._private.worker_main"]
-    env_ok = os.environ.setdefault(_SPAWNED_FLAG, "1")
-    try:
-        inter = MPI.COMM_SELF.Spawn(sys.executable, args=args, maxprocs=n)
-    finally:
-        if env_ok == "1":
-            os.environ.pop(_SPAWNED_FLAG, None)
+    """Interactive sessions only: worker ranks started with MPI_Comm_spawn (they know their
+    parent through MPI_Comm_get_parent)."""
+    inter = MPI.COMM_SELF.Spawn(sys.executable, args=["-m", "hpcray._private.worker_main"],
+                                maxprocs=n)
     return inter, inter.Merge(high=False)
 
 
