@@ -17,14 +17,16 @@ _init_lock = threading.RLock()
 
 
 def init(num_cpus: int | None = None, resources: dict[str, float] | None = None, *,
-         ignore_reinit_error: bool = False, log_to_driver: bool = True, **kwargs) -> dict:
+         num_gpus: int | None = None, ignore_reinit_error: bool = False,
+         log_to_driver: bool = True, **kwargs) -> dict:
     """Starts hpcray. Collective: on every rank but 0 it runs the worker and never returns.
 
     Under mpiexec/srun the job's ranks are used. Run plainly (one process), it spawns
-    ``num_cpus`` local worker ranks (default: one per core).
+    ``num_cpus`` local worker ranks (default: one per core). GPUs are found with NVML;
+    ``num_gpus`` caps how many per node are used (or declares GPUs NVML cannot see).
     """
     ignored = {"address", "namespace", "runtime_env", "logging_level", "include_dashboard",
-               "configure_logging", "local_mode", "object_store_memory", "num_gpus",
+               "configure_logging", "local_mode", "object_store_memory",
                "_temp_dir", "dashboard_host", "job_config", "_system_config"}
     unknown = sorted(set(kwargs) - ignored)
     if unknown:
@@ -40,7 +42,9 @@ def init(num_cpus: int | None = None, resources: dict[str, float] | None = None,
                                "mpiexec/srun job can call init() only once")
         if num_cpus is not None and (not isinstance(num_cpus, int) or num_cpus < 1):
             raise ValueError(f"num_cpus must be a positive int, got {num_cpus!r}")
-        overrides = {"log_to_driver": log_to_driver}
+        if num_gpus is not None and (not isinstance(num_gpus, int) or num_gpus < 0):
+            raise ValueError(f"num_gpus must be an int >= 0 (GPUs per node), got {num_gpus!r}")
+        overrides = {"log_to_driver": log_to_driver, "num_gpus": num_gpus}
         if resources:
             overrides["resources"] = dict(resources)
         head = bootstrap.start(overrides, num_cpus)
@@ -113,8 +117,17 @@ def _make_remote(target, options: dict):
     raise TypeError(f"@remote needs a function or a class, got {type(target).__name__}")
 
 
-def get(object_refs, *, timeout: float | None = None):
-    """Blocks until the objects are ready; returns their values (raises a failed task's error)."""
+def get(object_refs, *, timeout: float | None = None, to_host: bool = False):
+    """Blocks until the objects are ready; returns their values (raises a failed task's error).
+
+    CuPy arrays come back on this rank's GPU; ``to_host=True`` returns them as numpy arrays
+    (the only way to read them on a rank without a GPU).
+    """
+    if to_host:
+        from ._private.device import host_copies
+
+        with host_copies():
+            return _runtime().get(object_refs, timeout)
     return _runtime().get(object_refs, timeout)
 
 
@@ -166,9 +179,10 @@ def get_runtime_context() -> RuntimeContext:
     return RuntimeContext(_runtime())
 
 
-def get_gpu_ids() -> list:
-    """GPU ids assigned to the calling task (none until GPU support lands)."""
-    return []
+def get_gpu_ids() -> list[str]:
+    """GPU ids (as CUDA_VISIBLE_DEVICES named them) of the calling task or actor when it asked
+    for GPUs; on the driver, the head rank's GPU. CUDA device 0 is always the first of them."""
+    return _runtime().gpu_ids()
 
 
 def _placement_group(bundles: list[dict], strategy: str):

@@ -105,3 +105,7 @@ class ObjectLostError(HpcrayError):
 
 class ObjectFreedError(HpcrayError):
     """The object was freed (for example by ``hpcray.internal_free``)."""
+
+
+class DeviceUnavailableError(HpcrayError):
+    """A device (CuPy) array reached a rank that has no GPU to hold it."""

@@ -40,7 +40,7 @@ class RuntimeContext:
         return self._rt.ranks[self._rt.rank].node_name
 
     def get_accelerator_ids(self) -> dict[str, list]:
-        return {"GPU": []}
+        return {"GPU": self._rt.gpu_ids()}
 
     @property
     def job_id(self) -> str:

@@ -67,22 +67,39 @@ def _node_name() -> str:
 
 
 def _describe(comm, config) -> list[RankInfo]:
-    """Every rank's host, pid, node and resources, known to all ranks."""
+    """Every rank's host, pid, node, GPUs and resources, known to all ranks."""
+    from . import gpu as gpu_mod
+    from .device import cuda_aware_mpi, set_has_gpu
+
     MPI = _mpi()
-    node_comm = comm.Split_type(MPI.COMM_TYPE_SHARED)
-    leader = node_comm.bcast(comm.Get_rank(), root=0)
-    on_node = node_comm.Get_size()
-    node_comm.Free()
     rank = comm.Get_rank()
+    node_comm = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    members = node_comm.allgather(rank)
+    declared = config.num_gpus if config.num_gpus >= 0 else None
+    gpus = gpu_mod.discover(declared) if node_comm.Get_rank() == 0 else None
+    gpus = node_comm.bcast(gpus, root=0)
+    node_comm.Free()
+    leader = members[0]
+    workers = [r for r in members if r != 0]
+    if rank == 0:
+        mine = gpu_mod.Assignment(gpus[:1], 0.0)
+    else:
+        mine = gpu_mod.assign(gpus, len(workers))[workers.index(rank)]
+    set_has_gpu(bool(mine.gpus))
+    if gpus:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu_mod.visible_devices(mine.gpus, gpus)
     resources = {}
     if rank != 0:
         resources = {"CPU": float(config.cpus_per_rank),
-                     "memory": float(_node_memory() // max(on_node - (leader == 0), 1))}
+                     "memory": float(_node_memory() // max(len(members) - (leader == 0), 1))}
+        if mine.share:
+            resources["GPU"] = mine.share
         resources.update({k: float(v) for k, v in config.resources.items()})
-    rows = comm.allgather((socket.gethostname(), os.getpid(), leader, _node_name(), resources))
+    rows = comm.allgather((socket.gethostname(), os.getpid(), leader, _node_name(), resources,
+                           mine.gpus, cuda_aware_mpi()))
     leaders = sorted({row[2] for row in rows})
-    return [RankInfo(r, host, pid, f"node-{leaders.index(lead)}", name, res)
-            for r, (host, pid, lead, name, res) in enumerate(rows)]
+    return [RankInfo(r, host, pid, f"node-{leaders.index(lead)}", name, res, gpus, cuda_mpi)
+            for r, (host, pid, lead, name, res, gpus, cuda_mpi) in enumerate(rows)]
 
 
 def _spawn_workers(MPI, n: int):

@@ -27,6 +27,12 @@ class Config:
     head_cpus: float = 0.0
     #: custom resources of every worker rank, as JSON, e.g. '{"accel": 1}'
     resources: dict = field(default_factory=dict)
+    #: GPUs per node to use; -1 discovers them with NVML (init(num_gpus=N) sets it)
+    num_gpus: int = -1
+    #: how CuPy arrays move between ranks: auto, ipc, mpi, nccl or staged
+    gpu_transport: str = "auto"
+    #: chunk size, in bytes, of host-staged GPU transfers
+    staging_chunk: int = 8 << 20
     #: forward what tasks print to the driver, prefixed with rank and host
     log_to_driver: bool = True
 

@@ -122,7 +122,7 @@ class HeadRuntime(Runtime):
             P.REFS: self.on_refs,
             P.WANT: self.on_want, P.PUT: self.on_put, P.LOG: self.on_log,
             P.BLOCKED: self.on_blocked, P.HEARTBEAT: self.on_heartbeat,
-            P.REQUEST: self.on_request, P.OBJDATA: self.on_objdata,
+            P.REQUEST: self.on_request, P.OBJDATA: self.on_objdata, P.RELEASE: self.on_release,
         }
         self.ops = {
             "get_actor": self.op_get_actor, "kill": self.op_kill, "cancel": self.op_cancel,
@@ -326,15 +326,9 @@ class HeadRuntime(Runtime):
 
     def push_local(self, object_id: int, dest: int) -> None:
         stored = self.store.get(object_id)
-        sizes = [memoryview(b).nbytes for b in stored.buffers]
-        reqs = self.transport.send_buffers(
-            dest, (P.OBJDATA, object_id, stored.header, sizes, stored.error), stored.buffers)
+        reqs = self.send_object(dest, object_id, stored)
         if stored.sending is not None:
             stored.sending.extend(reqs)
-
-    def on_objdata(self, src: int, object_id: int, header: bytes, sizes: list, error: bool) -> None:
-        buffers = self.transport.recv_buffers(src, sizes)
-        self.store.add(object_id, Stored(header, buffers, error))
 
     # -- tasks -------------------------------------------------------------------------------
     def on_submit(self, src: int, spec: P.TaskSpec | tuple) -> None:
@@ -620,9 +614,15 @@ class HeadRuntime(Runtime):
                 "Alive": False, "Resources": {}, "Ranks": []})
             node["Alive"] = node["Alive"] or info.alive
             node["Ranks"].append(info.rank)
+            for gpu in info.gpus:
+                gpus = node.setdefault("GPUs", {})
+                entry = gpus.setdefault(gpu.uuid or gpu.id, {**gpu.describe(), "Ranks": []})
+                entry["Ranks"].append(info.rank)
             if info.alive:
                 for k, v in info.resources.items():
                     node["Resources"][k] = node["Resources"].get(k, 0.0) + v
+        for node in nodes.values():
+            node["GPUs"] = list(node.get("GPUs", {}).values())
         return list(nodes.values())
 
     def op_pg_create(self, src: int, pg_id: int, bundles: list, strategy: str, ready_id: int) -> None:

@@ -12,6 +12,7 @@ import sys
 import threading
 from dataclasses import dataclass, field
 
+from .device import is_device
 from .serialization import deserialize
 
 # (object id, event): +1 a ref appeared, -1 one was dropped, 0 a ref created by
@@ -55,7 +56,8 @@ class Stored:
 
     def value(self):
         """The value; arrays in it are read-only views of the stored buffers, as in Ray."""
-        return deserialize(self.header, [memoryview(b).toreadonly() for b in self.buffers])
+        return deserialize(self.header, [b if is_device(b) else memoryview(b).toreadonly()
+                                         for b in self.buffers])
 
 
 class Waiter:

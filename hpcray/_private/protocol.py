@@ -31,7 +31,9 @@ KILL_ACTOR = 25   # (KILL_ACTOR, actor_id)
 REPLY = 26        # (REPLY, req_id, ok, value)
 SHUTDOWN = 27     # (SHUTDOWN,)
 # peer -> peer
-OBJDATA = 40      # (OBJDATA, id, header, sizes, error) followed by the buffers on the DATA tag
+OBJDATA = 40      # (OBJDATA, id, header, descs, error) then the buffers' data on the DATA tag
+                  #   descs: a host buffer's size, or a device buffer's transfer (transfer.py)
+RELEASE = 41      # (RELEASE, [tokens])                    done reading your CUDA IPC exports
 
 # task kinds
 NORMAL, ACTOR_CREATE, ACTOR_CALL = 0, 1, 2

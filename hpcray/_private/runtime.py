@@ -14,13 +14,15 @@ import time
 import traceback
 from typing import TYPE_CHECKING, Any
 
-from ..exceptions import GetTimeoutError, TaskError
+from ..exceptions import GetTimeoutError, ObjectLostError, TaskError
 from ..object_ref import ObjectRef
 from . import protocol as P
 from .backoff import Backoff
 from .config import Config
+from .device import is_device
 from .objects import LocalStore, RefTracker, Stored
-from .serialization import nbytes, serialize
+from .serialization import fits_inline, has_device, nbytes, own, serialize
+from .transfer import DeviceTransfers
 
 if TYPE_CHECKING:
     from .transport import Transport
@@ -40,12 +42,15 @@ def _unpicklable(args, kwargs) -> str:
 class RankInfo:
     """What the head knows about one rank."""
 
-    __slots__ = ("alive", "host", "last_seen", "node_id", "node_name", "pid", "rank", "resources")
+    __slots__ = ("alive", "cuda_mpi", "gpus", "host", "last_seen", "node_id", "node_name", "pid",
+                 "rank", "resources")
 
     def __init__(self, rank: int, host: str, pid: int, node_id: str, node_name: str,
-                 resources: dict):
+                 resources: dict, gpus: list | None = None, cuda_mpi: bool = False):
         self.rank, self.host, self.pid = rank, host, pid
         self.node_id, self.node_name, self.resources = node_id, node_name, resources
+        self.gpus = gpus or []        # this rank's GPUs (gpu.Gpu), its own device first
+        self.cuda_mpi = cuda_mpi      # the MPI library takes device pointers
         self.alive = True
         self.last_seen = time.monotonic()
 
@@ -69,6 +74,7 @@ class Runtime:
         self.functions: dict[int, Any] = {}
         self.local = threading.local()  # current task / actor of the calling thread
         self.stopping = False
+        self.devices = DeviceTransfers(transport, ranks, config)
 
     # -- progress (shared by both roles) ---------------------------------------------------
     def progress_once(self) -> bool:
@@ -100,6 +106,53 @@ class Runtime:
     def may_poll(self) -> bool:
         """Whether the calling thread drives progress itself while it waits."""
         return False
+
+    # -- moving objects rank to rank (shared by both roles) ---------------------------------
+    def send_object(self, dest: int, object_id: int, stored: Stored) -> list:
+        """Sends this rank's copy of an object to dest: host buffers as MPI buffers, device
+        buffers by the path transfer.py picks. Returns the requests still reading memory."""
+        transport = self.transport
+        with transport.lock:
+            if transport.closed:
+                return []
+            descs = [self.devices.describe(dest, b) if is_device(b) else memoryview(b).nbytes
+                     for b in stored.buffers]
+            transport.send(dest, (P.OBJDATA, object_id, stored.header, descs, stored.error))
+            reqs = []
+            for buf, desc in zip(stored.buffers, descs):
+                if type(desc) is int:
+                    reqs.append(transport.isend_raw(dest, buf))
+                else:
+                    reqs.extend(self.devices.send(dest, buf, desc))
+            return reqs
+
+    def on_objdata(self, src: int, object_id: int, header: bytes, descs: list,
+                   error: bool) -> None:
+        buffers, failure = [], None
+        with self.transport.lock:
+            for desc in descs:
+                if type(desc) is int:
+                    buffers.append(self.transport.recv_new(src, desc))
+                    continue
+                try:
+                    buffers.append(self.devices.receive(src, desc))
+                except Exception as exc:  # noqa: BLE001 - stored as the object's error below
+                    failure = failure or exc
+        if failure is not None:
+            header, buffers, _ = serialize(ObjectLostError(
+                f"rank {self.rank} on {self.host} could not receive object {object_id:016x} "
+                f"from rank {src} ({type(failure).__name__}: {failure}). Set "
+                "HPCRAY_GPU_TRANSPORT=staged to move device arrays through host memory."))
+            error = True
+        self.store.add(object_id, Stored(header, buffers, error))
+
+    def gpu_ids(self) -> list[str]:
+        """GPU ids of the calling task or actor (the rank's GPUs when it asked for any)."""
+        asked = self.rank == 0 or getattr(self.local, "num_gpus", 0)
+        return [g.id for g in self.ranks[self.rank].gpus] if asked else []
+
+    def on_release(self, src: int, tokens: list) -> None:
+        self.devices.release(tokens)
 
     # -- reaching the head (differs by role) ----------------------------------------------
     def to_head(self, msg: tuple) -> None:
@@ -133,10 +186,13 @@ class Runtime:
             raise TypeError(f"could not serialize {culprit} of {name}: {type(exc).__name__}: {exc}."
                             " Arguments must be picklable; create locks, sockets, open files and "
                             "the like inside the task instead.") from exc
-        if nbytes(header, buffers) <= self.config.inline_max:
+        if fits_inline(header, buffers, self.config.inline_max):
             return (header, [bytes(b) for b in buffers]), deps, contained, None
         # large: ship as an object of its own, moved rank to rank without the head
-        ref = self._store_put(header, buffers, contained, borrowed=self.rank == 0)
+        # the driver's host arrays are sent from its memory; device arrays are copied at once
+        # (a CUDA IPC importer reads them later, when the caller may have changed them)
+        ref = self._store_put(header, buffers, contained,
+                              borrowed=self.rank == 0 and not has_device(buffers))
         deps.append(("*", ref.id))
         return None, deps, [], ref
 
@@ -159,7 +215,7 @@ class Runtime:
             self.transport.wait_requests(stored.sending)
         else:
             with self.lock:
-                stored.buffers = [bytearray(b) for b in stored.buffers]
+                stored.buffers = own(stored.buffers)
         stored.sending = None
 
     # -- objects ---------------------------------------------------------------------------
@@ -168,11 +224,11 @@ class Runtime:
         object_id = self.ids.next()
         size = nbytes(header, buffers)
         inline = None
-        if size <= self.config.inline_max:
+        if fits_inline(header, buffers, self.config.inline_max):
             buffers = [bytes(b) for b in buffers]
             inline = (header, buffers, False)
         elif not borrowed:
-            buffers = [bytearray(b) for b in buffers]
+            buffers = own(buffers)
         ref = ObjectRef(object_id, _created=True)
         with self.lock:
             self.store.add(object_id, Stored(header, buffers, sending=[] if borrowed and inline is None else None))

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from ..exceptions import InfeasibleError
+from .gpu import no_gpu_hint
 
 DEFAULT = "DEFAULT"
 SPREAD = "SPREAD"
@@ -109,6 +110,9 @@ def _total(dicts: Iterable[dict[str, float]]) -> dict[str, float]:
 
 def _too_big(what: str, shape: Shape, capacities: list[dict[str, float]], where: str) -> str:
     """Infeasible message: what was asked, the largest capacity there is, and what to do."""
+    gpus = dict(shape).get("GPU")
+    if gpus and not any(capacity.get("GPU") for capacity in capacities):
+        return f"{what} asks for {gpus:g} GPU. {no_gpu_hint()}"
     largest = max(capacities, key=lambda capacity: sum(capacity.values()), default=None)
     return (f"{what} asks for {dict(shape)}, but no live rank{where} has that much in total "
             f"(largest rank: {largest if largest is not None else 'none, no rank is alive'}). "

@@ -14,6 +14,8 @@ from typing import Any
 
 import cloudpickle
 
+from . import device
+
 _PRIMITIVES = (int, float, str, bytes, bool, type(None))
 _local = threading.local()
 
@@ -38,19 +40,45 @@ def _is_plain(value: Any) -> bool:
     return False
 
 
-def serialize(value: Any) -> tuple[bytes, list[memoryview], list[int]]:
-    """Returns (header, out-of-band buffers, ids of ObjectRefs contained in value)."""
+class _Pickler(cloudpickle.CloudPickler):
+    """CloudPickler that lets device arrays travel as DeviceBuffers, not in the pickle."""
+
+    def __init__(self, file, device_types: dict, **kwargs):
+        super().__init__(file, **kwargs)
+        self.device_types = device_types
+
+    def reducer_override(self, obj):
+        reduce = self.device_types.get(type(obj))
+        if reduce is not None:
+            return reduce(obj)
+        return super().reducer_override(obj)
+
+
+def serialize(value: Any) -> tuple[bytes, list, list[int]]:
+    """Returns (header, out-of-band buffers, ids of ObjectRefs contained in value).
+
+    Host buffers are memoryviews; device arrays become DeviceBuffers in the same list, and
+    the device has finished the work that produced them.
+    """
     if _is_plain(value):
         return pickle.dumps(value, 5), [], []
-    buffers: list[memoryview] = []
+    buffers: list = []
     refs: list[int] = []
     outer = _collector()
     _local.refs = refs
+    device_types = device.device_table()
     try:
         stream = io.BytesIO()
-        pickler = cloudpickle.CloudPickler(stream, protocol=5,
-                                           buffer_callback=lambda b: buffers.append(b.raw()))
-        pickler.dump(value)
+        pickler = _Pickler(stream, device_types, protocol=5,
+                           buffer_callback=lambda b: buffers.append(b.raw()))
+        if device_types:
+            with device.collecting(buffers):
+                pickler.dump(value)
+            backends = {b.backend for b in buffers if type(b) is device.DeviceBuffer}
+            for backend in backends:
+                backend.synchronize()
+        else:
+            pickler.dump(value)
     finally:
         _local.refs = outer
     return stream.getvalue(), buffers, refs
@@ -58,7 +86,25 @@ def serialize(value: Any) -> tuple[bytes, list[memoryview], list[int]]:
 
 def deserialize(header: bytes, buffers: list | tuple = ()) -> Any:
     """Inverse of serialize; buffers are used in place (numpy arrays are not copied)."""
+    if buffers and any(type(b) in device.DEVICE_ENTRIES for b in buffers):
+        host, on_device = device.split(buffers)
+        with device.rebuilding(on_device):
+            return pickle.loads(header, buffers=host)
     return pickle.loads(header, buffers=buffers)
+
+
+def has_device(buffers) -> bool:
+    """Whether a serialized value holds device memory (it then never travels inline)."""
+    return any(type(b) in device.DEVICE_ENTRIES for b in buffers)
+
+
+def fits_inline(header: bytes, buffers: list, limit: int) -> bool:
+    return nbytes(header, buffers) <= limit and not has_device(buffers)
+
+
+def own(buffers: list) -> list:
+    """Private copies of a value's buffers (put() and borrowed arguments)."""
+    return [b.copy() if type(b) in device.DEVICE_ENTRIES else bytearray(b) for b in buffers]
 
 
 def inline_blob(value: Any, error: bool = False) -> tuple[bytes, list[bytes], bool]:
@@ -74,4 +120,8 @@ def dumps_code(obj: Any) -> bytes:
 
 def nbytes(header: bytes, buffers: list) -> int:
     """Size of a serialized value: its pickle stream and out-of-band buffers."""
-    return len(header) + sum(memoryview(b).nbytes for b in buffers)
+    return len(header) + sum(buffer_size(b) for b in buffers)
+
+
+def buffer_size(buf) -> int:
+    return buf.nbytes if type(buf) in device.DEVICE_ENTRIES else memoryview(buf).nbytes

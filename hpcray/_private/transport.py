@@ -74,20 +74,13 @@ class Transport:
             self._sends.append(self.comm.isend(msg, dest, CTRL))
             self._keep.append(None)
 
-    def send_buffers(self, dest: int, msg: tuple, buffers: list) -> list[MPI.Request]:
-        """Sends a control message then each buffer as raw bytes; returns the buffer requests."""
-        with self.lock:
-            if self.closed:
-                return []
-            self._sends.append(self.comm.isend(msg, dest, CTRL))
-            self._keep.append(None)
-            reqs = []
-            for buf in buffers:
-                req = self.comm.Isend([buf, MPI.BYTE], dest, DATA)
-                reqs.append(req)
-                self._sends.append(req)
-                self._keep.append(buf)
-            return reqs
+    def isend_raw(self, dest: int, buf) -> MPI.Request:
+        """Sends buf's bytes on the DATA tag (host or, for CUDA-aware MPI, device memory);
+        buf is kept alive until the send completes. Call with the lock held."""
+        req = self.comm.Isend([buf, MPI.BYTE], dest, DATA)
+        self._sends.append(req)
+        self._keep.append(buf)
+        return req
 
     def pending_sends(self) -> int:
         return len(self._sends)
@@ -129,12 +122,12 @@ class Transport:
                 return None
             return status.Get_source(), msg.recv()
 
-    def recv_buffers(self, source: int, sizes: list[int]) -> list:
-        """Receives the raw buffers announced by an OBJDATA message from ``source``."""
-        out = []
-        with self.lock:
-            for size in sizes:
-                buf = self.pool.take(size)
-                self.comm.Recv([buf, MPI.BYTE], source, DATA)
-                out.append(buf)
-        return out
+    def recv_raw(self, source: int, buf) -> None:
+        """Receives the next DATA message from source into buf. Call with the lock held."""
+        self.comm.Recv([buf, MPI.BYTE], source, DATA)
+
+    def recv_new(self, source: int, size: int):
+        """The next DATA message from source, in a (pooled) buffer of its size."""
+        buf = self.pool.take(size)
+        self.comm.Recv([buf, MPI.BYTE], source, DATA)
+        return buf

@@ -24,7 +24,7 @@ from . import protocol as P
 from .bootstrap import process_gone
 from .objects import Stored
 from .runtime import Runtime
-from .serialization import deserialize, nbytes, serialize
+from .serialization import deserialize, fits_inline, nbytes, own, serialize
 
 
 class Executor:
@@ -80,6 +80,7 @@ class ActorHost:
     def main(self, spec: P.TaskSpec, inline: dict) -> None:
         worker = self.worker
         worker.local.actor_id = self.actor_id
+        worker.local.num_gpus = spec.resources.get("GPU", 0)
         if self.loop is not None:
             import asyncio
 
@@ -107,6 +108,7 @@ class ActorHost:
     def serve(self) -> None:
         worker = self.worker
         worker.local.actor_id = self.actor_id
+        worker.local.num_gpus = self.create_spec.resources.get("GPU", 0)
         calls = self.calls
         while not self.dead:
             item = calls.get()
@@ -182,7 +184,7 @@ class WorkerRuntime(Runtime):
         self.handlers = {
             P.TASK: self.on_task, P.PUSH: self.on_push, P.OBJ: self.on_obj, P.FREE: self.on_free,
             P.CANCEL: self.on_cancel, P.KILL_ACTOR: self.on_kill_actor, P.REPLY: self.on_reply,
-            P.SHUTDOWN: self.on_shutdown, P.OBJDATA: self.on_objdata,
+            P.SHUTDOWN: self.on_shutdown, P.OBJDATA: self.on_objdata, P.RELEASE: self.on_release,
         }
         self.streams: list[_Forward] = []
         self.main_thread = threading.current_thread()
@@ -323,16 +325,8 @@ class WorkerRuntime(Runtime):
             exc = E.ObjectLostError(f"rank {self.rank} was asked for object {object_id:016x}, "
                                     "which it no longer holds")
             header, buffers, _ = serialize(exc)
-            self.transport.send_buffers(dest, (P.OBJDATA, object_id, header,
-                                               [b.nbytes for b in buffers], True), buffers)
-            return
-        sizes = [memoryview(b).nbytes for b in stored.buffers]
-        self.transport.send_buffers(dest, (P.OBJDATA, object_id, stored.header, sizes, stored.error),
-                                    stored.buffers)
-
-    def on_objdata(self, src: int, object_id: int, header: bytes, sizes: list, error: bool) -> None:
-        buffers = self.transport.recv_buffers(src, sizes)
-        self.store.add(object_id, Stored(header, buffers, error))
+            stored = Stored(header, buffers, True)
+        self.send_object(dest, object_id, stored)
 
     def on_obj(self, src: int, object_id: int, header: bytes, buffers: list, error: bool) -> None:
         self.store.add(object_id, Stored(header, buffers, error))
@@ -414,12 +408,12 @@ class WorkerRuntime(Runtime):
                 raise TypeError(f"could not serialize the return value of {spec.name}: "
                                 f"{type(exc).__name__}: {exc}") from exc
             size = nbytes(header, buffers)
-            if size <= self.config.inline_max:
+            if fits_inline(header, buffers, self.config.inline_max):
                 results.append((object_id, (header, [bytes(b) for b in buffers], False), size,
                                 contained, False))
             else:
                 if copy:
-                    buffers = [bytearray(b) for b in buffers]
+                    buffers = own(buffers)
                 with self.lock:
                     self.store.objects[object_id] = Stored(header, buffers)
                 results.append((object_id, None, size, contained, False))
@@ -460,6 +454,8 @@ class WorkerRuntime(Runtime):
         """
         local = self.local
         local.task_id = task_id = spec.task_id
+        if spec.kind == P.NORMAL:
+            local.num_gpus = spec.resources.get("GPU", 0)
         ok = True
         try:
             if task_id in self.cancelled:

@@ -1,0 +1,144 @@
+"""CuPy arrays as device buffers: export, rebuild, CUDA IPC and staged copies."""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+
+import cupy
+import numpy as np
+
+from . import device
+from .device import Backend, DeviceBuffer
+
+_H2D, _D2H, _D2D = 1, 2, 3
+_LAZY_PEER_ACCESS = 1
+
+
+class _Upload:
+    """Host-to-device copies of received chunks, with a ring of reusable host slots."""
+
+    def __init__(self, backend: CuPyBackend, dst: DeviceBuffer, slots: int):
+        self.backend, self.dst = backend, dst
+        self.stream = backend.stream()
+        self.events: list = [None] * slots
+
+    def ready(self, slot: int) -> None:
+        event = self.events[slot]
+        if event is not None:
+            event.synchronize()
+
+    def put(self, slot: int, offset: int, host: np.ndarray) -> None:
+        cupy.cuda.runtime.memcpyAsync(self.dst.ptr + offset, host.ctypes.data, host.nbytes, _H2D,
+                                      self.stream.ptr)
+        event = cupy.cuda.Event(disable_timing=True)
+        event.record(self.stream)
+        self.events[slot] = event
+
+    def finish(self) -> None:
+        self.stream.synchronize()
+
+
+class CuPyBackend(Backend):
+    name = "cupy"
+    paths = ("ipc", "mpi", "nccl")
+
+    def __init__(self) -> None:
+        self._streams = threading.local()
+        self._libcuda = None
+
+    def available(self) -> bool:
+        return device.has_gpu()
+
+    def stream(self):
+        stream = getattr(self._streams, "stream", None)
+        if stream is None:
+            stream = self._streams.stream = cupy.cuda.Stream(non_blocking=True)
+        return stream
+
+    # -- values ------------------------------------------------------------------------------
+    def export(self, array) -> tuple[DeviceBuffer, tuple]:
+        array = cupy.ascontiguousarray(array)
+        return DeviceBuffer(self, array, array.data.ptr, array.nbytes), (array.shape,
+                                                                         array.dtype.str)
+
+    def rebuild(self, buf: DeviceBuffer, meta: tuple):
+        shape, dtype = meta
+        owner = buf.owner
+        if owner.shape == tuple(shape) and owner.dtype.str == dtype:
+            return owner
+        return owner.reshape(-1).view(cupy.uint8).view(np.dtype(dtype)).reshape(shape)
+
+    def to_numpy(self, buf: DeviceBuffer, meta: tuple):
+        return cupy.asnumpy(self.rebuild(buf, meta))
+
+    def from_host(self, data, meta: tuple):
+        shape, dtype = meta
+        return cupy.asarray(data).view(np.dtype(dtype)).reshape(shape)
+
+    def alloc(self, nbytes: int) -> DeviceBuffer:
+        array = cupy.empty(nbytes, dtype=cupy.uint8)
+        return DeviceBuffer(self, array, array.data.ptr, nbytes)
+
+    def synchronize(self) -> None:
+        cupy.cuda.runtime.deviceSynchronize()
+
+    def copy_ptr(self, dst: int, src: int, nbytes: int) -> None:
+        if nbytes:
+            stream = self.stream()
+            cupy.cuda.runtime.memcpyAsync(dst, src, nbytes, _D2D, stream.ptr)
+            stream.synchronize()
+
+    def mpi_view(self, buf: DeviceBuffer):
+        """What MPI sends or receives into (a CUDA-aware MPI reads the device pointer)."""
+        return buf.owner.reshape(-1).view(cupy.uint8)
+
+    # -- CUDA IPC ----------------------------------------------------------------------------
+    def _allocation_base(self, ptr: int) -> int:
+        if self._libcuda is None:
+            lib = ctypes.CDLL("libcuda.so.1")
+            lib.cuMemGetAddressRange_v2.restype = ctypes.c_int
+            lib.cuMemGetAddressRange_v2.argtypes = [ctypes.POINTER(ctypes.c_uint64),
+                                                    ctypes.POINTER(ctypes.c_size_t),
+                                                    ctypes.c_uint64]
+            self._libcuda = lib
+        base, size = ctypes.c_uint64(), ctypes.c_size_t()
+        status = self._libcuda.cuMemGetAddressRange_v2(ctypes.byref(base), ctypes.byref(size),
+                                                       ptr)
+        if status != 0:
+            raise RuntimeError(f"cuMemGetAddressRange failed with CUresult {status}")
+        return base.value
+
+    def ipc_export(self, buf: DeviceBuffer) -> tuple[bytes, int]:
+        """(handle of the whole allocation holding buf, buf's offset in it)."""
+        base = self._allocation_base(buf.ptr) if buf.nbytes else buf.ptr
+        return bytes(cupy.cuda.runtime.ipcGetMemHandle(base)), buf.ptr - base
+
+    def ipc_open(self, handle: bytes) -> int:
+        return cupy.cuda.runtime.ipcOpenMemHandle(handle, _LAZY_PEER_ACCESS)
+
+    def ipc_close(self, base: int) -> None:
+        cupy.cuda.runtime.ipcCloseMemHandle(base)
+
+    # -- host staging ------------------------------------------------------------------------
+    def pinned(self, nbytes: int) -> np.ndarray:
+        memory = cupy.cuda.alloc_pinned_memory(max(nbytes, 1))
+        return np.frombuffer(memory, np.uint8, nbytes)
+
+    def stage_out(self, buf: DeviceBuffer, host: np.ndarray, chunk: int):
+        """Copies buf to host in chunks, all queued at once; yields (offset, size) as each lands."""
+        stream = self.stream()
+        queued = []
+        for offset in range(0, buf.nbytes, chunk):
+            size = min(chunk, buf.nbytes - offset)
+            cupy.cuda.runtime.memcpyAsync(host.ctypes.data + offset, buf.ptr + offset, size,
+                                          _D2H, stream.ptr)
+            event = cupy.cuda.Event(disable_timing=True)
+            event.record(stream)
+            queued.append((offset, size, event))
+        for offset, size, event in queued:
+            event.synchronize()
+            yield offset, size
+
+    def uploader(self, dst: DeviceBuffer, slots: int) -> _Upload:
+        return _Upload(self, dst, slots)

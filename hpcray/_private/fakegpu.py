@@ -1,0 +1,220 @@
+"""A stand-in device for tests on machines without a GPU.
+
+``FakeDeviceArray`` exposes ``__cuda_array_interface__`` over host memory, carved out of
+shared-memory blocks the way CuPy's pool carves arrays out of cudaMalloc blocks. Its IPC
+handle names a whole block (the file under /dev/shm), so (handle, offset) bookkeeping,
+handle caching and the exporter's pinning run exactly as with CUDA IPC. Only tests use it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+import mmap
+import os
+import threading
+import weakref
+
+import numpy as np
+
+from . import device
+from .device import Backend, DeviceBuffer
+
+BLOCK = 1 << 20
+_ALIGN = 256
+_ids = itertools.count()
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+class _Block:
+    """One 'cudaMalloc': a shared-memory file mapped into this process."""
+
+    def __init__(self, size: int):
+        self.path = f"/dev/shm/hpcray-fakegpu-{os.getpid()}-{next(_ids)}"
+        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        try:
+            os.ftruncate(fd, size)
+            self.map = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+        self.memory = np.frombuffer(self.map, np.uint8)
+        self.ptr = self.memory.ctypes.data
+        self.size, self.used = size, 0
+        weakref.finalize(self, _unlink, self.path)
+
+
+class _Pool:
+    """Sub-allocates arrays from blocks; a block is freed when its last array goes."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.current: _Block | None = None
+        self.blocks_made = 0
+
+    def alloc(self, nbytes: int) -> tuple[_Block, int]:
+        size = -(-max(nbytes, 1) // _ALIGN) * _ALIGN
+        with self.lock:
+            block = self.current
+            if block is None or block.used + size > block.size:
+                block = _Block(max(BLOCK, size))
+                self.blocks_made += 1
+                if size < BLOCK:
+                    self.current = block
+            offset = block.used
+            block.used += size
+            return block, offset
+
+
+pool = _Pool()
+
+
+class FakeDeviceArray:
+    """A C-contiguous array in fake device memory (CuPy-like: ``.get()`` copies to numpy)."""
+
+    def __init__(self, shape, dtype, block: _Block | None = None, offset: int = 0):
+        dtype = np.dtype(dtype)
+        shape = tuple(shape)
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if block is None:
+            block, offset = pool.alloc(nbytes)
+        self._block = block
+        self._host = block.memory[offset:offset + nbytes].view(dtype).reshape(shape)
+
+    @property
+    def shape(self) -> tuple:
+        return self._host.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._host.dtype
+
+    @property
+    def nbytes(self) -> int:
+        return self._host.nbytes
+
+    @property
+    def ptr(self) -> int:
+        return self._host.ctypes.data
+
+    @property
+    def __cuda_array_interface__(self) -> dict:
+        return {"shape": self.shape, "typestr": self.dtype.str, "data": (self.ptr, False),
+                "strides": None, "version": 3}
+
+    def get(self) -> np.ndarray:
+        """A numpy copy (what cupy.ndarray.get does)."""
+        return self._host.copy()
+
+    def fill_from(self, values) -> FakeDeviceArray:
+        self._host[...] = values
+        return self
+
+    def view_as(self, shape, dtype) -> FakeDeviceArray:
+        """Same memory, another shape and dtype."""
+        out = FakeDeviceArray.__new__(FakeDeviceArray)
+        out._block = self._block
+        out._host = self._host.reshape(-1).view(np.uint8).view(np.dtype(dtype)).reshape(shape)
+        return out
+
+    def __repr__(self) -> str:
+        return f"FakeDeviceArray(shape={self.shape}, dtype={self.dtype})"
+
+
+def asarray(values) -> FakeDeviceArray:
+    """A fake device copy of a numpy array (what cupy.asarray does)."""
+    values = np.ascontiguousarray(values)
+    return FakeDeviceArray(values.shape, values.dtype).fill_from(values)
+
+
+class _Upload:
+    def __init__(self, dst: DeviceBuffer):
+        self.dst = dst
+
+    def ready(self, slot: int) -> None:
+        pass
+
+    def put(self, slot: int, offset: int, host: np.ndarray) -> None:
+        ctypes.memmove(self.dst.ptr + offset, host.ctypes.data, host.nbytes)
+
+    def finish(self) -> None:
+        pass
+
+
+class FakeBackend(Backend):
+    name = "fake"
+    paths = ("ipc", "mpi")
+    host_memory = True
+
+    def __init__(self):
+        self.opened: dict[int, tuple] = {}
+        self.exports = 0
+
+    def available(self) -> bool:
+        return device.has_gpu()
+
+    def export(self, array: FakeDeviceArray) -> tuple[DeviceBuffer, tuple]:
+        return DeviceBuffer(self, array, array.ptr, array.nbytes), (array.shape, array.dtype.str)
+
+    def rebuild(self, buf: DeviceBuffer, meta: tuple) -> FakeDeviceArray:
+        shape, dtype = meta
+        owner = buf.owner
+        if owner.shape == tuple(shape) and owner.dtype.str == dtype:
+            return owner
+        return owner.view_as(shape, dtype)
+
+    def to_numpy(self, buf: DeviceBuffer, meta: tuple) -> np.ndarray:
+        return self.rebuild(buf, meta).get()
+
+    def from_host(self, data, meta: tuple) -> FakeDeviceArray:
+        shape, dtype = meta
+        return asarray(np.asarray(data).view(np.dtype(dtype)).reshape(shape))
+
+    def alloc(self, nbytes: int) -> DeviceBuffer:
+        array = FakeDeviceArray((nbytes,), np.uint8)
+        return DeviceBuffer(self, array, array.ptr, nbytes)
+
+    def copy_ptr(self, dst: int, src: int, nbytes: int) -> None:
+        ctypes.memmove(dst, src, nbytes)
+
+    def mpi_view(self, buf: DeviceBuffer) -> FakeDeviceArray:
+        return buf.owner.view_as((buf.nbytes,), np.uint8)
+
+    def ipc_export(self, buf: DeviceBuffer) -> tuple[bytes, int]:
+        block = buf.owner._block
+        self.exports += 1
+        return block.path.encode(), buf.ptr - block.ptr
+
+    def ipc_open(self, handle: bytes) -> int:
+        fd = os.open(handle.decode(), os.O_RDWR)
+        try:
+            mapped = mmap.mmap(fd, 0)
+        finally:
+            os.close(fd)
+        memory = np.frombuffer(mapped, np.uint8)
+        base = memory.ctypes.data
+        self.opened[base] = (mapped, memory)
+        return base
+
+    def ipc_close(self, base: int) -> None:
+        self.opened.pop(base, None)
+
+    def pinned(self, nbytes: int) -> np.ndarray:
+        return np.empty(nbytes, np.uint8)
+
+    def stage_out(self, buf: DeviceBuffer, host: np.ndarray, chunk: int):
+        for offset in range(0, buf.nbytes, chunk):
+            size = min(chunk, buf.nbytes - offset)
+            ctypes.memmove(host.ctypes.data + offset, buf.ptr + offset, size)
+            yield offset, size
+
+    def uploader(self, dst: DeviceBuffer, slots: int) -> _Upload:
+        return _Upload(dst)
+
+
+device.register(FakeDeviceArray, FakeBackend())

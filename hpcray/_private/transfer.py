@@ -1,0 +1,213 @@
+"""Moving device buffers between ranks: path choice, then CUDA IPC, CUDA-aware MPI or
+host staging through pinned buffers.
+
+The sender describes each buffer in the OBJDATA message and posts whatever data the path
+needs right behind it, never waiting on the receiver (so two ranks sending to each other
+cannot deadlock); the receiver turns each description back into local device memory.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+
+from . import device
+from .device import DeviceBuffer, HostCopy
+
+PATHS = ("ipc", "mpi", "nccl", "staged")
+RING_SLOTS = 4
+OPEN_HANDLES = 64
+PINNED_CACHE = 1 << 30
+
+
+@dataclass(frozen=True)
+class Where:
+    """What path choice needs to know about a rank."""
+
+    node_id: str
+    gpu: str          # uuid (or id) of the rank's own GPU; "" without one
+    cuda_mpi: bool
+
+
+def where(info) -> Where:
+    """Where of a RankInfo."""
+    own = info.gpus[0] if info.gpus else None
+    return Where(info.node_id, (own.uuid or f"{info.node_id}/{own.id}") if own else "",
+                 bool(info.cuda_mpi))
+
+
+def choose_path(src: Where, dst: Where, paths: tuple[str, ...], host_memory: bool = False,
+                forced: str = "auto") -> str:
+    """The transfer path for a device buffer from src to dst.
+
+    ``paths`` are those the array library offers besides staging; ``host_memory`` says its
+    memory is host memory (so any MPI may read it). Same node: CUDA IPC. Elsewhere:
+    CUDA-aware MPI where both ranks' MPI takes device pointers; NCCL between distinct GPUs;
+    else host staging. A receiver without a GPU always gets host bytes (staged).
+    ``forced`` (HPCRAY_GPU_TRANSPORT) picks a path, falling back to staging where it
+    cannot run; NCCL is never used between ranks sharing one GPU (NCCL refuses).
+    """
+    if forced not in ("auto", *PATHS):
+        raise ValueError(f"HPCRAY_GPU_TRANSPORT={forced!r}: choose auto, {', '.join(PATHS)}")
+    if not dst.gpu:
+        return "staged"
+    same_node = src.node_id == dst.node_id
+    possible = {
+        "ipc": "ipc" in paths and same_node and bool(src.gpu),
+        "mpi": "mpi" in paths and (host_memory or (src.cuda_mpi and dst.cuda_mpi)),
+        "nccl": "nccl" in paths and bool(src.gpu) and src.gpu != dst.gpu,
+        "staged": True,
+    }
+    if forced != "auto":
+        return forced if possible[forced] else "staged"
+    return next(path for path in PATHS if possible[path])
+
+
+class DeviceTransfers:
+    """One rank's side of device transfers: exports awaiting release, opened IPC handles,
+    pinned staging buffers, and a log of received transfers."""
+
+    def __init__(self, transport, ranks, config):
+        self.transport = transport
+        self.rank = transport.rank
+        self.ranks = ranks
+        self.forced = config.gpu_transport
+        self.chunk = max(int(config.staging_chunk), 1 << 16)
+        self.tokens = itertools.count(1)
+        self.pins: dict[int, DeviceBuffer] = {}
+        self.opened: OrderedDict[tuple, int] = OrderedDict()
+        self.staging: list[tuple[list, object]] = []
+        self.pinned_free: list = []
+        self.ring: dict[str, list] = {}
+        self.log: deque = deque(maxlen=1000)  # (path, nbytes, seconds) of each receive
+        choose_path(Where("", "", False), Where("", "", False), (), forced=self.forced)
+
+    # -- sender ------------------------------------------------------------------------------
+    def path_to(self, dest: int, buf: DeviceBuffer) -> str:
+        backend = buf.backend
+        return choose_path(where(self.ranks[self.rank]), where(self.ranks[dest]), backend.paths,
+                           backend.host_memory, self.forced)
+
+    def describe(self, dest: int, buf) -> tuple:
+        """The wire description of buf for dest (pins buf until an IPC importer releases it)."""
+        if type(buf) is HostCopy:
+            return ("host", buf.name, buf.nbytes)
+        path = self.path_to(dest, buf)
+        name = buf.backend.name
+        if path == "ipc":
+            handle, offset = buf.backend.ipc_export(buf)
+            token = next(self.tokens)
+            self.pins[token] = buf
+            return ("ipc", name, handle, offset, buf.nbytes, token)
+        if path == "staged":
+            return ("staged", name, buf.nbytes, self.chunk)
+        return (path, name, buf.nbytes)
+
+    def send(self, dest: int, buf, desc: tuple) -> list:
+        """Posts the data desc announced (call under the transport lock, in buffer order)."""
+        kind = desc[0]
+        transport = self.transport
+        if kind == "host":
+            return [transport.isend_raw(dest, buf.data)]
+        if kind == "mpi":
+            return [transport.isend_raw(dest, buf.backend.mpi_view(buf))]
+        if kind == "staged":
+            host = self._pinned(buf.backend, buf.nbytes)
+            reqs = [transport.isend_raw(dest, host[offset:offset + size])
+                    for offset, size in buf.backend.stage_out(buf, host, desc[3])]
+            self.staging.append((reqs, host))
+            return reqs
+        return []
+
+    def release(self, tokens: list[int]) -> None:
+        """An importer is done reading these exports."""
+        for token in tokens:
+            self.pins.pop(token, None)
+
+    def _pinned(self, backend, nbytes: int):
+        self._reclaim()
+        for i, host in enumerate(self.pinned_free):
+            if nbytes <= host.nbytes <= 2 * nbytes + (1 << 20):
+                del self.pinned_free[i]
+                return host[:nbytes]
+        return backend.pinned(nbytes)
+
+    def _reclaim(self) -> None:
+        from mpi4py import MPI
+
+        still = []
+        for reqs, host in self.staging:
+            if MPI.Request.Testall(reqs):
+                base = host.base if host.base is not None else host
+                if sum(b.nbytes for b in self.pinned_free) + host.nbytes <= PINNED_CACHE:
+                    self.pinned_free.append(host)
+                del base
+            else:
+                still.append((reqs, host))
+        self.staging = still
+
+    # -- receiver ----------------------------------------------------------------------------
+    def receive(self, src: int, desc: tuple):
+        """Local memory (DeviceBuffer, or HostCopy without a GPU) for one described buffer."""
+        start = time.perf_counter()
+        kind, name = desc[0], desc[1]
+        if kind == "host":
+            entry = HostCopy(name, self._recv_host(src, desc[2], desc[2]))
+        elif kind == "ipc":
+            entry = self._recv_ipc(src, device.backend(name), *desc[2:])
+        elif kind == "mpi":
+            backend = device.backend(name)
+            entry = backend.alloc(desc[2])
+            self.transport.recv_raw(src, backend.mpi_view(entry))
+        elif kind == "staged":
+            entry = self._recv_staged(src, name, desc[2], desc[3])
+        else:
+            raise ValueError(f"unknown device transfer {kind!r} from rank {src}")
+        self.log.append((kind, entry.nbytes, time.perf_counter() - start))
+        return entry
+
+    def _recv_ipc(self, src: int, backend, handle: bytes, offset: int, nbytes: int,
+                  token: int) -> DeviceBuffer:
+        try:
+            key = (src, handle)
+            base = self.opened.get(key)
+            if base is None:
+                base = self.opened[key] = backend.ipc_open(handle)
+                while len(self.opened) > OPEN_HANDLES:
+                    _, old = self.opened.popitem(last=False)
+                    backend.ipc_close(old)
+            else:
+                self.opened.move_to_end(key)
+            out = backend.alloc(nbytes)
+            backend.copy_ptr(out.ptr, base + offset, nbytes)
+            return out
+        finally:
+            from .protocol import RELEASE
+
+            self.transport.send(src, (RELEASE, [token]))
+
+    def _recv_host(self, src: int, nbytes: int, chunk: int):
+        host = self.transport.pool.take(nbytes)
+        for offset in range(0, nbytes, chunk):
+            self.transport.recv_raw(src, host[offset:offset + min(chunk, nbytes - offset)])
+        return host
+
+    def _recv_staged(self, src: int, name: str, nbytes: int, chunk: int):
+        backend = device.backend(name) if device.has_gpu() else None
+        if backend is None or not backend.available():
+            return HostCopy(name, self._recv_host(src, nbytes, chunk))
+        out = backend.alloc(nbytes)
+        ring = self.ring.get(name)
+        if ring is None or ring[0].nbytes < chunk:
+            ring = self.ring[name] = [backend.pinned(chunk) for _ in range(RING_SLOTS)]
+        upload = backend.uploader(out, RING_SLOTS)
+        for i, offset in enumerate(range(0, nbytes, chunk)):
+            slot = i % RING_SLOTS
+            upload.ready(slot)
+            view = ring[slot][:min(chunk, nbytes - offset)]
+            self.transport.recv_raw(src, view)
+            upload.put(slot, offset, view)
+        upload.finish()
+        return out
