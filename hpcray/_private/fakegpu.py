@@ -128,7 +128,7 @@ class FakeDeviceArray:
 
 def asarray(values) -> FakeDeviceArray:
     """A fake device copy of a numpy array (what cupy.asarray does)."""
-    values = np.ascontiguousarray(values)
+    values = np.asarray(values, order="C")
     return FakeDeviceArray(values.shape, values.dtype).fill_from(values)
 
 
