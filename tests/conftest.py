@@ -57,7 +57,11 @@ def run_job(tmp_path):
         script = tmp_path / "job.py"
         script.write_text(textwrap.dedent(code))
         argv = [sys.executable, str(script), *(args or [])]
-        cmd = argv if spawn else [mpiexec(), "-n", str(n), "-disable-auto-cleanup", *argv]
-        return run_process(cmd, timeout, env=env, cwd=str(tmp_path))
+        if spawn:
+            return run_process(argv, timeout, env=env, cwd=str(tmp_path))
+        from hpcray._private.launch import mpiexec_command
+
+        cmd, launcher_env = mpiexec_command(n, argv, mpiexec=mpiexec())
+        return run_process(cmd, timeout, env={**launcher_env, **(env or {})}, cwd=str(tmp_path))
 
     return run

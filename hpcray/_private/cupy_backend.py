@@ -41,7 +41,7 @@ class _Upload:
 
 class CuPyBackend(Backend):
     name = "cupy"
-    paths = ("ipc", "mpi", "nccl")
+    paths = ("ipc", "mpi")
 
     def __init__(self) -> None:
         self._streams = threading.local()

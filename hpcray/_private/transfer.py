@@ -140,10 +140,8 @@ class DeviceTransfers:
         still = []
         for reqs, host in self.staging:
             if MPI.Request.Testall(reqs):
-                base = host.base if host.base is not None else host
                 if sum(b.nbytes for b in self.pinned_free) + host.nbytes <= PINNED_CACHE:
                     self.pinned_free.append(host)
-                del base
             else:
                 still.append((reqs, host))
         self.staging = still
