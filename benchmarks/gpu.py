@@ -71,6 +71,7 @@ def _raw(nbytes: int, reps: int) -> None:
             rt.deviceSynchronize()
             ipc.append(time.perf_counter() - start)
         rt.ipcCloseMemHandle(peer)
+        print(f"ipc copies done: {ipc}", file=sys.stderr, flush=True)
     comm.Barrier()
     pinned = cupy.cuda.alloc_pinned_memory(nbytes)
     import numpy as np
@@ -88,6 +89,7 @@ def _raw(nbytes: int, reps: int) -> None:
             rt.memcpy(src, host.ctypes.data, nbytes, 1)
             rt.deviceSynchronize()
             staged.append(time.perf_counter() - start)
+        print(f"rep: staged {time.perf_counter() - start:.4f} s", file=sys.stderr, flush=True)
     if rank == 1:
         print("JSON " + json.dumps({"ipc_s": statistics.median(ipc[2:]),
                                     "staged_s": statistics.median(staged[2:])}), flush=True)
@@ -132,6 +134,7 @@ def _hpcray(nbytes: int, reps: int) -> None:
         hpcray.get(b.nop.remote())
         empty.append(time.perf_counter() - start)
         del ref
+        print(f"rep {rep}: {path} {e2e[-1] * 1e3:.3f} ms", file=sys.stderr, flush=True)
     print("JSON " + json.dumps({"path": path, "transfer_s": statistics.median(transfer[2:]),
                                 "e2e_s": statistics.median(e2e[2:]),
                                 "empty_s": statistics.median(empty[2:])}), flush=True)
@@ -146,6 +149,10 @@ def main() -> int:
     parser.add_argument("--internal", choices=["raw", "hpcray"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     nbytes = args.size_mib << 20
+    if args.internal:
+        import faulthandler
+
+        faulthandler.dump_traceback_later(50, exit=False)  # where a stuck rank waits
     if args.internal == "raw":
         _raw(nbytes, args.reps)
         return 0

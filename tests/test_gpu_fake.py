@@ -227,7 +227,8 @@ emit(r)
 
 
 def test_job_without_gpus_gives_clear_errors(run_job):
-    r, _ = run(run_job, FAKE_PRELUDE + NO_GPU_JOB, n=3, timeout=120)
+    r, _ = run(run_job, FAKE_PRELUDE + NO_GPU_JOB, n=3, timeout=120,
+               env={"HPCRAY_NUM_GPUS": "0"})  # also on a machine with GPUs
     assert is_error(r["get"], "DeviceUnavailableError", "rank 0", "no GPU", "to_host=True")
     assert r["to_host"] == ["ndarray", r["expected"]]
     assert is_error(r["worker_without_gpu"], "TaskError(DeviceUnavailableError)", "no GPU",

@@ -33,8 +33,9 @@ def test_visible_filter_by_index_uuid_and_empty():
     assert gpu._visible_filter({}) is None
 
 
-def test_declared_gpus_stand_in_for_undiscovered_ones():
-    # this machine has no NVML devices: declared GPUs are anonymous, named as visible says
+def test_declared_gpus_stand_in_for_undiscovered_ones(monkeypatch):
+    # without NVML devices declared GPUs are anonymous, named as visible says
+    monkeypatch.setattr(gpu, "_nvml_gpus", list)
     assert [g.id for g in gpu.discover(2, env={})] == ["0", "1"]
     assert [g.id for g in gpu.discover(2, env={"CUDA_VISIBLE_DEVICES": "4,6"})] == ["4", "6"]
     assert gpu.discover(None, env={}) == []
