@@ -111,6 +111,9 @@ class CuPyBackend(Backend):
 
     def ipc_export(self, buf: DeviceBuffer) -> tuple[bytes, int]:
         """(handle of the whole allocation holding buf, buf's offset in it)."""
+        # the driver API needs the device's context current in this (progress) thread
+        cupy.cuda.runtime.setDevice(buf.owner.device.id)
+        cupy.cuda.runtime.free(0)
         base = self._allocation_base(buf.ptr) if buf.nbytes else buf.ptr
         return bytes(cupy.cuda.runtime.ipcGetMemHandle(base)), buf.ptr - base
 

@@ -115,8 +115,15 @@ class Runtime:
         with transport.lock:
             if transport.closed:
                 return []
-            descs = [self.devices.describe(dest, b) if is_device(b) else memoryview(b).nbytes
-                     for b in stored.buffers]
+            try:
+                descs = [self.devices.describe(dest, b) if is_device(b) else memoryview(b).nbytes
+                         for b in stored.buffers]
+            except Exception as exc:  # noqa: BLE001 - the receiver gets the error, not a hang
+                header, _, _ = serialize(ObjectLostError(
+                    f"rank {self.rank} on {self.host} could not send object {object_id:016x} "
+                    f"to rank {dest}: {type(exc).__name__}: {exc}"))
+                transport.send(dest, (P.OBJDATA, object_id, header, [], True))
+                return []
             transport.send(dest, (P.OBJDATA, object_id, stored.header, descs, stored.error))
             reqs = []
             for buf, desc in zip(stored.buffers, descs):

@@ -9,6 +9,7 @@ cannot deadlock); the receiver turns each description back into local device mem
 from __future__ import annotations
 
 import itertools
+import sys
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass
@@ -82,6 +83,7 @@ class DeviceTransfers:
         self.pinned_free: list = []
         self.ring: dict[str, list] = {}
         self.log: deque = deque(maxlen=1000)  # (path, nbytes, seconds) of each receive
+        self.ipc_failed = False
         choose_path(Where("", "", False), Where("", "", False), (), forced=self.forced)
 
     # -- sender ------------------------------------------------------------------------------
@@ -97,7 +99,14 @@ class DeviceTransfers:
         path = self.path_to(dest, buf)
         name = buf.backend.name
         if path == "ipc":
-            handle, offset = buf.backend.ipc_export(buf)
+            try:
+                handle, offset = buf.backend.ipc_export(buf)
+            except Exception as exc:  # noqa: BLE001 - any CUDA error: stage through the host
+                if not self.ipc_failed:
+                    print(f"hpcray: rank {self.rank}: CUDA IPC export failed ({exc}); device "
+                          "arrays from this rank go through host memory", file=sys.stderr)
+                self.ipc_failed = True
+                return ("staged", name, buf.nbytes, self.chunk)
             token = next(self.tokens)
             self.pins[token] = buf
             return ("ipc", name, handle, offset, buf.nbytes, token)
