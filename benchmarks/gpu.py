@@ -120,22 +120,26 @@ def _hpcray(nbytes: int, reps: int) -> None:
             return 0
 
     a, b = Side.remote(), Side.remote()
-    transfer, e2e, empty, path = [], [], [], ""
+    transfer, e2e, empty, path, phases = [], [], [], "", []
     for rep in range(reps + 2):
         ref = a.make.remote(nbytes, rep)
         hpcray.wait([ref])
         start = time.perf_counter()
         assert hpcray.get(b.take.remote(ref)) == nbytes
         e2e.append(time.perf_counter() - start)
-        path, size, seconds = hpcray.get(b.last.remote())
+        path, size, seconds, parts = hpcray.get(b.last.remote())
         assert size == nbytes
         transfer.append(seconds)
+        phases.append(parts)
         start = time.perf_counter()
         hpcray.get(b.nop.remote())
         empty.append(time.perf_counter() - start)
         del ref
         print(f"rep {rep}: {path} {e2e[-1] * 1e3:.3f} ms", file=sys.stderr, flush=True)
-    print("JSON " + json.dumps({"path": path, "transfer_s": statistics.median(transfer[2:]),
+    names = sorted({k for p in phases[2:] for k in p})
+    split = {k: statistics.median(p.get(k, 0.0) for p in phases[2:]) for k in names}
+    print("JSON " + json.dumps({"path": path, "phases": split,
+                                "transfer_s": statistics.median(transfer[2:]),
                                 "e2e_s": statistics.median(e2e[2:]),
                                 "empty_s": statistics.median(empty[2:])}), flush=True)
 
@@ -192,6 +196,8 @@ def main() -> int:
         else:
             print(f"{name:<52}{'failed':>10}")
             status = status or 1
+    for name, seconds in auto.get("phases", {}).items():
+        print(f"  of which {name[:-2]:<42}{'':>10}{seconds * 1e3:>10.3f}")
     if raw and auto and staged:
         ipc_ratio = raw["ipc_s"] / auto["transfer_s"]
         e2e_ratio = raw["ipc_s"] / auto["e2e_s"]

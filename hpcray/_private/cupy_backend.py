@@ -58,9 +58,10 @@ class CuPyBackend(Backend):
 
     # -- values ------------------------------------------------------------------------------
     def export(self, array) -> tuple[DeviceBuffer, tuple]:
-        array = cupy.ascontiguousarray(array)
-        return DeviceBuffer(self, array, array.data.ptr, array.nbytes), (array.shape,
-                                                                         array.dtype.str)
+        meta = (array.shape, array.dtype.str)
+        if not array.flags.c_contiguous:
+            array = cupy.ascontiguousarray(array)  # (which would make a 0-d array 1-d)
+        return DeviceBuffer(self, array, array.data.ptr, array.nbytes), meta
 
     def rebuild(self, buf: DeviceBuffer, meta: tuple):
         shape, dtype = meta

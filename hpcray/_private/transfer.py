@@ -84,6 +84,7 @@ class DeviceTransfers:
         self.ring: dict[str, list] = {}
         self.log: deque = deque(maxlen=1000)  # (path, nbytes, seconds) of each receive
         self.ipc_failed = False
+        self.phases: dict[str, float] = {}  # where the current receive spent its time
         choose_path(Where("", "", False), Where("", "", False), (), forced=self.forced)
 
     # -- sender ------------------------------------------------------------------------------
@@ -158,7 +159,7 @@ class DeviceTransfers:
     # -- receiver ----------------------------------------------------------------------------
     def receive(self, src: int, desc: tuple):
         """Local memory (DeviceBuffer, or HostCopy without a GPU) for one described buffer."""
-        start = time.perf_counter()
+        start = self.started = time.perf_counter()
         kind, name = desc[0], desc[1]
         if kind == "host":
             entry = HostCopy(name, self._recv_host(src, desc[2], desc[2]))
@@ -172,7 +173,8 @@ class DeviceTransfers:
             entry = self._recv_staged(src, name, desc[2], desc[3])
         else:
             raise ValueError(f"unknown device transfer {kind!r} from rank {src}")
-        self.log.append((kind, entry.nbytes, time.perf_counter() - start))
+        self.log.append((kind, entry.nbytes, time.perf_counter() - start, self.phases))
+        self.phases = {}
         return entry
 
     def _recv_ipc(self, src: int, backend, handle: bytes, offset: int, nbytes: int,
@@ -187,8 +189,12 @@ class DeviceTransfers:
                     backend.ipc_close(old)
             else:
                 self.opened.move_to_end(key)
+            opened = time.perf_counter()
             out = backend.alloc(nbytes)
+            allocated = time.perf_counter()
             backend.copy_ptr(out.ptr, base + offset, nbytes)
+            self.phases = {"open_s": opened - self.started, "alloc_s": allocated - opened,
+                           "copy_s": time.perf_counter() - allocated}
             return out
         finally:
             from .protocol import RELEASE
