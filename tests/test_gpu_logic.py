@@ -214,8 +214,8 @@ def test_own_copies_device_and_host_buffers(with_gpu):
 def test_pool_sub_allocates_so_one_handle_names_a_block():
     backend = device.backend("fake")
     a, b = fakegpu.asarray(np.ones(100)), fakegpu.asarray(np.zeros(100))
-    (ha, oa), (hb, ob) = (backend.ipc_export(backend.export(x)[0]) for x in (a, b))
-    assert ha == hb and ob > oa  # same allocation, different offsets
+    (ha, oa, ia), (hb, ob, ib) = (backend.ipc_export(backend.export(x)[0]) for x in (a, b))
+    assert ha == hb and ia == ib and ob > oa  # same allocation, different offsets
     base = backend.ipc_open(ha)
     try:
         view = np.frombuffer(backend.opened[base][0], np.uint8)

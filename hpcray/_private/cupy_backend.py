@@ -13,6 +13,7 @@ from .device import Backend, DeviceBuffer
 
 _H2D, _D2H, _D2D = 1, 2, 3
 _LAZY_PEER_ACCESS = 1
+_BUFFER_ID = 7  # CU_POINTER_ATTRIBUTE_BUFFER_ID
 
 
 class _Upload:
@@ -95,28 +96,43 @@ class CuPyBackend(Backend):
         return buf.owner.reshape(-1).view(cupy.uint8)
 
     # -- CUDA IPC ----------------------------------------------------------------------------
-    def _allocation_base(self, ptr: int) -> int:
+    def _driver(self):
         if self._libcuda is None:
             lib = ctypes.CDLL("libcuda.so.1")
             lib.cuMemGetAddressRange_v2.restype = ctypes.c_int
             lib.cuMemGetAddressRange_v2.argtypes = [ctypes.POINTER(ctypes.c_uint64),
                                                     ctypes.POINTER(ctypes.c_size_t),
                                                     ctypes.c_uint64]
+            lib.cuPointerGetAttribute.restype = ctypes.c_int
+            lib.cuPointerGetAttribute.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint64]
             self._libcuda = lib
+        return self._libcuda
+
+    def _allocation_base(self, ptr: int) -> int:
         base, size = ctypes.c_uint64(), ctypes.c_size_t()
-        status = self._libcuda.cuMemGetAddressRange_v2(ctypes.byref(base), ctypes.byref(size),
-                                                       ptr)
+        status = self._driver().cuMemGetAddressRange_v2(ctypes.byref(base), ctypes.byref(size),
+                                                        ptr)
         if status != 0:
             raise RuntimeError(f"cuMemGetAddressRange failed with CUresult {status}")
         return base.value
 
-    def ipc_export(self, buf: DeviceBuffer) -> tuple[bytes, int]:
-        """(handle of the whole allocation holding buf, buf's offset in it)."""
+    def _buffer_id(self, ptr: int) -> int | None:
+        """The driver's id of the allocation at ptr, unique for this process's lifetime."""
+        value = ctypes.c_ulonglong()
+        status = self._driver().cuPointerGetAttribute(ctypes.byref(value), _BUFFER_ID, ptr)
+        return value.value if status == 0 else None
+
+    def ipc_export(self, buf: DeviceBuffer) -> tuple[bytes, int, int | None]:
+        """(handle of the whole allocation holding buf, buf's offset in it, the allocation's
+        id, by which importers cache opened handles; None where the driver gives none)."""
         # the driver API needs the device's context current in this (progress) thread
         cupy.cuda.runtime.setDevice(buf.owner.device.id)
         cupy.cuda.runtime.free(0)
-        base = self._allocation_base(buf.ptr) if buf.nbytes else buf.ptr
-        return bytes(cupy.cuda.runtime.ipcGetMemHandle(base)), buf.ptr - base
+        if not buf.nbytes:
+            return bytes(cupy.cuda.runtime.ipcGetMemHandle(buf.ptr)), 0, None
+        base = self._allocation_base(buf.ptr)
+        return (bytes(cupy.cuda.runtime.ipcGetMemHandle(base)), buf.ptr - base,
+                self._buffer_id(base))
 
     def ipc_open(self, handle: bytes) -> int:
         return cupy.cuda.runtime.ipcOpenMemHandle(handle, _LAZY_PEER_ACCESS)

@@ -36,7 +36,8 @@ class _Block:
     """One 'cudaMalloc': a shared-memory file mapped into this process."""
 
     def __init__(self, size: int):
-        self.path = f"/dev/shm/hpcray-fakegpu-{os.getpid()}-{next(_ids)}"
+        self.serial = next(_ids)
+        self.path = f"/dev/shm/hpcray-fakegpu-{os.getpid()}-{self.serial}"
         fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
         try:
             os.ftruncate(fd, size)
@@ -185,10 +186,10 @@ class FakeBackend(Backend):
     def mpi_view(self, buf: DeviceBuffer) -> FakeDeviceArray:
         return buf.owner.view_as((buf.nbytes,), np.uint8)
 
-    def ipc_export(self, buf: DeviceBuffer) -> tuple[bytes, int]:
+    def ipc_export(self, buf: DeviceBuffer) -> tuple[bytes, int, int]:
         block = buf.owner._block
         self.exports += 1
-        return block.path.encode(), buf.ptr - block.ptr
+        return block.path.encode(), buf.ptr - block.ptr, block.serial
 
     def ipc_open(self, handle: bytes) -> int:
         fd = os.open(handle.decode(), os.O_RDWR)

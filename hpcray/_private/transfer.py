@@ -101,7 +101,7 @@ class DeviceTransfers:
         name = buf.backend.name
         if path == "ipc":
             try:
-                handle, offset = buf.backend.ipc_export(buf)
+                handle, offset, alloc_id = buf.backend.ipc_export(buf)
             except Exception as exc:  # noqa: BLE001 - any CUDA error: stage through the host
                 if not self.ipc_failed:
                     print(f"hpcray: rank {self.rank}: CUDA IPC export failed ({exc}); device "
@@ -110,7 +110,7 @@ class DeviceTransfers:
                 return ("staged", name, buf.nbytes, self.chunk)
             token = next(self.tokens)
             self.pins[token] = buf
-            return ("ipc", name, handle, offset, buf.nbytes, token)
+            return ("ipc", name, handle, offset, buf.nbytes, token, alloc_id)
         if path == "staged":
             return ("staged", name, buf.nbytes, self.chunk)
         return (path, name, buf.nbytes)
@@ -178,9 +178,9 @@ class DeviceTransfers:
         return entry
 
     def _recv_ipc(self, src: int, backend, handle: bytes, offset: int, nbytes: int,
-                  token: int) -> DeviceBuffer:
+                  token: int, alloc_id: int | None) -> DeviceBuffer:
         try:
-            key = (src, handle)
+            key = (src, handle if alloc_id is None else alloc_id)
             base = self.opened.get(key)
             if base is None:
                 base = self.opened[key] = backend.ipc_open(handle)
