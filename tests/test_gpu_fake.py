@@ -11,13 +11,13 @@ from __future__ import annotations
 import pytest
 from test_core import PRELUDE, is_error, run
 
-FAKE_PRELUDE = PRELUDE + '''
+# shared with tests/gpu: array helpers and the methods every test actor has
+ARRAYS_PRELUDE = PRELUDE + '''
 import glob
 import hashlib
 
 import numpy as np
 
-from hpcray._private import fakegpu
 from hpcray._private.worker_context import current
 
 
@@ -32,28 +32,19 @@ def make(seed, shape, dtype="float64"):
     return (rng.standard_normal(shape) * 1000).astype(dtype)
 
 
-@hpcray.remote
-class Holder:
-    def __init__(self):
-        self.kept = {}
-
-    def make(self, seed, shape, dtype="float64"):
-        return fakegpu.asarray(make(seed, shape, dtype))
-
-    def make_pair(self, seed):
-        # two small arrays carved from one block: one IPC handle, two offsets
-        return fakegpu.asarray(make(seed, (100,))), fakegpu.asarray(make(seed + 1, (50,)))
-
+class Inspector:
     def look(self, value):
+        """What arrived: kind and digest of every array in value (refs are fetched)."""
         if isinstance(value, hpcray.ObjectRef):
             value = hpcray.get(value)
         if isinstance(value, dict):
             return {k: self.look(v) for k, v in value.items()}
         if isinstance(value, (list, tuple)):
             return [self.look(v) for v in value]
-        kind = type(value).__name__
-        data = value.get() if kind == "FakeDeviceArray" else value
-        return [kind, digest(data)]
+        return self.describe(value)
+
+    def describe(self, value):
+        return [type(value).__name__, digest(value)]
 
     def last_paths(self, n):
         return [entry[0] for entry in list(current().devices.log)[-n:]]
@@ -64,11 +55,30 @@ class Holder:
     def pins(self):
         return len(current().devices.pins)
 
-    def blocks(self):
-        return len(glob.glob(f"/dev/shm/hpcray-fakegpu-{os.getpid()}-*"))
-
     def rank(self):
         return hpcray.get_runtime_context().get_rank()
+'''
+
+FAKE_PRELUDE = ARRAYS_PRELUDE + '''
+from hpcray._private import fakegpu
+
+
+@hpcray.remote
+class Holder(Inspector):
+    def make(self, seed, shape, dtype="float64"):
+        return fakegpu.asarray(make(seed, shape, dtype))
+
+    def make_pair(self, seed):
+        # two small arrays carved from one block: one IPC handle, two offsets
+        return fakegpu.asarray(make(seed, (100,))), fakegpu.asarray(make(seed + 1, (50,)))
+
+    def describe(self, value):
+        if isinstance(value, fakegpu.FakeDeviceArray):
+            return ["FakeDeviceArray", digest(value.get())]
+        return super().describe(value)
+
+    def blocks(self):
+        return len(glob.glob(f"/dev/shm/hpcray-fakegpu-{os.getpid()}-*"))
 '''
 
 SHARED_GPU_JOB = '''

@@ -158,14 +158,31 @@ def _reduce(array):
 
 
 @contextlib.contextmanager
-def collecting(buffers: list):
-    """While pickling: device buffers are appended to ``buffers`` (in pickling order)."""
-    outer = getattr(_local, "collect", None), getattr(_local, "count", 0)
-    _local.collect, _local.count = buffers, 0
+def _setting(**values):
+    """Sets thread-local state for the duration of a with block."""
+    outer = {name: getattr(_local, name, None) for name in values}
+    for name, value in values.items():
+        setattr(_local, name, value)
     try:
         yield
     finally:
-        _local.collect, _local.count = outer
+        for name, value in outer.items():
+            setattr(_local, name, value)
+
+
+def collecting(buffers: list):
+    """While pickling: device buffers are appended to ``buffers`` (in pickling order)."""
+    return _setting(collect=buffers, count=0)
+
+
+def rebuilding(device: list):
+    """While unpickling: the value's device entries, by index."""
+    return _setting(device=device)
+
+
+def host_copies(enabled: bool = True):
+    """Within: device arrays are returned as numpy arrays (get(..., to_host=True))."""
+    return _setting(to_host=enabled)
 
 
 def split(buffers) -> tuple[list, list]:
@@ -176,30 +193,9 @@ def split(buffers) -> tuple[list, list]:
     return host, device
 
 
-@contextlib.contextmanager
-def rebuilding(device: list):
-    outer = getattr(_local, "device", None)
-    _local.device = device
-    try:
-        yield
-    finally:
-        _local.device = outer
-
-
-@contextlib.contextmanager
-def host_copies(enabled: bool = True):
-    """Within: device arrays are returned as numpy arrays (get(..., to_host=True))."""
-    outer = getattr(_local, "to_host", False)
-    _local.to_host = enabled
-    try:
-        yield
-    finally:
-        _local.to_host = outer
-
-
 def _rebuild(name: str, index: int, meta: tuple):
     entry = _local.device[index]
-    to_host = getattr(_local, "to_host", False)
+    to_host = getattr(_local, "to_host", None)
     if type(entry) is HostCopy:
         if to_host:
             import numpy as np

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from test_core import PRELUDE, is_error, run
+from test_core import is_error, run
+from test_gpu_fake import ARRAYS_PRELUDE
 
 cupy = pytest.importorskip("cupy")
 try:
@@ -20,24 +21,8 @@ try:
 except cupy.cuda.runtime.CUDARuntimeError as exc:
     pytest.skip(f"no usable GPU: {exc}", allow_module_level=True)
 
-GPU_PRELUDE = PRELUDE + '''
-import hashlib
-
+GPU_PRELUDE = ARRAYS_PRELUDE + '''
 import cupy
-import numpy as np
-
-from hpcray._private.worker_context import current
-
-
-def digest(a):
-    a = np.asarray(a)
-    return [hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest(), a.dtype.str,
-            list(a.shape)]
-
-
-def make(seed, shape, dtype="float64"):
-    rng = np.random.default_rng(seed)
-    return (rng.standard_normal(shape) * 1000).astype(dtype)
 
 
 def churn(n, rounds):
@@ -49,7 +34,7 @@ def churn(n, rounds):
 
 
 @hpcray.remote(num_gpus=0.5)
-class Side:
+class Side(Inspector):
     def make(self, seed, shape, dtype="float64", fortran=False):
         a = cupy.asarray(make(seed, shape, dtype))
         return cupy.asfortranarray(a) if fortran else a
@@ -62,23 +47,10 @@ class Side:
                 x = (x * 3 + 1) % 1000003
         return x
 
-    def look(self, value):
-        if isinstance(value, hpcray.ObjectRef):
-            value = hpcray.get(value)
-        if isinstance(value, dict):
-            return {k: self.look(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [self.look(v) for v in value]
-        kind = type(value).__name__
-        if kind == "ndarray" and isinstance(value, cupy.ndarray):
+    def describe(self, value):
+        if isinstance(value, cupy.ndarray):
             return ["cupy", value.device.id, digest(value.get())]
-        return [kind, digest(value)]
-
-    def last_paths(self, n):
-        return [entry[0] for entry in list(current().devices.log)[-n:]]
-
-    def pins(self):
-        return len(current().devices.pins)
+        return super().describe(value)
 
     def used(self):
         cupy.cuda.runtime.deviceSynchronize()
