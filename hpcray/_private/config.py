@@ -33,6 +33,8 @@ class Config:
     gpu_transport: str = "auto"
     #: chunk size, in bytes, of host-staged GPU transfers
     staging_chunk: int = 8 << 20
+    #: seconds a collective-group member waits for the others (to join, or in one operation)
+    collective_timeout: float = 180.0
     #: forward what tasks print to the driver, prefixed with rank and host
     log_to_driver: bool = True
 

@@ -130,7 +130,9 @@ class HeadRuntime(Runtime):
             "available_resources": lambda src: self.scheduler.available_resources(),
             "nodes": self.op_nodes, "pg_create": self.op_pg_create, "pg_remove": self.op_pg_remove,
             "pg_ranks": lambda src, pg_id: self.scheduler.placement_group_ranks(pg_id),
+            "rendezvous": self.op_rendezvous,
         }
+        self.rendezvous = None  # collective groups' GroupRendezvous, made on first use
         self.thread = threading.Thread(target=self.progress_loop, name="hpcray-head", daemon=True)
 
     # -- the head's half of the conversation -----------------------------------------------
@@ -583,6 +585,13 @@ class HeadRuntime(Runtime):
             raise ValueError(f"no live actor named {name!r}")
         spec = actor.create.spec
         return actor_id, spec.return_ids[0], spec.options.get("class_info")
+
+    def op_rendezvous(self, src: int, action: str, *args):
+        if self.rendezvous is None:
+            from .rendezvous import GroupRendezvous
+
+            self.rendezvous = GroupRendezvous()
+        return self.rendezvous.call(action, *args)
 
     def op_kill(self, src: int, actor_id: int) -> None:
         actor = self.actors.get(actor_id)

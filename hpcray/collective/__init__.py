@@ -1,0 +1,28 @@
+"""Collective communication among actors (Ray's ray.util.collective), over MPI.
+
+Groups are MPI sub-communicators of the job: no new processes, no sockets. Operations
+work in place on numpy arrays and torch CPU tensors.
+"""
+
+from .collective import (
+    allgather,
+    allreduce,
+    barrier,
+    broadcast,
+    create_collective_group,
+    destroy_collective_group,
+    get_collective_group_size,
+    get_rank,
+    init_collective_group,
+    is_group_initialized,
+    recv,
+    reduce,
+    reducescatter,
+    send,
+)
+from .types import CollectiveError, CollectiveTimeoutError, ReduceOp
+
+__all__ = ["CollectiveError", "CollectiveTimeoutError", "ReduceOp", "allgather", "allreduce",
+           "barrier", "broadcast", "create_collective_group", "destroy_collective_group",
+           "get_collective_group_size", "get_rank", "init_collective_group",
+           "is_group_initialized", "recv", "reduce", "reducescatter", "send"]

@@ -1,0 +1,46 @@
+"""The shape of a collective group; one subclass per backend."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+from .types import ReduceOp
+
+
+class BaseGroup(ABC):
+    """A group of ``world_size`` members; this member is ``rank``. Operations are in place."""
+
+    backend = "?"
+
+    def __init__(self, name: str, world_size: int, rank: int):
+        self.name = name
+        self.world_size = world_size
+        self.rank = rank
+
+    @abstractmethod
+    def allreduce(self, tensor: Any, op: ReduceOp) -> None: ...
+
+    @abstractmethod
+    def reduce(self, tensor: Any, dst_rank: int, op: ReduceOp) -> None: ...
+
+    @abstractmethod
+    def broadcast(self, tensor: Any, src_rank: int) -> None: ...
+
+    @abstractmethod
+    def allgather(self, tensor_list: list, tensor: Any) -> None: ...
+
+    @abstractmethod
+    def reducescatter(self, tensor: Any, tensor_list: list, op: ReduceOp) -> None: ...
+
+    @abstractmethod
+    def send(self, tensor: Any, dst_rank: int) -> None: ...
+
+    @abstractmethod
+    def recv(self, tensor: Any, src_rank: int) -> None: ...
+
+    @abstractmethod
+    def barrier(self) -> None: ...
+
+    @abstractmethod
+    def destroy(self) -> None: ...

@@ -1,0 +1,219 @@
+"""The public functions of hpcray.collective (Ray's ray.util.collective names)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from .base import BaseGroup
+from .types import CollectiveError, CollectiveTimeoutError, ReduceOp
+
+_groups: dict[tuple, BaseGroup] = {}
+_groups_lock = threading.Lock()
+
+
+def _runtime():
+    from .. import api
+
+    return api._runtime()
+
+
+def _member_key(rt) -> Any:
+    """Who is calling: the actor (several actors may share a rank), else the thread."""
+    actor = getattr(rt.local, "actor_id", 0)
+    return actor if actor else ("thread", threading.get_ident())
+
+
+def _mpi_group(name, world_size, rank, rt, plan, timeout) -> BaseGroup:
+    from .mpi_group import MPIGroup
+
+    return MPIGroup(name, world_size, rank, rt, plan, timeout)
+
+
+def _nccl_group(name, world_size, rank, rt, plan, timeout) -> BaseGroup:
+    """Hook for the GPU backend; until it exists, say what is missing."""
+    import importlib.util
+
+    missing = []
+    if importlib.util.find_spec("cupy") is None:
+        missing.append("CuPy is not installed (pip install cupy-cuda12x)")
+    if not rt.gpu_ids():
+        missing.append("this actor has no GPU (create it with num_gpus=1)")
+    reason = "; ".join(missing) or "the NCCL backend is not part of this build yet"
+    raise CollectiveError(f"group {name!r}: backend 'nccl' is unavailable: {reason}. Use "
+                          "backend='mpi' for numpy arrays and CPU tensors")
+
+
+#: backend name -> constructor(name, world_size, rank, runtime, plan, timeout)
+BACKENDS = {"mpi": _mpi_group, "nccl": _nccl_group}
+
+
+def _check_backend(backend: str) -> str:
+    backend = str(getattr(backend, "value", backend)).lower()
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown collective backend {backend!r}; choose one of {sorted(BACKENDS)}")
+    return backend
+
+
+def init_collective_group(world_size: int, rank: int, backend: str = "mpi",
+                          group_name: str = "default", timeout_s: float | None = None) -> None:
+    """Called by each member (an actor): joins the group once all world_size members have.
+
+    Raises CollectiveTimeoutError naming the ranks that did not join within the timeout
+    (``HPCRAY_COLLECTIVE_TIMEOUT``, default 180 s, or ``timeout_s``).
+    """
+    backend = _check_backend(backend)
+    rt = _runtime()
+    if rt.rank == 0:
+        raise CollectiveError("collective groups are formed by actors or tasks on worker ranks, "
+                              "not by the driver; use create_collective_group(actors, ...)")
+    key = _member_key(rt)
+    with _groups_lock:
+        if (key, group_name) in _groups:
+            raise CollectiveError(f"group {group_name!r} is already initialized in this actor")
+    timeout = float(timeout_s if timeout_s is not None else rt.config.collective_timeout)
+    if backend == "nccl":
+        _nccl_group(group_name, world_size, rank, rt, None, timeout)
+    deadline = time.monotonic() + timeout
+    delay = 0.0005
+    while True:
+        state = rt.request("rendezvous", "join", group_name, world_size, rank, backend, rt.rank,
+                           key)
+        if state["state"] == "go":
+            break
+        if time.monotonic() > deadline:
+            rt.request("rendezvous", "withdraw", group_name, key)
+            missing = state.get("missing")
+            why = (f"rank(s) {missing} did not join" if missing else
+                   "the group waited for another group sharing its MPI ranks to be created")
+            raise CollectiveTimeoutError(f"group {group_name!r}: rank {rank} waited {timeout:g} s "
+                                         f"for the group to form: {why}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.02)
+    group = BACKENDS[backend](group_name, world_size, rank, rt, state, timeout)
+    rt.request("rendezvous", "created", state["instance"], rank)
+    with _groups_lock:
+        _groups[(key, group_name)] = group
+
+
+def create_collective_group(actors: list, world_size: int, ranks: list[int],
+                            backend: str = "mpi", group_name: str = "default") -> None:
+    """From the driver: declares that actors[i] is rank ranks[i] of the group.
+
+    Each actor joins on its first collective call on group_name (as in Ray).
+    """
+    from ..actor import ActorHandle
+
+    backend = _check_backend(backend)
+    actors = list(actors)
+    ranks = list(ranks)
+    if len(actors) != world_size or len(ranks) != world_size:
+        raise ValueError(f"need world_size={world_size} actors and ranks, got {len(actors)} "
+                         f"actors and {len(ranks)} ranks")
+    if sorted(ranks) != list(range(world_size)):
+        raise ValueError(f"ranks must be a permutation of 0..{world_size - 1}, got {ranks}")
+    if any(not isinstance(a, ActorHandle) for a in actors):
+        raise TypeError("actors must be actor handles")
+    _runtime().request("rendezvous", "declare", group_name,
+                       {a._actor_id: r for a, r in zip(actors, ranks)}, world_size, backend)
+
+
+def destroy_collective_group(group_name: str = "default") -> None:
+    """In a member: leaves the group and frees its communicator. On the driver: forgets a
+    group declared with create_collective_group."""
+    rt = _runtime()
+    with _groups_lock:
+        group = _groups.pop((_member_key(rt), group_name), None)
+    if group is not None:
+        group.destroy()
+    elif rt.rank == 0:
+        rt.request("rendezvous", "destroy", group_name)
+
+
+def _lookup(group_name: str) -> BaseGroup | None:
+    rt = _runtime()
+    key = _member_key(rt)
+    with _groups_lock:
+        return _groups.get((key, group_name))
+
+
+def _group(group_name: str) -> BaseGroup:
+    """This member's group; joins a group the driver declared on first use."""
+    group = _lookup(group_name)
+    if group is not None:
+        return group
+    rt = _runtime()
+    actor = getattr(rt.local, "actor_id", 0)
+    declared = rt.request("rendezvous", "lookup", group_name, actor) if actor else None
+    if declared is None:
+        raise CollectiveError(f"collective group {group_name!r} is not initialized here: call "
+                              "init_collective_group in each member, or create_collective_group "
+                              "from the driver")
+    world_size, rank, backend = declared
+    init_collective_group(world_size, rank, backend, group_name)
+    return _lookup(group_name)
+
+
+def is_group_initialized(group_name: str = "default") -> bool:
+    return _lookup(group_name) is not None
+
+
+def get_rank(group_name: str = "default") -> int:
+    """This member's rank in the group, or -1 if it is not a member."""
+    group = _lookup(group_name)
+    return group.rank if group is not None else -1
+
+
+def get_collective_group_size(group_name: str = "default") -> int:
+    """The group's size, or -1 if the caller is not a member."""
+    group = _lookup(group_name)
+    return group.world_size if group is not None else -1
+
+
+def allreduce(tensor: Any, group_name: str = "default", op: ReduceOp = ReduceOp.SUM) -> Any:
+    """Reduces tensor across the group, in place on every member; returns it."""
+    _group(group_name).allreduce(tensor, op)
+    return tensor
+
+
+def reduce(tensor: Any, dst_rank: int = 0, group_name: str = "default",
+           op: ReduceOp = ReduceOp.SUM) -> Any:
+    """Reduces tensor across the group into dst_rank's tensor (others are unchanged)."""
+    _group(group_name).reduce(tensor, dst_rank, op)
+    return tensor
+
+
+def broadcast(tensor: Any, src_rank: int = 0, group_name: str = "default") -> Any:
+    """Copies src_rank's tensor into every member's tensor."""
+    _group(group_name).broadcast(tensor, src_rank)
+    return tensor
+
+
+def allgather(tensor_list: list, tensor: Any, group_name: str = "default") -> list:
+    """Fills tensor_list[i] with rank i's tensor, on every member."""
+    _group(group_name).allgather(tensor_list, tensor)
+    return tensor_list
+
+
+def reducescatter(tensor: Any, tensor_list: list, group_name: str = "default",
+                  op: ReduceOp = ReduceOp.SUM) -> Any:
+    """tensor on rank r becomes the reduction of every member's tensor_list[r]."""
+    _group(group_name).reducescatter(tensor, tensor_list, op)
+    return tensor
+
+
+def send(tensor: Any, dst_rank: int, group_name: str = "default") -> None:
+    """Sends tensor to dst_rank, which must call recv with a matching tensor."""
+    _group(group_name).send(tensor, dst_rank)
+
+
+def recv(tensor: Any, src_rank: int, group_name: str = "default") -> Any:
+    """Receives into tensor what src_rank sends."""
+    _group(group_name).recv(tensor, src_rank)
+    return tensor
+
+
+def barrier(group_name: str = "default") -> None:
+    """Returns once every member called barrier."""
+    _group(group_name).barrier()

@@ -1,0 +1,416 @@
+"""The "mpi" backend: an MPI sub-communicator of the job's communicator per group.
+
+No new processes and no sockets: members are actors on worker ranks, and their
+communicator comes from MPI_Comm_create_group over their ranks (see _private/rendezvous.py
+for why creations are granted one group at a time per rank). Every operation is a
+nonblocking MPI collective tested in a loop that takes the rank's transport lock only for
+each test, so the rank keeps serving messages and heartbeats while a member waits.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any
+
+import numpy as np
+from mpi4py import MPI
+
+from .._private.backoff import Backoff
+from .arrays import as_buffer
+from .base import BaseGroup
+from .header import (
+    ALLGATHER,
+    ALLREDUCE,
+    BAD,
+    BARRIER,
+    BROADCAST,
+    DIMS,
+    DTYPE,
+    HEADER_BYTES,
+    HEADER_WORDS,
+    INLINE,
+    KIND,
+    NBYTES,
+    NDIM,
+    OP_NAMES,
+    REDUCE,
+    REDUCESCATTER,
+    SEND,
+    SEQ,
+    SLOT,
+    check_headers,
+    describe,
+    make_header,
+    mpi_reducible,
+    reduce_stack,
+    validate_reduce,
+)
+from .types import CollectiveError, CollectiveTimeoutError, ReduceOp
+
+_MPI_OPS = {ReduceOp.SUM: MPI.SUM, ReduceOp.AVG: MPI.SUM, ReduceOp.PRODUCT: MPI.PROD,
+            ReduceOp.MIN: MPI.MIN, ReduceOp.MAX: MPI.MAX}
+TAG_HEADER, TAG_REPLY, TAG_DATA = 1, 2, 3
+SPIN = 10e-6  # seconds a wait tests before it starts yielding the core
+_MATCH = [KIND, DTYPE, NDIM, NBYTES, *range(DIMS, HEADER_WORDS)]
+
+
+def _bytes(a: np.ndarray) -> np.ndarray:
+    """The bytes of a C-contiguous array, as a uint8 view (any dtype travels as bytes)."""
+    return a.reshape(-1).view(np.uint8)
+
+
+def _inline(slots: np.ndarray, nbytes: int, dtype: np.dtype, shape: tuple) -> np.ndarray:
+    """The members' inline data from gathered slots: an (n, *shape) array (a copy)."""
+    data = np.ascontiguousarray(slots[:, HEADER_BYTES:HEADER_BYTES + nbytes])
+    return data.view(dtype).reshape((len(slots), *shape))
+
+
+class MPIGroup(BaseGroup):
+    """A collective group over an MPI sub-communicator; this member is ``rank``."""
+
+    backend = "mpi"
+
+    def __init__(self, name: str, world_size: int, rank: int, runtime, plan: dict,
+                 timeout: float):
+        super().__init__(name, world_size, rank)
+        self.runtime = runtime
+        self.lock = runtime.transport.lock
+        self.timeout = timeout
+        self.diag_after = min(1.0, timeout / 4)
+        self.instance = plan["instance"]
+        self.mpi_ranks = plan["mpi_ranks"]
+        self.seq = 0
+        self.p2p_seq: dict[tuple[int, int], int] = {}
+        self.broken: str | None = None
+        self.call_lock = threading.Lock()  # one operation at a time per member
+        self.backoff = Backoff(runtime.config.spin_time, runtime.config.backoff_max)
+        self._slot = np.zeros(SLOT, np.uint8)
+        self._slots = np.zeros((world_size, SLOT), np.uint8)
+        parent = runtime.transport.comm
+        with self.lock:
+            world_group = parent.Get_group()
+            group = world_group.Incl(self.mpi_ranks)
+            self.comm = parent.Create_group(group, plan["tag"])
+            group.Free()
+            world_group.Free()
+
+    # -- waiting ---------------------------------------------------------------------------
+    def _wait(self, reqs: list, what: str, seq: int = 0, peer: int | None = None,
+              payload: bool = False) -> None:
+        """Tests reqs until done, releasing the lock between tests; raises on timeout."""
+        lock = self.lock
+        start = time.monotonic()
+        spin_until = start + SPIN
+        while True:  # a partner already there answers at once
+            with lock:
+                if MPI.Request.Testall(reqs):
+                    return
+            if time.monotonic() > spin_until:
+                break
+        said = False
+        backoff = self.backoff
+        backoff.reset()
+        while True:
+            with lock:
+                if MPI.Request.Testall(reqs):
+                    return
+            now = time.monotonic()
+            if not said and peer is None and not payload and now - start > self.diag_after:
+                said = True
+                self._rendezvous("arrive", self.instance, seq, self.rank)
+            if now - start > self.timeout:
+                self._timed_out(what, seq, peer, payload)
+            if payload:
+                os.sched_yield()  # the others are here: data moves only while someone tests
+            else:
+                backoff.sleep()
+
+    def _timed_out(self, what: str, seq: int, peer: int | None, payload: bool) -> None:
+        where = f"group {self.name!r}: {what}"
+        if peer is not None:
+            msg = (f"{where} with rank {peer} did not complete within {self.timeout:g} s: rank "
+                   f"{peer} did not make the matching call")
+        elif payload:
+            msg = f"{where} (call {seq}) did not complete within {self.timeout:g} s"
+        else:
+            time.sleep(self.diag_after)  # members that arrived late tell the head meanwhile
+            arrived = self._rendezvous("arrivals", self.instance, seq)
+            missing = [r for r in range(self.world_size) if r not in arrived]
+            msg = (f"{where} (call {seq}) timed out after {self.timeout:g} s: rank(s) {missing} "
+                   f"did not arrive (ranks {arrived} did)")
+        self.broken = msg
+        raise CollectiveTimeoutError(msg + f". The group cannot be used any more: call "
+                                     f"destroy_collective_group({self.name!r}) and create it again")
+
+    def _rendezvous(self, action: str, *args) -> Any:
+        return self.runtime.request("rendezvous", action, *args)
+
+    def _usable(self) -> None:
+        if self.broken:
+            raise CollectiveError(f"group {self.name!r} is unusable after an earlier failure: "
+                                  f"{self.broken}")
+
+    # -- the header round ------------------------------------------------------------------
+    def _round(self, kind: int, array: np.ndarray | None, reduce_op: int = -1, root: int = -1,
+               inline: np.ndarray | None = None, bad: bool = False) -> np.ndarray:
+        """Gathers every member's header (and small data); raises if the calls differ."""
+        self._usable()
+        self.seq += 1
+        slot = self._slot
+        slot[:HEADER_BYTES] = make_header(kind, self.seq, array, reduce_op, root, bad).view(np.uint8)
+        if inline is not None:
+            slot[HEADER_BYTES:HEADER_BYTES + inline.nbytes] = _bytes(inline)
+        with self.lock:
+            req = self.comm.Iallgather(slot, self._slots)
+        self._wait([req], OP_NAMES[kind], self.seq)
+        check_headers(self._slots[:, :HEADER_BYTES].view(np.int64), self.name)
+        return self._slots
+
+    def _refuse(self, kind: int, exc: BaseException) -> None:
+        """This member's arguments are bad: it still joins the header round so that the
+        others fail at once naming it, then raises its own error."""
+        try:
+            self._round(kind, None, bad=True)
+        except CollectiveError:
+            pass
+        raise exc
+
+    def _payload(self, req, kind: int) -> None:
+        self._wait([req], OP_NAMES[kind], self.seq, payload=True)
+
+    # -- operations ------------------------------------------------------------------------
+    def allreduce(self, tensor: Any, op: ReduceOp = ReduceOp.SUM) -> None:
+        with self.call_lock:
+            try:
+                buf = as_buffer(tensor, True)
+                a = buf.array
+                op = validate_reduce(a.dtype, op)
+            except (TypeError, ValueError) as exc:
+                self._refuse(ALLREDUCE, exc)
+            n = self.world_size
+            if a.nbytes <= INLINE:
+                slots = self._round(ALLREDUCE, a, op, inline=a)
+                reduce_stack(_inline(slots, a.nbytes, a.dtype, a.shape), op, a)
+            elif mpi_reducible(a.dtype, op):
+                self._round(ALLREDUCE, a, op)
+                with self.lock:
+                    req = self.comm.Iallreduce(MPI.IN_PLACE, a, _MPI_OPS[op])
+                self._payload(req, ALLREDUCE)
+                if op is ReduceOp.AVG:
+                    a /= n
+            else:
+                self._round(ALLREDUCE, a, op)
+                stack = np.empty((n, *a.shape), a.dtype)
+                with self.lock:
+                    req = self.comm.Iallgather(_bytes(a), _bytes(stack))
+                self._payload(req, ALLREDUCE)
+                reduce_stack(stack, op, a)
+            buf.done()
+
+    def reduce(self, tensor: Any, dst_rank: int = 0, op: ReduceOp = ReduceOp.SUM) -> None:
+        with self.call_lock:
+            try:
+                self._check_rank(dst_rank, "dst_rank")
+                root = self.rank == dst_rank
+                buf = as_buffer(tensor, root)
+                a = buf.array
+                op = validate_reduce(a.dtype, op)
+            except (TypeError, ValueError) as exc:
+                self._refuse(REDUCE, exc)
+            n = self.world_size
+            if a.nbytes <= INLINE:
+                slots = self._round(REDUCE, a, op, dst_rank, inline=a)
+                if root:
+                    reduce_stack(_inline(slots, a.nbytes, a.dtype, a.shape), op, a)
+            elif mpi_reducible(a.dtype, op):
+                self._round(REDUCE, a, op, dst_rank)
+                with self.lock:
+                    req = (self.comm.Ireduce(MPI.IN_PLACE, a, _MPI_OPS[op], dst_rank) if root
+                           else self.comm.Ireduce(a, None, _MPI_OPS[op], dst_rank))
+                self._payload(req, REDUCE)
+                if root and op is ReduceOp.AVG:
+                    a /= n
+            else:
+                self._round(REDUCE, a, op, dst_rank)
+                stack = np.empty((n, *a.shape), a.dtype) if root else None
+                with self.lock:
+                    req = self.comm.Igather(_bytes(a), _bytes(stack) if root else None, dst_rank)
+                self._payload(req, REDUCE)
+                if root:
+                    reduce_stack(stack, op, a)
+            if root:
+                buf.done()
+
+    def broadcast(self, tensor: Any, src_rank: int = 0) -> None:
+        with self.call_lock:
+            try:
+                self._check_rank(src_rank, "src_rank")
+                root = self.rank == src_rank
+                buf = as_buffer(tensor, not root)
+                a = buf.array
+            except (TypeError, ValueError) as exc:
+                self._refuse(BROADCAST, exc)
+            if a.nbytes <= INLINE:
+                slots = self._round(BROADCAST, a, root=src_rank, inline=a if root else None)
+                if not root:
+                    a[...] = _inline(slots[src_rank:src_rank + 1], a.nbytes, a.dtype, a.shape)[0]
+            else:
+                self._round(BROADCAST, a, root=src_rank)
+                with self.lock:
+                    req = self.comm.Ibcast(_bytes(a), src_rank)
+                self._payload(req, BROADCAST)
+            if not root:
+                buf.done()
+
+    def allgather(self, tensor_list: list, tensor: Any) -> None:
+        with self.call_lock:
+            try:
+                a = as_buffer(tensor, False).array
+                outs = self._list(tensor_list, a, "tensor_list")
+            except (TypeError, ValueError) as exc:
+                self._refuse(ALLGATHER, exc)
+            n = self.world_size
+            if a.nbytes <= INLINE:
+                gathered = _inline(self._round(ALLGATHER, a, inline=a), a.nbytes, a.dtype, a.shape)
+            else:
+                self._round(ALLGATHER, a)
+                gathered = np.empty((n, *a.shape), a.dtype)
+                with self.lock:
+                    req = self.comm.Iallgather(_bytes(a), _bytes(gathered))
+                self._payload(req, ALLGATHER)
+            for out, part in zip(outs, gathered):
+                out.array[...] = part
+                out.done()
+
+    def reducescatter(self, tensor: Any, tensor_list: list, op: ReduceOp = ReduceOp.SUM) -> None:
+        with self.call_lock:
+            try:
+                buf = as_buffer(tensor, True)
+                a = buf.array
+                ins = self._list(tensor_list, a, "tensor_list", writable=False)
+                op = validate_reduce(a.dtype, op)
+            except (TypeError, ValueError) as exc:
+                self._refuse(REDUCESCATTER, exc)
+            n = self.world_size
+            send = np.stack([b.array for b in ins]) if n else a
+            if send.nbytes <= INLINE:
+                slots = self._round(REDUCESCATTER, a, op, inline=send)
+                stack = _inline(slots, send.nbytes, a.dtype, send.shape)[:, self.rank]
+                reduce_stack(stack, op, a)
+            elif mpi_reducible(a.dtype, op):
+                self._round(REDUCESCATTER, a, op)
+                with self.lock:
+                    req = self.comm.Ireduce_scatter_block(send, a, _MPI_OPS[op])
+                self._payload(req, REDUCESCATTER)
+                if op is ReduceOp.AVG:
+                    a /= n
+            else:
+                self._round(REDUCESCATTER, a, op)
+                parts = np.empty_like(send)
+                with self.lock:
+                    req = self.comm.Ialltoall(_bytes(send), _bytes(parts))
+                self._payload(req, REDUCESCATTER)
+                reduce_stack(parts, op, a)
+            buf.done()
+
+    def barrier(self) -> None:
+        with self.call_lock:
+            self._round(BARRIER, None)
+
+    # -- point to point --------------------------------------------------------------------
+    def send(self, tensor: Any, dst_rank: int) -> None:
+        with self.call_lock:
+            self._usable()
+            self._check_rank(dst_rank, "dst_rank", peer=True)
+            seq = self.p2p_seq[(0, dst_rank)] = self.p2p_seq.get((0, dst_rank), 0) + 1
+            try:
+                a, bad = as_buffer(tensor, False).array, None
+            except (TypeError, ValueError) as exc:
+                a, bad = None, exc
+            slot = np.zeros(SLOT, np.uint8)
+            header = make_header(SEND, seq, a, bad=bad is not None)
+            slot[:HEADER_BYTES] = header.view(np.uint8)
+            small = a is not None and a.nbytes <= INLINE
+            if small:
+                slot[HEADER_BYTES:HEADER_BYTES + a.nbytes] = _bytes(a)
+            what = f"send to rank {dst_rank}"
+            with self.lock:
+                req = self.comm.Isend(slot, dst_rank, TAG_HEADER)
+            self._wait([req], what, peer=dst_rank)
+            if bad is not None:
+                raise bad
+            if small:
+                return
+            reply = np.zeros(HEADER_WORDS, np.int64)
+            with self.lock:
+                req = self.comm.Irecv(reply, dst_rank, TAG_REPLY)
+            self._wait([req], what, peer=dst_rank)
+            if reply[BAD]:
+                raise CollectiveError(f"group {self.name!r}: send to rank {dst_rank}: it expects "
+                                      f"{describe(reply)}, this rank sends {describe(header)}")
+            with self.lock:
+                req = self.comm.Isend(_bytes(a), dst_rank, TAG_DATA)
+            self._wait([req], what, peer=dst_rank)
+
+    def recv(self, tensor: Any, src_rank: int) -> None:
+        with self.call_lock:
+            self._usable()
+            self._check_rank(src_rank, "src_rank", peer=True)
+            buf = as_buffer(tensor, True)
+            a = buf.array
+            seq = self.p2p_seq[(1, src_rank)] = self.p2p_seq.get((1, src_rank), 0) + 1
+            slot = np.empty(SLOT, np.uint8)
+            what = f"recv from rank {src_rank}"
+            with self.lock:
+                req = self.comm.Irecv(slot, src_rank, TAG_HEADER)
+            self._wait([req], what, peer=src_rank)
+            theirs = slot[:HEADER_BYTES].view(np.int64)
+            if theirs[BAD]:
+                raise CollectiveError(f"group {self.name!r}: rank {src_rank} passed invalid "
+                                      "arguments to send (see the error raised there)")
+            mine = make_header(SEND, seq, a)
+            small = theirs[NBYTES] <= INLINE
+            if (theirs[_MATCH] != mine[_MATCH]).any() or theirs[SEQ] != seq:
+                if not small:
+                    mine[BAD] = 1
+                    with self.lock:
+                        req = self.comm.Isend(mine, src_rank, TAG_REPLY)
+                    self._wait([req], what, peer=src_rank)
+                raise CollectiveError(f"group {self.name!r}: recv from rank {src_rank}: it sends "
+                                      f"{describe(theirs)}, this rank expects {describe(mine)}")
+            if small:
+                _bytes(a)[:] = slot[HEADER_BYTES:HEADER_BYTES + a.nbytes]
+            else:
+                with self.lock:
+                    reqs = [self.comm.Isend(mine, src_rank, TAG_REPLY),
+                            self.comm.Irecv(_bytes(a), src_rank, TAG_DATA)]
+                self._wait(reqs, what, peer=src_rank)
+            buf.done()
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _check_rank(self, rank: int, what: str, peer: bool = False) -> None:
+        if not isinstance(rank, (int, np.integer)) or not 0 <= rank < self.world_size:
+            raise ValueError(f"{what} must be a rank of group {self.name!r} (0..."
+                             f"{self.world_size - 1}), got {rank!r}")
+        if peer and rank == self.rank:
+            raise ValueError(f"{what} is this member's own rank {rank}")
+
+    def _list(self, tensors: list, like: np.ndarray, what: str, writable: bool = True) -> list:
+        if not isinstance(tensors, (list, tuple)) or len(tensors) != self.world_size:
+            raise ValueError(f"{what} must be a list of {self.world_size} tensors (one per rank)")
+        bufs = [as_buffer(t, writable, f"{what}[{i}]") for i, t in enumerate(tensors)]
+        for i, b in enumerate(bufs):
+            if b.array.shape != like.shape or b.array.dtype != like.dtype:
+                raise ValueError(f"{what}[{i}] is {b.array.dtype} {b.array.shape}, the tensor is "
+                                 f"{like.dtype} {like.shape}: they must match")
+        return bufs
+
+    def destroy(self) -> None:
+        with self.call_lock:
+            if not self.broken:  # a timed-out operation may still be pending on the comm
+                with self.lock:
+                    self.comm.Free()
+            self.broken = self.broken or "the group was destroyed"
+            self._rendezvous("leave", self.instance, self.rank)
