@@ -17,6 +17,7 @@ class BaseGroup(ABC):
         self.name = name
         self.world_size = world_size
         self.rank = rank
+        self.alive = True
 
     @abstractmethod
     def allreduce(self, tensor: Any, op: ReduceOp) -> None: ...

@@ -11,6 +11,7 @@ from .types import CollectiveError, CollectiveTimeoutError, ReduceOp
 
 _groups: dict[tuple, BaseGroup] = {}
 _groups_lock = threading.Lock()
+_cache = threading.local()  # this thread's (member key, {group name: group}), for speed
 
 
 def _runtime():
@@ -126,6 +127,7 @@ def destroy_collective_group(group_name: str = "default") -> None:
     with _groups_lock:
         group = _groups.pop((_member_key(rt), group_name), None)
     if group is not None:
+        group.alive = False
         group.destroy()
     elif rt.rank == 0:
         rt.request("rendezvous", "destroy", group_name)
@@ -140,8 +142,16 @@ def _lookup(group_name: str) -> BaseGroup | None:
 
 def _group(group_name: str) -> BaseGroup:
     """This member's group; joins a group the driver declared on first use."""
+    cached = getattr(_cache, "groups", None)
+    if cached is not None:
+        group = cached.get(group_name)
+        if group is not None and group.alive:
+            rt = _runtime()
+            if _cache.key == _member_key(rt):  # a pool thread may serve another actor later
+                return group
     group = _lookup(group_name)
     if group is not None:
+        _remember(group_name, group)
         return group
     rt = _runtime()
     actor = getattr(rt.local, "actor_id", 0)
@@ -152,7 +162,16 @@ def _group(group_name: str) -> BaseGroup:
                               "from the driver")
     world_size, rank, backend = declared
     init_collective_group(world_size, rank, backend, group_name)
-    return _lookup(group_name)
+    group = _lookup(group_name)
+    _remember(group_name, group)
+    return group
+
+
+def _remember(group_name: str, group: BaseGroup) -> None:
+    key = _member_key(_runtime())
+    if getattr(_cache, "key", None) != key:
+        _cache.key, _cache.groups = key, {}
+    _cache.groups[group_name] = group
 
 
 def is_group_initialized(group_name: str = "default") -> bool:

@@ -30,8 +30,15 @@ _MPI_REDUCIBLE = {np.dtype(t) for t in (np.int8, np.int16, np.int32, np.int64, n
 _COMPLEX = {np.dtype(np.complex64), np.dtype(np.complex128)}
 
 
+_CODES: dict[np.dtype, int] = {}
+
+
 def dtype_code(dtype: np.dtype) -> int:
-    return int.from_bytes(dtype.str.encode().ljust(8, b"\0"), "little", signed=True)
+    code = _CODES.get(dtype)
+    if code is None:
+        code = _CODES[dtype] = int.from_bytes(dtype.str.encode().ljust(8, b"\0"), "little",
+                                              signed=True)
+    return code
 
 
 def dtype_of(code: int) -> np.dtype:
@@ -41,7 +48,14 @@ def dtype_of(code: int) -> np.dtype:
 def make_header(kind: int, seq: int, array: np.ndarray | None, reduce_op: int = -1,
                 root: int = -1, bad: bool = False) -> np.ndarray:
     """The header of one call: operation, sequence number, reduce op, root, dtype, shape."""
-    h = np.zeros(HEADER_WORDS, dtype=np.int64)
+    return fill_header(np.zeros(HEADER_WORDS, dtype=np.int64), kind, seq, array, reduce_op, root,
+                       bad)
+
+
+def fill_header(h: np.ndarray, kind: int, seq: int, array: np.ndarray | None,
+                reduce_op: int = -1, root: int = -1, bad: bool = False) -> np.ndarray:
+    """Writes a header into h (HEADER_WORDS int64s), e.g. a view of a reused send buffer."""
+    h[:] = 0
     h[KIND], h[SEQ], h[REDUCE_OP], h[ROOT], h[BAD] = kind, seq, reduce_op, root, bad
     if array is not None:
         shape = array.shape
@@ -113,8 +127,18 @@ def mpi_reducible(dtype: np.dtype, op: ReduceOp) -> bool:
     return dtype in _MPI_REDUCIBLE
 
 
+_VALID: dict[tuple, ReduceOp] = {}
+
+
 def validate_reduce(dtype: np.dtype, op) -> ReduceOp:
     """The ReduceOp for op; TypeError where numpy cannot apply it to dtype."""
+    valid = _VALID.get((dtype, op))
+    if valid is None:
+        valid = _VALID[(dtype, op)] = _validate_reduce(dtype, op)
+    return valid
+
+
+def _validate_reduce(dtype: np.dtype, op) -> ReduceOp:
     try:
         op = ReduceOp(op)
     except ValueError:
@@ -132,14 +156,19 @@ _UFUNCS = {ReduceOp.SUM: np.add, ReduceOp.PRODUCT: np.multiply, ReduceOp.MIN: np
            ReduceOp.MAX: np.maximum, ReduceOp.AVG: np.add}
 
 
-def reduce_stack(stack: np.ndarray, op: ReduceOp, out: np.ndarray) -> np.ndarray:
-    """Reduces stack[0], stack[1], ... in rank order into out (the same result on every rank)."""
+def reduce_stack(parts, op: ReduceOp, out: np.ndarray) -> np.ndarray:
+    """Reduces parts[0], parts[1], ... in rank order into out (the same result on every rank).
+
+    parts: an (n, ...) array or a list of n arrays shaped like out."""
     ufunc = _UFUNCS[op]
-    if stack.dtype == np.bool_ and op is ReduceOp.SUM:
+    if out.dtype == np.bool_ and op is ReduceOp.SUM:
         ufunc = np.logical_or
-    np.copyto(out, stack[0])
-    for part in stack[1:]:
-        ufunc(out, part, out=out)
+    if len(parts) == 1:
+        np.copyto(out, parts[0])
+    else:
+        ufunc(parts[0], parts[1], out=out)
+        for part in parts[2:]:
+            ufunc(out, part, out=out)
     if op is ReduceOp.AVG:
-        out /= len(stack)
+        out /= len(parts)
     return out

@@ -42,6 +42,7 @@ from .header import (
     SLOT,
     check_headers,
     describe,
+    fill_header,
     make_header,
     mpi_reducible,
     reduce_stack,
@@ -61,10 +62,11 @@ def _bytes(a: np.ndarray) -> np.ndarray:
     return a.reshape(-1).view(np.uint8)
 
 
-def _inline(slots: np.ndarray, nbytes: int, dtype: np.dtype, shape: tuple) -> np.ndarray:
-    """The members' inline data from gathered slots: an (n, *shape) array (a copy)."""
-    data = np.ascontiguousarray(slots[:, HEADER_BYTES:HEADER_BYTES + nbytes])
-    return data.view(dtype).reshape((len(slots), *shape))
+def _inline(data: bytes, like: np.ndarray, ranks=None) -> list[np.ndarray]:
+    """The members' inline data (read-only, shaped like ``like``) from gathered slots."""
+    n = len(data) // SLOT
+    return [np.frombuffer(data, like.dtype, like.size, i * SLOT + HEADER_BYTES).reshape(like.shape)
+            for i in (range(n) if ranks is None else ranks)]
 
 
 class MPIGroup(BaseGroup):
@@ -87,6 +89,7 @@ class MPIGroup(BaseGroup):
         self.call_lock = threading.Lock()  # one operation at a time per member
         self.backoff = Backoff(runtime.config.spin_time, runtime.config.backoff_max)
         self._slot = np.zeros(SLOT, np.uint8)
+        self._header = self._slot[:HEADER_BYTES].view(np.int64)
         self._slots = np.zeros((world_size, SLOT), np.uint8)
         parent = runtime.transport.comm
         with self.lock:
@@ -154,19 +157,26 @@ class MPIGroup(BaseGroup):
 
     # -- the header round ------------------------------------------------------------------
     def _round(self, kind: int, array: np.ndarray | None, reduce_op: int = -1, root: int = -1,
-               inline: np.ndarray | None = None, bad: bool = False) -> np.ndarray:
-        """Gathers every member's header (and small data); raises if the calls differ."""
-        self._usable()
+               inline: np.ndarray | None = None, bad: bool = False) -> bytes:
+        """Gathers every member's header (and small data); raises if the calls differ.
+
+        Returns the gathered slots (SLOT bytes per rank)."""
+        if self.broken:
+            self._usable()
         self.seq += 1
         slot = self._slot
-        slot[:HEADER_BYTES] = make_header(kind, self.seq, array, reduce_op, root, bad).view(np.uint8)
+        fill_header(self._header, kind, self.seq, array, reduce_op, root, bad)
         if inline is not None:
             slot[HEADER_BYTES:HEADER_BYTES + inline.nbytes] = _bytes(inline)
         with self.lock:
             req = self.comm.Iallgather(slot, self._slots)
         self._wait([req], OP_NAMES[kind], self.seq)
-        check_headers(self._slots[:, :HEADER_BYTES].view(np.int64), self.name)
-        return self._slots
+        data = self._slots.tobytes()
+        mine = data[:HEADER_BYTES]
+        if bad or any(data[i:i + HEADER_BYTES] != mine
+                      for i in range(SLOT, len(data), SLOT)):
+            check_headers(self._slots[:, :HEADER_BYTES].view(np.int64), self.name)
+        return data
 
     def _refuse(self, kind: int, exc: BaseException) -> None:
         """This member's arguments are bad: it still joins the header round so that the
@@ -191,8 +201,7 @@ class MPIGroup(BaseGroup):
                 self._refuse(ALLREDUCE, exc)
             n = self.world_size
             if a.nbytes <= INLINE:
-                slots = self._round(ALLREDUCE, a, op, inline=a)
-                reduce_stack(_inline(slots, a.nbytes, a.dtype, a.shape), op, a)
+                reduce_stack(_inline(self._round(ALLREDUCE, a, op, inline=a), a), op, a)
             elif mpi_reducible(a.dtype, op):
                 self._round(ALLREDUCE, a, op)
                 with self.lock:
@@ -223,7 +232,7 @@ class MPIGroup(BaseGroup):
             if a.nbytes <= INLINE:
                 slots = self._round(REDUCE, a, op, dst_rank, inline=a)
                 if root:
-                    reduce_stack(_inline(slots, a.nbytes, a.dtype, a.shape), op, a)
+                    reduce_stack(_inline(slots, a), op, a)
             elif mpi_reducible(a.dtype, op):
                 self._round(REDUCE, a, op, dst_rank)
                 with self.lock:
@@ -255,7 +264,7 @@ class MPIGroup(BaseGroup):
             if a.nbytes <= INLINE:
                 slots = self._round(BROADCAST, a, root=src_rank, inline=a if root else None)
                 if not root:
-                    a[...] = _inline(slots[src_rank:src_rank + 1], a.nbytes, a.dtype, a.shape)[0]
+                    a[...] = _inline(slots, a, [src_rank])[0]
             else:
                 self._round(BROADCAST, a, root=src_rank)
                 with self.lock:
@@ -273,7 +282,7 @@ class MPIGroup(BaseGroup):
                 self._refuse(ALLGATHER, exc)
             n = self.world_size
             if a.nbytes <= INLINE:
-                gathered = _inline(self._round(ALLGATHER, a, inline=a), a.nbytes, a.dtype, a.shape)
+                gathered = _inline(self._round(ALLGATHER, a, inline=a), a)
             else:
                 self._round(ALLGATHER, a)
                 gathered = np.empty((n, *a.shape), a.dtype)
@@ -294,11 +303,10 @@ class MPIGroup(BaseGroup):
             except (TypeError, ValueError) as exc:
                 self._refuse(REDUCESCATTER, exc)
             n = self.world_size
-            send = np.stack([b.array for b in ins]) if n else a
+            send = np.stack([b.array for b in ins])
             if send.nbytes <= INLINE:
                 slots = self._round(REDUCESCATTER, a, op, inline=send)
-                stack = _inline(slots, send.nbytes, a.dtype, send.shape)[:, self.rank]
-                reduce_stack(stack, op, a)
+                reduce_stack([p[self.rank] for p in _inline(slots, send)], op, a)
             elif mpi_reducible(a.dtype, op):
                 self._round(REDUCESCATTER, a, op)
                 with self.lock:
