@@ -45,3 +45,6 @@ class BaseGroup(ABC):
 
     @abstractmethod
     def destroy(self) -> None: ...
+
+    def abort(self, reason: str) -> None:
+        """Makes the operation in progress (in another thread) and later ones raise."""

@@ -119,6 +119,8 @@ class MPIGroup(BaseGroup):
             with lock:
                 if MPI.Request.Testall(reqs):
                     return
+            if self.broken:  # abort() from another thread
+                self._usable()
             now = time.monotonic()
             if not said and peer is None and not payload and now - start > self.diag_after:
                 said = True
@@ -414,6 +416,9 @@ class MPIGroup(BaseGroup):
                 raise ValueError(f"{what}[{i}] is {b.array.dtype} {b.array.shape}, the tensor is "
                                  f"{like.dtype} {like.shape}: they must match")
         return bufs
+
+    def abort(self, reason: str) -> None:
+        self.broken = self.broken or reason
 
     def destroy(self) -> None:
         with self.call_lock:
