@@ -5,7 +5,7 @@ are summed with hpcray.collective.allreduce (an MPI sub-communicator of the job)
 workers take the same step. Rank 0 checkpoints the weights (HDF5) every 10 epochs; with
 ``--fail-at N`` worker 1 raises at epoch N and the run resumes from the latest checkpoint.
 
-    python examples/train_numpy_logreg.py [--epochs 150] [--fail-at 60]
+    python examples/train_numpy_logreg.py [--epochs 200] [--fail-at 60]
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def train_loop(config: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--epochs", type=int, default=150)
+    parser.add_argument("--epochs", type=int, default=200)
     parser.add_argument("--fail-at", type=int, default=None)
     parser.add_argument("--storage", default=os.path.join(tempfile.gettempdir(), "hpcray-examples"))
     parser.add_argument("--quiet", action="store_true")

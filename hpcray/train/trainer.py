@@ -262,6 +262,13 @@ class DataParallelTrainer:
     def _attempt(self, run_dir: str, attempt: int) -> _Failure | None:
         n = self.scaling.num_workers
         bundle = self.scaling.bundle()
+        total = api.cluster_resources()
+        short = sorted(k for k, v in bundle.items() if v * n > total.get(k, 0))
+        if short:
+            raise TrainingFailedError(
+                f"{n} workers of {bundle} need {', '.join(f'{bundle[k] * n:g} {k}' for k in short)}"
+                f"; the whole job has {', '.join(f'{total.get(k, 0):g} {k}' for k in short)}. "
+                "Start the job with more ranks or lower num_workers / resources_per_worker")
         pg = placement_group([dict(bundle) for _ in range(n)], self.scaling.placement_strategy)
         if not pg.wait(self.placement_timeout):
             remove_placement_group(pg)
