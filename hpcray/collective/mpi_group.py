@@ -189,47 +189,48 @@ class MPIGroup(BaseGroup):
             pass
         raise exc
 
-    def _payload(self, req, kind: int) -> None:
+    def _payload(self, kind: int, start, *args) -> None:
+        """Starts a nonblocking MPI collective, ``start(*args)``, and waits for it."""
+        with self.lock:
+            req = start(*args)
         self._wait([req], OP_NAMES[kind], self.seq, payload=True)
+
+    def _reduction(self, kind: int, tensor: Any, op, writable: bool = True,
+                   root: int | None = None):
+        """(buffer, ReduceOp) of a reducing call; bad arguments: see _refuse."""
+        try:
+            if root is not None:
+                self._check_rank(root, "dst_rank")
+            buf = as_buffer(tensor, writable)
+            return buf, validate_reduce(buf.array.dtype, op)
+        except (TypeError, ValueError) as exc:
+            self._refuse(kind, exc)
 
     # -- operations ------------------------------------------------------------------------
     def allreduce(self, tensor: Any, op: ReduceOp = ReduceOp.SUM) -> None:
         with self.call_lock:
-            try:
-                buf = as_buffer(tensor, True)
-                a = buf.array
-                op = validate_reduce(a.dtype, op)
-            except (TypeError, ValueError) as exc:
-                self._refuse(ALLREDUCE, exc)
+            buf, op = self._reduction(ALLREDUCE, tensor, op)
+            a = buf.array
             n = self.world_size
             if a.nbytes <= INLINE:
                 reduce_stack(_inline(self._round(ALLREDUCE, a, op, inline=a), a), op, a)
             elif mpi_reducible(a.dtype, op):
                 self._round(ALLREDUCE, a, op)
-                with self.lock:
-                    req = self.comm.Iallreduce(MPI.IN_PLACE, a, _MPI_OPS[op])
-                self._payload(req, ALLREDUCE)
+                self._payload(ALLREDUCE, self.comm.Iallreduce, MPI.IN_PLACE, a, _MPI_OPS[op])
                 if op is ReduceOp.AVG:
                     a /= n
             else:
                 self._round(ALLREDUCE, a, op)
                 stack = np.empty((n, *a.shape), a.dtype)
-                with self.lock:
-                    req = self.comm.Iallgather(_bytes(a), _bytes(stack))
-                self._payload(req, ALLREDUCE)
+                self._payload(ALLREDUCE, self.comm.Iallgather, _bytes(a), _bytes(stack))
                 reduce_stack(stack, op, a)
             buf.done()
 
     def reduce(self, tensor: Any, dst_rank: int = 0, op: ReduceOp = ReduceOp.SUM) -> None:
         with self.call_lock:
-            try:
-                self._check_rank(dst_rank, "dst_rank")
-                root = self.rank == dst_rank
-                buf = as_buffer(tensor, root)
-                a = buf.array
-                op = validate_reduce(a.dtype, op)
-            except (TypeError, ValueError) as exc:
-                self._refuse(REDUCE, exc)
+            root = self.rank == dst_rank
+            buf, op = self._reduction(REDUCE, tensor, op, writable=root, root=dst_rank)
+            a = buf.array
             n = self.world_size
             if a.nbytes <= INLINE:
                 slots = self._round(REDUCE, a, op, dst_rank, inline=a)
@@ -237,18 +238,15 @@ class MPIGroup(BaseGroup):
                     reduce_stack(_inline(slots, a), op, a)
             elif mpi_reducible(a.dtype, op):
                 self._round(REDUCE, a, op, dst_rank)
-                with self.lock:
-                    req = (self.comm.Ireduce(MPI.IN_PLACE, a, _MPI_OPS[op], dst_rank) if root
-                           else self.comm.Ireduce(a, None, _MPI_OPS[op], dst_rank))
-                self._payload(req, REDUCE)
+                self._payload(REDUCE, self.comm.Ireduce, MPI.IN_PLACE if root else a,
+                              a if root else None, _MPI_OPS[op], dst_rank)
                 if root and op is ReduceOp.AVG:
                     a /= n
             else:
                 self._round(REDUCE, a, op, dst_rank)
                 stack = np.empty((n, *a.shape), a.dtype) if root else None
-                with self.lock:
-                    req = self.comm.Igather(_bytes(a), _bytes(stack) if root else None, dst_rank)
-                self._payload(req, REDUCE)
+                self._payload(REDUCE, self.comm.Igather, _bytes(a),
+                              _bytes(stack) if root else None, dst_rank)
                 if root:
                     reduce_stack(stack, op, a)
             if root:
@@ -269,9 +267,7 @@ class MPIGroup(BaseGroup):
                     a[...] = _inline(slots, a, [src_rank])[0]
             else:
                 self._round(BROADCAST, a, root=src_rank)
-                with self.lock:
-                    req = self.comm.Ibcast(_bytes(a), src_rank)
-                self._payload(req, BROADCAST)
+                self._payload(BROADCAST, self.comm.Ibcast, _bytes(a), src_rank)
             if not root:
                 buf.done()
 
@@ -288,20 +284,17 @@ class MPIGroup(BaseGroup):
             else:
                 self._round(ALLGATHER, a)
                 gathered = np.empty((n, *a.shape), a.dtype)
-                with self.lock:
-                    req = self.comm.Iallgather(_bytes(a), _bytes(gathered))
-                self._payload(req, ALLGATHER)
+                self._payload(ALLGATHER, self.comm.Iallgather, _bytes(a), _bytes(gathered))
             for out, part in zip(outs, gathered):
                 out.array[...] = part
                 out.done()
 
     def reducescatter(self, tensor: Any, tensor_list: list, op: ReduceOp = ReduceOp.SUM) -> None:
         with self.call_lock:
+            buf, op = self._reduction(REDUCESCATTER, tensor, op)
+            a = buf.array
             try:
-                buf = as_buffer(tensor, True)
-                a = buf.array
                 ins = self._list(tensor_list, a, "tensor_list", writable=False)
-                op = validate_reduce(a.dtype, op)
             except (TypeError, ValueError) as exc:
                 self._refuse(REDUCESCATTER, exc)
             n = self.world_size
@@ -311,17 +304,14 @@ class MPIGroup(BaseGroup):
                 reduce_stack([p[self.rank] for p in _inline(slots, send)], op, a)
             elif mpi_reducible(a.dtype, op):
                 self._round(REDUCESCATTER, a, op)
-                with self.lock:
-                    req = self.comm.Ireduce_scatter_block(send, a, _MPI_OPS[op])
-                self._payload(req, REDUCESCATTER)
+                self._payload(REDUCESCATTER, self.comm.Ireduce_scatter_block, send, a,
+                              _MPI_OPS[op])
                 if op is ReduceOp.AVG:
                     a /= n
             else:
                 self._round(REDUCESCATTER, a, op)
                 parts = np.empty_like(send)
-                with self.lock:
-                    req = self.comm.Ialltoall(_bytes(send), _bytes(parts))
-                self._payload(req, REDUCESCATTER)
+                self._payload(REDUCESCATTER, self.comm.Ialltoall, _bytes(send), _bytes(parts))
                 reduce_stack(parts, op, a)
             buf.done()
 
