@@ -1,0 +1,137 @@
+"""The digits classifier on 2 workers: hpcray's TorchTrainer against Ray Train's, same run.
+
+    python benchmarks/train.py [--epochs 8] [--ray-python /opt/rayvenv/bin/python]
+
+The parent imports neither system. For each it starts ``python benchmarks/train.py
+--internal SYSTEM`` as a fresh process (hpcray re-launches itself under mpiexec with 2
+worker ranks; Ray starts its local cluster with num_cpus=2) and notes the wall-clock time
+of the launch. The same training loop (examples/train_digits.py's model and data, no
+checkpoints) reports, per epoch, the time of its first optimizer step and the epoch's
+duration. Printed: launch to first training step (target: hpcray 5x faster) and the
+steady-state step time, the median epoch after the first divided by its steps (target:
+hpcray no slower than Ray).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TAG = "TRAIN_BENCH"
+
+
+def loop(config: dict) -> None:
+    import torch
+    from torch import nn
+    from torch.utils.data import DataLoader
+
+    if config["system"] == "ray":
+        from ray import train
+        from ray.train.torch import prepare_data_loader, prepare_model
+    else:
+        from hpcray import train
+        from hpcray.train.torch import prepare_data_loader, prepare_model
+    sys.path.insert(0, config["examples"])
+    from train_digits import datasets
+
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    train_set, _ = datasets()
+    loader = prepare_data_loader(DataLoader(train_set, batch_size=32, shuffle=True))
+    model = prepare_model(nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10)))
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    first_step = None
+    for epoch in range(config["epochs"]):
+        start = time.perf_counter()
+        for xb, yb in loader:
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(xb), yb).backward()
+            optimizer.step()
+            first_step = first_step or time.time()
+        train.report({"epoch": epoch, "epoch_s": time.perf_counter() - start,
+                      "steps": len(loader), "first_step_ts": first_step})
+
+
+def run_system(system: str, epochs: int, storage: str) -> None:
+    config = {"system": system, "epochs": epochs, "examples": str(REPO_ROOT / "examples")}
+    if system == "ray":
+        import ray
+        from ray.train import RunConfig, ScalingConfig
+        from ray.train.torch import TorchTrainer
+
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    else:
+        import hpcray as ray
+        from hpcray.train import RunConfig, ScalingConfig
+        from hpcray.train.torch import TorchTrainer
+
+        ray.init(num_cpus=2)
+    trainer = TorchTrainer(loop, train_loop_config=config,
+                           scaling_config=ScalingConfig(num_workers=2),
+                           run_config=RunConfig(name=f"bench_{system}", storage_path=storage))
+    result = trainer.fit()
+    frame = result.metrics_dataframe
+    rows = frame.to_dict("records") if hasattr(frame, "to_dict") else frame
+    print(TAG, json.dumps([{k: r[k] for k in ("epoch", "epoch_s", "steps", "first_step_ts")}
+                           for r in rows]), flush=True)
+
+
+def measure(python: str, system: str, epochs: int) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep
+               + os.environ.get("PYTHONPATH", ""))
+    with tempfile.TemporaryDirectory() as storage:
+        launched = time.time()
+        proc = subprocess.run([python, str(Path(__file__).resolve()), "--internal", system,
+                               "--epochs", str(epochs), "--storage", storage],
+                              check=False, capture_output=True, text=True, env=env, timeout=900)
+    rows = next((json.loads(line[len(TAG):]) for line in proc.stdout.splitlines()
+                 if line.startswith(TAG)), None)
+    if rows is None:
+        raise RuntimeError(f"{system} run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    steady = [r["epoch_s"] / r["steps"] for r in rows[1:]] or [rows[0]["epoch_s"] /
+                                                              rows[0]["steps"]]
+    return {"first_step_s": rows[0]["first_step_ts"] - launched,
+            "step_ms": 1e3 * statistics.median(steady), "steps_per_epoch": rows[0]["steps"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--ray-python", default="/opt/rayvenv/bin/python")
+    parser.add_argument("--internal", choices=["hpcray", "ray"], help=argparse.SUPPRESS)
+    parser.add_argument("--storage", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.internal:
+        return run_system(args.internal, args.epochs, args.storage)
+    ours = measure(sys.executable, "hpcray", args.epochs)
+    ray = None
+    if os.path.exists(args.ray_python):
+        try:
+            ray = measure(args.ray_python, "ray", args.epochs)
+        except RuntimeError as exc:
+            print(f"Ray Train run failed, hpcray alone below: {exc}", file=sys.stderr)
+    print(f"digits MLP, 2 workers, batch 32 ({ours['steps_per_epoch']} steps/epoch/worker), "
+          f"{args.epochs} epochs; {os.cpu_count()} cores")
+    print("| row | hpcray | Ray Train | ratio | target |")
+    print("|---|---:|---:|---:|---|")
+    for key, label, unit, better in [("first_step_s", "launch to first training step", "s", 5.0),
+                                     ("step_ms", "steady-state step time (median epoch)", "ms",
+                                      1.0)]:
+        theirs = f"{ray[key]:.3f} {unit}" if ray else "-"
+        ratio = ray[key] / ours[key] if ray else None
+        verdict = "" if ratio is None else ("PASS" if ratio >= better else "MISS")
+        target = f"hpcray {better:g}x faster" if better > 1 else "hpcray no slower"
+        print(f"| {label} | {ours[key]:.3f} {unit} | {theirs} | "
+              f"{'-' if ratio is None else f'{ratio:.2f}x'} | {target} {verdict} |")
+
+
+if __name__ == "__main__":
+    main()
