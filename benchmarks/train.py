@@ -49,6 +49,7 @@ def loop(config: dict) -> None:
     model = prepare_model(nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10)))
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     first_step = None
+    history = []  # written to a file by rank 0: Ray Train v2 keeps no metrics without checkpoints
     for epoch in range(config["epochs"]):
         start = time.perf_counter()
         for xb, yb in loader:
@@ -56,12 +57,17 @@ def loop(config: dict) -> None:
             nn.functional.cross_entropy(model(xb), yb).backward()
             optimizer.step()
             first_step = first_step or time.time()
-        train.report({"epoch": epoch, "epoch_s": time.perf_counter() - start,
-                      "steps": len(loader), "first_step_ts": first_step})
+        history.append({"epoch": epoch, "epoch_s": time.perf_counter() - start,
+                        "steps": len(loader), "first_step_ts": first_step})
+        if train.get_context().get_world_rank() == 0:
+            Path(config["out"]).write_text(json.dumps(history))
+        train.report({"epoch": epoch})
 
 
 def run_system(system: str, epochs: int, storage: str) -> None:
-    config = {"system": system, "epochs": epochs, "examples": str(REPO_ROOT / "examples")}
+    out = os.path.join(storage, "history.json")
+    config = {"system": system, "epochs": epochs, "examples": str(REPO_ROOT / "examples"),
+              "out": out}
     if system == "ray":
         import ray
         from ray.train import RunConfig, ScalingConfig
@@ -77,11 +83,8 @@ def run_system(system: str, epochs: int, storage: str) -> None:
     trainer = TorchTrainer(loop, train_loop_config=config,
                            scaling_config=ScalingConfig(num_workers=2),
                            run_config=RunConfig(name=f"bench_{system}", storage_path=storage))
-    result = trainer.fit()
-    frame = result.metrics_dataframe
-    rows = frame.to_dict("records") if hasattr(frame, "to_dict") else frame
-    print(TAG, json.dumps([{k: r[k] for k in ("epoch", "epoch_s", "steps", "first_step_ts")}
-                           for r in rows]), flush=True)
+    trainer.fit()
+    print(TAG, Path(out).read_text(), flush=True)
 
 
 def measure(python: str, system: str, epochs: int) -> dict:

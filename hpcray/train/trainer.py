@@ -210,7 +210,7 @@ class DataParallelTrainer:
         self.datasets = dict(datasets or {})
         self.resume_from_checkpoint = resume_from_checkpoint
         self.backend = backend or self._backend
-        self.poll_interval = 0.05
+        self.poll_interval = (0.05, 1.0)  # seconds between polls of the workers: from, up to
         self.placement_timeout = 60.0
 
     # -- fit -------------------------------------------------------------------------------
@@ -303,10 +303,10 @@ class DataParallelTrainer:
         finished: set[int] = set()
         failure: _Failure | None = None
         index = 0
-        while True:
+        interval = self.poll_interval[0]  # doubles while nothing new arrives: polls cost the
+        while True:                       # workers' CPU
             if pending:
-                done, _ = api.wait(list(pending), num_returns=len(pending),
-                                   timeout=self.poll_interval)
+                done, _ = api.wait(list(pending), num_returns=len(pending), timeout=interval)
                 for ref in done:
                     rank = pending.pop(ref)
                     try:
@@ -314,10 +314,12 @@ class DataParallelTrainer:
                         finished.add(rank)
                     except Exception as exc:  # noqa: BLE001 - a worker's failure is recorded
                         failure = failure or _Failure(rank, exc)
+            interval = min(interval * 2, self.poll_interval[1])
             for rank, w in enumerate(workers):
                 try:
                     for i, metrics, has_checkpoint in api.get(w.poll.remote()):
                         reports[rank][i] = (metrics, has_checkpoint)
+                        interval = self.poll_interval[0]
                 except Exception as exc:  # noqa: BLE001 - a dead worker is a failure
                     failure = failure or _Failure(rank, exc)
             while True:
