@@ -10,6 +10,8 @@ from __future__ import annotations
 import io
 import pickle
 import threading
+import types
+from collections import ChainMap
 from typing import Any
 
 import cloudpickle
@@ -40,8 +42,22 @@ def _is_plain(value: Any) -> bool:
     return False
 
 
+_cloudpickle_code_reduce = getattr(getattr(cloudpickle, "cloudpickle", None), "_code_reduce", None)
+
+
+def _code_reduce(code: types.CodeType):
+    """cloudpickle >= 3.1 blanks co_filename to "<dynamic-code>"; keeping it lets a remote
+    traceback show the source lines of the driver's script (same file on a shared FS)."""
+    ctor, args = _cloudpickle_code_reduce(code)
+    return ctor, tuple(code.co_filename if a == "<dynamic-code>" else a for a in args)
+
+
 class _Pickler(cloudpickle.CloudPickler):
     """CloudPickler that lets device arrays travel as DeviceBuffers, not in the pickle."""
+
+    if _cloudpickle_code_reduce is not None:
+        dispatch_table = ChainMap({types.CodeType: _code_reduce},
+                                  cloudpickle.CloudPickler.dispatch_table)
 
     def __init__(self, file, device_types: dict, **kwargs):
         super().__init__(file, **kwargs)
@@ -115,7 +131,9 @@ def inline_blob(value: Any, error: bool = False) -> tuple[bytes, list[bytes], bo
 
 def dumps_code(obj: Any) -> bytes:
     """Pickles a function or class by value where needed (``__main__``, closures)."""
-    return cloudpickle.dumps(obj, protocol=5)
+    stream = io.BytesIO()
+    _Pickler(stream, {}, protocol=5).dump(obj)
+    return stream.getvalue()
 
 
 def nbytes(header: bytes, buffers: list) -> int:
