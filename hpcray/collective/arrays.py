@@ -30,7 +30,8 @@ def as_buffer(x, writable: bool, what: str = "tensor") -> Buffer:
     """A Buffer over x (numpy array or torch CPU tensor); TypeError/ValueError if unusable."""
     if isinstance(x, np.ndarray):
         if writable and not x.flags.writeable:
-            raise ValueError(f"{what} is read-only (arrays from hpcray.get are): pass a copy")
+            raise ValueError(f"{what} is read-only (as arrays from hpcray.get and task arguments "
+                             "are): pass a copy")
         if x.flags.c_contiguous:
             return Buffer(x)
         c = np.ascontiguousarray(x)
