@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 
-def get_device():
+def get_device() -> Any:
     """torch.device("cuda:0") in a worker given a GPU, else the CPU."""
     import torch
 
@@ -24,8 +24,8 @@ def _world() -> tuple[int, int]:
     return 0, 1
 
 
-def prepare_model(model, move_to_device: bool = True, parallel_strategy: str | None = "ddp",
-                  parallel_strategy_kwargs: dict | None = None):
+def prepare_model(model: Any, move_to_device: bool = True, parallel_strategy: str | None = "ddp",
+                  parallel_strategy_kwargs: dict | None = None) -> Any:
     """Moves the model to the worker's device and wraps it in DistributedDataParallel."""
     from torch.nn.parallel import DistributedDataParallel
 
@@ -77,8 +77,8 @@ def _to(batch, device):
     return batch
 
 
-def prepare_data_loader(data_loader, add_dist_sampler: bool = True,
-                        move_to_device: bool = True):
+def prepare_data_loader(data_loader: Any, add_dist_sampler: bool = True,
+                        move_to_device: bool = True) -> Any:
     """Gives each worker its part of the data (a DistributedSampler that keeps the loader's
     shuffling) and moves batches to the worker's device."""
     from torch.utils.data import DataLoader, DistributedSampler, RandomSampler

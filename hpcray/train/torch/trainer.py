@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import timedelta
+from typing import Any
 
 from ..session import TrainContext
 from ..trainer import Backend, DataParallelTrainer
@@ -59,8 +61,8 @@ class TorchTrainer(DataParallelTrainer):
     """Ray Train's TorchTrainer: the loop uses torch.distributed, prepare_model (DDP) and
     prepare_data_loader (DistributedSampler)."""
 
-    def __init__(self, train_loop_per_worker, *, torch_config: TorchConfig | None = None,
-                 **kwargs):
+    def __init__(self, train_loop_per_worker: Callable, *,
+                 torch_config: TorchConfig | None = None, **kwargs: Any):
         super().__init__(train_loop_per_worker, **kwargs)
         tc = torch_config or TorchConfig()
         use_gpu = self.scaling.use_gpu
