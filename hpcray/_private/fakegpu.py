@@ -13,6 +13,7 @@ import itertools
 import mmap
 import os
 import threading
+import uuid
 import weakref
 
 import numpy as np
@@ -23,6 +24,7 @@ from .device import Backend, DeviceBuffer
 BLOCK = 1 << 20
 _ALIGN = 256
 _ids = itertools.count()
+_token = uuid.uuid4().hex[:8]
 
 
 def _unlink(path: str) -> None:
@@ -37,7 +39,8 @@ class _Block:
 
     def __init__(self, size: int):
         self.serial = next(_ids)
-        self.path = f"/dev/shm/hpcray-fakegpu-{os.getpid()}-{self.serial}"
+        # a killed process leaves its files behind, and pids are reused: add a random token
+        self.path = f"/dev/shm/hpcray-fakegpu-{os.getpid()}-{_token}-{self.serial}"
         fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
         try:
             os.ftruncate(fd, size)
