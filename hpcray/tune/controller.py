@@ -1,0 +1,380 @@
+"""The driver's loop: makes trials from the searcher, runs them on persistent TrialRunner
+actors (one per free slot, reused trial after trial) and carries out the scheduler's
+decisions at every report. Uses only hpcray's public API."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import hpcray
+
+from . import schedulers as sched
+from . import session as S
+from .config import CheckpointConfig, FailureConfig, RunConfig, TuneConfig
+from .progress import ProgressReporter
+from .result import TuneError
+from .search import FINISHED, Searcher
+from .storage import SEARCH_FILE, ExperimentStorage, _iteration, copy_checkpoint
+from .trial import ERROR, PAUSED, PENDING, RUNNING, TERMINATED, Trial
+
+_AUTO_KEYS = ("trial_id", "training_iteration", "time_this_iter_s", "time_total_s", "timestamp",
+              "done", "config", "iterations_since_restore", "date", "pid", "hostname")
+_STATE_EVERY_S = 1.0
+
+
+@dataclass
+class _Run:
+    """A trial occupying an actor, and the decision sent with the call now in flight."""
+
+    trial: Trial
+    actor: Any
+    decision: str
+    after_stop: str = TERMINATED
+    last_time: float = 0.0
+
+
+def resources_of(trainable: Any) -> dict[str, float]:
+    """{"cpu": .., "gpu": ..} set by with_resources (1 CPU by default)."""
+    res = dict(getattr(trainable, "_tune_resources", None) or {})
+    res.setdefault("cpu", 1)
+    return res
+
+
+class TuneController:
+    """Runs one experiment to the end (or its time budget); see Tuner.fit."""
+
+    def __init__(self, trainable: Any, searcher: Searcher, scheduler: sched.TrialScheduler,
+                 storage: ExperimentStorage, tune_config: TuneConfig, run_config: RunConfig,
+                 trials: list[Trial] | None = None, prefix: str = "trial"):
+        self.trainable = trainable
+        self.searcher = searcher
+        self.scheduler = scheduler
+        self.storage = storage
+        self.tc = tune_config
+        self.rc = run_config
+        self.ckpt = run_config.checkpoint_config or CheckpointConfig()
+        self.failure = run_config.failure_config or FailureConfig()
+        self.prefix = prefix
+        self.trials: list[Trial] = list(trials or [])
+        self.by_id = {t.trial_id: t for t in self.trials}
+        self.is_class = isinstance(trainable, type) and issubclass(trainable, S.Trainable)
+        self.metric, self.mode = tune_config.metric, tune_config.mode
+        self.tag = uuid.uuid4().hex[:5]
+        self.search_done = False
+        self.idle: list[Any] = []
+        self.in_flight: dict[Any, _Run] = {}
+        self.num_actors = 0
+        self.reporter = ProgressReporter(run_config.verbose, run_config.progress_interval_s)
+        self._state_saved = 0.0
+        self._fatal: BaseException | None = None
+        for trial in self.trials:
+            self.scheduler.on_trial_add(trial)
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def run(self) -> list[Trial]:
+        self.start_time = time.monotonic()
+        self.max_slots = self._capacity()
+        try:
+            while True:
+                if self._over_budget():
+                    self._stop_all()
+                self._launch()
+                if not self.in_flight and self._nothing_left():
+                    break
+                ready, _ = hpcray.wait(list(self.in_flight), num_returns=1, timeout=0.5)
+                for ref in ready:
+                    self._handle(ref)
+                self.reporter.update(self.trials, self._elapsed(), self.metric, self.mode)
+                self._save_state()
+                if self._fatal is not None:
+                    raise self._fatal
+        finally:
+            self._save_state(force=True)
+            self._release_actors()
+            self.storage.flush()
+        self.reporter.summary(self.trials, self._elapsed(), self.metric, self.mode)
+        return self.trials
+
+    def _elapsed(self) -> float:
+        return time.monotonic() - self.start_time
+
+    def _over_budget(self) -> bool:
+        budget = self.tc.time_budget_s
+        return budget is not None and self._elapsed() > budget
+
+    def _nothing_left(self) -> bool:
+        """Called when no trial runs: true once the search and the waiting trials are done."""
+        if self._over_budget():
+            return True
+        waiting = any(t.status in (PENDING, PAUSED) for t in self.trials)
+        if waiting or not self.search_done:
+            raise TuneError("no trial can start: the searcher suggests nothing while no trial "
+                            "runs" if not waiting else "no waiting trial could be started")
+        return True
+
+    def _capacity(self) -> int:
+        """How many trials may run at once: the cluster's CPUs (and GPUs) over one trial's."""
+        res = resources_of(self.trainable)
+        total = hpcray.cluster_resources()
+        slots = math.inf
+        for key, need in (("CPU", res.get("cpu", 1)), ("GPU", res.get("gpu", 0))):
+            if need:
+                slots = min(slots, int(total.get(key, 0) // need + 1e-9))
+        if slots == 0:
+            raise TuneError(f"a trial needs {res} but the job has {total}: no trial can run")
+        if self.tc.max_concurrent_trials:
+            slots = min(slots, self.tc.max_concurrent_trials)
+        return int(slots) if slots != math.inf else 1
+
+    # -- starting trials --------------------------------------------------------------------------
+
+    def _launch(self) -> None:
+        if self._over_budget():
+            return
+        while self._running_count() < self.max_slots:
+            trial = self._next_trial()
+            if trial is None:
+                return
+            self._start(trial, self._actor())
+
+    def _running_count(self) -> int:
+        return len(self.in_flight)
+
+    def _next_trial(self) -> Trial | None:
+        waiting = [t for t in self.trials if t.status in (PENDING, PAUSED)]
+        if not any(t.status == PENDING for t in waiting) and not self.search_done:
+            trial = self._new_trial()
+            if trial is not None:
+                return trial
+        return self.scheduler.choose_trial_to_run(waiting) if waiting else None
+
+    def _new_trial(self) -> Trial | None:
+        trial_id = f"{self.tag}_{len(self.trials):05d}"
+        try:
+            config = self.searcher.suggest(trial_id)
+        except (TypeError, ValueError) as exc:
+            raise TuneError(f"bad search space (making trial {trial_id}): {exc}") from exc
+        if config == FINISHED:
+            self.search_done = True
+            return None
+        if config is None:
+            return None
+        trial = Trial(trial_id=trial_id, config=config, index=len(self.trials))
+        creator = self.tc.trial_dirname_creator
+        name = creator(trial) if creator else f"{self.prefix}_{trial_id}"
+        trial.local_path = os.path.join(self.storage.path, name)
+        self.trials.append(trial)
+        self.by_id[trial_id] = trial
+        self.storage.write_params(trial)
+        self.scheduler.on_trial_add(trial)
+        return trial
+
+    def _actor(self) -> Any:
+        if self.idle:
+            return self.idle.pop()
+        res = resources_of(self.trainable)
+        runner = hpcray.remote(S.TrialRunner).options(num_cpus=res.get("cpu", 1),
+                                                      num_gpus=res.get("gpu", 0) or None)
+        self.num_actors += 1
+        return runner.remote(self.trainable)
+
+    def _start(self, trial: Trial, actor: Any) -> None:
+        restore = trial.extra.pop("restore_from", None)
+        if restore:  # PBT: clone the donor's checkpoint into this trial's folder
+            target = os.path.join(trial.local_path, f"checkpoint_{trial.iteration:06d}")
+            if os.path.abspath(restore) != os.path.abspath(target):
+                copy_checkpoint(restore, target)
+            self._add_checkpoint(trial, target)
+            self.storage.write_params(trial)
+        elif trial.checkpoint:  # a retry, a restore or a paused trial: from its checkpoint
+            trial.iteration = _iteration(trial.checkpoint)
+        else:
+            trial.iteration = 0
+        trial.status = RUNNING
+        trial.extra["since_restore"] = 0
+        ref = actor.start.remote(trial.trial_id, trial.config, trial.local_path, trial.checkpoint,
+                                 trial.iteration)
+        self.in_flight[ref] = _Run(trial, actor, "start", last_time=time.time())
+
+    # -- events from the runners ----------------------------------------------------------------
+
+    def _handle(self, ref: Any) -> None:
+        run = self.in_flight.pop(ref)
+        try:
+            kind, payload, path = hpcray.get(ref)
+        except hpcray.exceptions.ActorDiedError as exc:
+            self.num_actors -= 1
+            self._on_error(run, f"the trial's actor died: {exc}", actor_lost=True)
+            return
+        if path:
+            self._add_checkpoint(run.trial, path)
+        if kind == "result":
+            self._on_result(run, payload)
+        elif kind == "error":
+            self._on_error(run, payload)
+        else:  # "done" (function returned) or "stopped" (after a stop or pause decision)
+            self._finish(run, TERMINATED if kind == "done" else run.after_stop)
+
+    def _on_result(self, run: _Run, metrics: dict) -> None:
+        trial = run.trial
+        now = time.time()
+        trial.iteration += 1
+        trial.extra["since_restore"] = trial.extra.get("since_restore", 0) + 1
+        step_s = metrics.get("time_this_iter_s", now - run.last_time)
+        run.last_time = now
+        trial.time_total_s += step_s
+        result = {**metrics, "trial_id": trial.trial_id, "training_iteration": trial.iteration,
+                  "time_this_iter_s": step_s, "time_total_s": trial.time_total_s,
+                  "timestamp": int(now), "done": bool(metrics.get("done", False)),
+                  "iterations_since_restore": trial.extra["since_restore"],
+                  "config": trial.config}
+        self._check_metric(trial, result)
+        trial.last_result = result
+        self.storage.append_result(trial, result)
+        self.searcher.on_trial_result(trial.trial_id, result)
+        if result["done"] or self._should_stop(trial, result):
+            decision = sched.STOP
+        else:
+            decision = self.scheduler.on_trial_result(trial, result)
+        self._send(run, decision)
+
+    def _check_metric(self, trial: Trial, result: dict) -> None:
+        needed = [m for m in (self.metric, self.scheduler.metric, self.searcher.metric) if m]
+        missing = sorted({m for m in needed if m not in result})
+        if missing and not result["done"]:
+            reported = sorted(k for k in result if k not in _AUTO_KEYS)
+            self._fatal = TuneError(
+                f"trial {trial.trial_id} reported a result without the metric(s) {missing} that "
+                f"the Tuner's metric, scheduler or searcher needs; it reported {reported}")
+            raise self._fatal
+
+    def _should_stop(self, trial: Trial, result: dict) -> bool:
+        stop = self.rc.stop
+        if stop is None:
+            return False
+        if callable(stop):
+            return bool(stop(trial.trial_id, result))
+        for key, threshold in stop.items():
+            value = result.get(key)
+            if isinstance(value, (int, float)) and value >= threshold:
+                return True
+        return False
+
+    def _send(self, run: _Run, decision: str) -> None:
+        trial = run.trial
+        if decision == sched.CONTINUE:
+            freq = self.ckpt.checkpoint_frequency
+            step = S.SAVE if self.is_class and freq and trial.iteration % freq == 0 \
+                else S.CONTINUE
+        elif decision == sched.PAUSE:
+            step, run.after_stop = S.PAUSE, PAUSED
+        elif decision == sched.EXPLOIT:
+            step, run.after_stop = S.STOP, PENDING
+        else:
+            at_end = self.ckpt.checkpoint_at_end
+            step = S.PAUSE if self.is_class and at_end else S.STOP
+            run.after_stop = TERMINATED
+        run.decision = step
+        ref = run.actor.resume.remote(step)
+        self.in_flight[ref] = run
+
+    def _on_error(self, run: _Run, text: str, actor_lost: bool = False) -> None:
+        trial = run.trial
+        trial.num_failures += 1
+        trial.error = text
+        self.storage.write_error(trial, text)
+        limit = self.failure.max_failures
+        retry = limit < 0 or trial.num_failures <= limit
+        if not actor_lost:
+            self._free_actor(run.actor)
+        if retry:
+            trial.status = PENDING
+            return
+        self.storage.close_results(trial)
+        trial.status = ERROR
+        self.storage.write_trial_state(trial)
+        self.scheduler.on_trial_error(trial)
+        self.searcher.on_trial_complete(trial.trial_id, None, error=True)
+        if self.failure.fail_fast:
+            self._fatal = TuneError(f"trial {trial.trial_id} failed (fail_fast):\n{text}")
+
+    def _finish(self, run: _Run, status: str) -> None:
+        trial = run.trial
+        trial.status = status
+        self._free_actor(run.actor)
+        if status == TERMINATED:
+            self.storage.close_results(trial)
+            self.storage.write_trial_state(trial)
+            self.scheduler.on_trial_complete(trial, trial.last_result)
+            self.searcher.on_trial_complete(trial.trial_id, trial.last_result)
+
+    def _free_actor(self, actor: Any) -> None:
+        if self.tc.reuse_actors:
+            self.idle.append(actor)
+        else:
+            hpcray.kill(actor)
+            self.num_actors -= 1
+
+    def _add_checkpoint(self, trial: Trial, path: str) -> None:
+        if path in trial.checkpoints:
+            trial.checkpoints.remove(path)
+        trial.checkpoints.append(path)
+        trial.checkpoint = path
+        keep = self.ckpt.num_to_keep
+        while keep is not None and len(trial.checkpoints) > max(keep, 1):
+            self.storage.remove_checkpoint(trial.checkpoints.pop(0))
+
+    def _stop_all(self) -> None:
+        """Time budget spent: the running trials end at their next report, no other starts."""
+        if isinstance(self.scheduler, _StopEverything):
+            return
+        self.search_done = True
+        for run in self.in_flight.values():
+            run.after_stop = TERMINATED
+        self.scheduler = _StopEverything(self.scheduler)
+
+    def _save_state(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._state_saved < _STATE_EVERY_S:
+            return
+        self._state_saved = now
+        self.storage.write_pickle(SEARCH_FILE, {"searcher": self.searcher, "tag": self.tag,
+                                                "num_suggested": len(self.trials)})
+        self.storage.write_experiment_state(self.trials, {
+            "metric": self.metric, "mode": self.mode, "timestamp": time.time(),
+            "search_done": self.search_done})
+
+    def _release_actors(self) -> None:
+        for actor in self.idle:
+            hpcray.kill(actor)
+        self.idle.clear()
+        for run in self.in_flight.values():
+            hpcray.kill(run.actor)
+            if run.trial.status == RUNNING:
+                run.trial.status = PAUSED
+        for trial in self.trials:
+            self.storage.close_results(trial)
+        self.in_flight.clear()
+
+
+class _StopEverything(sched.TrialScheduler):
+    """Wraps the scheduler once the time budget is spent: every result stops its trial."""
+
+    def __init__(self, inner: sched.TrialScheduler):
+        super().__init__(inner.metric, inner.mode)
+        self.inner = inner
+
+    def on_trial_result(self, trial, result):
+        return sched.STOP
+
+    def on_trial_complete(self, trial, result):
+        self.inner.on_trial_complete(trial, result)
+
+    def on_trial_error(self, trial):
+        self.inner.on_trial_error(trial)
