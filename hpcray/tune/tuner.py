@@ -45,7 +45,10 @@ class Tuner:
         self._restored = _restored
         self._results: ResultGrid | None = None
         if _restored is None:
-            count_variants(self.param_space)  # a bad space fails here, before anything runs
+            try:
+                count_variants(self.param_space)  # a bad space fails here, before anything runs
+            except (TypeError, ValueError) as exc:
+                raise TuneError(f"bad search space: {exc}") from exc
 
     def fit(self) -> ResultGrid:
         """Runs every trial; returns their results (trial errors are in ``.errors``)."""
