@@ -68,7 +68,8 @@ class TuneController:
         self.search_done = False
         self.idle: list[Any] = []
         self.in_flight: dict[Any, _Run] = {}
-        self.num_actors = 0
+        self.actors: set[Any] = set()  # every live runner, killed when the run ends
+        self.answered: set[Any] = set()  # runners that answered once (so were created fine)
         self.reporter = ProgressReporter(run_config.verbose, run_config.progress_interval_s)
         self._state_saved = 0.0
         self._fatal: BaseException | None = None
@@ -95,9 +96,9 @@ class TuneController:
                 if self._fatal is not None:
                     raise self._fatal
         finally:
-            self._save_state(force=True)
             self._release_actors()
-            self.storage.flush()
+            self._save_state(force=True)
+            self.storage.close()
         self.reporter.summary(self.trials, self._elapsed(), self.metric, self.mode)
         return self.trials
 
@@ -181,8 +182,9 @@ class TuneController:
         res = resources_of(self.trainable)
         runner = hpcray.remote(S.TrialRunner).options(num_cpus=res.get("cpu", 1),
                                                       num_gpus=res.get("gpu", 0) or None)
-        self.num_actors += 1
-        return runner.remote(self.trainable)
+        actor = runner.remote(self.trainable)
+        self.actors.add(actor)
+        return actor
 
     def _start(self, trial: Trial, actor: Any) -> None:
         restore = trial.extra.pop("restore_from", None)
@@ -209,9 +211,12 @@ class TuneController:
         try:
             kind, payload, path = hpcray.get(ref)
         except hpcray.exceptions.ActorDiedError as exc:
-            self.num_actors -= 1
+            self.actors.discard(run.actor)
+            if run.actor not in self.answered:
+                raise TuneError(f"could not start a trial runner actor: {exc}") from exc
             self._on_error(run, f"the trial's actor died: {exc}", actor_lost=True)
             return
+        self.answered.add(run.actor)
         if path:
             self._add_checkpoint(run.trial, path)
         if kind == "result":
@@ -319,7 +324,7 @@ class TuneController:
             self.idle.append(actor)
         else:
             hpcray.kill(actor)
-            self.num_actors -= 1
+            self.actors.discard(actor)
 
     def _add_checkpoint(self, trial: Trial, path: str) -> None:
         if path in trial.checkpoints:
@@ -351,16 +356,15 @@ class TuneController:
             "search_done": self.search_done})
 
     def _release_actors(self) -> None:
-        for actor in self.idle:
+        for actor in self.actors:
             hpcray.kill(actor)
+        self.actors.clear()
         self.idle.clear()
-        for run in self.in_flight.values():
-            hpcray.kill(run.actor)
-            if run.trial.status == RUNNING:
-                run.trial.status = PAUSED
-        for trial in self.trials:
-            self.storage.close_results(trial)
         self.in_flight.clear()
+        for trial in self.trials:
+            if trial.status == RUNNING:
+                trial.status = PAUSED
+            self.storage.close_results(trial)
 
 
 class _StopEverything(sched.TrialScheduler):

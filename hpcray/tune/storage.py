@@ -98,6 +98,9 @@ class _Writer:
     def _run(self) -> None:
         while True:
             fn, args = self._jobs.get()
+            if fn is None:
+                self._jobs.task_done()
+                return
             try:
                 fn(*args)
             except Exception as exc:  # noqa: BLE001 - reported by the next submit or flush
@@ -106,9 +109,15 @@ class _Writer:
                 self._jobs.task_done()
 
     def flush(self) -> None:
-        """Returns once every write submitted so far is done."""
+        """Returns once every write submitted so far is done; raises if one failed."""
         self._jobs.join()
-        self.submit(lambda: None)
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise OSError(f"writing the experiment's files failed: {error}") from error
+
+    def close(self) -> None:
+        self._jobs.put((None, ()))
+        self._thread.join()
 
 
 class ExperimentStorage:
@@ -129,6 +138,13 @@ class ExperimentStorage:
     def flush(self) -> None:
         if self._writer is not None:
             self._writer.flush()
+
+    def close(self) -> None:
+        """Finishes the pending writes and stops the writer thread."""
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            writer.close()
+            writer.flush()
 
     def trial_dir(self, trial: Trial, prefix: str) -> str:
         return os.path.join(self.path, f"{prefix}_{trial.trial_id}")

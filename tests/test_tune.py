@@ -1,0 +1,297 @@
+"""hpcray.tune end to end in real MPI jobs (head + 2 worker ranks): sweeps on reused actors,
+checkpoints, failures, PBT, and resuming a sweep whose job was killed."""
+
+from __future__ import annotations
+
+from test_core import PRELUDE, is_error, run
+
+SWEEPS_JOB = '''
+import glob
+import pickle
+
+import numpy as np
+
+from hpcray import tune
+
+hpcray.init()
+R = {}
+STORAGE = os.path.abspath("results")
+
+
+def actor_id():
+    return hpcray.get_runtime_context().get_actor_id()
+
+
+def lines(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+# -- ASHA over a function trainable, a large object shared with with_parameters -------------
+def curve(config, data):
+    for i in range(1, 9):
+        tune.report({"acc": config["q"] * i + float(data.sum()), "actor": actor_id()})
+
+
+data = np.zeros(2**17)
+tuner = tune.Tuner(
+    tune.with_parameters(curve, data=data),
+    param_space={"q": tune.grid_search([0.1 * k for k in reversed(range(16))])},
+    tune_config=tune.TuneConfig(metric="acc", mode="max", scheduler=tune.ASHAScheduler(
+        max_t=8, grace_period=1, reduction_factor=2)),
+    run_config=tune.RunConfig(storage_path=STORAGE, name="asha", verbose=1))
+grid = tuner.fit()
+iters = [r.metrics["training_iteration"] for r in grid]
+best = grid.get_best_result()
+R["asha"] = {
+    "n": len(grid), "errors": grid.num_errors, "max_iter": max(iters), "min_iter": min(iters),
+    "stopped_early": sum(1 for i in iters if i < 8), "best_q": best.config["q"],
+    "top_q": max(r.config["q"] for r in grid if r.metrics["training_iteration"] == 8),
+    "actors": len({r.metrics["actor"] for r in grid}),
+    "files": all(os.path.exists(os.path.join(r.path, f)) for r in grid
+                 for f in ("params.json", "result.json", "progress.csv")),
+    "result_lines": all([row["training_iteration"] for row in lines(
+        os.path.join(r.path, "result.json"))] == list(range(1, r.metrics["training_iteration"]
+                                                          + 1)) for r in grid),
+    "csv_rows": all(len(open(os.path.join(r.path, "progress.csv")).read().splitlines())
+                    == r.metrics["training_iteration"] + 1 for r in grid),
+    "params": json.load(open(os.path.join(best.path, "params.json"))) == best.config,
+    "state": os.path.exists(os.path.join(STORAGE, "asha", "experiment_state.json")),
+}
+
+
+# -- the class API with checkpoints; no actor reuse -----------------------------------------
+class Counter(tune.Trainable):
+    def setup(self, config):
+        self.total = 0
+
+    def step(self):
+        self.total += self.config["inc"]
+        return {"total": self.total, "actor": actor_id()}
+
+    def save_checkpoint(self, checkpoint_dir):
+        return {"total": self.total, "iteration": self.iteration}
+
+    def load_checkpoint(self, checkpoint):
+        self.total = checkpoint["total"]
+
+
+grid = tune.Tuner(
+    Counter, param_space={"inc": tune.grid_search([1, 2, 3])},
+    tune_config=tune.TuneConfig(metric="total", mode="max", reuse_actors=False),
+    run_config=tune.RunConfig(
+        storage_path=STORAGE, name="cls", stop={"training_iteration": 5}, verbose=0,
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_frequency=2,
+                                                checkpoint_at_end=True))).fit()
+saved = []
+for r in grid:
+    with open(os.path.join(r.checkpoint.path, "trainable_state.pkl"), "rb") as f:
+        saved.append(pickle.load(f))
+R["cls"] = {
+    "totals": sorted(r.metrics["total"] for r in grid),
+    "saved": sorted([s["total"], s["iteration"]] for s in saved),
+    "kept": sorted(len(glob.glob(os.path.join(r.path, "checkpoint_*"))) for r in grid),
+    "actors": len({r.metrics["actor"] for r in grid}),
+    "best": grid.get_best_result().config["inc"],
+}
+
+
+# -- failures: retried from the last checkpoint, or recorded with the traceback -------------
+def flaky(config):
+    start = tune.get_checkpoint()
+    begin = start.to_dict()["i"] if start else 0
+    with open(os.path.join(tune.get_trial_dir(), "starts.log"), "a") as f:
+        f.write(f"{begin}\\n")
+    if config["kind"] == "always":
+        raise ValueError("always broken")
+    for i in range(begin + 1, 7):
+        marker = os.path.join(tune.get_trial_dir(), "failed-once")
+        if i == 3 and not os.path.exists(marker):
+            open(marker, "w").close()
+            raise RuntimeError("first run fails at iteration 3")
+        tune.report({"i": i}, checkpoint=tune.Checkpoint.from_dict({"i": i}))
+
+
+grid = tune.Tuner(
+    flaky, param_space={"kind": tune.grid_search(["flaky", "always"])},
+    tune_config=tune.TuneConfig(metric="i", mode="max"),
+    run_config=tune.RunConfig(storage_path=STORAGE, name="fail", verbose=0,
+                              failure_config=tune.FailureConfig(max_failures=1))).fit()
+ok, bad = grid[0], grid[1]
+R["fail"] = {
+    "ok_iter": ok.metrics["training_iteration"], "ok_error": ok.error is None,
+    "ok_starts": open(os.path.join(ok.path, "starts.log")).read().split(),
+    "ok_lines": [row["i"] for row in lines(os.path.join(ok.path, "result.json"))],
+    "bad_error": [type(bad.error).__name__, "ValueError: always broken" in str(bad.error),
+                  bad.trial_id in str(bad.error)],
+    "bad_starts": len(open(os.path.join(bad.path, "starts.log")).read().split()),
+    "error_file": "always broken" in open(os.path.join(bad.path, "error.txt")).read(),
+    "errors": grid.num_errors,
+}
+
+
+# -- a metric missing from the reports -------------------------------------------------------
+def no_metric(config):
+    tune.report({"other": 1})
+
+
+R["missing"] = outcome(lambda: tune.Tuner(
+    no_metric, tune_config=tune.TuneConfig(metric="acc", mode="max"),
+    run_config=tune.RunConfig(storage_path=STORAGE, name="missing", verbose=0)).fit())
+
+
+# -- PBT: the worse trial clones the better one's checkpoint and perturbs its config --------
+def pbt_trainable(config):
+    # gates on files (no timing): bad reports once good has a score; good waits at iteration 3
+    # until bad was exploited, so both are in the population when bad reaches iteration 2
+    start = tune.get_checkpoint()
+    state = start.to_dict() if start else {"score": 0.0, "owner": tune.get_trial_id()}
+    folder = tune.get_trial_dir()
+    shared = os.path.dirname(folder)
+    with open(os.path.join(folder, "starts.log"), "a") as f:
+        f.write(json.dumps([state["owner"], config["lr"]]) + "\\n")
+    if state["owner"] != tune.get_trial_id():
+        open(os.path.join(shared, "exploited"), "w").close()
+    i = 0
+    while True:
+        i += 1
+        if not start and config["name"] == "bad":
+            poll(lambda: os.path.exists(os.path.join(shared, "reported-good")), 60)
+        if not start and config["name"] == "good" and i == 3:
+            poll(lambda: os.path.exists(os.path.join(shared, "exploited")), 60)
+        state["score"] += config["lr"]
+        tune.report({"score": state["score"]},
+                    checkpoint=tune.Checkpoint.from_dict(dict(state, owner=tune.get_trial_id())))
+        if config["name"] == "good":
+            open(os.path.join(shared, "reported-good"), "w").close()
+
+
+pbt = tune.PopulationBasedTraining(
+    time_attr="training_iteration", perturbation_interval=2, resample_probability=0.0,
+    hyperparam_mutations={"lr": tune.uniform(0.001, 1.0)}, seed=1)
+grid = tune.Tuner(
+    pbt_trainable,
+    param_space={"name": tune.grid_search(["good", "bad"]),
+                 "lr": tune.sample_from(lambda spec: 1.0 if spec.config.name == "good" else 0.01)},
+    tune_config=tune.TuneConfig(metric="score", mode="max", scheduler=pbt),
+    run_config=tune.RunConfig(storage_path=STORAGE, name="pbt", verbose=0,
+                              stop={"training_iteration": 6})).fit()
+good, bad = grid[0], grid[1]
+starts = [json.loads(line) for line in open(os.path.join(bad.path, "starts.log"))]
+R["pbt"] = {
+    "perturbations": pbt.num_perturbations, "bad_starts": starts,
+    "good_id": good.trial_id, "bad_lr": bad.config["lr"],
+    "iters": [row["training_iteration"] for row in lines(os.path.join(bad.path,
+                                                                      "result.json"))],
+    "params_lr": json.load(open(os.path.join(bad.path, "params.json")))["lr"],
+}
+emit(R)
+'''
+
+
+def test_sweeps_schedulers_checkpoints_failures_pbt(run_job):
+    r, proc = run(run_job, SWEEPS_JOB, timeout=240)
+    asha = r["asha"]
+    assert asha["n"] == 16 and asha["errors"] == 0
+    assert asha["max_iter"] == 8 and asha["stopped_early"] > 0 and asha["min_iter"] >= 1
+    assert asha["best_q"] == asha["top_q"] == 1.5
+    assert asha["actors"] <= 2  # trials reuse the two runner actors
+    assert asha["files"] and asha["result_lines"] and asha["csv_rows"] and asha["params"]
+    assert asha["state"]
+    assert "Tune finished: 16 trials (16 TERMINATED)" in proc.stdout  # summary, no live table
+    assert "Trial status" not in proc.stdout
+
+    cls = r["cls"]
+    assert cls["totals"] == [5, 10, 15]
+    assert cls["saved"] == [[5, 5], [10, 5], [15, 5]]  # checkpoint_at_end
+    assert cls["kept"] == [2, 2, 2]  # num_to_keep
+    assert cls["actors"] == 3  # reuse_actors=False: a fresh actor per trial
+    assert cls["best"] == 3
+
+    fail = r["fail"]
+    assert fail["ok_iter"] == 6 and fail["ok_error"]
+    assert fail["ok_starts"] == ["0", "2"]  # retried from its last checkpoint
+    assert fail["ok_lines"] == [1, 2, 3, 4, 5, 6]
+    assert fail["bad_error"] == ["TrialError", True, True]
+    assert fail["bad_starts"] == 2 and fail["error_file"] and fail["errors"] == 1
+
+    assert is_error(r["missing"], "TuneError", "without the metric(s) ['acc']", "_00000",
+                    "'other'")
+
+    pbt = r["pbt"]
+    assert pbt["perturbations"] >= 1
+    first, second = pbt["bad_starts"][:2]
+    assert first[1] == 0.01
+    assert second[0] == pbt["good_id"]  # restarted from the good trial's checkpoint
+    assert second[1] in (1.2, 0.8)  # with the good trial's lr, perturbed
+    assert pbt["iters"] == [1, 2, 3, 4, 5, 6]
+    assert pbt["params_lr"] == pbt["bad_lr"] != 0.01
+
+
+RESUME_JOB = '''
+import glob
+import signal
+
+from hpcray import tune
+
+hpcray.init()
+PATH = os.path.abspath("results/resume")
+
+
+def train(config):
+    start = tune.get_checkpoint()
+    begin = start.to_dict()["i"] if start else 0
+    folder = tune.get_trial_dir()
+    with open(os.path.join(folder, "starts.log"), "a") as f:
+        f.write(f"{begin}\\n")
+    for i in range(begin + 1, 6):
+        if config["k"] == 4 and i == 3 and not os.path.exists("killed"):
+            def finished():
+                done = []
+                for state in glob.glob(os.path.join(PATH, "*", "trial_state.json")):
+                    with open(state) as f:
+                        if json.load(f)["status"] == "TERMINATED":
+                            done.append(json.load(open(state))["config"]["k"])
+                return sorted(done) if len(done) >= 3 else None
+            with open("finished_at_kill.json", "w") as f:
+                json.dump(poll(finished, 60), f)
+            open("killed", "w").close()
+            os.killpg(os.getpgid(0), signal.SIGKILL)  # the whole job, as a preemption would
+        tune.report({"i": i, "k": config["k"]}, checkpoint=tune.Checkpoint.from_dict({"i": i}))
+
+
+if sys.argv[1] == "first":
+    tune.Tuner(train, param_space={"k": tune.grid_search(list(range(6)))},
+               tune_config=tune.TuneConfig(metric="i", mode="max", max_concurrent_trials=2),
+               run_config=tune.RunConfig(storage_path="results", name="resume",
+                                         verbose=0)).fit()
+    emit({"not": "killed"})
+else:
+    R = {"can": tune.Tuner.can_restore(PATH), "cannot": tune.Tuner.can_restore("results")}
+    grid = tune.Tuner.restore(PATH, train).fit()
+    R["n"] = len(grid)
+    R["errors"] = grid.num_errors
+    R["trials"] = {}
+    for r in grid:
+        rows = [json.loads(line) for line in open(os.path.join(r.path, "result.json"))]
+        starts = open(os.path.join(r.path, "starts.log")).read().split()
+        R["trials"][str(r.config["k"])] = [r.metrics["i"], [row["i"] for row in rows], starts]
+    R["dirs"] = len(glob.glob(os.path.join(PATH, "*", "params.json")))
+    R["finished_at_kill"] = json.load(open("finished_at_kill.json"))
+    emit(R)
+'''
+
+
+def test_resume_after_the_job_is_killed(run_job):
+    proc = run_job(PRELUDE + RESUME_JOB, args=["first"], timeout=120)
+    assert proc.returncode != 0 and "RESULT" not in proc.stdout, proc.stdout + proc.stderr
+    r, _ = run(run_job, RESUME_JOB, args=["second"], timeout=120)
+    assert r["can"] and not r["cannot"]
+    assert r["n"] == 6 and r["errors"] == 0 and r["dirs"] == 6
+    finished = r["finished_at_kill"]
+    assert len(finished) >= 3 and 4 not in finished
+    for k, (last, iterations, starts) in r["trials"].items():
+        assert last == 5 and iterations == [1, 2, 3, 4, 5], k  # none lost, none run twice
+        if int(k) in finished:
+            assert starts == ["0"], k  # finished before the kill: kept, not run again
+    assert r["trials"]["4"][2] == ["0", "2"]  # continued from its last checkpoint
