@@ -234,8 +234,25 @@ import signal
 
 from hpcray import tune
 
+import psutil
+
 hpcray.init()
 PATH = os.path.abspath("results/resume")
+
+
+def kill_the_job():
+    """SIGKILL to the launcher and every process under it, as a preemption would."""
+    me = psutil.Process()
+    launcher = next((p for p in me.parents() if "mpiexec" in p.name() or "mpirun" in p.name()
+                     or "prterun" in p.name()), None)
+    victims = (launcher.children(recursive=True) + [launcher]) if launcher else []
+    for proc in victims:
+        if proc.pid != me.pid:
+            try:
+                proc.kill()
+            except psutil.Error:
+                pass
+    os.kill(me.pid, signal.SIGKILL)
 
 
 def train(config):
@@ -250,22 +267,30 @@ def train(config):
                 done = []
                 for state in glob.glob(os.path.join(PATH, "*", "trial_state.json")):
                     with open(state) as f:
-                        if json.load(f)["status"] == "TERMINATED":
-                            done.append(json.load(open(state))["config"]["k"])
+                        saved = json.load(f)
+                    if saved["status"] == "TERMINATED":
+                        done.append(saved["config"]["k"])
                 return sorted(done) if len(done) >= 3 else None
+
+            def recorded():  # this trial's first two results reached result.json
+                with open(os.path.join(folder, "result.json")) as f:
+                    return len(f.read().splitlines()) == 2
+
+            poll(recorded, 60)
             with open("finished_at_kill.json", "w") as f:
                 json.dump(poll(finished, 60), f)
             open("killed", "w").close()
-            os.killpg(os.getpgid(0), signal.SIGKILL)  # the whole job, as a preemption would
+            kill_the_job()
         tune.report({"i": i, "k": config["k"]}, checkpoint=tune.Checkpoint.from_dict({"i": i}))
 
 
 if sys.argv[1] == "first":
-    tune.Tuner(train, param_space={"k": tune.grid_search(list(range(6)))},
-               tune_config=tune.TuneConfig(metric="i", mode="max", max_concurrent_trials=2),
-               run_config=tune.RunConfig(storage_path="results", name="resume",
-                                         verbose=0)).fit()
-    emit({"not": "killed"})
+    grid = tune.Tuner(train, param_space={"k": tune.grid_search(list(range(6)))},
+                      tune_config=tune.TuneConfig(metric="i", mode="max",
+                                                  max_concurrent_trials=2),
+                      run_config=tune.RunConfig(storage_path="results", name="resume",
+                                                verbose=0)).fit()
+    emit({"not": "killed", "errors": [str(e) for e in grid.errors]})
 else:
     R = {"can": tune.Tuner.can_restore(PATH), "cannot": tune.Tuner.can_restore("results")}
     grid = tune.Tuner.restore(PATH, train).fit()

@@ -237,7 +237,10 @@ class ExperimentStorage:
             trial.local_path = folder
             trial.extra = {}
             if not trial.is_finished:
-                trial.checkpoints = _checkpoints(folder)
+                # the latest checkpoint whose results were all written: none lost, and the
+                # iterations after it run again (their results dropped first)
+                recorded = _recorded_iterations(folder)
+                trial.checkpoints = [c for c in _checkpoints(folder) if _iteration(c) <= recorded]
                 trial.checkpoint = trial.checkpoints[-1] if trial.checkpoints else None
                 trial.iteration = _iteration(trial.checkpoint)
                 trial.last_result = _truncate_results(folder, trial.iteration)
@@ -256,6 +259,23 @@ def _checkpoints(folder: str) -> list[str]:
     """Complete checkpoint folders, oldest first (a .tmp one was cut off mid-write)."""
     names = [n for n in os.listdir(folder) if re.fullmatch(r"checkpoint_\d+", n)]
     return [os.path.join(folder, n) for n in sorted(names, key=lambda n: _iteration(n))]
+
+
+def _recorded_iterations(folder: str) -> int:
+    """How many iterations result.json holds in an unbroken run from the first."""
+    count = 0
+    path = os.path.join(folder, "result.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    break
+                if row.get("training_iteration") != count + 1:
+                    break
+                count += 1
+    return count
 
 
 def _truncate_results(folder: str, iteration: int) -> dict:
