@@ -337,3 +337,31 @@ def test_status_table_and_quiet_reporter(capsys):
     assert capsys.readouterr().out == ""
     ProgressReporter(verbose=1).summary(trials, 1.0, "acc", "max")
     assert "Tune finished" in capsys.readouterr().out
+
+
+def test_optuna_search_finds_the_optimum():
+    pytest.importorskip("optuna")
+    from hpcray.tune.search.optuna import OptunaSearch
+
+    search = OptunaSearch(seed=0, points_to_evaluate=[{"opt": {"x": 1.0}}])
+    space = {"opt": {"x": tune.uniform(-5, 5)}, "n": tune.randint(1, 4),
+             "kind": tune.choice(["a", "b"]), "fixed": 3}
+    search.set_search_properties("loss", "min", space, num_samples=40)
+    seen = []
+    for i in range(40):
+        config = search.suggest(f"t{i}")
+        assert config["fixed"] == 3 and config["n"] in (1, 2, 3) and config["kind"] in "ab"
+        loss = (config["opt"]["x"] - 2) ** 2 + (config["kind"] == "b")
+        search.on_trial_complete(f"t{i}", {"loss": loss})
+        seen.append(config)
+    assert seen[0]["opt"]["x"] == 1.0  # points_to_evaluate first
+    assert search.suggest("t40") == FINISHED
+    best = search.study.best_params
+    assert abs(best["opt/x"] - 2) < 0.5 and best["kind"] == "a"
+    limited = ConcurrencyLimiter(OptunaSearch(seed=1), max_concurrent=1)
+    limited.set_search_properties("loss", "min", {"x": tune.uniform(0, 1)}, num_samples=3)
+    assert isinstance(limited.suggest("a"), dict) and limited.suggest("b") is None
+    with pytest.raises(ValueError, match="grid_search"):
+        OptunaSearch().set_search_properties("m", "max", {"g": tune.grid_search([1, 2])})
+    with pytest.raises(ValueError, match="cannot sample"):
+        OptunaSearch().set_search_properties("m", "max", {"r": tune.randn()})
