@@ -185,6 +185,35 @@ R["pbt"] = {
                                                                       "result.json"))],
     "params_lr": json.load(open(os.path.join(bad.path, "params.json")))["lr"],
 }
+
+
+# -- HyperBand: trials pause at each milestone and the best resume from their checkpoints ----
+class Climb(tune.Trainable):
+    def setup(self, config):
+        self.x = 0.0
+
+    def step(self):
+        self.x += self.config["rate"]
+        return {"x": self.x}
+
+    def save_checkpoint(self, checkpoint_dir):
+        return {"x": self.x}
+
+    def load_checkpoint(self, checkpoint):
+        self.x = checkpoint["x"]
+
+
+grid = tune.Tuner(
+    Climb, param_space={"rate": tune.grid_search([k / 10 for k in range(1, 10)])},
+    tune_config=tune.TuneConfig(metric="x", mode="max", scheduler=tune.HyperBandScheduler(
+        max_t=9, reduction_factor=3)),
+    run_config=tune.RunConfig(storage_path=STORAGE, name="hyperband", verbose=0)).fit()
+R["hyperband"] = {
+    "errors": grid.num_errors,
+    "iters": {str(r.config["rate"]): r.metrics["training_iteration"] for r in grid},
+    "consistent": all(abs(r.metrics["x"] - r.config["rate"] * r.metrics["training_iteration"])
+                      < 1e-9 for r in grid),
+}
 emit(R)
 '''
 
@@ -226,6 +255,11 @@ def test_sweeps_schedulers_checkpoints_failures_pbt(run_job):
     assert second[1] in (1.2, 0.8)  # with the good trial's lr, perturbed
     assert pbt["iters"] == [1, 2, 3, 4, 5, 6]
     assert pbt["params_lr"] == pbt["bad_lr"] != 0.01
+
+    hb = r["hyperband"]
+    assert hb["errors"] == 0 and hb["consistent"]  # resumed trials restored their state
+    assert hb["iters"] == {"0.1": 1, "0.2": 1, "0.3": 1, "0.4": 1, "0.5": 1, "0.6": 1,
+                           "0.7": 3, "0.8": 3, "0.9": 9}
 
 
 RESUME_JOB = '''

@@ -365,3 +365,44 @@ def test_optuna_search_finds_the_optimum():
         OptunaSearch().set_search_properties("m", "max", {"g": tune.grid_search([1, 2])})
     with pytest.raises(ValueError, match="cannot sample"):
         OptunaSearch().set_search_properties("m", "max", {"r": tune.randn()})
+
+
+def test_hyperband_brackets_and_successive_halving():
+    hb = S.HyperBandScheduler(metric="acc", mode="max", max_t=9, reduction_factor=3)
+    # Ray's shapes: s_max + 1 = 3 brackets; n0 = ceil(3 / (s + 1) * 3**s), r0 = 9 * 3**-s
+    assert [hb.bracket_shape(s) for s in (2, 1, 0)] == [(9, 1), (5, 3), (3, 9)]
+    trials = [trial(i) for i in range(9)]
+    for t in trials:
+        hb.on_trial_add(t)
+    assert len(hb.brackets) == 1 and hb.brackets[0].milestone == 1
+    # each trial pauses at the milestone until the whole bracket got there
+    for i, t in enumerate(trials[:-1]):
+        assert hb.on_trial_result(t, {"training_iteration": 1, "acc": float(i)}) == S.PAUSE
+        t.status = PAUSED
+    assert hb.choose_trial_to_run(trials) is None  # nobody promoted yet
+    last = trials[-1]
+    assert hb.on_trial_result(last, {"training_iteration": 1, "acc": 100.0}) == S.CONTINUE
+    # the best 9 / 3 = 3 go on (the last one at once, 7 and 6 resumed); the others end
+    assert {t.trial_id for t in hb.take_stopped()} == {f"t{i}" for i in range(6)}
+    assert hb.choose_trial_to_run(trials).trial_id in ("t6", "t7")
+    assert hb.brackets[0].milestone == 3
+    # a tenth trial opens the next bracket
+    extra = trial(9)
+    hb.on_trial_add(extra)
+    assert len(hb.brackets) == 2 and hb.brackets[1].n0 == 5 and hb.brackets[1].milestone == 3
+    assert hb.on_trial_result(extra, {"training_iteration": 9, "acc": 0.0}) == S.STOP  # max_t
+
+
+def test_hyperband_waits_for_a_full_bracket_or_the_end_of_the_search():
+    hb = S.HyperBandScheduler(metric="acc", mode="max", max_t=9, reduction_factor=3)
+    first = [trial(i) for i in range(2)]
+    for t in first:
+        hb.on_trial_add(t)
+    assert hb.on_trial_result(first[0], {"training_iteration": 1, "acc": 1.0}) == S.PAUSE
+    first[0].status = PAUSED
+    # the bracket holds 9: the second one at the milestone does not complete it
+    assert hb.on_trial_result(first[1], {"training_iteration": 1, "acc": 2.0}) == S.PAUSE
+    first[1].status = PAUSED
+    hb.on_search_finished()  # only these two will ever come: halve them now
+    assert hb.choose_trial_to_run(first) is first[1]
+    assert hb.take_stopped() == [first[0]]

@@ -7,6 +7,7 @@ from .schedulers import (
     ASHAScheduler,
     AsyncHyperBandScheduler,
     FIFOScheduler,
+    HyperBandScheduler,
     MedianStoppingRule,
     PopulationBasedTraining,
     TrialScheduler,
@@ -30,7 +31,7 @@ from .tuner import Tuner, with_parameters, with_resources
 
 __all__ = [
     "ASHAScheduler", "AsyncHyperBandScheduler", "Checkpoint", "CheckpointConfig", "FIFOScheduler",
-    "FailureConfig", "MedianStoppingRule", "PopulationBasedTraining", "Result", "ResultGrid",
+    "FailureConfig", "HyperBandScheduler", "MedianStoppingRule", "PopulationBasedTraining", "Result", "ResultGrid",
     "RunConfig", "Trainable", "TrialError", "TrialScheduler", "TuneConfig", "TuneError", "Tuner",
     "choice", "get_checkpoint", "get_trial_dir", "get_trial_id", "grid_search", "lograndint",
     "loguniform", "qloguniform", "qrandint", "qrandn", "quniform", "randint", "randn", "report",

@@ -91,6 +91,7 @@ class TuneController:
                 ready, _ = hpcray.wait(list(self.in_flight), num_returns=1, timeout=0.5)
                 for ref in ready:
                     self._handle(ref)
+                self._end_stopped()
                 self.reporter.update(self.trials, self._elapsed(), self.metric, self.mode)
                 self._save_state()
                 if self._fatal is not None:
@@ -163,6 +164,7 @@ class TuneController:
             raise TuneError(f"bad search space (making trial {trial_id}): {exc}") from exc
         if config == FINISHED:
             self.search_done = True
+            self.scheduler.on_search_finished()
             return None
         if config is None:
             return None
@@ -187,13 +189,8 @@ class TuneController:
         return actor
 
     def _start(self, trial: Trial, actor: Any) -> None:
-        restore = trial.extra.pop("restore_from", None)
-        if restore:  # PBT: clone the donor's checkpoint into this trial's folder
-            target = os.path.join(trial.local_path, f"checkpoint_{trial.iteration:06d}")
-            if os.path.abspath(restore) != os.path.abspath(target):
-                copy_checkpoint(restore, target)
-            self._add_checkpoint(trial, target)
-            self.storage.write_params(trial)
+        if trial.extra.pop("exploited_now", False):
+            pass  # PBT: continues from the clone of its donor's checkpoint, at its own iteration
         elif trial.checkpoint:  # a retry, a restore or a paused trial: from its checkpoint
             trial.iteration = _iteration(trial.checkpoint)
         else:
@@ -281,6 +278,7 @@ class TuneController:
             step, run.after_stop = S.PAUSE, PAUSED
         elif decision == sched.EXPLOIT:
             step, run.after_stop = S.STOP, PENDING
+            self._clone_donor(trial)
         else:
             at_end = self.ckpt.checkpoint_at_end
             step = S.PAUSE if self.is_class and at_end else S.STOP
@@ -288,6 +286,30 @@ class TuneController:
         run.decision = step
         ref = run.actor.resume.remote(step)
         self.in_flight[ref] = run
+
+    def _end_stopped(self) -> None:
+        """Ends the paused trials the scheduler dropped (HyperBand), or ends them once their
+        pause, still in flight, completes."""
+        for trial in self.scheduler.take_stopped():
+            if trial.status == PAUSED:
+                trial.status = TERMINATED
+                self.storage.close_results(trial)
+                self.storage.write_trial_state(trial)
+                self.searcher.on_trial_complete(trial.trial_id, trial.last_result)
+            for run in self.in_flight.values():
+                if run.trial is trial:
+                    run.after_stop = TERMINATED
+
+    def _clone_donor(self, trial: Trial) -> None:
+        """PBT exploit: copies the donor's checkpoint into this trial's folder now, before the
+        donor's num_to_keep can delete it."""
+        source = trial.extra.pop("restore_from")
+        target = os.path.join(trial.local_path, f"checkpoint_{trial.iteration:06d}")
+        if os.path.abspath(source) != os.path.abspath(target):
+            copy_checkpoint(source, target)
+        self._add_checkpoint(trial, target)
+        self.storage.write_params(trial)
+        trial.extra["exploited_now"] = True
 
     def _on_error(self, run: _Run, text: str, actor_lost: bool = False) -> None:
         trial = run.trial

@@ -61,6 +61,13 @@ class TrialScheduler:
     def on_trial_error(self, trial: Trial) -> None:
         pass
 
+    def take_stopped(self) -> list[Trial]:
+        """Paused trials this scheduler has since decided to end (HyperBand's losers)."""
+        return []
+
+    def on_search_finished(self) -> None:
+        """The searcher will make no more trials."""
+
     def choose_trial_to_run(self, trials: list[Trial]) -> Trial | None:
         """The first pending trial, else the first paused one."""
         for status in (PENDING, PAUSED):
@@ -168,6 +175,139 @@ class AsyncHyperBandScheduler(TrialScheduler):
 
 
 ASHAScheduler = AsyncHyperBandScheduler
+
+
+class _HBBracket:
+    """One HyperBand bracket: up to n0 trials, run to the milestone, then the best
+    1/eta of them go on to milestone * eta."""
+
+    def __init__(self, n0: int, r0: float, eta: float, max_t: float):
+        self.n0, self.milestone, self.eta, self.max_t = n0, r0, eta, max_t
+        self.live: dict[str, Trial] = {}
+        self.scores: dict[str, float] = {}  # trials at the current milestone
+        self.gone: set[str] = set()  # trials that left: stopped, finished or failed
+        self.closed = False  # no more trials will come (the search is over)
+
+    def finished(self) -> bool:
+        """Every trial of the (full) bracket is at the milestone."""
+        full = self.closed or len(self.live) + len(self.gone) >= self.n0
+        return full and all(tid in self.scores for tid in self.live)
+
+
+class HyperBandScheduler(TrialScheduler):
+    """Synchronous HyperBand (Li et al. 2017): brackets of successive halving. In a bracket
+    every trial runs to the milestone and pauses; once all have, the best 1/reduction_factor
+    go on (resumed from their checkpoints) to a milestone reduction_factor times later, the
+    others stop. Trainables should checkpoint (class API save_checkpoint, or report with a
+    checkpoint), or a resumed trial starts over."""
+
+    def __init__(self, time_attr: str = "training_iteration", metric: str | None = None,
+                 mode: str | None = None, max_t: float = 81, reduction_factor: float = 3,
+                 stop_last_trials: bool = True):
+        super().__init__(metric, mode)
+        if reduction_factor <= 1:
+            raise ValueError(f"reduction_factor must be > 1, got {reduction_factor}")
+        self.time_attr = time_attr
+        self.max_t = max_t
+        self.eta = reduction_factor
+        self.stop_last_trials = stop_last_trials
+        self.s_max_1 = round(math.log(max_t) / math.log(reduction_factor)) + 1
+        self.brackets: list[_HBBracket] = []
+        self._s = self.s_max_1 - 1
+        self._of: dict[str, _HBBracket] = {}
+        self._go: set[str] = set()
+        self._stopped: list[Trial] = []
+
+    @property
+    def needs_metric(self) -> bool:
+        return True
+
+    def bracket_shape(self, s: int) -> tuple[int, float]:
+        """(n0 trials, r0 first milestone) of bracket s, as Ray computes them."""
+        n0 = math.ceil(self.s_max_1 / (s + 1) * self.eta ** s)
+        return n0, int(self.max_t * self.eta ** (-s))
+
+    def on_trial_add(self, trial: Trial) -> None:
+        bracket = self.brackets[-1] if self.brackets else None
+        if bracket is None or len(bracket.live) + len(bracket.gone) >= bracket.n0:
+            n0, r0 = self.bracket_shape(self._s)
+            bracket = _HBBracket(n0, max(r0, 1), self.eta, self.max_t)
+            self.brackets.append(bracket)
+            self._s = self._s - 1 if self._s > 0 else self.s_max_1 - 1
+        bracket.live[trial.trial_id] = trial
+        self._of[trial.trial_id] = bracket
+
+    def on_trial_result(self, trial: Trial, result: dict) -> str:
+        bracket = self._of.get(trial.trial_id)
+        if bracket is None:
+            self.on_trial_add(trial)
+            bracket = self._of[trial.trial_id]
+        now = result.get(self.time_attr, 0)
+        if self.stop_last_trials and now >= self.max_t:
+            return STOP
+        if now < bracket.milestone:
+            return CONTINUE
+        score = self._score(result)
+        bracket.scores[trial.trial_id] = float("-inf") if score is None else score
+        if not bracket.finished():
+            return PAUSE
+        return CONTINUE if trial.trial_id in self._halve(bracket, trial.trial_id) else STOP
+
+    def _halve(self, bracket: _HBBracket, current: str | None = None) -> set[str]:
+        """Successive halving at the milestone: the ids that go on; the rest end. The others
+        (paused, or pausing) are resumed later or handed to the driver by take_stopped."""
+        ranked = sorted(bracket.live, key=lambda tid: bracket.scores[tid], reverse=True)
+        keep = set(ranked[:max(1, int(len(ranked) / self.eta))])
+        for tid in ranked:
+            trial = bracket.live[tid]
+            if tid in keep:
+                if tid != current:
+                    self._go.add(tid)
+            else:
+                del bracket.live[tid]
+                bracket.gone.add(tid)
+                if tid != current:
+                    self._stopped.append(trial)
+        bracket.scores = {}
+        bracket.milestone = min(bracket.milestone * self.eta, self.max_t)
+        return keep
+
+    def _leave(self, trial: Trial) -> None:
+        bracket = self._of.get(trial.trial_id)
+        if bracket is None or trial.trial_id not in bracket.live:
+            return
+        del bracket.live[trial.trial_id]
+        bracket.gone.add(trial.trial_id)
+        bracket.scores.pop(trial.trial_id, None)
+        if bracket.live and bracket.finished():
+            self._halve(bracket)
+
+    def on_trial_complete(self, trial: Trial, result: dict | None) -> None:
+        self._leave(trial)
+
+    def on_trial_error(self, trial: Trial) -> None:
+        self._leave(trial)
+
+    def take_stopped(self) -> list[Trial]:
+        stopped, self._stopped = self._stopped, []
+        return stopped
+
+    def on_search_finished(self) -> None:
+        for bracket in self.brackets:
+            bracket.closed = True
+            if bracket.live and bracket.finished():
+                self._halve(bracket)
+
+    def choose_trial_to_run(self, trials: list[Trial]) -> Trial | None:
+        """A pending trial first, else a paused one that was promoted."""
+        for trial in trials:
+            if trial.status == PENDING:
+                return trial
+        for trial in trials:
+            if trial.status == PAUSED and trial.trial_id in self._go:
+                self._go.discard(trial.trial_id)
+                return trial
+        return None
 
 
 class MedianStoppingRule(TrialScheduler):
