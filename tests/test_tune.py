@@ -135,6 +135,9 @@ def no_metric(config):
     tune.report({"other": 1})
 
 
+R["budget"] = len(tune.Tuner(
+    no_metric, tune_config=tune.TuneConfig(time_budget_s=1e-9, num_samples=5),
+    run_config=tune.RunConfig(storage_path=STORAGE, name="budget", verbose=0)).fit())
 R["missing"] = outcome(lambda: tune.Tuner(
     no_metric, tune_config=tune.TuneConfig(metric="acc", mode="max"),
     run_config=tune.RunConfig(storage_path=STORAGE, name="missing", verbose=0)).fit())
@@ -244,6 +247,7 @@ def test_sweeps_schedulers_checkpoints_failures_pbt(run_job):
     assert fail["bad_error"] == ["TrialError", True, True]
     assert fail["bad_starts"] == 2 and fail["error_file"] and fail["errors"] == 1
 
+    assert r["budget"] == 0  # the time budget was spent before any trial could start
     assert is_error(r["missing"], "TuneError", "without the metric(s) ['acc']", "_00000",
                     "'other'")
 

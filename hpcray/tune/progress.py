@@ -7,6 +7,7 @@ import time
 from collections import Counter
 from typing import TextIO
 
+from .storage import flatten
 from .trial import STATES, Trial
 
 _MAX_ROWS = 20
@@ -16,16 +17,6 @@ def _fmt(value) -> str:
     if isinstance(value, float):
         return f"{value:.5g}"
     return str(value)
-
-
-def _flat_config(config: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            out.update(_flat_config(value, f"{prefix}{key}/"))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def render(trials: list[Trial], elapsed: float, metric: str | None, mode: str | None,
@@ -39,14 +30,14 @@ def render(trials: list[Trial], elapsed: float, metric: str | None, mode: str | 
     best = best_trial(trials, metric, mode)
     if best is not None:
         lines.append(f"Best so far: {best.trial_id} {metric}={_fmt(best.last_result[metric])} "
-                     f"config={_flat_config(best.config)}")
-    keys = sorted({k for t in trials for k in _flat_config(t.config)})[:6]
+                     f"config={flatten(best.config)}")
+    keys = sorted({k for t in trials for k in flatten(t.config)})[:6]
     cols = ["trial", "status", *keys, "iter", "total s"] + ([metric] if metric else [])
     shown = sorted(trials, key=lambda t: (t.status != "RUNNING", t.status == "TERMINATED",
                                           t.index))[:max_rows]
     rows = []
     for t in shown:
-        flat = _flat_config(t.config)
+        flat = flatten(t.config)
         rows.append([t.trial_id, t.status, *(_fmt(flat.get(k, "")) for k in keys),
                      str(t.iteration), f"{t.time_total_s:.1f}"]
                     + ([_fmt(t.last_result.get(metric, ""))] if metric else []))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .sample import Categorical, Domain, Float, Integer
-from .searcher import FINISHED, Searcher, _name, _walk
+from .searcher import FINISHED, Searcher, _assign, _name, _walk
 
 
 def _distribution(path: tuple, domain: Domain):
@@ -85,7 +85,7 @@ class OptunaSearch(Searcher):
         self._made += 1
         config = copy.deepcopy(self._fixed)
         for name, path in self._paths.items():
-            _set(config, path, ot.params[name])
+            _assign(config, path, ot.params[name])
         return config
 
     def on_trial_complete(self, trial_id, result=None, error=False) -> None:
@@ -118,9 +118,3 @@ def _has(config: Any, path: tuple) -> bool:
     except (KeyError, IndexError, TypeError):
         return False
     return True
-
-
-def _set(config: Any, path: tuple, value: Any) -> None:
-    for key in path[:-1]:
-        config = config[key]
-    config[path[-1]] = value
