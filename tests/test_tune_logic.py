@@ -406,3 +406,14 @@ def test_hyperband_waits_for_a_full_bracket_or_the_end_of_the_search():
     hb.on_search_finished()  # only these two will ever come: halve them now
     assert hb.choose_trial_to_run(first) is first[1]
     assert hb.take_stopped() == [first[0]]
+
+
+def test_result_grid_dataframe(tmp_path):
+    pytest.importorskip("pandas")
+    grid = ResultGrid([Result({"acc": 0.5, "training_iteration": 2}, {"x": {"y": 1}}, None,
+                              str(tmp_path / "a"), trial_id="a"),
+                       Result({"acc": 0.9, "training_iteration": 1}, {"x": {"y": 2}}, None,
+                              str(tmp_path / "b"), trial_id="b")], str(tmp_path), "acc", "max")
+    frame = grid.get_dataframe()
+    assert list(frame["acc"]) == [0.5, 0.9] and list(frame["config/x/y"]) == [1, 2]
+    assert list(frame["logdir"]) == [str(tmp_path / "a"), str(tmp_path / "b")]

@@ -18,6 +18,7 @@ class Checkpoint:
 
     def __init__(self, path: str | os.PathLike):
         self.path = os.fspath(path)
+        self._temporary = False  # made by from_dict: moved, not copied, when reported
 
     @classmethod
     def from_directory(cls, path: str | os.PathLike) -> Checkpoint:
@@ -29,7 +30,9 @@ class Checkpoint:
         path = tempfile.mkdtemp(prefix="hpcray-ckpt-")
         with open(os.path.join(path, _DICT_FILE), "wb") as f:
             pickle.dump(data, f)
-        return cls(path)
+        checkpoint = cls(path)
+        checkpoint._temporary = True
+        return checkpoint
 
     def to_dict(self) -> dict:
         with open(os.path.join(self.path, _DICT_FILE), "rb") as f:
@@ -59,13 +62,19 @@ class Checkpoint:
         return f"Checkpoint({self.path!r})"
 
 
-def persist(source: str, target: str) -> str:
-    """Copies a checkpoint directory to target, atomically (the source stays the user's)."""
+def persist(checkpoint: Checkpoint, target: str) -> str:
+    """Copies a reported checkpoint's directory to target, atomically (the source stays the
+    user's), or moves it there when from_dict made it."""
+    source = checkpoint.path
     if os.path.abspath(source) == os.path.abspath(target):
         return target
     tmp = target + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(source, tmp)
+    if checkpoint._temporary:
+        shutil.move(source, tmp)
+        checkpoint.path = target
+    else:
+        shutil.copytree(source, tmp)
     shutil.rmtree(target, ignore_errors=True)
     os.replace(tmp, target)
     return target

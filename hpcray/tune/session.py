@@ -109,7 +109,7 @@ class _Session:
 
     def save(self, checkpoint: Checkpoint) -> str:
         target = os.path.join(self.trial_dir, f"checkpoint_{self.iteration:06d}")
-        return persist(checkpoint.path, target)
+        return persist(checkpoint, target)
 
 
 def _save_trainable(obj: Trainable, session: _Session) -> str:
