@@ -417,3 +417,10 @@ def test_result_grid_dataframe(tmp_path):
     frame = grid.get_dataframe()
     assert list(frame["acc"]) == [0.5, 0.9] and list(frame["config/x/y"]) == [1, 2]
     assert list(frame["logdir"]) == [str(tmp_path / "a"), str(tmp_path / "b")]
+
+
+def test_num_samples_minus_one_never_finishes():
+    gen = BasicVariantGenerator(random_state=0)
+    gen.set_search_properties(None, None, {"x": tune.uniform(0, 1)}, num_samples=-1)
+    assert all(isinstance(gen.suggest(f"t{i}"), dict) for i in range(500))
+    assert gen.total_samples == float("inf")

@@ -157,8 +157,10 @@ class BasicVariantGenerator(Searcher):
         return True
 
     @property
-    def total_samples(self) -> int:
-        """How many configs this generator makes in all."""
+    def total_samples(self) -> float:
+        """How many configs this generator makes in all (num_samples=-1: without end)."""
+        if self._num_samples < 0:
+            return float("inf")
         return len(self._points) + self._num_samples * count_variants(self._space)
 
     def suggest(self, trial_id: str):
@@ -168,7 +170,7 @@ class BasicVariantGenerator(Searcher):
             if self._points:
                 point = self._points.pop(0)
                 self._queue = generate_variants(_merge(self._space, point), self._rng)[:1]
-            elif self._samples_done < self._num_samples:
+            elif self._num_samples < 0 or self._samples_done < self._num_samples:  # -1: no end
                 self._samples_done += 1
                 self._queue = generate_variants(self._space, self._rng)
             else:
