@@ -417,6 +417,13 @@ def test_result_grid_dataframe(tmp_path):
     frame = grid.get_dataframe()
     assert list(frame["acc"]) == [0.5, 0.9] and list(frame["config/x/y"]) == [1, 2]
     assert list(frame["logdir"]) == [str(tmp_path / "a"), str(tmp_path / "b")]
+    os.makedirs(tmp_path / "a")
+    rows = [{"acc": 0.7, "training_iteration": 1, "config": {}},
+            {"acc": 0.5, "training_iteration": 2, "config": {}}]
+    (tmp_path / "a" / "result.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert list(grid[0].metrics_dataframe["acc"]) == [0.7, 0.5]
+    best = grid.get_dataframe(filter_metric="acc", filter_mode="max")
+    assert list(best["acc"]) == [0.7, 0.9]
 
 
 def test_num_samples_minus_one_never_finishes():

@@ -61,7 +61,6 @@ class TuneController:
         self.failure = run_config.failure_config or FailureConfig()
         self.prefix = prefix
         self.trials: list[Trial] = list(trials or [])
-        self.by_id = {t.trial_id: t for t in self.trials}
         self.is_class = isinstance(trainable, type) and issubclass(trainable, S.Trainable)
         self.metric, self.mode = tune_config.metric, tune_config.mode
         self.tag = uuid.uuid4().hex[:5]
@@ -73,8 +72,9 @@ class TuneController:
         self.reporter = ProgressReporter(run_config.verbose, run_config.progress_interval_s)
         self._state_saved = 0.0
         self._fatal: BaseException | None = None
-        for trial in self.trials:
-            self.scheduler.on_trial_add(trial)
+        for trial in self.trials:  # a restore: the scheduler starts afresh with the unfinished
+            if not trial.is_finished:
+                self.scheduler.on_trial_add(trial)
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -139,14 +139,11 @@ class TuneController:
     def _launch(self) -> None:
         if self._over_budget():
             return
-        while self._running_count() < self.max_slots:
+        while len(self.in_flight) < self.max_slots:
             trial = self._next_trial()
             if trial is None:
                 return
             self._start(trial, self._actor())
-
-    def _running_count(self) -> int:
-        return len(self.in_flight)
 
     def _next_trial(self) -> Trial | None:
         waiting = [t for t in self.trials if t.status in (PENDING, PAUSED)]
@@ -173,7 +170,6 @@ class TuneController:
         name = creator(trial) if creator else f"{self.prefix}_{trial_id}"
         trial.local_path = os.path.join(self.storage.path, name)
         self.trials.append(trial)
-        self.by_id[trial_id] = trial
         self.storage.write_params(trial)
         self.scheduler.on_trial_add(trial)
         return trial

@@ -6,7 +6,7 @@ import json
 import math
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .checkpoint import Checkpoint
@@ -30,7 +30,6 @@ class Result:
     path: str
     error: Exception | None = None
     trial_id: str = ""
-    best_checkpoints: list = field(default_factory=list)
 
     @property
     def metrics_dataframe(self):

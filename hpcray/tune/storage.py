@@ -146,9 +146,6 @@ class ExperimentStorage:
             writer.close()
             writer.flush()
 
-    def trial_dir(self, trial: Trial, prefix: str) -> str:
-        return os.path.join(self.path, f"{prefix}_{trial.trial_id}")
-
     def write_params(self, trial: Trial) -> None:
         """params.json for people, params.pkl (atomic) for a restore."""
         pickled = pickle.dumps({"trial_id": trial.trial_id, "index": trial.index,

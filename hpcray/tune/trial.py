@@ -22,7 +22,6 @@ class Trial:
     index: int = 0
     status: str = PENDING
     last_result: dict = field(default_factory=dict)
-    metric_history: list = field(default_factory=list)
     checkpoint: str | None = None
     checkpoints: list = field(default_factory=list)
     iteration: int = 0
