@@ -331,7 +331,10 @@ if sys.argv[1] == "first":
     emit({"not": "killed", "errors": [str(e) for e in grid.errors]})
 else:
     R = {"can": tune.Tuner.can_restore(PATH), "cannot": tune.Tuner.can_restore("results")}
-    grid = tune.Tuner.restore(PATH, train).fit()
+    tuner = tune.Tuner.restore(PATH, train)
+    saved = tuner.get_results()  # what the killed run left, before going on
+    R["saved"] = sorted(r.config["k"] for r in saved if r.metrics.get("i") == 5)
+    grid = tuner.fit()
     R["n"] = len(grid)
     R["errors"] = grid.num_errors
     R["trials"] = {}
@@ -353,6 +356,7 @@ def test_resume_after_the_job_is_killed(run_job):
     assert r["n"] == 6 and r["errors"] == 0 and r["dirs"] == 6
     finished = r["finished_at_kill"]
     assert len(finished) >= 3 and 4 not in finished
+    assert set(finished) <= set(r["saved"]) and 4 not in r["saved"]
     for k, (last, iterations, starts) in r["trials"].items():
         assert last == 5 and iterations == [1, 2, 3, 4, 5], k  # none lost, none run twice
         if int(k) in finished:

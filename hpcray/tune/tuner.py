@@ -79,6 +79,12 @@ class Tuner:
         return self._results
 
     def get_results(self) -> ResultGrid:
+        """fit()'s results; for a restored Tuner not yet fit, the results saved so far."""
+        if self._results is None and self._restored is not None:
+            tc = self.tune_config
+            path = os.path.join(self.run_config.storage_path, self.run_config.name)
+            return ResultGrid([to_result(t) for t in self._restored["trials"]], path,
+                              tc.metric, tc.mode)
         if self._results is None:
             raise RuntimeError("fit() has not run yet")
         return self._results
