@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
+import os
+import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from ._private import bootstrap
@@ -53,7 +57,38 @@ def init(num_cpus: int | None = None, resources: dict[str, float] | None = None,
             _state["atexit"] = True
             bootstrap.exit_hook.install()
             atexit.register(_at_exit)
+        from ._private.preempt import HeadPreemption
+
+        HeadPreemption(head, _end_after_preempt).install()
         return _info()
+
+
+def _end_after_preempt(status: int) -> None:
+    """Ends the job from the preemption thread: workers stop, MPI finalizes, rank 0 exits."""
+    try:
+        with contextlib.suppress(Exception):
+            shutdown()
+        final = _state.pop("finalize", None)
+        if final is not None:
+            bootstrap.finalize(final)
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(status)
+
+
+def on_preempt(fn: Callable[[], Any]) -> Callable[[], Any]:
+    """Registers fn to run on the head when the job is told to stop (SIGTERM, or the warning
+    signal Slurm sends with ``--signal``); usable as a decorator.
+
+    Callbacks run in registration order in a thread of rank 0 while the job still serves
+    tasks, so they may checkpoint through tasks and actors. Then, if the Slurm job was
+    submitted with ``--requeue``, hpcray requeues it (``scontrol requeue``) and the job ends.
+    """
+    from ._private.preempt import register
+
+    return register(fn)
 
 
 def _info() -> dict:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 
 class RuntimeContext:
     """Job, rank, node, task and actor of the calling code (Ray's names, plus ranks)."""
@@ -41,6 +43,45 @@ class RuntimeContext:
 
     def get_accelerator_ids(self) -> dict[str, list]:
         return {"GPU": self._rt.gpu_ids()}
+
+    def get_slurm_info(self) -> dict | None:
+        """Slurm's allocation as this rank sees it, or None outside Slurm.
+
+        The job's part (``job_id``, ``step_id``, ``nodelist``, ``tasks_per_node``,
+        ``cpus_per_task``, ``gpus_per_node``, ``gpus_per_task``, ``restart_count``, array ids,
+        ...) merged with this rank's task (``node_name``, ``proc_id``, ``local_id``,
+        ``gpus_on_node``, ``gpu_ids``). GPU numbers are Slurm's, as reported.
+        """
+        job = self._rt.job.get("slurm")
+        if job is None:
+            return None
+        mine = self._rt.ranks[self._rt.rank].slurm or {}
+        return {**job, **mine}
+
+    def get_restart_count(self) -> int:
+        """How many times Slurm restarted (requeued) this job: 0 on its first run."""
+        job = self._rt.job.get("slurm")
+        return int(job["restart_count"]) if job else 0
+
+    def get_state_dir(self) -> str:
+        """The job's own directory for state that must survive a requeue (created on first
+        call): ``$HPCRAY_STATE_DIR``, else ``<working dir>/.hpcray/<job id>``, else
+        ``$TMPDIR/hpcray-<job id>``. Slurm keeps the job id when it requeues a job."""
+        path = self._rt.job["state_dir"]
+        os.makedirs(path, exist_ok=True)
+        return path
+
+    @property
+    def slurm(self) -> dict | None:
+        return self.get_slurm_info()
+
+    @property
+    def restart_count(self) -> int:
+        return self.get_restart_count()
+
+    @property
+    def state_dir(self) -> str:
+        return self.get_state_dir()
 
     @property
     def job_id(self) -> str:

@@ -16,6 +16,7 @@ import time
 import uuid
 
 from . import config as config_mod
+from . import slurm
 from .runtime import RankInfo
 
 
@@ -73,6 +74,7 @@ def _describe(comm, config) -> list[RankInfo]:
 
     MPI = _mpi()
     rank = comm.Get_rank()
+    slurm_task = slurm.rank_info()  # before GPU mapping narrows CUDA_VISIBLE_DEVICES
     node_comm = comm.Split_type(MPI.COMM_TYPE_SHARED)
     members = node_comm.allgather(rank)
     declared = config.num_gpus if config.num_gpus >= 0 else None
@@ -96,10 +98,31 @@ def _describe(comm, config) -> list[RankInfo]:
             resources["GPU"] = mine.share
         resources.update({k: float(v) for k, v in config.resources.items()})
     rows = comm.allgather((socket.gethostname(), os.getpid(), leader, _node_name(), resources,
-                           mine.gpus, cuda_aware_mpi()))
+                           mine.gpus, cuda_aware_mpi(), slurm_task))
     leaders = sorted({row[2] for row in rows})
-    return [RankInfo(r, host, pid, f"node-{leaders.index(lead)}", name, res, gpus, cuda_mpi)
-            for r, (host, pid, lead, name, res, gpus, cuda_mpi) in enumerate(rows)]
+    return [RankInfo(r, host, pid, f"node-{leaders.index(lead)}", name, res, gpus, cuda_mpi,
+                     slurm=sl)
+            for r, (host, pid, lead, name, res, gpus, cuda_mpi, sl) in enumerate(rows)]
+
+
+def _job_identity(config) -> dict:
+    """Rank 0's view of the job: its id (Slurm's, kept across requeues), Slurm's allocation,
+    and the state directory."""
+    job = slurm.job_info()
+    job_id = job["job_id"] if job else uuid.uuid4().hex[:8]
+    return {"job_id": job_id, "slurm": job,
+            "state_dir": slurm.state_dir(job_id, config.state_dir)}
+
+
+def _check_srun(world_size: int) -> None:
+    """srun started several tasks but MPI sees one: the --mpi plugin does not fit the MPI."""
+    tasks = slurm.step_tasks()
+    if world_size == 1 and tasks > 1:
+        print(f"hpcray: error: srun started {tasks} tasks but MPI sees a job of 1 rank, so each "
+              "task would be a separate job. Pass the --mpi plugin your MPI library speaks: "
+              "srun --mpi=pmi2 for MPICH (incl. the mpich wheel), --mpi=pmix for Open MPI; "
+              "`srun --mpi=list` shows what this cluster offers.", file=sys.stderr, flush=True)
+        os._exit(2)
 
 
 def _spawn_workers(MPI, n: int):
@@ -156,12 +179,15 @@ def start(overrides: dict, num_cpus: int | None):
 
     embedded = os.environ.get("HPCRAY_EMBEDDED") == "1"
     if not embedded and not under_mpi_launcher() and not _interactive():
+        _check_srun(1)
         _relaunch(num_cpus or os.cpu_count() or 1)
     MPI = _mpi()
     if not MPI.Is_initialized():
         MPI.Init_thread(MPI.THREAD_SERIALIZED)
     world = MPI.COMM_WORLD
     parent = MPI.Comm.Get_parent()
+    if parent == MPI.COMM_NULL and not embedded:
+        _check_srun(world.Get_size())
     inter = None
     if parent != MPI.COMM_NULL:
         comm = parent.Merge(high=True)
@@ -173,7 +199,8 @@ def start(overrides: dict, num_cpus: int | None):
         comm = world.Dup()
     overrides = comm.bcast(overrides, root=0)
     config = config_mod.load(**overrides)
-    job_id = comm.bcast(os.environ.get("SLURM_JOB_ID") or uuid.uuid4().hex[:8], root=0)
+    job = comm.bcast(_job_identity(config) if comm.Get_rank() == 0 else None, root=0)
+    job_id = job["job_id"]
     ranks = _describe(comm, config)
     from .transport import Transport
 
@@ -182,6 +209,7 @@ def start(overrides: dict, num_cpus: int | None):
         from .head import HeadRuntime
 
         head = HeadRuntime(transport, config, ranks, job_id)
+        head.job = job
         head._mpi = (MPI, comm, inter)
         _survive_peer_failure(head.check_soon)
         head.start()
@@ -190,8 +218,14 @@ def start(overrides: dict, num_cpus: int | None):
     from .worker_context import set_current
 
     worker = WorkerRuntime(transport, config, ranks, job_id)
+    worker.job = job
     set_current(worker)
     _survive_peer_failure(lambda: None)
+    from .preempt import WorkerPreemption, preempt_signal
+
+    term = WorkerPreemption(worker, config.preempt_grace, preempt_signal(config.preempt_signal))
+    term.install()
+    worker.term_expired = term.expired
     worker.forward_output()
     exiting = threading.Lock()
 

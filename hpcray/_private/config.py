@@ -37,6 +37,16 @@ class Config:
     collective_timeout: float = 180.0
     #: forward what tasks print to the driver, prefixed with rank and host
     log_to_driver: bool = True
+    #: where the job keeps state across requeues (default: <working dir>/.hpcray/<job id>)
+    state_dir: str = ""
+    #: the signal (besides SIGTERM) that means "preempted soon": a name like USR1 or USR2, or
+    #: "none"; default USR1 under srun, none under mpiexec (Hydra's SIGUSR1 means a rank died)
+    preempt_signal: str = ""
+    #: after the on_preempt callbacks: requeue the Slurm job? "auto" (if it was submitted with
+    #: --requeue), "1" or "0"
+    requeue: str = "auto"
+    #: seconds a worker rank outlives a SIGTERM when the head does not end the job first
+    preempt_grace: float = 30.0
 
 
 def _parse(kind: type, text: str):
@@ -53,6 +63,11 @@ def _parse(kind: type, text: str):
 def load(**overrides) -> Config:
     """Defaults, then ``HPCRAY_*`` variables, then explicit keyword overrides."""
     config = Config()
+    if "HPCRAY_CPUS_PER_RANK" not in os.environ:
+        # under Slurm a rank's CPUs default to the job's --cpus-per-task
+        from .slurm import cpus_per_task
+
+        config.cpus_per_rank = cpus_per_task() or config.cpus_per_rank
     for f in fields(Config):
         text = os.environ.get("HPCRAY_" + f.name.upper())
         if text is not None:

@@ -19,6 +19,7 @@ from .objects import Stored
 from .runtime import RankInfo, Runtime
 from .scheduler import Infeasible, InPlacementGroup, Request, Scheduler
 from .serialization import deserialize, inline_blob
+from .slurm import node_info as slurm_node
 
 
 class Entry:
@@ -620,7 +621,7 @@ class HeadRuntime(Runtime):
         for info in self.ranks:
             node = nodes.setdefault(info.node_id, {
                 "NodeID": info.node_id, "NodeName": info.node_name, "NodeManagerHostname": info.host,
-                "Alive": False, "Resources": {}, "Ranks": []})
+                "Alive": False, "Resources": {}, "Ranks": [], "Slurm": slurm_node(info.slurm)})
             node["Alive"] = node["Alive"] or info.alive
             node["Ranks"].append(info.rank)
             for gpu in info.gpus:

@@ -43,14 +43,16 @@ class RankInfo:
     """What the head knows about one rank."""
 
     __slots__ = ("alive", "cuda_mpi", "gpus", "host", "last_seen", "node_id", "node_name", "pid",
-                 "rank", "resources")
+                 "rank", "resources", "slurm")
 
     def __init__(self, rank: int, host: str, pid: int, node_id: str, node_name: str,
-                 resources: dict, gpus: list | None = None, cuda_mpi: bool = False):
+                 resources: dict, gpus: list | None = None, cuda_mpi: bool = False,
+                 slurm: dict | None = None):
         self.rank, self.host, self.pid = rank, host, pid
         self.node_id, self.node_name, self.resources = node_id, node_name, resources
         self.gpus = gpus or []        # this rank's GPUs (gpu.Gpu), its own device first
         self.cuda_mpi = cuda_mpi      # the MPI library takes device pointers
+        self.slurm = slurm            # what Slurm says about this rank's task (slurm.rank_info)
         self.alive = True
         self.last_seen = time.monotonic()
 
@@ -75,6 +77,7 @@ class Runtime:
         self.local = threading.local()  # current task / actor of the calling thread
         self.stopping = False
         self.devices = DeviceTransfers(transport, ranks, config)
+        self.job: dict = {"job_id": job_id, "slurm": None, "state_dir": ""}  # set by bootstrap
 
     # -- progress (shared by both roles) ---------------------------------------------------
     def progress_once(self) -> bool:

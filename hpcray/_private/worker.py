@@ -192,6 +192,7 @@ class WorkerRuntime(Runtime):
         self.busy_event = threading.Event()
         self.done: list = []  # batched task reports (see report())
         self.exit_fn = lambda: None  # set by bootstrap: ends the rank
+        self.term_expired = lambda: False  # set by bootstrap: SIGTERM's grace has run out
         self.inline_tasks: collections.deque = collections.deque()
 
     # -- the worker's half of the conversation ---------------------------------------------
@@ -296,6 +297,11 @@ class WorkerRuntime(Runtime):
                 self.transport.send(0, (P.HEARTBEAT,))
             if now >= next_check:
                 next_check = now + 0.5
+                if self.term_expired():
+                    print(f"hpcray: rank {self.rank}: SIGTERM {self.config.preempt_grace:g} s ago "
+                          "and the head has not ended the job; exiting", file=sys.__stderr__,
+                          flush=True)
+                    self.exit_fn(143)
                 if self.head_pid and process_gone(self.head_pid):
                     print(f"hpcray: rank {self.rank}: the head (pid {self.head_pid}) is gone; "
                           "exiting", file=sys.__stderr__, flush=True)
