@@ -8,7 +8,8 @@ import sys
 
 _USAGE = (
     "usage: python -m hpcray script.py [args...]\n"
-    "       python -m hpcray run -n N [--mpiexec PATH] [--] script.py [args...]"
+    "       python -m hpcray run -n N [--mpiexec PATH] [--] script.py [args...]\n"
+    "       python -m hpcray sbatch [options] [--] script.py [args...]"
 )
 
 
@@ -18,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args:
         print(_USAGE, file=sys.stderr)
         return 2
-    if args[0] == "run" or args[0].startswith("-"):
+    if args[0] in ("run", "sbatch") or args[0].startswith("-"):
         from hpcray.cli import main as cli_main
 
         return cli_main(args)

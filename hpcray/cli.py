@@ -1,4 +1,5 @@
-"""The ``hpcray`` console script: ``hpcray run -n N script.py [args...]`` starts an MPI job."""
+"""The ``hpcray`` console script: ``hpcray run -n N script.py [args...]`` starts an MPI job;
+``hpcray sbatch [options] script.py [args...]`` submits one to Slurm."""
 
 from __future__ import annotations
 
@@ -64,7 +65,46 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("script", help="Python script to run (use -- before it if needed)")
     run.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the script")
+    _add_sbatch_parser(sub)
     return parser
+
+
+def _add_sbatch_parser(sub) -> None:
+    sb = sub.add_parser(
+        "sbatch",
+        help="write a Slurm batch script for SCRIPT and submit it",
+        description="Write a batch script that runs SCRIPT as an hpcray job (one MPI rank per "
+        "Slurm task; rank 0 is the head and driver) and submit it with sbatch; prints the job "
+        "id. --dry-run prints the script instead.",
+    )
+    sb.add_argument("-N", "--nodes", type=_positive_int, default=1, help="nodes (default 1)")
+    sb.add_argument("--ranks-per-node", type=_positive_int, default=2, metavar="R",
+                    help="MPI ranks per node, the head included (default 2)")
+    sb.add_argument("--cpus-per-rank", type=_positive_int, metavar="C",
+                    help="CPUs per rank (--cpus-per-task); each worker advertises C CPUs")
+    sb.add_argument("--gpus-per-node", type=_positive_int, metavar="G", help="GPUs per node")
+    sb.add_argument("-t", "--time", help="time limit, e.g. 01:00:00")
+    sb.add_argument("-p", "--partition")
+    sb.add_argument("-A", "--account")
+    sb.add_argument("-J", "--job-name", help="job name (default: the script's name)")
+    sb.add_argument("-o", "--output", help="output file (default %%x-%%j.out)")
+    sb.add_argument("--signal", metavar="[B:]SIG[@SECONDS]",
+                    help="warning signal before the time limit, e.g. B:USR1@60; hpcray runs "
+                    "the on_preempt callbacks when it arrives")
+    sb.add_argument("--requeue", action="store_true",
+                    help="requeue the job after preemption or the --signal warning")
+    sb.add_argument("--sbatch-arg", action="append", default=[], metavar="OPTION",
+                    help="any other sbatch option, e.g. --sbatch-arg=--mem=16G (repeatable)")
+    sb.add_argument("--launcher", choices=("srun", "mpiexec"), default="srun",
+                    help="start the ranks with srun (default) or the mpiexec hpcray finds")
+    sb.add_argument("--mpi", default="pmi2",
+                    help="srun's MPI plugin (default pmi2, for MPICH; pmix for Open MPI)")
+    sb.add_argument("--mpiexec", metavar="PATH", help="mpiexec for --launcher mpiexec")
+    sb.add_argument("--python", default=sys.executable,
+                    help=f"interpreter on the nodes (default {sys.executable})")
+    sb.add_argument("--dry-run", action="store_true", help="print the script, submit nothing")
+    sb.add_argument("script", help="Python script to run (use -- before it if needed)")
+    sb.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the script")
 
 
 def _cmd_run(ns: argparse.Namespace) -> int:
@@ -100,12 +140,67 @@ def _cmd_run(ns: argparse.Namespace) -> int:
         return 2
 
 
+def _cmd_sbatch(ns: argparse.Namespace, argv: list[str]) -> int:
+    import shutil
+    import subprocess
+
+    from hpcray._private.sbatch import BatchSpec, render
+
+    def fail(message: str) -> int:
+        print(f"hpcray sbatch: error: {message}", file=sys.stderr)
+        return 2
+
+    script = Path(ns.script)
+    if not script.is_file():
+        return fail(f"script {ns.script!r} not found (working directory: {os.getcwd()}). "
+                    "Usage: hpcray sbatch [options] [--] path/to/script.py [args...]")
+    args = ns.args[1:] if ns.args[:1] == ["--"] else ns.args
+    spec = BatchSpec(
+        python=ns.python, script=str(script.resolve()), args=list(args), nodes=ns.nodes,
+        ranks_per_node=ns.ranks_per_node, cpus_per_rank=ns.cpus_per_rank,
+        gpus_per_node=ns.gpus_per_node, time=ns.time, partition=ns.partition,
+        account=ns.account, job_name=ns.job_name or script.stem, output=ns.output,
+        signal=ns.signal, requeue=ns.requeue, sbatch_args=ns.sbatch_arg, launcher=ns.launcher,
+        mpi=ns.mpi, command_line=shlex.join(["hpcray", "sbatch", *argv]))
+    if ns.launcher == "mpiexec":
+        try:
+            cmd, env_add = mpiexec_command(ns.nodes * ns.ranks_per_node, ["true"],
+                                           mpiexec=ns.mpiexec)
+        except RuntimeError as exc:
+            return fail(str(exc))
+        spec.mpiexec, spec.env = cmd[:-1], dict(env_add)
+    pythonpath = child_pythonpath()
+    if pythonpath is not None:
+        spec.env["PYTHONPATH"] = pythonpath
+    try:
+        text = render(spec)
+    except ValueError as exc:
+        return fail(str(exc))
+    if ns.dry_run:
+        sys.stdout.write(text)
+        return 0
+    sbatch = shutil.which("sbatch")
+    if sbatch is None:
+        return fail("sbatch is not on PATH: run this on a Slurm login node (or use --dry-run "
+                    "to see the script)")
+    proc = subprocess.run([sbatch, "--parsable"], input=text, capture_output=True, text=True,
+                          check=False)
+    if proc.returncode != 0:
+        return fail(f"sbatch refused the job (exit {proc.returncode}): "
+                    f"{proc.stderr.strip() or proc.stdout.strip()}")
+    print(proc.stdout.strip().split(";")[0])
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``hpcray`` console script; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = _build_parser()
     ns = parser.parse_args(argv)
     if ns.command == "run":
         return _cmd_run(ns)
+    if ns.command == "sbatch":
+        return _cmd_sbatch(ns, argv[1:])
     parser.print_help(sys.stderr)
     return 2
 
