@@ -12,7 +12,7 @@
 # Every command is idempotent. Nothing is written outside $HPCRAY_SLURM_DIR (default
 # /tmp/hpcray-slurm) except munge's own key and socket (/etc/munge, /run/munge), which munge
 # needs at fixed places. Nodes n1 and n2 are two slurmd processes on 127.0.0.1 (ports 17001 and
-# 17002), slurmctld listens on 17000; each node has 2 CPUs and 2 fake GPUs (gres without device
+# 17002), slurmctld listens on 17000; each node has 4 CPUs (on however many cores the machine has) and 2 fake GPUs (gres without device
 # files: Slurm schedules and reports them, nothing can run on them).
 # Clients (sinfo, srun, sbatch) find the cluster through SLURM_CONF=$HPCRAY_SLURM_DIR/slurm.conf.
 set -euo pipefail
@@ -85,8 +85,8 @@ MinJobAge=300
 # start pending jobs (e.g. requeued ones whose begin time passed) within a second or two
 SchedulerParameters=sched_interval=2,bf_interval=1
 GresTypes=gpu
-NodeName=${NODES[0]} NodeHostname=$host NodeAddr=127.0.0.1 Port=${PORTS[0]} CPUs=2 RealMemory=8000 Gres=gpu:2 State=UNKNOWN
-NodeName=${NODES[1]} NodeHostname=$host NodeAddr=127.0.0.1 Port=${PORTS[1]} CPUs=2 RealMemory=8000 Gres=gpu:2 State=UNKNOWN
+NodeName=${NODES[0]} NodeHostname=$host NodeAddr=127.0.0.1 Port=${PORTS[0]} CPUs=4 RealMemory=8000 Gres=gpu:2 State=UNKNOWN
+NodeName=${NODES[1]} NodeHostname=$host NodeAddr=127.0.0.1 Port=${PORTS[1]} CPUs=4 RealMemory=8000 Gres=gpu:2 State=UNKNOWN
 PartitionName=debug Nodes=${NODES[0]},${NODES[1]} Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:4
 EOF
     # fake GPUs: Slurm drops GPUs without a device file, so give it character devices that
