@@ -297,6 +297,19 @@ def test_mpiexec_inside_sbatch_same_script(jobs):
     assert out["cpu"] == 6.0  # three worker ranks advertising 2 CPUs each
 
 
+def test_srun_wrapper_in_a_batch_job(jobs):
+    """launchers/srun-hpcray inside an sbatch job, 2 nodes x 2 ranks."""
+    script = jobs.script(ACROSS_NODES)
+    output = jobs.workdir / "out.txt"
+    job_id = jobs.sbatch("-N", "2", "--ntasks-per-node=2", f"--output={output}", "--wrap",
+                         f"{ROOT / 'launchers' / 'srun-hpcray'} {script}",
+                         env={"PYTHON": sys.executable})
+    info = jobs.wait_done(job_id, output=output)
+    text = output.read_text()
+    assert info["JobState"] == "COMPLETED", text
+    _check_across(_result(text), job_id, 2)
+
+
 def test_srun_without_mpi_plugin_is_a_clear_error(jobs):
     script = jobs.script("import hpcray\nhpcray.init()\nprint('RESULT {}')\n")
     proc = jobs.srun("-N", "1", "-n", "2", "--mpi=none", sys.executable, str(script), timeout=60)

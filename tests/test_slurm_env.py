@@ -211,3 +211,17 @@ def test_parse_signal_request():
     assert parse_signal_request("B:USR1@60") == (True, signal.SIGUSR1, 60)
     assert parse_signal_request("USR2") == (False, signal.SIGUSR2, None)
     assert parse_signal_request("RB:10@5") == (True, signal.SIGUSR1, 5)
+
+
+def test_srun_wrapper_outside_an_allocation(tmp_path):
+    from pathlib import Path
+
+    wrapper = Path(__file__).resolve().parent.parent / "launchers" / "srun-hpcray"
+    env = {"PATH": "/usr/bin:/bin"}
+    proc = subprocess.run([str(wrapper), "job.py"], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "not inside a Slurm allocation" in proc.stderr
+    assert "hpcray sbatch" in proc.stderr
+    proc = subprocess.run([str(wrapper), "job.py"], capture_output=True, text=True,
+                          env=dict(env, SLURM_JOB_ID="1"), cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "job.py' not found" in proc.stderr
