@@ -64,13 +64,21 @@ def init(num_cpus: int | None = None, resources: dict[str, float] | None = None,
 
 
 def _end_after_preempt(status: int) -> None:
-    """Ends the job from the preemption thread: workers stop, MPI finalizes, rank 0 exits."""
+    """Ends the job from the preemption thread: workers stop, MPI finalizes, rank 0 exits.
+
+    The init lock is held until the process exits, so the driver can neither shut down nor
+    start again meanwhile; its calls into the stopping runtime just wait for the exit.
+    """
+    _init_lock.acquire()
     try:
-        with contextlib.suppress(Exception):
-            shutdown()
-        final = _state.pop("finalize", None)
-        if final is not None:
-            bootstrap.finalize(final)
+        head = _state["runtime"]
+        if head is not None:
+            bootstrap.stop_head(head)  # with a dead rank this exits with status 1 itself
+            bootstrap.finalize(head)
+        else:  # the driver had finished; finalize unless its exit handler already did
+            final = _state.pop("finalize", None)
+            if final is not None:
+                bootstrap.finalize(final)
     finally:
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
