@@ -482,7 +482,7 @@ COUNTER_JOB = """
         save()
     print("RESULT " + json.dumps(state), flush=True)
 """
-COUNTER_STEPS = 400
+COUNTER_STEPS = 160
 
 
 def _check_counter(text: str) -> None:
