@@ -109,7 +109,8 @@ EOF
 }
 
 pid_alive() {  # pid_alive FILE: the pid in FILE is a running process
-    [[ -s "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null
+    local pid
+    pid="$(cat "$1" 2>/dev/null)" && [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null
 }
 
 start_munge() {
@@ -150,10 +151,10 @@ cmd_start() {
     cmd_check
 }
 
-cmd_check() {  # both nodes idle (or in use by jobs) within 60 s
-    local out=""
-    for _ in $(seq 120); do
-        out="$(sinfo -h -N -o '%N %t' 2>/dev/null || true)"
+cmd_check() {  # both nodes up (idle, or in use by jobs) within 60 s
+    local out="" deadline=$((SECONDS + 60))
+    while ((SECONDS < deadline)); do
+        out="$(timeout 10 sinfo -h -N -o '%N %t' 2>/dev/null || true)"
         if [[ "$(grep -cE '^n[12] (idle|mix|alloc)$' <<<"$out")" == 2 ]]; then
             log "cluster up (SLURM_CONF=$CONF):"
             sinfo -N >&2
@@ -161,12 +162,12 @@ cmd_check() {  # both nodes idle (or in use by jobs) within 60 s
         fi
         # a node that registered before slurmctld knew it may come back down; wake it
         if grep -qE 'down|drain' <<<"$out"; then
-            scontrol update nodename=n1,n2 state=resume >/dev/null 2>&1 || true
+            timeout 10 scontrol update nodename=n1,n2 state=resume >/dev/null 2>&1 || true
         fi
         sleep 0.5
     done
     log "the cluster is not up; sinfo says:"
-    echo "$out" >&2
+    echo "${out:-(no answer)}" >&2
     log "logs: $DIR/log"
     return 1
 }
@@ -174,11 +175,11 @@ cmd_check() {  # both nodes idle (or in use by jobs) within 60 s
 cmd_stop() {
     local f pid
     if pid_alive "$DIR/run/slurmctld.pid"; then
-        scontrol shutdown >/dev/null 2>&1 || true
+        timeout 20 scontrol shutdown >/dev/null 2>&1 || true
     fi
     for f in "$DIR"/run/slurmd-*.pid "$DIR/run/slurmctld.pid"; do
-        [[ -s "$f" ]] || continue
-        pid="$(cat "$f")"
+        pid="$(cat "$f" 2>/dev/null)" || continue  # a daemon that stopped removes its file
+        [[ -n "$pid" ]] || continue
         for _ in $(seq 50); do
             kill -0 "$pid" 2>/dev/null || break
             sleep 0.1
