@@ -398,11 +398,13 @@ def _hpcray_sbatch(jobs: Jobs, *args: str) -> subprocess.CompletedProcess:
                           timeout=60, check=False)
 
 
-def test_hpcray_sbatch_submits_and_completes(jobs):
+@pytest.mark.parametrize("launcher", ["srun", "mpiexec"])
+def test_hpcray_sbatch_submits_and_completes(jobs, launcher):
     script = jobs.script(ACROSS_NODES)
     output = jobs.workdir / "cli.out"
     proc = _hpcray_sbatch(jobs, "--nodes", "2", "--ranks-per-node", "2", "--time", "00:05:00",
-                          "--job-name", jobs.name, "--output", str(output), str(script))
+                          "--job-name", jobs.name, "--output", str(output),
+                          "--launcher", launcher, str(script))
     assert proc.returncode == 0, proc.stderr
     job_id = proc.stdout.strip()
     assert job_id.isdigit(), proc.stdout
@@ -527,6 +529,28 @@ def test_hpcray_sbatch_requeue_on_sigterm(jobs):
     jobs.ids.append(job_id)
     jobs.wait_output(output, r"step 40\b")
     subprocess.run(["scancel", "--signal=TERM", job_id], env=jobs.env, timeout=30, check=True)
+    info = jobs.wait_done(job_id, timeout=JOB_TIMEOUT_S + 60, output=output)
+    text = output.read_text()
+    assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", (info, text)
+    assert "hpcray: SIGTERM received" in text
+    _check_counter(text)
+
+
+def test_hpcray_sbatch_mpiexec_requeue_on_usr1_warning(jobs):
+    """Under mpiexec (Hydra) the batch shell turns the B:USR1 warning into SIGTERM for mpiexec,
+    which forwards it to every rank; USR1 itself keeps meaning "a rank died" there."""
+    script = jobs.script(COUNTER_JOB)
+    output = jobs.workdir / "out.txt"
+    proc = _hpcray_sbatch(jobs, "--nodes", "2", "--ranks-per-node", "2", "--requeue",
+                          "--signal", "B:USR1@30", "--launcher", "mpiexec",
+                          "--job-name", jobs.name, "--output", str(output), str(script),
+                          str(COUNTER_STEPS))
+    assert proc.returncode == 0, proc.stderr
+    job_id = proc.stdout.strip()
+    jobs.ids.append(job_id)
+    jobs.wait_output(output, r"step 40\b")
+    subprocess.run(["scancel", "--batch", "--signal=USR1", job_id], env=jobs.env, timeout=30,
+                   check=True)
     info = jobs.wait_done(job_id, timeout=JOB_TIMEOUT_S + 60, output=output)
     text = output.read_text()
     assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", (info, text)
