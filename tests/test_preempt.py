@@ -75,3 +75,37 @@ def test_sigterm_runs_callbacks_then_ends_the_job(run_job, tmp_path):
     while time.monotonic() < deadline and any(psutil.pid_exists(p) for p in pids):
         time.sleep(0.1)
     assert not [p for p in pids if psutil.pid_exists(p)], "ranks outlived the job"
+
+
+LONE_SIGTERM_JOB = """
+    import os
+    import signal
+    import time
+
+    import hpcray
+
+    hpcray.init()
+
+
+    @hpcray.remote
+    def pid():
+        return os.getpid()
+
+
+    victim = hpcray.get(pid.remote())
+    os.kill(victim, signal.SIGTERM)   # a worker alone: it waits for the head, then gives up
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and victim not in [
+            hpcray.get_runtime_context()._rt.ranks[r].pid
+            for r in range(1, 3) if not hpcray.get_runtime_context()._rt.ranks[r].alive]:
+        time.sleep(0.1)
+    print("RESULT", victim, flush=True)
+"""
+
+
+def test_worker_outlives_sigterm_only_for_the_grace(run_job):
+    proc = run_job(LONE_SIGTERM_JOB, n=3, timeout=60, env={"HPCRAY_PREEMPT_GRACE": "1"})
+    assert "SIGTERM 1 s ago and the head has not ended the job; exiting" in proc.stderr
+    victim = proc.stdout.split("RESULT", 1)[1].split()[0]
+    assert f"(pid {victim} on" in proc.stderr and "died" in proc.stderr, proc.stderr
+    assert proc.returncode != 0  # a rank died during the job
