@@ -10,6 +10,7 @@ The one time bound asserted is hpcray's promise that scancel ends every rank wit
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -41,6 +42,7 @@ def _slurm_env() -> dict[str, str]:
         env["SLURM_CONF"] = str(SLURM_DIR / "slurm.conf")
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env["PYTHONUNBUFFERED"] = "1"
+    env["HPCRAY_INIT_TIMEOUT"] = "60"  # a start-up that cannot finish fails fast
     for key in [k for k in env if k.startswith("SLURM_") and k != "SLURM_CONF"]:
         del env[key]  # the tests may themselves run inside a Slurm job
     return env
@@ -145,6 +147,32 @@ class Jobs:
         if self.ids:
             subprocess.run(["scancel", *self.ids], env=self.env, timeout=30,
                            capture_output=True, check=False)
+
+
+#: What Slurm 22.05's mpi/pmi2 plugin logs when it misreads a long PMI-1 "put" from MPICH's
+#: MPI_Init (seen about once in 300 launches here, on both nodes at once); the step then fails
+#: in MPI_Init before hpcray runs. Not hpcray's to fix: a test that hits it runs once more.
+PMI_FLAKE = ("mpi/pmi2: value not properly terminated", "mpi/pmi2: invalid client request")
+
+
+def retry_pmi_flake(test):
+    """Runs the test again (once, from a clean directory) if it failed on PMI_FLAKE."""
+
+    @functools.wraps(test)
+    def run(jobs, *args, **kwargs):
+        try:
+            return test(jobs, *args, **kwargs)
+        except (AssertionError, pytest.fail.Exception) as exc:
+            if not any(flake in str(exc) for flake in PMI_FLAKE):
+                raise
+            print(f"MPI_Init failed in Slurm's pmi2 plugin ({PMI_FLAKE[0]!r}); running again")
+            jobs.cancel_all()
+            _kill_all(_processes(str(jobs.workdir)))
+            for path in list(jobs.workdir.iterdir()):
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+            return test(jobs, *args, **kwargs)
+
+    return run
 
 
 @pytest.fixture
@@ -264,6 +292,7 @@ def _check_across(out: dict, job_id: str, ranks_per_node: int) -> None:
     assert sorted(len(r) for r in out["ranks"].values()) == [ranks_per_node] * 2, out["ranks"]
 
 
+@retry_pmi_flake
 def test_srun_step_across_two_nodes(jobs):
     """srun --mpi=pmi2: nodes(), SPREAD and a 100 MiB object from a rank on n1 to one on n2."""
     script = jobs.script(ACROSS_NODES)
@@ -278,6 +307,7 @@ def test_srun_step_across_two_nodes(jobs):
     assert out["cpu"] == 3.0  # three worker ranks, one CPU each
 
 
+@retry_pmi_flake
 def test_mpiexec_inside_sbatch_same_script(jobs):
     """The same script under mpiexec in a batch job; --cpus-per-task=2 makes 2-CPU ranks."""
     script = jobs.script(ACROSS_NODES)
@@ -297,6 +327,7 @@ def test_mpiexec_inside_sbatch_same_script(jobs):
     assert out["cpu"] == 6.0  # three worker ranks advertising 2 CPUs each
 
 
+@retry_pmi_flake
 def test_srun_wrapper_in_a_batch_job(jobs):
     """launchers/srun-hpcray inside an sbatch job, 2 nodes x 2 ranks."""
     script = jobs.script(ACROSS_NODES)
@@ -310,6 +341,7 @@ def test_srun_wrapper_in_a_batch_job(jobs):
     _check_across(_result(text), job_id, 2)
 
 
+@retry_pmi_flake
 def test_srun_without_mpi_plugin_is_a_clear_error(jobs):
     script = jobs.script("import hpcray\nhpcray.init()\nprint('RESULT {}')\n")
     proc = jobs.srun("-N", "1", "-n", "2", "--mpi=none", sys.executable, str(script), timeout=60)
@@ -363,6 +395,7 @@ def _run_template(jobs: Jobs, template: str, *overrides: str) -> dict:
     return out
 
 
+@retry_pmi_flake
 def test_template_cpu(jobs):
     out = _run_template(jobs, "cpu.sbatch")  # as written: 2 nodes x 2 ranks
     assert out["nodes"] == ["n1", "n2"]
@@ -370,6 +403,7 @@ def test_template_cpu(jobs):
     assert out["slurm"]["tasks_per_node"] == [2, 2] and out["slurm"]["cpus_per_task"] == 1
 
 
+@retry_pmi_flake
 def test_template_gpu_per_rank(jobs):
     """The cluster's GPUs are fake (Slurm counts them; nothing runs on them): the template's
     request, its srun line and what Slurm reports to each rank are checked, not CUDA."""
@@ -381,6 +415,7 @@ def test_template_gpu_per_rank(jobs):
         assert on_node == 2 and gpu_ids == ["0", "1"], (rank, node, on_node, gpu_ids)
 
 
+@retry_pmi_flake
 def test_template_gpu_shared(jobs):
     out = _run_template(jobs, "gpu-shared.sbatch", "--nodes=1", "--ntasks-per-node=4",
                         "--gpus-per-node=1", "--cpus-per-task=1")
@@ -399,6 +434,7 @@ def _hpcray_sbatch(jobs: Jobs, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("launcher", ["srun", "mpiexec"])
+@retry_pmi_flake
 def test_hpcray_sbatch_submits_and_completes(jobs, launcher):
     script = jobs.script(ACROSS_NODES)
     output = jobs.workdir / "cli.out"
@@ -416,6 +452,7 @@ def test_hpcray_sbatch_submits_and_completes(jobs, launcher):
     _check_across(_result(text), job_id, 2)
 
 
+@retry_pmi_flake
 def test_hpcray_sbatch_bad_input(jobs):
     proc = _hpcray_sbatch(jobs, "--dry-run", "missing.py")
     assert proc.returncode == 2 and "missing.py" in proc.stderr and "not found" in proc.stderr
@@ -498,6 +535,7 @@ def _check_counter(text: str) -> None:
         f"a restart did not resume from the checkpoint: {runs}")
 
 
+@retry_pmi_flake
 def test_requeue_template_usr1_warning(jobs):
     """sweep-requeue.sbatch: Slurm's B:USR1 warning (sent here with scancel --batch) reaches
     the head through the batch shell; the callback saves, hpcray requeues, the rerun resumes."""
@@ -516,6 +554,7 @@ def test_requeue_template_usr1_warning(jobs):
     _check_counter(text)
 
 
+@retry_pmi_flake
 def test_hpcray_sbatch_requeue_on_sigterm(jobs):
     """An `hpcray sbatch --requeue` job preempted with SIGTERM on every rank (what Slurm does
     on preemption; sent here with scancel --signal=TERM)."""
@@ -536,6 +575,7 @@ def test_hpcray_sbatch_requeue_on_sigterm(jobs):
     _check_counter(text)
 
 
+@retry_pmi_flake
 def test_hpcray_sbatch_mpiexec_requeue_on_usr1_warning(jobs):
     """Under mpiexec (Hydra) the batch shell turns the B:USR1 warning into SIGTERM for mpiexec,
     which forwards it to every rank; USR1 itself keeps meaning "a rank died" there."""
@@ -604,6 +644,7 @@ CONCURRENT_JOB = """
 """
 
 
+@retry_pmi_flake
 def test_two_jobs_on_one_node_do_not_see_each_other(jobs):
     script = jobs.script(CONCURRENT_JOB)
     ids, outputs = {}, {}
@@ -672,6 +713,7 @@ def _start_sleeper(jobs: Jobs) -> tuple[str, Path, dict[int, str]]:
         time.sleep(0.1)
 
 
+@retry_pmi_flake
 def test_scancel_ends_every_rank_within_10s(jobs):
     job_id, output, pids = _start_sleeper(jobs)
     assert sorted(pids.values()) == ["head", "n1", "n2", "n2"], pids
@@ -691,6 +733,7 @@ def test_scancel_ends_every_rank_within_10s(jobs):
     assert not _processes(str(jobs.workdir)), "leftover processes"
 
 
+@retry_pmi_flake
 def test_rank_killed_on_one_node_ends_the_job(jobs):
     job_id, output, pids = _start_sleeper(jobs)
     victim = next(p for p, node in pids.items() if node == "n2")

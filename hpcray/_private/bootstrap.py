@@ -7,6 +7,7 @@ Under mpiexec/srun the job's ranks are the cluster. A plain ``python script.py``
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import os
 import signal
 import socket
@@ -125,6 +126,16 @@ def _check_srun(world_size: int) -> None:
         os._exit(2)
 
 
+def _bound_startup(timeout: float) -> None:
+    """MPI_Init and the start-up collectives wait for every rank; if one never comes (it died
+    in MPI_Init, the launcher lost it), end this rank after ``timeout`` seconds instead of
+    hanging until the job's time limit. faulthandler's timer runs in a C thread, so it fires
+    even while MPI_Init holds the GIL; it prints where each thread was, then exits with 1."""
+    if timeout > 0:
+        faulthandler.dump_traceback_later(timeout, exit=True,
+                                          file=sys.__stderr__ or sys.stderr)
+
+
 def _spawn_workers(MPI, n: int):
     """Interactive sessions only: worker ranks started with MPI_Comm_spawn (they know their
     parent through MPI_Comm_get_parent)."""
@@ -181,6 +192,7 @@ def start(overrides: dict, num_cpus: int | None):
     if not embedded and not under_mpi_launcher() and not _interactive():
         _check_srun(1)
         _relaunch(num_cpus or os.cpu_count() or 1)
+    _bound_startup(config_mod.load().init_timeout)
     MPI = _mpi()
     if not MPI.Is_initialized():
         MPI.Init_thread(MPI.THREAD_SERIALIZED)
@@ -205,6 +217,7 @@ def start(overrides: dict, num_cpus: int | None):
     from .transport import Transport
 
     transport = Transport(comm)
+    faulthandler.cancel_dump_traceback_later()  # start-up is over
     if comm.Get_rank() == 0:
         from .head import HeadRuntime
 

@@ -37,6 +37,8 @@ class Config:
     collective_timeout: float = 180.0
     #: forward what tasks print to the driver, prefixed with rank and host
     log_to_driver: bool = True
+    #: seconds MPI_Init and hpcray's start-up may take before a rank gives up (0: no bound)
+    init_timeout: float = 300.0
     #: where the job keeps state across requeues (default: <working dir>/.hpcray/<job id>)
     state_dir: str = ""
     #: the signal (besides SIGTERM) that means "preempted soon": a name like USR1 or USR2, or
