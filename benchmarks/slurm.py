@@ -114,20 +114,26 @@ def inside(args: argparse.Namespace) -> None:
                  else "Ray: 3.7 s ray.init measured on this machine (shared/FACTS.md)")
     hp_s = statistics.median(hp)
     rows.append(("srun to first task result, 2 nodes x 2 ranks", hp_s, ray_s))
+    best = (min(hp), min(ray) if ray else 3.7)
     print(f"\nhpcray samples (s): {', '.join(f'{x:.3f}' for x in hp)}")
     print(f"MPI start-up alone, same srun (s): {', '.join(f'{x:.3f}' for x in mpi)}")
     if ray:
         print(f"Ray samples (s): {', '.join(f'{x:.3f}' for x in ray)}")
     print(f"Ray column: {ray_label}\n")
-    print("| row | hpcray (median) | Ray | ratio | target | |")
+    print("| row | hpcray | Ray | ratio | target | |")
     print("|---|---:|---:|---:|---|---|")
     for name, mine, theirs in rows:
         ratio = theirs / mine
         ok = mine < 1.0 and ratio >= 5
-        print(f"| {name} | {mine:.2f} s | {theirs:.2f} s | {ratio:.1f}x | < 1 s, >= 5x Ray "
-              f"| {'PASS' if ok else 'MISS'} |")
-    print(f"| MPI start-up alone (srun + MPI_Init + barrier) | {statistics.median(mpi):.2f} s "
-          "| | | | |")
+        print(f"| {name} (median) | {mine:.2f} s | {theirs:.2f} s | {ratio:.1f}x "
+              f"| < 1 s, >= 5x Ray | {'PASS' if ok else 'MISS'} |")
+    ok = best[0] < 1.0 and best[1] / best[0] >= 5
+    print(f"| same, best of each | {best[0]:.2f} s | {best[1]:.2f} s | {best[1] / best[0]:.1f}x "
+          f"| < 1 s, >= 5x Ray | {'PASS' if ok else 'MISS'} |")
+    print(f"| MPI start-up alone (srun + MPI_Init + barrier), median | "
+          f"{statistics.median(mpi):.2f} s | | | | |")
+    load = os.getloadavg()[0]
+    print(f"\n1-minute load average at the end: {load:.1f} on {os.cpu_count()} cores")
 
 
 def main() -> None:
