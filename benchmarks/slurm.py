@@ -12,7 +12,8 @@ Ray is timed in the same run as `ray.init(num_cpus=2)` on one machine followed b
 task result: a lower bound for Ray inside an allocation, which the documented way (`srun ray
 start --head --block &`, then `srun ray start --address=...` on the other nodes, then the
 driver) only makes slower. On this machine that documented two-node start did not come up
-(the second raylet is killed; see README), so the local start is the comparison.
+(the raylet joining from the second Slurm node fails with Ray's "InvalidAuthToken", both
+nodes being one host), so the local start is the comparison.
 """
 
 from __future__ import annotations
