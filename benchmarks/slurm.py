@@ -60,7 +60,7 @@ RAY_FIRST = """
     t0 = time.time()
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
 
 
     @ray.remote
