@@ -554,24 +554,26 @@ def test_requeue_template_usr1_warning(jobs):
     _check_counter(text)
 
 
+@pytest.mark.parametrize("sig", ["TERM", "USR1"])
 @retry_pmi_flake
-def test_hpcray_sbatch_requeue_on_sigterm(jobs):
-    """An `hpcray sbatch --requeue` job preempted with SIGTERM on every rank (what Slurm does
-    on preemption; sent here with scancel --signal=TERM)."""
+def test_hpcray_sbatch_requeue_on_signal_to_the_ranks(jobs, sig):
+    """An `hpcray sbatch --requeue` job whose ranks get SIGTERM (what Slurm does on preemption)
+    or the --signal=USR1@T warning without B: (sent to the job steps, not the batch shell)."""
     script = jobs.script(COUNTER_JOB)
     output = jobs.workdir / "out.txt"
-    proc = _hpcray_sbatch(jobs, "--nodes", "2", "--ranks-per-node", "2", "--requeue",
+    warning = ["--signal", "USR1@600"] if sig == "USR1" else []
+    proc = _hpcray_sbatch(jobs, "--nodes", "2", "--ranks-per-node", "2", "--requeue", *warning,
                           "--job-name", jobs.name, "--output", str(output), str(script),
                           str(COUNTER_STEPS))
     assert proc.returncode == 0, proc.stderr
     job_id = proc.stdout.strip()
     jobs.ids.append(job_id)
     jobs.wait_output(output, r"step 40\b")
-    subprocess.run(["scancel", "--signal=TERM", job_id], env=jobs.env, timeout=30, check=True)
+    subprocess.run(["scancel", f"--signal={sig}", job_id], env=jobs.env, timeout=30, check=True)
     info = jobs.wait_done(job_id, timeout=JOB_TIMEOUT_S + 60, output=output)
     text = output.read_text()
     assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", (info, text)
-    assert "hpcray: SIGTERM received" in text
+    assert f"hpcray: SIG{sig} received" in text
     _check_counter(text)
 
 
