@@ -99,7 +99,7 @@ def _describe(comm, config) -> list[RankInfo]:
             resources["GPU"] = mine.share
         resources.update({k: float(v) for k, v in config.resources.items()})
     rows = comm.allgather((socket.gethostname(), os.getpid(), leader, _node_name(), resources,
-                           mine.gpus, cuda_aware_mpi(), slurm_task))
+                           mine.gpus, bool(mine.gpus) and cuda_aware_mpi(), slurm_task))
     leaders = sorted({row[2] for row in rows})
     return [RankInfo(r, host, pid, f"node-{leaders.index(lead)}", name, res, gpus, cuda_mpi,
                      slurm=sl)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import functools
 import os
 import sys
@@ -247,21 +246,15 @@ def cuda_aware_mpi() -> bool:
 
 
 def _mpix_query():
-    candidates = [None]
+    """MPIX_Query_cuda_support from the loaded MPI library (a dlsym through mpi4py's module
+    and what it links; no library search), or None where the library has none."""
     try:
         from mpi4py import MPI
-
-        candidates.append(MPI.__file__)
     except ImportError:
         return None
-    for lib in ("mpi", "mpich"):
-        path = ctypes.util.find_library(lib)
-        if path:
-            candidates.append(path)
-    for path in candidates:
+    for path in (None, MPI.__file__):
         try:
-            handle = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
-            fn = handle.MPIX_Query_cuda_support
+            fn = ctypes.CDLL(path).MPIX_Query_cuda_support
         except (OSError, AttributeError):
             continue
         fn.restype = ctypes.c_int
