@@ -44,6 +44,17 @@ def run_process(cmd: list[str], timeout: float, env: dict | None = None,
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
+def kill_all(procs) -> None:
+    """SIGKILLs psutil processes, skipping those already gone."""
+    import psutil
+
+    for proc in procs:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
 @pytest.fixture
 def run_job(tmp_path):
     """run_job(code, n=3, timeout=120, spawn=False, env=None): runs code as a job's script.

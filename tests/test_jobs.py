@@ -24,7 +24,7 @@ from typing import Any
 
 import psutil
 import pytest
-from conftest import mpiexec, run_process
+from conftest import kill_all, mpiexec, run_process
 
 RunJob = Callable[..., subprocess.CompletedProcess]
 
@@ -72,14 +72,6 @@ def _describe(procs: list[psutil.Process]) -> list[str]:
     return out
 
 
-def _kill_all(procs: list[psutil.Process]) -> None:
-    for proc in procs:
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
-
-
 def _leftovers(marker: str, until: float | None = None) -> list[str]:
     """Processes of a finished job still alive at ``until`` (monotonic time, default: now).
 
@@ -91,7 +83,7 @@ def _leftovers(marker: str, until: float | None = None) -> list[str]:
             break
         time.sleep(0.1)
     described = _describe(alive)
-    _kill_all(alive)
+    kill_all(alive)
     return described
 
 
@@ -105,7 +97,7 @@ def script_path(tmp_path: Path) -> str:
 def cleanup(script_path: str):
     """Kills whatever a test's job left running, even when the test fails."""
     yield
-    _kill_all(_survivors(script_path))
+    kill_all(_survivors(script_path))
 
 
 def _shared_job(tmp_path_factory: pytest.TempPathFactory, name: str, code: str, n: int = 3,
@@ -118,7 +110,7 @@ def _shared_job(tmp_path_factory: pytest.TempPathFactory, name: str, code: str, 
     try:
         return run_process(cmd, timeout, env=env, cwd=str(workdir))
     finally:
-        _kill_all(_survivors(str(script)))
+        kill_all(_survivors(str(script)))
 
 
 # -- 1. scheduling ---------------------------------------------------------------------------

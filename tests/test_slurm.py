@@ -26,7 +26,7 @@ from typing import Any
 
 import psutil
 import pytest
-from conftest import ROOT, mpiexec, run_process
+from conftest import ROOT, kill_all, mpiexec, run_process
 
 SLURM_DIR = Path(os.environ.get("HPCRAY_SLURM_DIR", "/tmp/hpcray-slurm"))
 #: hpcray's bound from scancel to the last rank gone
@@ -177,7 +177,7 @@ def retry_pmi_flake(test):
                 print(f"MPI_Init failed in Slurm's pmi2 plugin ({PMI_FLAKE[0]!r}); running "
                       "again with a changed environment")
                 jobs.cancel_all()
-                _kill_all(_processes(str(jobs.workdir)))
+                kill_all(_processes(str(jobs.workdir)))
                 for path in list(jobs.workdir.iterdir()):
                     shutil.rmtree(path) if path.is_dir() else path.unlink()
         finally:
@@ -192,7 +192,7 @@ def jobs(slurm_env, tmp_path):
     jobs = Jobs(slurm_env, tmp_path)
     yield jobs
     jobs.cancel_all()
-    _kill_all(_processes(str(tmp_path)))
+    kill_all(_processes(str(tmp_path)))
 
 
 def _processes(marker: str) -> list[psutil.Process]:
@@ -207,14 +207,6 @@ def _processes(marker: str) -> list[psutil.Process]:
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     return found
-
-
-def _kill_all(procs: list[psutil.Process]) -> None:
-    for proc in procs:
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
 
 
 def _pid_alive(pid: int) -> bool:
@@ -547,6 +539,19 @@ def _check_counter(text: str) -> None:
         f"a restart did not resume from the checkpoint: {runs}")
 
 
+def _signal_mid_run(jobs, job_id: str, output, scancel_args: list[str], expected: str) -> str:
+    """Signals a running counter job at step 40; it must be requeued once by Slurm and end
+    with the exact total. Returns its output."""
+    jobs.wait_output(output, r"step 40\b")
+    subprocess.run(["scancel", *scancel_args, job_id], env=jobs.env, timeout=30, check=True)
+    info = jobs.wait_done(job_id, timeout=JOB_TIMEOUT_S + 60, output=output)
+    text = output.read_text()
+    assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", (info, text)
+    assert expected in text
+    _check_counter(text)
+    return text
+
+
 @retry_pmi_flake
 def test_requeue_template_usr1_warning(jobs):
     """sweep-requeue.sbatch: Slurm's B:USR1 warning (sent here with scancel --batch) reaches
@@ -555,15 +560,9 @@ def test_requeue_template_usr1_warning(jobs):
     output = jobs.workdir / "out.txt"
     job_id = jobs.sbatch(f"--output={output}", str(ROOT / "slurm" / "sweep-requeue.sbatch"),
                          str(script), str(COUNTER_STEPS))
-    jobs.wait_output(output, r"step 40\b")
-    subprocess.run(["scancel", "--batch", "--signal=USR1", job_id], env=jobs.env, timeout=30,
-                   check=True)
-    info = jobs.wait_done(job_id, timeout=JOB_TIMEOUT_S + 60, output=output)
-    text = output.read_text()
-    assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", (info, text)
-    assert "hpcray: SIGUSR1 received: running 1 on_preempt callback(s)" in text
+    text = _signal_mid_run(jobs, job_id, output, ["--batch", "--signal=USR1"],
+                           "hpcray: SIGUSR1 received: running 1 on_preempt callback(s)")
     assert f"requeued Slurm job {job_id}" in text
-    _check_counter(text)
 
 
 @pytest.mark.parametrize("sig", ["TERM", "USR1"])
@@ -580,13 +579,7 @@ def test_hpcray_sbatch_requeue_on_signal_to_the_ranks(jobs, sig):
     assert proc.returncode == 0, proc.stderr
     job_id = proc.stdout.strip()
     jobs.ids.append(job_id)
-    jobs.wait_output(output, r"step 40\b")
-    subprocess.run(["scancel", f"--signal={sig}", job_id], env=jobs.env, timeout=30, check=True)
-    info = jobs.wait_done(job_id, timeout=JOB_TIMEOUT_S + 60, output=output)
-    text = output.read_text()
-    assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", (info, text)
-    assert f"hpcray: SIG{sig} received" in text
-    _check_counter(text)
+    _signal_mid_run(jobs, job_id, output, [f"--signal={sig}"], f"hpcray: SIG{sig} received")
 
 
 @retry_pmi_flake
@@ -602,14 +595,8 @@ def test_hpcray_sbatch_mpiexec_requeue_on_usr1_warning(jobs):
     assert proc.returncode == 0, proc.stderr
     job_id = proc.stdout.strip()
     jobs.ids.append(job_id)
-    jobs.wait_output(output, r"step 40\b")
-    subprocess.run(["scancel", "--batch", "--signal=USR1", job_id], env=jobs.env, timeout=30,
-                   check=True)
-    info = jobs.wait_done(job_id, timeout=JOB_TIMEOUT_S + 60, output=output)
-    text = output.read_text()
-    assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", (info, text)
-    assert "hpcray: SIGTERM received" in text
-    _check_counter(text)
+    _signal_mid_run(jobs, job_id, output, ["--batch", "--signal=USR1"],
+                    "hpcray: SIGTERM received")
 
 
 # -- isolation and failures -----------------------------------------------------------------
