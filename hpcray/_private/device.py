@@ -22,6 +22,7 @@ from ..exceptions import DeviceUnavailableError
 _local = threading.local()
 _backends: dict[str, Backend] = {}
 _types: dict[type, Backend] = {}
+_table: dict = {}  # type -> reducer, what serialize() consults for every value
 _gpu = {"here": False}
 
 
@@ -115,6 +116,7 @@ def register(kind: type, backend: Backend) -> None:
     """Makes ``kind`` (an array type) travel as device memory handled by ``backend``."""
     _backends[backend.name] = backend
     _types[kind] = backend
+    _table[kind] = _reduce
 
 
 def backend(name: str) -> Backend:
@@ -144,7 +146,7 @@ def device_table() -> dict:
     if "cupy" in sys.modules and "cupy" not in _backends:
         with contextlib.suppress(ImportError):
             _register_cupy()
-    return dict.fromkeys(_types, _reduce)
+    return _table
 
 
 def _reduce(array):
