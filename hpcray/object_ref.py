@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import threading
+import concurrent.futures
 
 from ._private.objects import ADD, CREATED, DROP, ref_events
 from ._private.serialization import note_ref
@@ -41,21 +41,22 @@ class ObjectRef:
     def __repr__(self) -> str:
         return f"ObjectRef({self.hex()})"
 
-    def future(self):
-        """A concurrent.futures.Future that completes with the value."""
-        import concurrent.futures
-
+    def future(self) -> concurrent.futures.Future:
+        """A concurrent.futures.Future that completes with the value (no thread is started)."""
         from . import api
 
-        fut = concurrent.futures.Future()
+        runtime = api._runtime()
+        fut: concurrent.futures.Future = concurrent.futures.Future()
 
-        def resolve():
+        def ready(ref: ObjectRef = self) -> None:
+            if not fut.set_running_or_notify_cancel():
+                return
             try:
-                fut.set_result(api.get(self))
+                fut.set_result(runtime.value_of(ref.id))
             except BaseException as exc:  # noqa: BLE001 - handed to the future
                 fut.set_exception(exc)
 
-        threading.Thread(target=resolve, daemon=True, name="hpcray-future").start()
+        runtime.when_local(self.id, ready)
         return fut
 
     def __await__(self):

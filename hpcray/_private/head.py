@@ -158,6 +158,8 @@ class HeadRuntime(Runtime):
                     self.progress_once()
         finally:
             self.add_poller(-1)
+        if self.store.fired:
+            self.run_fired()
 
     def add_poller(self, delta: int) -> None:
         with self.pollers_lock:  # driver threads may be many (futures, pools)
@@ -167,9 +169,12 @@ class HeadRuntime(Runtime):
         with self.lock:
             self.drain_refs()
             try:
-                return self.ops[op](0, *args)
+                result = self.ops[op](0, *args)
             finally:
                 self.flush()
+        if self.store.fired:
+            self.run_fired()
+        return result
 
     def progress_loop(self) -> None:
         """The head's own progress; it idles while a driver thread polls in get()."""

@@ -63,10 +63,11 @@ class Stored:
 class Waiter:
     """Counts arrivals of the ids a get/wait is waiting for (O(1) per arrival)."""
 
-    __slots__ = ("arrived",)
+    __slots__ = ("arrived", "callback")
 
-    def __init__(self):
+    def __init__(self, callback=None):
         self.arrived = 0
+        self.callback = callback  # run by Runtime.run_fired once the rank lock is released
 
 
 @dataclass
@@ -76,6 +77,7 @@ class LocalStore:
     objects: dict[int, Stored] = field(default_factory=dict)
     cond: threading.Condition = field(default_factory=threading.Condition)
     watchers: dict[int, list[Waiter]] = field(default_factory=dict)
+    fired: list = field(default_factory=list)  # callbacks of arrived ids, not yet run
 
     def __contains__(self, object_id: int) -> bool:
         return object_id in self.objects
@@ -83,9 +85,9 @@ class LocalStore:
     def get(self, object_id: int) -> Stored | None:
         return self.objects.get(object_id)
 
-    def watch(self, ids) -> Waiter:
+    def watch(self, ids, callback=None) -> Waiter:
         """A Waiter counting the ids of ``ids`` (absent now) as they arrive; hold the rank lock."""
-        waiter = Waiter()
+        waiter = Waiter(callback)
         watchers = self.watchers
         for object_id in ids:
             watchers.setdefault(object_id, []).append(waiter)
@@ -106,6 +108,8 @@ class LocalStore:
         if waiting is not None:
             for waiter in waiting:
                 waiter.arrived += 1
+                if waiter.callback is not None:
+                    self.fired.append(waiter.callback)
             with self.cond:
                 self.cond.notify_all()
 

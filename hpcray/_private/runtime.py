@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..exceptions import GetTimeoutError, ObjectLostError, TaskError
@@ -98,7 +99,36 @@ class Runtime:
                     traceback.print_exc(file=sys.__stderr__)
             self.after_poll()
             transport.test_sends()
-            return busy or transport.pending_sends() > 0
+            busy = busy or transport.pending_sends() > 0
+        if self.store.fired:
+            self.run_fired()
+        return busy
+
+    def run_fired(self) -> None:
+        """Runs the callbacks of objects that arrived; call without holding the rank lock."""
+        with self.lock:
+            fired, self.store.fired = self.store.fired, []
+        for callback in fired:
+            try:
+                callback()
+            except Exception:  # noqa: BLE001 - a callback must not stop the rank
+                traceback.print_exc(file=sys.__stderr__)
+
+    def when_local(self, object_id: int, callback: Callable[[], None]) -> None:
+        """Calls ``callback()`` once the object is on this rank (at once if it is already).
+
+        It runs on whichever runtime thread sees the object arrive, outside the rank lock,
+        so it must be quick: hand the work to a loop or a future.
+        """
+        with self.lock:
+            present = object_id in self.store.objects
+            if not present:
+                self.store.watch((object_id,), callback)
+        if present:
+            callback()
+        else:
+            self.to_head((P.WANT, [object_id]))
+            self.backoff.kick()  # the progress loop watches closely for the reply
 
     def before_poll(self) -> None:
         """Sends or applies the reference count changes made since the last poll."""

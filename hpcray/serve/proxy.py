@@ -1,0 +1,227 @@
+"""The HTTP ingress: uvicorn on the head rank; requests go to replicas over the runtime."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import socket
+import sys
+import threading
+import time
+
+from hpcray.exceptions import ActorDiedError
+
+from . import handle as handles
+from .config import HTTPOptions
+from .http import RequestData, ResponseData, error_response
+from .metrics import Metrics
+from .router import BackPressureError
+
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+class Ingress:
+    """The ASGI app: auth, size limit, routing by prefix, backpressure, metrics."""
+
+    def __init__(self, options: HTTPOptions, routes, status):
+        self.options = options
+        self.routes = routes            # () -> {prefix: (app, deployment)}
+        self.metrics = Metrics(status)
+        self.expected = f"Bearer {options.token}".encode() if options.token else None
+
+    def match(self, path: str) -> tuple[str, str, str] | None:
+        best = None
+        for prefix, target in self.routes().items():
+            p = prefix.rstrip("/")
+            if (path == p or path.startswith(p + "/") or p == "") and \
+                    (best is None or len(p) > len(best[0])):
+                best = (p, *target)
+        return best
+
+    async def __call__(self, scope: dict, receive, send) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1003})
+            return
+        start = time.perf_counter()
+        if self.expected is not None and not self._authorized(scope["headers"]):
+            await _send(send, error_response(401, "Unauthorized: send 'Authorization: Bearer "
+                                                  "<token>' (printed when serve started)",
+                                             [(b"www-authenticate", b"Bearer")]))
+            return
+        path = scope["path"]
+        if path.startswith("/-/"):
+            await self._builtin(path, send)
+            return
+        target = self.match(path)
+        if target is None:
+            await _send(send, error_response(404, f"Not Found: no application serves {path} "
+                                                  f"(routes: {sorted(self.routes())})"))
+            return
+        prefix, app, deployment = target
+        body = await self._body(scope, receive)
+        if isinstance(body, ResponseData):
+            await _send(send, body)
+            self.metrics.observe(app, deployment, body.status, time.perf_counter() - start)
+            return
+        req = RequestData(scope["method"], path, scope.get("query_string", b""),
+                          scope["headers"], body, prefix, scope.get("client"),
+                          scope.get("server"), scope.get("scheme", "http"),
+                          scope.get("http_version", "1.1"))
+        state = handles.state_for(app, deployment)
+        response, call = await self._call(state, req, deployment)
+        await _send(send, response, more=response.stream_id is not None)
+        self.metrics.observe(app, deployment, response.status, time.perf_counter() - start)
+        if response.stream_id is not None:
+            await self._stream(call, state, response.stream_id, send)
+
+    def _authorized(self, headers: list) -> bool:
+        for name, value in headers:
+            if name == b"authorization":
+                return hmac.compare_digest(value, self.expected)
+        return False
+
+    async def _body(self, scope: dict, receive) -> bytes | ResponseData:
+        limit = self.options.max_body_bytes
+        too_big = error_response(413, f"Payload Too Large: the limit is {limit} bytes "
+                                      "(max_body_bytes)")
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                try:
+                    if int(value) > limit:
+                        return too_big
+                except ValueError:
+                    return error_response(400, "Bad Request: invalid Content-Length")
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return b""
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                return too_big
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    async def _call(self, state, req: RequestData, deployment: str):
+        call = handles._Call("handle_http", (req,), {}, 1 if req.method in IDEMPOTENT else 0)
+        try:
+            state.submit(call)
+        except BackPressureError as exc:
+            return error_response(503, f"Service Unavailable: {deployment} is overloaded ({exc})",
+                                  [(b"retry-after", b"1")]), call
+        except handles.DeploymentUnavailableError as exc:
+            return error_response(503, f"Service Unavailable: {exc}",
+                                  [(b"retry-after", b"5")]), call
+        try:
+            result = await asyncio.wait_for(asyncio.wrap_future(call.future),
+                                            self.options.request_timeout_s)
+        except asyncio.TimeoutError:
+            return error_response(504, f"Gateway Timeout: {deployment} did not answer within "
+                                       f"{self.options.request_timeout_s} s"), call
+        except ActorDiedError as exc:
+            return error_response(500, f"Internal Server Error: the replica of {deployment} "
+                                       f"died while handling the request ({exc})"), call
+        except Exception as exc:  # noqa: BLE001 - every request gets an answer
+            return error_response(500, f"Internal Server Error: {type(exc).__name__}: {exc}"), call
+        return result, call
+
+    async def _stream(self, call, state, stream_id: int, send) -> None:
+        actor = state.replicas.get(call.replica) if call.replica is not None else None
+        done = actor is None
+        try:
+            while not done:
+                chunk, done = await actor.stream_next.remote(stream_id)
+                await send({"type": "http.response.body", "body": chunk, "more_body": not done})
+        except Exception as exc:  # noqa: BLE001 - the status is sent: end the body
+            print(f"hpcray serve: stream from {state.deployment} ended early: {exc}",
+                  file=sys.stderr)
+            if actor is not None:
+                try:
+                    actor.stream_cancel.remote(stream_id)
+                except Exception:  # noqa: BLE001, S110 - the replica is gone
+                    pass
+        if actor is None or not done:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _builtin(self, path: str, send) -> None:
+        if path == "/-/healthz":
+            await _send(send, _text(200, b"success", b"text/plain"))
+        elif path == "/-/routes":
+            routes = {p: app for p, (app, _) in self.routes().items()}
+            await _send(send, _text(200, json.dumps(routes).encode(), b"application/json"))
+        elif path == "/-/metrics":
+            await _send(send, _text(200, self.metrics.render(),
+                                    b"text/plain; version=0.0.4; charset=utf-8"))
+        else:
+            await _send(send, error_response(404, f"Not Found: {path}"))
+
+
+def _text(status: int, body: bytes, kind: bytes) -> ResponseData:
+    return ResponseData(status, [(b"content-type", kind),
+                                 (b"content-length", str(len(body)).encode())], body)
+
+
+async def _send(send, response: ResponseData, more: bool = False) -> None:
+    await send({"type": "http.response.start", "status": response.status,
+                "headers": response.headers})
+    await send({"type": "http.response.body", "body": response.body, "more_body": more})
+
+
+class HTTPServer:
+    """uvicorn in a thread of the driver's process, on a socket bound up front."""
+
+    def __init__(self, options: HTTPOptions, ingress: Ingress):
+        import uvicorn
+
+        self.options = options
+        family = socket.AF_INET6 if ":" in options.host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            self.sock.bind((options.host, options.port))
+        except OSError as exc:
+            self.sock.close()
+            raise RuntimeError(f"serve cannot listen on {options.host}:{options.port}: "
+                               f"{exc.strerror}; pick another port (port=0 takes a free one)"
+                               ) from None
+        self.sock.listen(2048)
+        self.port = self.sock.getsockname()[1]
+        loop = "uvloop" if _has("uvloop") else "asyncio"
+        http = "httptools" if _has("httptools") else "h11"
+        config = uvicorn.Config(ingress, log_level="warning", access_log=False, lifespan="off",
+                                loop=loop, http=http, timeout_keep_alive=30,
+                                backlog=2048)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self._run, daemon=True, name="hpcray-http")
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started and self.thread.is_alive():
+            if time.monotonic() > deadline:
+                raise RuntimeError("the HTTP server did not start within 30 s")
+            time.sleep(0.005)
+
+    def _run(self) -> None:
+        self.server.run(sockets=[self.sock])
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.sock.close()
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def address(options: HTTPOptions, port: int) -> str:
+    host = options.host
+    if host in ("0.0.0.0", "::"):
+        host = socket.gethostname()
+    return f"http://{host}:{port}"
+
