@@ -9,7 +9,8 @@ import sys
 _USAGE = (
     "usage: python -m hpcray script.py [args...]\n"
     "       python -m hpcray run -n N [--mpiexec PATH] [--] script.py [args...]\n"
-    "       python -m hpcray sbatch [options] [--] script.py [args...]"
+    "       python -m hpcray sbatch [options] [--] script.py [args...]\n"
+    "       python -m hpcray serve -n N [options] module:app"
 )
 
 
@@ -19,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args:
         print(_USAGE, file=sys.stderr)
         return 2
-    if args[0] in ("run", "sbatch") or args[0].startswith("-"):
+    if args[0] in ("run", "sbatch", "serve") or args[0].startswith("-"):
         from hpcray.cli import main as cli_main
 
         return cli_main(args)

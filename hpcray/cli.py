@@ -1,5 +1,6 @@
 """The ``hpcray`` console script: ``hpcray run -n N script.py [args...]`` starts an MPI job;
-``hpcray sbatch [options] script.py [args...]`` submits one to Slurm."""
+``hpcray sbatch [options] script.py [args...]`` submits one to Slurm; ``hpcray serve -n N
+module:app`` serves an application over HTTP."""
 
 from __future__ import annotations
 
@@ -66,7 +67,33 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("script", help="Python script to run (use -- before it if needed)")
     run.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the script")
     _add_sbatch_parser(sub)
+    _add_serve_parser(sub)
     return parser
+
+
+def add_serve_options(p: argparse.ArgumentParser) -> None:
+    """The options of ``hpcray serve`` and ``python -m hpcray.serve``."""
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1; others need a bearer token)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free)")
+    p.add_argument("--name", default="default", help="application name (default 'default')")
+    p.add_argument("--route-prefix", default="/", help="route prefix (default /)")
+    p.add_argument("--max-body-bytes", type=int, default=None,
+                   help="larger request bodies get 413 (default 10 MiB)")
+    p.add_argument("target", metavar="module:app",
+                   help="an Application (Deployment.bind(...)) or Deployment, by import path")
+
+
+def _add_serve_parser(sub) -> None:
+    sv = sub.add_parser(
+        "serve", help="serve an application over HTTP on N MPI ranks",
+        description="Start a job of N ranks serving module:app over HTTP (like `serve run`); "
+                    "inside an allocation run `srun python -m hpcray.serve module:app` instead.")
+    sv.add_argument("-n", "--np", dest="n", type=_positive_int, default=None, metavar="N",
+                    help=f"number of MPI ranks (default: cpu_count + 1 = {_default_ranks()})")
+    sv.add_argument("--mpiexec", metavar="PATH", help="mpiexec/mpirun to use")
+    sv.add_argument("--dry-run", action="store_true", help="print the mpiexec command and exit")
+    add_serve_options(sv)
 
 
 def _add_sbatch_parser(sub) -> None:
@@ -107,6 +134,14 @@ def _add_sbatch_parser(sub) -> None:
     sb.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the script")
 
 
+def _cmd_serve(ns: argparse.Namespace) -> int:
+    argv = [sys.executable, "-m", "hpcray.serve", "--host", ns.host, "--port", str(ns.port),
+            "--name", ns.name, "--route-prefix", ns.route_prefix, ns.target]
+    if ns.max_body_bytes is not None:
+        argv[-1:-1] = ["--max-body-bytes", str(ns.max_body_bytes)]
+    return _launch(ns, argv, "hpcray serve")
+
+
 def _cmd_run(ns: argparse.Namespace) -> int:
     script = ns.script
     if not Path(script).is_file():
@@ -117,12 +152,16 @@ def _cmd_run(ns: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    return _launch(ns, [sys.executable, "-m", "hpcray", script, *ns.args], "hpcray run")
+
+
+def _launch(ns: argparse.Namespace, argv: list[str], prog: str) -> int:
+    """Runs argv on every rank of an mpiexec job (or prints the command with --dry-run)."""
     n = ns.n if ns.n is not None else _default_ranks()
-    argv = [sys.executable, "-m", "hpcray", script, *ns.args]
     try:
         cmd, env_add = mpiexec_command(n, argv, mpiexec=ns.mpiexec)
     except RuntimeError as exc:
-        print(f"hpcray run: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     if ns.dry_run:
         prefix = [f"{k}={shlex.quote(v)}" for k, v in env_add.items()]
@@ -136,7 +175,7 @@ def _cmd_run(ns: argparse.Namespace) -> int:
     try:
         return run_job(cmd, env)
     except OSError as exc:
-        print(f"hpcray run: error: cannot start {cmd[0]!r}: {exc}", file=sys.stderr)
+        print(f"{prog}: error: cannot start {cmd[0]!r}: {exc}", file=sys.stderr)
         return 2
 
 
@@ -201,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
         return _cmd_run(ns)
     if ns.command == "sbatch":
         return _cmd_sbatch(ns, argv[1:])
+    if ns.command == "serve":
+        return _cmd_serve(ns)
     parser.print_help(sys.stderr)
     return 2
 

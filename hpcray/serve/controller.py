@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import sys
 import threading
@@ -285,12 +286,10 @@ class Controller:
     def _stop(self, state: DeploymentState, info: ReplicaInfo, graceful: bool) -> None:
         info.state = STOPPING
         if graceful:
-            try:
+            with contextlib.suppress(Exception):  # a replica already gone is killed below
                 info.drain = info.actor.drain.remote(
                     state.config.graceful_shutdown_timeout_s).future()
                 return
-            except Exception:  # noqa: BLE001 - already gone
-                pass
         state.replicas.pop(info.rid, None)
         _kill(info.actor)
 
@@ -307,10 +306,8 @@ class Controller:
         for other in app.deployments.values():
             for info in other.replicas.values():
                 if info.state != STOPPING:
-                    try:
+                    with contextlib.suppress(Exception):  # a dead one is found by its checks
                         info.actor.update_handles.remote([snapshot])
-                    except Exception:  # noqa: BLE001 - a dead replica is found by its checks
-                        pass
 
     # -- status -------------------------------------------------------------------------------
     def status(self) -> dict:
@@ -404,10 +401,8 @@ def _check_capacity(states: dict) -> None:
 
 
 def _kill(actor: Any) -> None:
-    try:
+    with contextlib.suppress(Exception):  # already dead
         hpcray.kill(actor)
-    except Exception:  # noqa: BLE001 - already dead
-        pass
 
 
 def _describe(exc: BaseException) -> str:

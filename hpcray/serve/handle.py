@@ -19,24 +19,41 @@ class DeploymentUnavailableError(RuntimeError):
 
 
 class _Call:
-    """One request on its way: which actor method, and the futures the caller holds."""
+    """One request on its way: which actor method, and how its caller learns the outcome.
 
-    __slots__ = ("args", "future", "kwargs", "method", "ref_future", "replica", "retries")
+    Handle calls get futures; the HTTP ingress passes ``notify(value, exc)`` instead.
+    """
 
-    def __init__(self, method: str, args: tuple, kwargs: dict, retries: int = 0):
+    __slots__ = ("args", "future", "kwargs", "method", "notify", "ref_future", "replica",
+                 "retries")
+
+    def __init__(self, method: str, args: tuple, kwargs: dict, retries: int = 0,
+                 notify: Callable[[Any, BaseException | None], None] | None = None):
         self.method = method
         self.args = args
         self.kwargs = kwargs
         self.retries = retries
         self.replica: Any = None
-        self.future: concurrent.futures.Future = concurrent.futures.Future()
-        self.ref_future: concurrent.futures.Future = concurrent.futures.Future()
+        self.notify = notify
+        self.future = self.ref_future = None
+        if notify is None:
+            self.future = concurrent.futures.Future()
+            self.ref_future = concurrent.futures.Future()
 
     def fail(self, exc: BaseException) -> None:
+        if self.notify is not None:
+            self.notify(None, exc)
+            return
         if not self.future.done():
             self.future.set_exception(exc)
         if not self.ref_future.done():
             self.ref_future.set_exception(exc)
+
+    def succeed(self, value: Any) -> None:
+        if self.notify is not None:
+            self.notify(value, None)
+        elif not self.future.done():
+            self.future.set_result(value)
 
 
 # called on the driver when a call finds its replica dead: (app, deployment, replica id)
@@ -96,7 +113,7 @@ class RouterState:
             self.finished(call, rid, None, exc)
             return
         call.replica = rid
-        if not call.ref_future.done():
+        if call.ref_future is not None and not call.ref_future.done():
             call.ref_future.set_result(ref)
         ref.future().add_done_callback(functools.partial(self._done, call, rid))
 
@@ -126,8 +143,8 @@ class RouterState:
                 self.send(call, again)
         elif exc is not None:
             call.fail(exc)
-        elif not call.future.done():
-            call.future.set_result(fut.result())
+        else:
+            call.succeed(fut.result())
         for c, r in ready:
             self.send(c, r)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import socket
@@ -14,7 +15,7 @@ from hpcray.exceptions import ActorDiedError
 
 from . import handle as handles
 from .config import HTTPOptions
-from .http import RequestData, ResponseData, error_response
+from .http import ResponseData, error_response
 from .metrics import Metrics
 from .router import BackPressureError
 
@@ -65,12 +66,12 @@ class Ingress:
             await _send(send, body)
             self.metrics.observe(app, deployment, body.status, time.perf_counter() - start)
             return
-        req = RequestData(scope["method"], path, scope.get("query_string", b""),
-                          scope["headers"], body, prefix, scope.get("client"),
-                          scope.get("server"), scope.get("scheme", "http"),
-                          scope.get("http_version", "1.1"))
+        method = scope["method"]
+        req = (method, path, scope.get("query_string", b""), scope["headers"], body, prefix,
+               scope.get("client"), scope.get("server"), scope.get("scheme", "http"),
+               scope.get("http_version", "1.1"))
         state = handles.state_for(app, deployment)
-        response, call = await self._call(state, req, deployment)
+        response, call = await self._call(state, req, method, deployment)
         await _send(send, response, more=response.stream_id is not None)
         self.metrics.observe(app, deployment, response.status, time.perf_counter() - start)
         if response.stream_id is not None:
@@ -106,8 +107,21 @@ class Ingress:
             if not message.get("more_body", False):
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-    async def _call(self, state, req: RequestData, deployment: str):
-        call = handles._Call("handle_http", (req,), {}, 1 if req.method in IDEMPOTENT else 0)
+    async def _call(self, state, req: tuple, method: str, deployment: str):
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+
+        def settle(value, exc) -> None:
+            if not waiter.done():
+                if exc is None:
+                    waiter.set_result(value)
+                else:
+                    waiter.set_exception(exc)
+
+        def notify(value, exc) -> None:
+            loop.call_soon_threadsafe(settle, value, exc)
+
+        call = handles._Call("handle_http", (req,), {}, 1 if method in IDEMPOTENT else 0, notify)
         try:
             state.submit(call)
         except BackPressureError as exc:
@@ -117,8 +131,10 @@ class Ingress:
             return error_response(503, f"Service Unavailable: {exc}",
                                   [(b"retry-after", b"5")]), call
         try:
-            result = await asyncio.wait_for(asyncio.wrap_future(call.future),
-                                            self.options.request_timeout_s)
+            if self.options.request_timeout_s is None:
+                result = await waiter
+            else:
+                result = await asyncio.wait_for(waiter, self.options.request_timeout_s)
         except asyncio.TimeoutError:
             return error_response(504, f"Gateway Timeout: {deployment} did not answer within "
                                        f"{self.options.request_timeout_s} s"), call
@@ -127,7 +143,7 @@ class Ingress:
                                        f"died while handling the request ({exc})"), call
         except Exception as exc:  # noqa: BLE001 - every request gets an answer
             return error_response(500, f"Internal Server Error: {type(exc).__name__}: {exc}"), call
-        return result, call
+        return ResponseData(*result), call
 
     async def _stream(self, call, state, stream_id: int, send) -> None:
         actor = state.replicas.get(call.replica) if call.replica is not None else None
@@ -140,10 +156,8 @@ class Ingress:
             print(f"hpcray serve: stream from {state.deployment} ended early: {exc}",
                   file=sys.stderr)
             if actor is not None:
-                try:
+                with contextlib.suppress(Exception):  # the replica is gone
                     actor.stream_cancel.remote(stream_id)
-                except Exception:  # noqa: BLE001, S110 - the replica is gone
-                    pass
         if actor is None or not done:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 
@@ -193,8 +207,8 @@ class HTTPServer:
         loop = "uvloop" if _has("uvloop") else "asyncio"
         http = "httptools" if _has("httptools") else "h11"
         config = uvicorn.Config(ingress, log_level="warning", access_log=False, lifespan="off",
-                                loop=loop, http=http, timeout_keep_alive=30,
-                                backlog=2048)
+                                loop=loop, http=http, timeout_keep_alive=30, backlog=2048,
+                                proxy_headers=False, server_header=False)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self._run, daemon=True, name="hpcray-http")
         self.thread.start()

@@ -12,7 +12,7 @@ import hpcray
 
 from . import handle as handles
 from .batching import batch_sizes
-from .http import RequestData, ResponseData, Streams, as_asgi, error_response, plain_response
+from .http import RequestData, Streams, as_asgi, error_response, plain_response
 
 
 class Replica:
@@ -68,26 +68,31 @@ class Replica:
             self.ongoing -= 1
             self.served += 1
 
-    async def handle_http(self, req: RequestData) -> ResponseData:
-        """An HTTP request from the proxy; user errors become a 500 naming this replica."""
+    async def handle_http(self, fields: tuple) -> tuple:
+        """An HTTP request from the proxy, as RequestData fields; answers ResponseData fields.
+
+        User errors become a 500 naming this replica.
+        """
         self.ongoing += 1
         try:
+            req = RequestData(*fields)
             if self.asgi is not None:
-                return await self.streams.run(self.asgi, req)
-            result = self._target("__call__")(req.request())
-            if inspect.isawaitable(result):
-                result = await result
-            response = plain_response(result)
-            if response is None:
-                response = await self.streams.run(as_asgi(result), req)
-            return response
+                response = await self.streams.run(self.asgi, req)
+            else:
+                result = self._target("__call__")(req.request())
+                if inspect.isawaitable(result):
+                    result = await result
+                response = plain_response(result)
+                if response is None:
+                    response = await self.streams.run(as_asgi(result), req)
         except Exception as exc:  # noqa: BLE001 - user code: the client gets a 500
             traceback.print_exc(file=sys.stderr)
-            return error_response(500, f"Internal Server Error: {type(exc).__name__}: {exc} "
-                                       f"(replica {self.name}, {self.where})")
+            response = error_response(500, f"Internal Server Error: {type(exc).__name__}: {exc} "
+                                           f"(replica {self.name}, {self.where})")
         finally:
             self.ongoing -= 1
             self.served += 1
+        return (response.status, response.headers, response.body, response.stream_id)
 
     async def stream_next(self, stream_id: int) -> tuple[bytes, bool]:
         return await self.streams.next(stream_id)
