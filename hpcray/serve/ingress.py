@@ -39,8 +39,10 @@ def bind_routes(app: Any, instance: Any) -> Any:
         return app
     cls = type(instance)
     app = copy.copy(app)
-    app.router = copy.copy(app.router)
-    routes = app.router.routes = list(app.router.routes)
+    router = app.router = copy.copy(app.router)
+    if getattr(router, "middleware_stack", None) is not None:
+        router.middleware_stack = router.app  # it was bound to the original router
+    routes = router.routes = list(router.routes)
     for i, route in enumerate(routes):
         if not isinstance(route, APIRoute):
             continue
