@@ -41,14 +41,20 @@ def start(http_options: HTTPOptions | dict | None = None, **kwargs) -> None:
     is generated and printed once.
     """
     with _lock:
-        options = _options(http_options, kwargs)
         controller = _controller()
         if _state["http"] is not None:
-            if _state["options"] != options:
-                raise RuntimeError(f"serve is already listening on {_state['options'].host}:"
-                                   f"{_state['http'].port}; call serve.shutdown() before "
-                                   "starting it with other HTTP options")
+            given = dict(http_options.__dict__ if isinstance(http_options, HTTPOptions)
+                         else http_options or {})
+            given.update({k: v for k, v in kwargs.items() if v is not None})
+            current = _state["options"]
+            differ = sorted(k for k, v in given.items()
+                            if getattr(current, k, None) != v and not (k == "port" and v == 0))
+            if differ:
+                raise RuntimeError(f"serve is already listening on {current.host}:"
+                                   f"{_state['http'].port} ({', '.join(differ)} differ); call "
+                                   "serve.shutdown() before starting it with other HTTP options")
             return
+        options = _options(http_options, kwargs)
         from .proxy import HTTPServer, Ingress, address
 
         ingress = Ingress(options, controller.routes, controller.status)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copyreg
 import inspect
 import itertools
 import json
@@ -10,10 +11,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 try:
+    from starlette.datastructures import State
     from starlette.requests import Request
     from starlette.responses import Response, StreamingResponse
 except ImportError as exc:  # pragma: no cover - the serve extra brings starlette
     raise ImportError('hpcray.serve needs the serve extra: pip install "hpcray[serve]"') from exc
+
+
+def _reduce_state(state: State):
+    return State, (dict(state._state),)
+
+
+# An app's State recurses forever when unpickled by default; FastAPI apps travel to replicas.
+copyreg.pickle(State, _reduce_state)
 
 
 @dataclass
