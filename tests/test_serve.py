@@ -4,6 +4,7 @@ and the ``hpcray serve`` CLI."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -11,8 +12,9 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, kill_all, run_process
 from test_core import PRELUDE, run
+from test_slurm import jobs, slurm_env  # noqa: F401 - fixtures
 
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
@@ -29,9 +31,9 @@ def http(method, url, body=None, headers=None, timeout=30):
     req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, dict(r.headers), r.read()
+            return r.status, {k.lower(): v for k, v in r.headers.items()}, r.read()
     except urllib.error.HTTPError as e:
-        return e.code, dict(e.headers), e.read()
+        return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
 
 
 async def _one(port, path, method="GET", body=b"", headers=None):
@@ -216,7 +218,7 @@ emit(R)
 
 
 def test_serve_features(run_job) -> None:
-    r, proc = run(run_job, FEATURES_JOB, n=4, timeout=240)
+    r, _ = run(run_job, FEATURES_JOB, n=4, timeout=240)
     assert r["http"] == [200, "application/json", True]
     assert r["handle"] is True
     assert max(r["batches"]) > 1 and max(r["batches"]) <= 8, r["batches"]
@@ -243,3 +245,301 @@ def test_serve_features(run_job) -> None:
     assert r["freed"] is True
     assert r["broken"][0] == "err" and "cannot load the weights" in r["broken"][2]
     assert r["after_shutdown"] == "err"
+
+
+RESILIENCE_JOB = CLIENT + '''
+import threading
+
+hpcray.init()
+R = {}
+
+
+@serve.deployment(num_replicas=1, max_ongoing_requests=1, max_queued_requests=2,
+                  ray_actor_options={"num_cpus": 0.5})
+class Slow:
+    async def __call__(self, request):
+        await asyncio.sleep(float(request.query_params.get("s", "0.5")))
+        return "done"
+
+
+serve.run(Slow.bind(), name="slow", route_prefix="/slow", port=0, max_body_bytes=1000)
+port = serve.http_port()
+base = f"http://127.0.0.1:{port}"
+out = many(port, ["/slow?s=0.5"] * 12)
+R["overload"] = sorted(r[0] for r in out)
+R["retry_after"] = http("GET", base + "/slow?s=0")[0]
+results = []
+threads = [threading.Thread(target=lambda: results.append(http("GET", base + "/slow?s=0.5")))
+           for _ in range(8)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+R["retry_header"] = sorted({r[1].get("retry-after") for r in results if r[0] == 503})
+R["big_body"] = http("POST", base + "/slow?s=0", b"x" * 1001)[0]
+R["ok_body"] = http("POST", base + "/slow?s=0", b"x" * 1000)[0]
+serve.delete("slow")
+
+
+# -- autoscaling from load ----------------------------------------------------------------------
+@serve.deployment(max_ongoing_requests=10, ray_actor_options={"num_cpus": 0.5},
+                  autoscaling_config={"min_replicas": 1, "max_replicas": 3,
+                                      "target_ongoing_requests": 2, "upscale_delay_s": 0.5,
+                                      "downscale_delay_s": 1.0, "metrics_interval_s": 0.2})
+class Elastic:
+    async def __call__(self, request):
+        await asyncio.sleep(0.2)
+        return "ok"
+
+
+serve.run(Elastic.bind(), name="elastic", route_prefix="/elastic")
+
+
+def running():
+    d = serve.status().applications["elastic"].deployments["Elastic"]
+    return d.replica_states.get("RUNNING", 0)
+
+
+R["scale_start"] = running()
+stop = threading.Event()
+threads = [threading.Thread(target=lambda: [http("GET", base + "/elastic")
+                                            for _ in iter(stop.is_set, True)]) for _ in range(8)]
+for t in threads:
+    t.start()
+R["scaled_up"] = poll(lambda: running() == 3, 60) and running()
+stop.set()
+for t in threads:
+    t.join(timeout=60)
+R["scaled_down"] = poll(lambda: running() == 1, 60) and running()
+serve.shutdown()
+
+# -- beyond loopback a token is required -----------------------------------------------------------
+os.environ["HPCRAY_SERVE_TOKEN"] = "secret-token-0123456789"
+serve.run(Elastic.options(autoscaling_config=None, num_replicas=1).bind(), name="tok",
+          route_prefix="/", host="0.0.0.0", port=0)
+tport = serve.http_port()
+url = f"http://127.0.0.1:{tport}/"
+R["token"] = [http("GET", url)[0],
+              http("GET", url, headers={"Authorization": "Bearer nope"})[0],
+              http("GET", url, headers={"Authorization": "Bearer secret-token-0123456789"})[0],
+              http("GET", f"http://127.0.0.1:{tport}/-/metrics")[0]]
+serve.shutdown()
+del os.environ["HPCRAY_SERVE_TOKEN"]
+serve.start(host="0.0.0.0", port=0)   # no token given: one is generated and printed
+gport = serve.http_port()
+R["generated"] = http("GET", f"http://127.0.0.1:{gport}/-/healthz")[0]
+serve.shutdown()
+emit(R)
+'''
+
+
+def test_serve_resilience(run_job) -> None:
+    r, proc = run(run_job, RESILIENCE_JOB, n=4, timeout=300)
+    # one running, two queued; the rest are told to come back later
+    assert r["overload"].count(200) >= 3 and set(r["overload"]) == {200, 503}, r["overload"]
+    assert r["retry_after"] == 200 and r["retry_header"] == ["1"]
+    assert r["big_body"] == 413 and r["ok_body"] == 200
+    assert r["scale_start"] == 1 and r["scaled_up"] == 3 and r["scaled_down"] == 1
+    assert "autoscaling Elastic from 1 to" in proc.stderr
+    assert r["token"] == [401, 401, 200, 401]
+    assert r["generated"] == 401
+    assert "must send 'Authorization: Bearer " in proc.stderr
+
+
+KILL_JOB = CLIENT + '''
+import threading
+
+hpcray.init()
+R = {}
+base = None
+
+
+# -- a replica killed under load ---------------------------------------------------------------
+@serve.deployment(num_replicas=2, max_ongoing_requests=8, health_check_period_s=0.2,
+                  health_check_timeout_s=5)
+class Victim:
+    def __init__(self):
+        self.sick = False
+
+    async def __call__(self, request):
+        await asyncio.sleep(0.01)
+        return {"pid": os.getpid()}
+
+    def pid(self):
+        return os.getpid()
+
+    def crash(self):
+        os._exit(3)
+
+    def make_sick(self):
+        self.sick = True
+        return os.getpid()
+
+    def check_health(self):
+        if self.sick:
+            raise RuntimeError("sick on purpose")
+
+
+h = serve.run(Victim.bind(), name="victim", route_prefix="/victim", port=0)
+base = f"http://127.0.0.1:{serve.http_port()}"
+pids = set()
+while len(pids) < 2:
+    pids.add(h.pid.remote().result(timeout_s=30))
+stop = threading.Event()
+codes = {}
+lock = threading.Lock()
+
+
+def load():
+    while not stop.is_set():
+        status = http("GET", base + "/victim", timeout=60)[0]
+        with lock:
+            codes[status] = codes.get(status, 0) + 1
+
+
+workers = [threading.Thread(target=load) for _ in range(6)]
+for t in workers:
+    t.start()
+time.sleep(1.0)
+if sys.argv[1] == "sigkill":
+    os.kill(sorted(pids)[-1], 9)
+else:
+    h.crash.remote()
+
+
+def pids_now():
+    """Replica pids answering 20 calls; calls caught on a dying replica raise ActorDiedError."""
+    out = set()
+    for _ in range(20):
+        try:
+            out.add(h.pid.remote().result(timeout_s=30))
+        except hpcray.exceptions.ActorDiedError:
+            pass
+    return out
+
+
+replaced = poll(lambda: len(pids_now() - pids) >= 1 and serve.status().applications["victim"].deployments["Victim"]
+                .replica_states.get("RUNNING") == 2, 60)
+time.sleep(1.0)
+stop.set()
+for t in workers:
+    t.join(timeout=60)
+R["killed"] = {"codes": {str(k): v for k, v in codes.items()}, "replaced": bool(replaced),
+               "hung": sum(t.is_alive() for t in workers)}
+after = [http("GET", base + "/victim")[0] for _ in range(20)]
+R["after_kill"] = sorted(set(after))
+
+# -- a replica failing its health check is replaced ------------------------------------------------
+sick = h.make_sick.remote().result(timeout_s=30)
+R["sick_replaced"] = bool(poll(lambda: sick not in pids_now(), 60))
+if not R["sick_replaced"]:
+    R["status"] = str(serve.status())
+serve.delete("victim")
+
+
+serve.shutdown()
+emit(R)
+'''
+
+
+def _check_kill(proc: subprocess.CompletedProcess) -> None:
+    # a rank died during the job, so the job ends non-zero once the driver is done
+    detail = f"--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}"
+    assert proc.returncode != 0 and "died during the job" in proc.stderr, detail
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert len(lines) == 1, detail
+    r = json.loads(lines[0][len("RESULT "):])
+    killed = r["killed"]
+    assert killed["hung"] == 0 and killed["replaced"] is True, killed
+    # GETs on the dead replica are retried once, so clients mostly never notice
+    assert set(killed["codes"]) <= {"200", "500"} and killed["codes"]["200"] > 0, killed
+    assert r["after_kill"] == [200]
+    assert r["sick_replaced"] is True, r
+    assert "died; replacing it" in proc.stderr
+    assert "health check failed" in proc.stderr and "sick on purpose" in proc.stderr
+
+
+def test_replica_crash_under_load(run_job) -> None:
+    """A replica's process exits mid-load (mpiexec: Hydra ends the whole job on SIGKILL)."""
+    _check_kill(run_job(PRELUDE + KILL_JOB, n=4, timeout=240, args=["exit"]))
+
+
+def test_replica_sigkill_under_load_on_slurm(jobs) -> None:  # noqa: F811 - the fixture
+    """srun keeps the step alive when a rank is SIGKILLed: the replica on n2 is replaced."""
+    script = jobs.script(PRELUDE + KILL_JOB)
+    proc = jobs.srun("-N", "2", "--ntasks-per-node=2", "--mpi=pmi2", sys.executable,
+                     str(script), "sigkill", timeout=240)
+    _check_kill(proc)
+
+
+APP_MODULE = '''
+from hpcray import serve
+
+
+@serve.deployment(num_replicas=2)
+class Hello:
+    def __init__(self, who):
+        self.who = who
+
+    def __call__(self, request):
+        return {"hello": self.who, "path": request.url.path}
+
+
+app = Hello.bind("hpc")
+'''
+
+
+def test_cli_serves_until_terminated(tmp_path) -> None:
+    import re
+    import urllib.request
+
+    import psutil
+
+    (tmp_path / "hello_app.py").write_text(APP_MODULE)
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "hpcray", "serve", "-n", "3", "--port", "0",
+                             "--route-prefix", "/hi", "hello_app:app"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    lines: list[str] = []
+    family: list = []
+    try:
+        deadline = time.monotonic() + 90
+        url = None
+        while url is None and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            found = re.search(r"ready at (http://\S+)", line)
+            url = found.group(1) if found else None
+        family = psutil.Process(proc.pid).children(recursive=True)
+        assert url, "".join(lines)
+        with urllib.request.urlopen(url + "/x", timeout=30) as r:
+            body = json.loads(r.read())
+        assert body == {"hello": "hpc", "path": "/hi/x"}
+        ranks = [p for p in family if p.name().startswith("python")]
+        assert len(ranks) == 3
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+        lines.append(out)
+        assert "shutting down" in out, "".join(lines)
+        _, alive = psutil.wait_procs(family, timeout=20)
+        assert not alive, "".join(lines)
+    finally:
+        kill_all(family)
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def test_cli_errors_are_clear(tmp_path) -> None:
+    (tmp_path / "not_app.py").write_text("app = 42\n")
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    for target, text in [("not_app:app", "not an Application"), ("nomodule:app", "cannot import"),
+                         ("not_app:missing", "no attribute 'missing'"),
+                         ("justaname", "expected module:attribute")]:
+        proc = run_process([sys.executable, "-m", "hpcray.serve", target], 60, env=env,
+                           cwd=str(tmp_path))
+        assert proc.returncode != 0 and text in proc.stderr, (target, proc.stderr)

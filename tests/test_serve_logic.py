@@ -12,12 +12,12 @@ import pytest
 
 pytest.importorskip("starlette")
 
-from hpcray.serve.autoscaling import AutoscalingPolicy  # noqa: E402
-from hpcray.serve.batching import batch, batch_sizes  # noqa: E402
-from hpcray.serve.config import AutoscalingConfig, DeploymentConfig, HTTPOptions  # noqa: E402
-from hpcray.serve.deployment import deployment  # noqa: E402
-from hpcray.serve.http import RequestData, Streams, as_asgi, plain_response  # noqa: E402
-from hpcray.serve.router import BackPressureError, Router  # noqa: E402
+from hpcray.serve.autoscaling import AutoscalingPolicy
+from hpcray.serve.batching import batch, batch_sizes
+from hpcray.serve.config import AutoscalingConfig, DeploymentConfig, HTTPOptions
+from hpcray.serve.deployment import deployment
+from hpcray.serve.http import RequestData, Streams, as_asgi, plain_response
+from hpcray.serve.router import BackPressureError, Router
 
 
 # -- routing ------------------------------------------------------------------------------------

@@ -244,8 +244,7 @@ class Controller:
     def _replace(self, state: DeploymentState, info: ReplicaInfo, why: str) -> bool:
         print(f"hpcray serve: replica {info.rid} of {state.name} ({info.where}) is unhealthy "
               f"({why}); replacing it", file=sys.stderr)
-        state.replicas.pop(info.rid, None)
-        _kill(info.actor)
+        self._stop(state, info, graceful=True)  # out of routing now, killed once drained
         return True
 
     def _autoscale(self, state: DeploymentState, now: float) -> None:
@@ -284,7 +283,9 @@ class Controller:
         state.replicas[rid] = info
 
     def _stop(self, state: DeploymentState, info: ReplicaInfo, graceful: bool) -> None:
-        info.state = STOPPING
+        was_running, info.state = info.state == RUNNING, STOPPING
+        if was_running:
+            self._publish(state)  # no new request reaches it from here on
         if graceful:
             with contextlib.suppress(Exception):  # a replica already gone is killed below
                 info.drain = info.actor.drain.remote(
