@@ -543,3 +543,15 @@ def test_cli_errors_are_clear(tmp_path) -> None:
         proc = run_process([sys.executable, "-m", "hpcray.serve", target], 60, env=env,
                            cwd=str(tmp_path))
         assert proc.returncode != 0 and text in proc.stderr, (target, proc.stderr)
+
+
+@pytest.mark.parametrize("name, pattern", [
+    ("serve_batch_model.py", r"accuracy 0\.(8|9)\d+, batch sizes seen \[.*\d\d.*\]"),
+    ("serve_composition.py", r"\[10, 12, 14\] -> \{'score': 0\.86\d+"),
+    ("serve_cupy_model.py", r"skipped|'device': \d"),
+])
+def test_examples(name: str, pattern: str) -> None:
+    import re
+
+    proc = run_process([sys.executable, str(ROOT / "examples" / name)], 180, cwd=str(ROOT))
+    assert proc.returncode == 0 and re.search(pattern, proc.stdout), proc.stdout + proc.stderr
