@@ -1448,8 +1448,51 @@ def test_async_await_futures_and_driver_threads(run_job):
             t.start()
         for t in threads:
             t.join(60)
-        emit({"awaited": awaited, "futures": from_futures, "sums": sorted(sums)})
+
+        # futures start no thread; errors and values arrive through callbacks
+        @hpcray.remote
+        def fail(x):
+            raise ValueError(f"no {x}")
+
+        before = threading.active_count()
+        pending = [double.remote(i).future() for i in range(300)]
+        during = threading.active_count()
+        bad = fail.remote(7).future()
+        done = []
+        pending[0].add_done_callback(lambda f: done.append(f.result()))
+        values = [f.result(timeout=60) for f in pending]
+        err = bad.exception(timeout=60)
+
+        # an async actor awaiting refs of tasks and of another actor
+        @hpcray.remote
+        class Adder:
+            def add(self, a, b):
+                return a + b
+
+        @hpcray.remote
+        class Chain:
+            def __init__(self, adder):
+                self.adder = adder
+
+            async def run(self, x):
+                doubled = await double.remote(x)
+                try:
+                    await fail.remote(x)
+                except ValueError as exc:
+                    caught = str(exc)
+                return await self.adder.add.remote(doubled, 1), caught
+
+        chain = Chain.remote(Adder.remote())
+        chained = hpcray.get([chain.run.remote(i) for i in range(10)], timeout=60)
+        emit({"awaited": awaited, "futures": from_futures, "sums": sorted(sums),
+              "threads": during - before, "values": values == [2 * i for i in range(300)],
+              "callback": done, "error": [type(err).__name__, str(err)],
+              "chained": chained})
     ''')
     assert r["awaited"] == [2 * i for i in range(20)]
     assert r["futures"] == [2 * i for i in range(20)]
     assert r["sums"] == sorted(sum(2 * (k * 100 + i) for i in range(50)) for k in range(8))
+    assert r["threads"] <= 0 and r["values"] is True and r["callback"] == [0]
+    assert "ValueError" in r["error"][0] and "no 7" in r["error"][1]
+    assert [c[0] for c in r["chained"]] == [2 * i + 1 for i in range(10)]
+    assert all(c[1].endswith(f"ValueError: no {i}") for i, c in enumerate(r["chained"]))
