@@ -34,12 +34,27 @@ def note_ref(object_id: int) -> None:
 
 
 def _is_plain(value: Any) -> bool:
-    kind = type(value)
-    if kind in _PRIMITIVES:
+    """Small values of builtin types only: plain pickle is enough (and much cheaper) for them."""
+    if type(value) in _PRIMITIVES:
         return True
-    if kind is tuple or kind is list:
-        return len(value) < 16 and all(type(v) in _PRIMITIVES for v in value)
-    return False
+    budget = 64
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind in _PRIMITIVES:
+            continue
+        if kind is tuple or kind is list:
+            stack.extend(item)
+        elif kind is dict:
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        else:
+            return False
+        budget -= len(item) + 1
+        if budget < 0:
+            return False
+    return True
 
 
 _cloudpickle_code_reduce = getattr(getattr(cloudpickle, "cloudpickle", None), "_code_reduce", None)
