@@ -194,6 +194,23 @@ R["metrics"] = [line for line in metrics.splitlines()
                 if line.startswith("hpcray_serve_requests_total") and 'deployment="echo"' in line]
 R["status_table"] = str(serve.status())
 
+# -- user_config reaches reconfigure(); handles by app name; function deployments -----------------
+@serve.deployment(user_config={"threshold": 3}, ray_actor_options={"num_cpus": 0})
+class Configured:
+    def reconfigure(self, config):
+        self.threshold = config["threshold"]
+
+    def __call__(self, x):
+        return x > self.threshold
+
+
+serve.run(Configured.bind(), name="configured", route_prefix=None)
+app_handle = serve.get_app_handle("configured")
+R["configured"] = [app_handle.remote(2).result(timeout_s=30),
+                   app_handle.remote(4).result(timeout_s=30)]
+R["echo_handle"] = outcome(lambda: serve.get_app_handle("nope"))[0]
+serve.delete("configured")
+
 # -- errors a user can make ------------------------------------------------------------------------
 R["too_many"] = outcome(lambda: serve.run(echo.options(num_replicas=50).bind(), name="big",
                                           route_prefix="/big"))
@@ -239,6 +256,7 @@ def test_serve_features(run_job) -> None:
     assert r["after_load"] is True
     assert any('code="200"' in line for line in r["metrics"])
     assert "echo" in r["status_table"] and "HEALTHY" in r["status_table"]
+    assert r["configured"] == [False, True] and r["echo_handle"] == "err"
     assert r["too_many"][0] == "err" and "more ranks" in r["too_many"][2]
     assert r["prefix_taken"][0] == "err" and "already used" in r["prefix_taken"][2]
     assert r["not_bound"][0] == "err" and ".bind()" in r["not_bound"][2]
