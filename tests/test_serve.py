@@ -14,7 +14,7 @@ import time
 import pytest
 from conftest import ROOT, kill_all, run_process
 from test_core import PRELUDE, run
-from test_slurm import jobs, slurm_env  # noqa: F401 - fixtures
+from test_slurm import _processes, jobs, slurm_env  # noqa: F401 - fixtures
 
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
@@ -573,3 +573,33 @@ def test_examples(name: str, pattern: str) -> None:
 
     proc = run_process([sys.executable, str(ROOT / "examples" / name)], 180, cwd=str(ROOT))
     assert proc.returncode == 0 and re.search(pattern, proc.stdout), proc.stdout + proc.stderr
+
+
+def test_serve_template_on_slurm(jobs) -> None:  # noqa: F811 - the fixture
+    """slurm/serve.sbatch: the output names address and token; the token is enforced;
+    scancel ends every rank."""
+    import re
+    import urllib.error
+    import urllib.request
+
+    module = jobs.name.replace("-", "_")  # unique: its processes are found by this name
+    (jobs.workdir / f"{module}.py").write_text(APP_MODULE)
+    output = jobs.workdir / "serve.out"
+    job_id = jobs.sbatch(f"--output={output}", str(ROOT / "slurm" / "serve.sbatch"),
+                         f"{module}:app", "--port", "0", "--route-prefix", "/hi")
+    text = jobs.wait_output(output, r"ready at http://\S+", timeout=120)
+    url = re.search(r"ready at (http://\S+)", text).group(1)
+    token = re.search(r"Authorization: Bearer (\S+)'", text).group(1)
+    host_url = re.sub(r"http://[^:/]+", "http://127.0.0.1", url)   # the node is this machine
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(host_url + "/x", timeout=30)
+    assert refused.value.code == 401
+    req = urllib.request.Request(host_url + "/x", headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        assert json.loads(r.read()) == {"hello": "hpc", "path": "/hi/x"}
+    subprocess.run(["scancel", job_id], env=jobs.env, timeout=30, check=True)
+    jobs.wait_done(job_id, output=output)
+    deadline = time.monotonic() + 20
+    while _processes(module) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _processes(module), output.read_text()
