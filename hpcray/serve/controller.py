@@ -73,6 +73,7 @@ class Controller:
     def __init__(self, tick_s: float = 0.05):
         self.lock = threading.RLock()
         self.apps: dict[str, AppState] = {}
+        self.route_table: dict[str, tuple[str, str]] = {}
         self.versions = itertools.count(1)
         self.tick_s = tick_s
         self.stopping = threading.Event()
@@ -99,6 +100,7 @@ class Controller:
                 states[dep_name] = state
             _check_capacity(states)
             app_state = self.apps[name] = AppState(name, route_prefix, app.deployment.name, states)
+            self._update_routes()
             for state in states.values():
                 self._publish(state)
                 self._reconcile(state, time.monotonic())
@@ -129,6 +131,7 @@ class Controller:
     def delete(self, name: str) -> None:
         with self.lock:
             app = self.apps.pop(name, None)
+            self._update_routes()
         if app is None:
             return
         for state in app.deployments.values():
@@ -335,10 +338,12 @@ class Controller:
             return out
 
     def routes(self) -> dict[str, tuple[str, str]]:
-        """route prefix -> (app, ingress deployment)."""
-        with self.lock:
-            return {a.route_prefix: (a.name, a.ingress) for a in self.apps.values()
-                    if a.route_prefix is not None}
+        """route prefix -> (app, ingress deployment); a new dict whenever apps change."""
+        return self.route_table
+
+    def _update_routes(self) -> None:
+        self.route_table = {a.route_prefix: (a.name, a.ingress) for a in self.apps.values()
+                            if a.route_prefix is not None}
 
 
 def _collect(app: Application) -> dict[str, Application]:
