@@ -365,7 +365,9 @@ def test_serve_resilience(run_job) -> None:
 
 
 KILL_JOB = CLIENT + '''
+import contextlib
 import threading
+import uuid
 
 hpcray.init()
 R = {}
@@ -378,6 +380,7 @@ base = None
 class Victim:
     def __init__(self):
         self.sick = False
+        self.uid = uuid.uuid4().hex
 
     async def __call__(self, request):
         await asyncio.sleep(0.01)
@@ -391,7 +394,11 @@ class Victim:
 
     def make_sick(self):
         self.sick = True
-        return os.getpid()
+        return self.uid
+
+    def ident(self):
+        # the replacement may land in the same rank's process: tell instances apart
+        return self.uid
 
     def check_health(self):
         if self.sick:
@@ -449,7 +456,17 @@ R["after_kill"] = sorted(set(after))
 
 # -- a replica failing its health check is replaced ------------------------------------------------
 sick = h.make_sick.remote().result(timeout_s=30)
-R["sick_replaced"] = bool(poll(lambda: sick not in pids_now(), 60))
+
+
+def idents_now():
+    out = set()
+    for _ in range(20):
+        with contextlib.suppress(hpcray.exceptions.ActorDiedError):
+            out.add(h.ident.remote().result(timeout_s=30))
+    return out
+
+
+R["sick_replaced"] = bool(poll(lambda: sick not in idents_now() and len(idents_now()) == 2, 60))
 if not R["sick_replaced"]:
     R["status"] = str(serve.status())
 serve.delete("victim")
