@@ -203,12 +203,18 @@ class Configured:
     def __call__(self, x):
         return x > self.threshold
 
+    async def text(self, kind):
+        await asyncio.sleep(0.5)
+        return "slow"
+
 
 serve.run(Configured.bind(), name="configured", route_prefix=None)
 app_handle = serve.get_app_handle("configured")
 R["configured"] = [app_handle.remote(2).result(timeout_s=30),
                    app_handle.remote(4).result(timeout_s=30)]
 R["echo_handle"] = outcome(lambda: serve.get_app_handle("nope"))[0]
+slow = app_handle.text.remote("x")
+R["timeout"] = outcome(lambda: slow.result(timeout_s=0.05))[:2] + [slow.result(timeout_s=30)]
 serve.delete("configured")
 
 # -- errors a user can make ------------------------------------------------------------------------
@@ -257,6 +263,7 @@ def test_serve_features(run_job) -> None:
     assert any('code="200"' in line for line in r["metrics"])
     assert "echo" in r["status_table"] and "HEALTHY" in r["status_table"]
     assert r["configured"] == [False, True] and r["echo_handle"] == "err"
+    assert r["timeout"] == ["err", "TimeoutError", "slow"]
     assert r["too_many"][0] == "err" and "more ranks" in r["too_many"][2]
     assert r["prefix_taken"][0] == "err" and "already used" in r["prefix_taken"][2]
     assert r["not_bound"][0] == "err" and ".bind()" in r["not_bound"][2]
