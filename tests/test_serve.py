@@ -224,6 +224,9 @@ R["prefix_taken"] = outcome(lambda: serve.run(echo.bind(), name="other", route_p
 R["not_bound"] = outcome(lambda: serve.run(echo, name="x"))
 
 
+R["no_gpu"] = outcome(lambda: serve.run(echo.options(ray_actor_options={"num_gpus": 1, "num_cpus": 0}).bind(),
+                                        name="gpu", route_prefix="/gpu"))
+R["no_gpu_route"] = http("GET", base + "/gpu")[0]
 serve.delete("echo")
 R["freed"] = poll(lambda: hpcray.available_resources().get("CPU", 0) >= 1.0, 30)
 
@@ -267,6 +270,7 @@ def test_serve_features(run_job) -> None:
     assert r["too_many"][0] == "err" and "more ranks" in r["too_many"][2]
     assert r["prefix_taken"][0] == "err" and "already used" in r["prefix_taken"][2]
     assert r["not_bound"][0] == "err" and ".bind()" in r["not_bound"][2]
+    assert r["no_gpu"][0] == "err" and "GPU" in r["no_gpu"][2] and r["no_gpu_route"] == 404
     assert r["freed"] is True
     assert r["broken"][0] == "err" and "cannot load the weights" in r["broken"][2]
     assert r["after_shutdown"] == "err"

@@ -101,9 +101,13 @@ class Controller:
             _check_capacity(states)
             app_state = self.apps[name] = AppState(name, route_prefix, app.deployment.name, states)
             self._update_routes()
-            for state in states.values():
-                self._publish(state)
-                self._reconcile(state, time.monotonic())
+            try:
+                for state in states.values():
+                    self._publish(state)
+                    self._reconcile(state, time.monotonic())
+            except Exception:  # e.g. replicas asking for GPUs the job does not have
+                self.delete(name)
+                raise
             return app_state
 
     def wait_running(self, name: str, timeout_s: float) -> None:
