@@ -31,7 +31,8 @@ UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 def parse_wrk(text: str) -> dict:
     """requests/s, p50/p90/p99 in ms and error counts from ``wrk --latency`` output."""
     out: dict = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))}
-    for pct, value, unit in re.findall(r"^\s+(50|90|99)%\s+([\d.]+)(us|ms|s)\s*$", text, re.MULTILINE):
+    percentiles = re.findall(r"^\s+(50|90|99)%\s+([\d.]+)(us|ms|s)\s*$", text, re.MULTILINE)
+    for pct, value, unit in percentiles:
         out[f"p{pct}_ms"] = float(value) * UNITS[unit]
     errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
     out["non_2xx"] = int(errors.group(1)) if errors else 0

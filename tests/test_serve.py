@@ -224,7 +224,8 @@ R["prefix_taken"] = outcome(lambda: serve.run(echo.bind(), name="other", route_p
 R["not_bound"] = outcome(lambda: serve.run(echo, name="x"))
 
 
-R["no_gpu"] = outcome(lambda: serve.run(echo.options(ray_actor_options={"num_gpus": 1, "num_cpus": 0}).bind(),
+gpu_echo = echo.options(ray_actor_options={"num_gpus": 1, "num_cpus": 0})
+R["no_gpu"] = outcome(lambda: serve.run(gpu_echo.bind(),
                                         name="gpu", route_prefix="/gpu"))
 R["no_gpu_route"] = http("GET", base + "/gpu")[0]
 serve.delete("echo")
@@ -454,8 +455,12 @@ def pids_now():
     return out
 
 
-replaced = poll(lambda: len(pids_now() - pids) >= 1 and serve.status().applications["victim"].deployments["Victim"]
-                .replica_states.get("RUNNING") == 2, 60)
+def running_victims():
+    return serve.status().applications["victim"].deployments["Victim"].replica_states.get(
+        "RUNNING")
+
+
+replaced = poll(lambda: len(pids_now() - pids) >= 1 and running_victims() == 2, 60)
 time.sleep(1.0)
 stop.set()
 for t in workers:
