@@ -98,8 +98,8 @@ def plain_response(value: Any) -> ResponseData | None:
     else:
         body = json.dumps(value, default=_json_default, separators=(",", ":")).encode()
         kind = b"application/json"
-    return ResponseData(200, [(b"content-type", kind), (b"content-length", str(len(body)).encode())],
-                        body)
+    length = str(len(body)).encode()
+    return ResponseData(200, [(b"content-type", kind), (b"content-length", length)], body)
 
 
 def as_asgi(value: Any):
