@@ -128,6 +128,8 @@ class RouterState:
             if died:
                 self.replicas.pop(rid, None)
                 self.router.remove(rid)
+            if retry and self.unavailable:
+                retry, exc = False, DeploymentUnavailableError(self.unavailable)
             if retry:
                 call.retries -= 1
                 try:
