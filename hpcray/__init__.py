@@ -18,6 +18,7 @@ from .api import (
                   put,
                   remote,
                   shutdown,
+                  timeline,
                   wait,
 )
 from .object_ref import ObjectRef
@@ -48,6 +49,7 @@ __all__ = [
                   "put",
                   "remote",
                   "shutdown",
+                  "timeline",
                   "util",
                   "wait",
 ]

@@ -218,6 +218,29 @@ def nodes() -> list[dict]:
     return _runtime().request("nodes")
 
 
+def timeline(filename: str | None = None) -> list[dict]:
+    """Every rank's recent tasks and actor calls as Chrome trace events (as ``ray.timeline``).
+
+    With a filename, also writes them as JSON to open in chrome://tracing or ui.perfetto.dev.
+    Each rank keeps its last HPCRAY_TIMELINE_EVENTS events (default 100,000).
+    """
+    import json
+
+    from ._private.timeline import trace_events
+
+    runtime = _runtime()
+    if runtime.rank != 0:
+        raise RuntimeError("timeline() is called on the driver, not inside a task")
+    names = {info.rank: f"rank {info.rank} ({info.node_name}, pid {info.pid})"
+             for info in runtime.ranks}
+    names[0] = f"rank 0: head + driver ({runtime.ranks[0].node_name})"
+    events = trace_events(runtime.collect_events(), names)
+    if filename is not None:
+        with open(filename, "w") as f:
+            json.dump(events, f)
+    return events
+
+
 def get_runtime_context() -> RuntimeContext:
     return RuntimeContext(_runtime())
 

@@ -1496,3 +1496,64 @@ def test_async_await_futures_and_driver_threads(run_job):
     assert "ValueError" in r["error"][0] and "no 7" in r["error"][1]
     assert [c[0] for c in r["chained"]] == [2 * i + 1 for i in range(10)]
     assert all(c[1].endswith(f"ValueError: no {i}") for i, c in enumerate(r["chained"]))
+
+
+def test_timeline_in_a_job(run_job, tmp_path):
+    """hpcray.timeline(): every task and actor call, on the rank that ran it, as Chrome trace
+    events; errors are recorded too."""
+    r, _ = run(run_job, '''
+        hpcray.init()
+
+        @hpcray.remote
+        def nap(x):
+            time.sleep(0.02)
+            return x
+
+        @hpcray.remote
+        def boom():
+            raise ValueError("x")
+
+        @hpcray.remote
+        class Acc:
+            def add(self, k):
+                return k
+
+            async def later(self):
+                return 1
+
+        acc = Acc.remote()
+        hpcray.get([nap.remote(i) for i in range(8)] + [acc.add.remote(1), acc.later.remote()])
+        outcome(lambda: hpcray.get(boom.remote()))
+        where = hpcray.get(nap.options(num_cpus=0).remote(hpcray.get_runtime_context().get_rank()))
+        events = hpcray.timeline("trace.json")
+        with open("trace.json") as f:
+            on_disk = json.load(f)
+        spans = [e for e in events if e["ph"] == "X"]
+        emit({"names": sorted(e["name"] for e in spans), "same": on_disk == events,
+              "naps": [e["dur"] for e in spans if e["name"] == "nap"],
+              "pids": sorted({e["pid"] for e in spans}),
+              "procs": sorted(e["args"]["name"].split(" (")[0] for e in events
+                              if e["name"] == "process_name"),
+              "cats": sorted({e["cat"] for e in spans}),
+              "inside": outcome(lambda: hpcray.get(hpcray.remote(hpcray.timeline).remote()))})
+    ''')
+    assert r["names"] == sorted(["nap"] * 9 + ["boom", "Acc.__init__", "Acc.add", "Acc.later"])
+    assert r["same"] is True and all(d >= 2e4 for d in r["naps"])
+    assert r["pids"] == [1, 2] and r["procs"] == ["rank 0: head + driver", "rank 1", "rank 2"]
+    assert r["cats"] == ["actor_call", "actor_creation", "task"]
+    assert r["inside"][0] == "err" and "on the driver" in r["inside"][2]
+
+
+def test_trace_events_format():
+    from hpcray._private import protocol as P
+    from hpcray._private.timeline import trace_events
+
+    events = {1: [("f", P.NORMAL, 10.0, 10.5, 111, 7), ("A.m", P.ACTOR_CALL, 11.0, 10.9, 222, 8)],
+              2: []}
+    out = trace_events(events, {1: "rank 1 (n1)"})
+    spans = [e for e in out if e["ph"] == "X"]
+    assert [(e["name"], e["ts"], e["dur"], e["tid"], e["cat"]) for e in spans] == [
+        ("f", 10e6, 0.5e6, 1, "task"), ("A.m", 11e6, 0.0, 2, "actor_call")]
+    names = {e["pid"]: e["args"]["name"] for e in out if e["name"] == "process_name"}
+    assert names == {1: "rank 1 (n1)", 2: "rank 2"}
+    assert spans[0]["args"]["task_id"] == f"{7:016x}"

@@ -49,6 +49,8 @@ class Config:
     requeue: str = "auto"
     #: seconds a worker rank outlives a SIGTERM when the head does not end the job first
     preempt_grace: float = 30.0
+    #: task events each rank keeps for hpcray.timeline() (the oldest are dropped)
+    timeline_events: int = 100_000
 
 
 def _parse(kind: type, text: str):

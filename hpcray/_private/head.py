@@ -14,6 +14,7 @@ from typing import Any
 
 from .. import exceptions as E
 from . import protocol as P
+from .backoff import Backoff
 from .bootstrap import process_gone
 from .objects import Stored
 from .runtime import RankInfo, Runtime
@@ -124,7 +125,9 @@ class HeadRuntime(Runtime):
             P.WANT: self.on_want, P.PUT: self.on_put, P.LOG: self.on_log,
             P.BLOCKED: self.on_blocked, P.HEARTBEAT: self.on_heartbeat,
             P.REQUEST: self.on_request, P.OBJDATA: self.on_objdata, P.RELEASE: self.on_release,
+            P.EVENTS: self.on_events,
         }
+        self.timelines: dict[int, dict[int, list]] = {}
         self.ops = {
             "get_actor": self.op_get_actor, "kill": self.op_kill, "cancel": self.op_cancel,
             "cluster_resources": lambda src: self.scheduler.cluster_resources(),
@@ -655,6 +658,37 @@ class HeadRuntime(Runtime):
             self.set_ready(ready_id, self.error_blob(E.HpcrayError(
                 f"placement group {pg_id} was removed before it was ready")))
         self.schedule_queued()
+
+    # -- the timeline -------------------------------------------------------------------------
+    def on_events(self, src: int, req_id: int, events: list) -> None:
+        slot = self.timelines.get(req_id)
+        if slot is not None:
+            slot[src] = events
+
+    def collect_events(self, timeout: float = 10.0) -> dict[int, list]:
+        """The task events every live rank recorded, by rank (ranks that do not answer in
+        ``timeout`` seconds are left out)."""
+        req_id = self.ids.next()
+        with self.lock:
+            slot = self.timelines[req_id] = {0: list(self.events)}
+            asked = [info.rank for info in self.ranks[1:] if info.alive]
+            for rank in asked:
+                self.transport.send(rank, (P.TIMELINE, req_id))
+        deadline = time.monotonic() + timeout
+        backoff = Backoff(self.config.spin_time, self.config.backoff_max)
+        self.add_poller(1)
+        try:
+            while time.monotonic() < deadline and any(
+                    r not in slot and self.ranks[r].alive for r in asked):
+                if self.progress_once():
+                    backoff.reset()
+                else:
+                    backoff.sleep()
+        finally:
+            self.add_poller(-1)
+            with self.lock:
+                self.timelines.pop(req_id, None)
+        return dict(slot)
 
     # -- output and failures -----------------------------------------------------------------
     def on_log(self, src: int, text: str, is_err: bool) -> None:

@@ -21,6 +21,7 @@ PUT = 6           # (PUT, id, inline|None, size, contained)
 LOG = 7           # (LOG, text)
 BLOCKED = 8       # (BLOCKED, task_id, blocked: bool)       a task waits in a nested get
 HEARTBEAT = 9     # (HEARTBEAT,)
+EVENTS = 11       # (EVENTS, req_id, [event, ...])        answer to TIMELINE
 # head -> worker
 TASK = 20         # (TASK, TaskSpec.wire(), inline_deps {id: (header, buffers, error)})
 PUSH = 21         # (PUSH, id, dest)                       send your copy of id to dest
@@ -30,6 +31,7 @@ CANCEL = 24       # (CANCEL, task_id)
 KILL_ACTOR = 25   # (KILL_ACTOR, actor_id)
 REPLY = 26        # (REPLY, req_id, ok, value)
 SHUTDOWN = 27     # (SHUTDOWN,)
+TIMELINE = 28     # (TIMELINE, req_id)                     send me your recorded task events
 # peer -> peer
 OBJDATA = 40      # (OBJDATA, id, header, descs, error) then the buffers' data on the DATA tag
                   #   descs: a host buffer's size, or a device buffer's transfer (transfer.py)

@@ -6,6 +6,7 @@ how a message reaches the head: a direct call on rank 0, an MPI send elsewhere.
 
 from __future__ import annotations
 
+import collections
 import os
 import socket
 import sys
@@ -78,6 +79,8 @@ class Runtime:
         self.local = threading.local()  # current task / actor of the calling thread
         self.stopping = False
         self.devices = DeviceTransfers(transport, ranks, config)
+        # (name, kind, start, end, thread, ok) of the tasks run here, for hpcray.timeline()
+        self.events: collections.deque = collections.deque(maxlen=config.timeline_events)
         self.job: dict = {"job_id": job_id, "slurm": None, "state_dir": ""}  # set by bootstrap
 
     # -- progress (shared by both roles) ---------------------------------------------------

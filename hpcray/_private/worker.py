@@ -121,6 +121,7 @@ class ActorHost:
     async def run_async(self, spec: P.TaskSpec, inline: dict) -> None:
         worker = self.worker
         async with self.semaphore:
+            start = time.time()
             try:
                 method = getattr(self.instance, spec.method)
                 args, kwargs = worker.resolve_args(spec, inline)
@@ -130,6 +131,8 @@ class ActorHost:
                 results, retryable = worker.pack_results(spec, result, copy=True), False
             except BaseException as exc:  # noqa: BLE001 - user code: the error is the result
                 results, retryable = worker.pack_error(spec, exc)
+            worker.events.append((spec.name, spec.kind, start, time.time(),
+                                  threading.get_ident(), spec.task_id))
             if not self.dead:
                 worker.report(spec.task_id, results, retryable)
 
@@ -185,6 +188,7 @@ class WorkerRuntime(Runtime):
             P.TASK: self.on_task, P.PUSH: self.on_push, P.OBJ: self.on_obj, P.FREE: self.on_free,
             P.CANCEL: self.on_cancel, P.KILL_ACTOR: self.on_kill_actor, P.REPLY: self.on_reply,
             P.SHUTDOWN: self.on_shutdown, P.OBJDATA: self.on_objdata, P.RELEASE: self.on_release,
+            P.TIMELINE: self.on_timeline,
         }
         self.streams: list[_Forward] = []
         self.main_thread = threading.current_thread()
@@ -358,6 +362,9 @@ class WorkerRuntime(Runtime):
             slot[1], slot[2] = ok, value
             slot[0].set()
 
+    def on_timeline(self, src: int, req_id: int) -> None:
+        self.transport.send(0, (P.EVENTS, req_id, list(self.events)))
+
     def on_shutdown(self, src: int) -> None:
         self.stopping = "shutdown"
 
@@ -470,11 +477,14 @@ class WorkerRuntime(Runtime):
             args, kwargs = self.resolve_args(spec, inline)
             with self.lock:  # cancel() may interrupt only the user's code
                 self.running[task_id] = threading.get_ident()
+            start = time.time()
             try:
                 result = fn(*args, **kwargs)
             finally:
                 with self.lock:
                     self.running.pop(task_id, None)
+                self.events.append((spec.name, spec.kind, start, time.time(),
+                                    threading.get_ident(), task_id))
             results, retryable = self.pack_results(spec, result, copy), False
         except BaseException as exc:  # noqa: BLE001 - user code: the error is the result
             with self.lock:
