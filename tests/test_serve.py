@@ -72,7 +72,9 @@ class Preprocess:
         return [x * self.scale for x in xs]
 
     def where(self):
-        return hpcray.get_runtime_context().get_rank()
+        ctx = serve.get_replica_context()
+        assert ctx.rank == hpcray.get_runtime_context().get_rank()
+        return [ctx.rank, ctx.app_name, ctx.deployment, ctx.replica_tag]
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=32)
@@ -127,7 +129,10 @@ vals = [r.result(timeout_s=60) for r in responses]
 R["handle"] = bool(np.allclose([v[0] for v in vals], want))
 R["batches"] = sorted({v[1] for v in vals})
 pre = serve.get_deployment_handle("Preprocess", "calc")
-R["pre_ranks"] = sorted({pre.where.remote().result() for _ in range(40)})
+seen = [pre.where.remote().result() for _ in range(40)]
+R["pre_ranks"] = sorted({w[0] for w in seen})
+R["context"] = sorted({tuple(w[1:]) for w in seen})
+R["no_context"] = outcome(serve.get_replica_context)[0]
 R["method_missing"] = outcome(lambda: pre.nope.remote().result(timeout_s=30))
 
 st, hd, body = http("GET", base + "/calc/stream?n=200")
@@ -250,6 +255,9 @@ def test_serve_features(run_job) -> None:
     assert r["handle"] is True
     assert max(r["batches"]) > 1 and max(r["batches"]) <= 8, r["batches"]
     assert len(r["pre_ranks"]) == 2, r["pre_ranks"]          # both replicas took calls
+    assert r["context"] == [["calc", "Preprocess", "Preprocess#1"],
+                            ["calc", "Preprocess", "Preprocess#2"]]
+    assert r["no_context"] == "err"
     kind, text = r["method_missing"][1:]
     assert "AttributeError" in kind and "no method 'nope'" in text
     assert r["stream"] == [200, "chunked", True]

@@ -18,6 +18,7 @@ from .config import AutoscalingConfig, DeploymentConfig, HTTPOptions
 from .deployment import Application, Deployment, deployment
 from .handle import DeploymentHandle, DeploymentResponse, DeploymentUnavailableError
 from .ingress import ingress
+from .replica import ReplicaContext, get_replica_context
 from .router import BackPressureError
 
 __all__ = [
@@ -32,12 +33,14 @@ __all__ = [
     "DeploymentStatusOverview",
     "DeploymentUnavailableError",
     "HTTPOptions",
+    "ReplicaContext",
     "ServeStatus",
     "batch",
     "delete",
     "deployment",
     "get_app_handle",
     "get_deployment_handle",
+    "get_replica_context",
     "http_port",
     "ingress",
     "run",

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import inspect
 import sys
+import threading
 import traceback
+from dataclasses import dataclass
 from typing import Any
 
 import hpcray
@@ -13,6 +15,33 @@ import hpcray
 from . import handle as handles
 from .batching import batch_sizes
 from .http import RequestData, Streams, as_asgi, error_response, plain_response
+
+
+@dataclass(frozen=True)
+class ReplicaContext:
+    """What ``serve.get_replica_context()`` tells code running in a replica."""
+
+    app_name: str
+    deployment: str
+    replica_id: str
+    rank: int
+    node_name: str
+
+    @property
+    def replica_tag(self) -> str:
+        return f"{self.deployment}#{self.replica_id}"
+
+
+_current = threading.local()
+
+
+def get_replica_context() -> ReplicaContext:
+    """The context of the replica whose code calls this; RuntimeError elsewhere."""
+    context = getattr(_current, "context", None)
+    if context is None:
+        raise RuntimeError("serve.get_replica_context() is called from inside a deployment "
+                           "(its __init__ or methods)")
+    return context
 
 
 class Replica:
@@ -27,6 +56,9 @@ class Replica:
         self.streams = Streams()
         ctx = hpcray.get_runtime_context()
         self.where = f"rank {ctx.get_rank()} on {ctx.get_node_name()}"
+        # __init__ and every call run on this actor's one thread (its event loop)
+        _current.context = ReplicaContext(app_name, deployment, replica_id, ctx.get_rank(),
+                                          ctx.get_node_name())
         self.is_function = inspect.isfunction(target)
         if self.is_function:
             self.instance, self.fn = None, target
