@@ -156,19 +156,21 @@ _UFUNCS = {ReduceOp.SUM: np.add, ReduceOp.PRODUCT: np.multiply, ReduceOp.MIN: np
            ReduceOp.MAX: np.maximum, ReduceOp.AVG: np.add}
 
 
+_SUM, _AVG = ReduceOp.SUM, ReduceOp.AVG
+
+
 def reduce_stack(parts, op: ReduceOp, out: np.ndarray) -> np.ndarray:
     """Reduces parts[0], parts[1], ... in rank order into out (the same result on every rank).
 
     parts: an (n, ...) array or a list of n arrays shaped like out."""
-    ufunc = _UFUNCS[op]
-    if out.dtype == np.bool_ and op is ReduceOp.SUM:
-        ufunc = np.logical_or
-    if len(parts) == 1:
+    n = len(parts)
+    if n == 1:
         np.copyto(out, parts[0])
     else:
+        ufunc = np.logical_or if op is _SUM and out.dtype.kind == "b" else _UFUNCS[op]
         ufunc(parts[0], parts[1], out=out)
-        for part in parts[2:]:
-            ufunc(out, part, out=out)
-    if op is ReduceOp.AVG:
-        out /= len(parts)
+        for i in range(2, n):
+            ufunc(out, parts[i], out=out)
+    if op is _AVG:
+        out /= n
     return out

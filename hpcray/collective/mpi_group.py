@@ -42,7 +42,6 @@ from .header import (
     SLOT,
     check_headers,
     describe,
-    fill_header,
     make_header,
     mpi_reducible,
     reduce_stack,
@@ -53,7 +52,9 @@ from .types import CollectiveError, CollectiveTimeoutError, ReduceOp
 _MPI_OPS = {ReduceOp.SUM: MPI.SUM, ReduceOp.AVG: MPI.SUM, ReduceOp.PRODUCT: MPI.PROD,
             ReduceOp.MIN: MPI.MIN, ReduceOp.MAX: MPI.MAX}
 TAG_HEADER, TAG_REPLY, TAG_DATA = 1, 2, 3
-SPIN = 10e-6  # seconds a wait tests before it starts yielding the core
+SPIN_TESTS = 40  # tests a wait makes before it looks at the clock and starts yielding the core
+# MPI-4 persistent collectives: the header round's allgather is set up once per group
+PERSISTENT = MPI.Get_version() >= (4, 0) and hasattr(MPI.Comm, "Allgather_init")
 _MATCH = [KIND, DTYPE, NDIM, NBYTES, *range(DIMS, HEADER_WORDS)]
 
 
@@ -62,11 +63,12 @@ def _bytes(a: np.ndarray) -> np.ndarray:
     return a.reshape(-1).view(np.uint8)
 
 
-def _inline(data: bytes, like: np.ndarray, ranks=None) -> list[np.ndarray]:
-    """The members' inline data (read-only, shaped like ``like``) from gathered slots."""
-    n = len(data) // SLOT
-    return [np.frombuffer(data, like.dtype, like.size, i * SLOT + HEADER_BYTES).reshape(like.shape)
-            for i in (range(n) if ranks is None else ranks)]
+def _c_strides(shape: tuple, itemsize: int) -> tuple:
+    strides = []
+    for dim in reversed(shape):
+        strides.append(itemsize)
+        itemsize *= dim
+    return tuple(reversed(strides))
 
 
 class MPIGroup(BaseGroup):
@@ -88,9 +90,13 @@ class MPIGroup(BaseGroup):
         self.broken: str | None = None
         self.call_lock = threading.Lock()  # one operation at a time per member
         self.backoff = Backoff(runtime.config.spin_time, runtime.config.backoff_max)
-        self._slot = np.zeros(SLOT, np.uint8)
-        self._header = self._slot[:HEADER_BYTES].view(np.int64)
+        # one round's buffers, reused: this member's slot (header, then inline data) and all
+        self._slot = bytearray(SLOT)
+        self._seq_word = np.frombuffer(self._slot, np.int64, 1, SEQ * 8)
         self._slots = np.zeros((world_size, SLOT), np.uint8)
+        self._headers: dict[tuple, bytes] = {}      # call signature -> header bytes (seq 0)
+        self._views: dict[tuple, np.ndarray] = {}   # (dtype, shape) -> view of gathered data
+        self._others = range(SLOT, world_size * SLOT, SLOT)  # where the others' headers start
         parent = runtime.transport.comm
         with self.lock:
             world_group = parent.Get_group()
@@ -98,26 +104,26 @@ class MPIGroup(BaseGroup):
             self.comm = parent.Create_group(group, plan["tag"])
             group.Free()
             world_group.Free()
+            self._gather = (self.comm.Allgather_init(self._slot, self._slots) if PERSISTENT
+                            else None)
 
     # -- waiting ---------------------------------------------------------------------------
     def _wait(self, reqs: list, what: str, seq: int = 0, peer: int | None = None,
               payload: bool = False) -> None:
         """Tests reqs until done, releasing the lock between tests; raises on timeout."""
         lock = self.lock
-        start = time.monotonic()
-        spin_until = start + SPIN
-        while True:  # a partner already there answers at once
+        test = reqs[0].Test if len(reqs) == 1 else lambda: MPI.Request.Testall(reqs)
+        for _ in range(SPIN_TESTS):  # partners already there answer at once
             with lock:
-                if MPI.Request.Testall(reqs):
+                if test():
                     return
-            if time.monotonic() > spin_until:
-                break
+        start = time.monotonic()
         said = False
         backoff = self.backoff
         backoff.reset()
         while True:
             with lock:
-                if MPI.Request.Testall(reqs):
+                if test():
                     return
             if self.broken:  # abort() from another thread
                 self._usable()
@@ -159,26 +165,55 @@ class MPIGroup(BaseGroup):
 
     # -- the header round ------------------------------------------------------------------
     def _round(self, kind: int, array: np.ndarray | None, reduce_op: int = -1, root: int = -1,
-               inline: np.ndarray | None = None, bad: bool = False) -> bytes:
+               inline: np.ndarray | None = None, bad: bool = False) -> np.ndarray | None:
         """Gathers every member's header (and small data); raises if the calls differ.
 
-        Returns the gathered slots (SLOT bytes per rank)."""
+        Returns the members' inline data, an (n, *inline.shape) view of the receive buffer
+        that the next round overwrites; None without inline data."""
         if self.broken:
             self._usable()
         self.seq += 1
+        key = ((kind, reduce_op, root, bad) if array is None else
+               (kind, reduce_op, root, bad, array.dtype, array.shape))
+        header = self._headers.get(key)
+        if header is None:
+            if len(self._headers) > 64:
+                self._headers.clear()
+            header = self._headers[key] = make_header(kind, 0, array, reduce_op, root,
+                                                      bad).tobytes()
         slot = self._slot
-        fill_header(self._header, kind, self.seq, array, reduce_op, root, bad)
+        slot[:HEADER_BYTES] = header
+        self._seq_word[0] = self.seq
         if inline is not None:
-            slot[HEADER_BYTES:HEADER_BYTES + inline.nbytes] = _bytes(inline)
+            slot[HEADER_BYTES:HEADER_BYTES + inline.nbytes] = inline.tobytes()
         with self.lock:
-            req = self.comm.Iallgather(slot, self._slots)
+            req = self._gather
+            if req is None:
+                req = self.comm.Iallgather(slot, self._slots)
+            else:
+                req.Start()
         self._wait([req], OP_NAMES[kind], self.seq)
         data = self._slots.tobytes()
-        mine = data[:HEADER_BYTES]
-        if bad or any(data[i:i + HEADER_BYTES] != mine
-                      for i in range(SLOT, len(data), SLOT)):
+        first = data[:HEADER_BYTES]
+        for i in self._others:
+            if data[i:i + HEADER_BYTES] != first:
+                bad = True
+                break
+        if bad:
             check_headers(self._slots[:, :HEADER_BYTES].view(np.int64), self.name)
-        return data
+        return None if inline is None else self._gathered(inline)
+
+    def _gathered(self, like: np.ndarray) -> np.ndarray:
+        """The (n, *like.shape) view of every member's inline data in the receive buffer."""
+        key = (like.dtype, like.shape)
+        view = self._views.get(key)
+        if view is None:
+            if len(self._views) > 64:
+                self._views.clear()
+            view = self._views[key] = np.ndarray(
+                (self.world_size, *like.shape), like.dtype, self._slots, HEADER_BYTES,
+                (SLOT, *_c_strides(like.shape, like.itemsize)))
+        return view
 
     def _refuse(self, kind: int, exc: BaseException) -> None:
         """This member's arguments are bad: it still joins the header round so that the
@@ -213,7 +248,7 @@ class MPIGroup(BaseGroup):
             a = buf.array
             n = self.world_size
             if a.nbytes <= INLINE:
-                reduce_stack(_inline(self._round(ALLREDUCE, a, op, inline=a), a), op, a)
+                reduce_stack(self._round(ALLREDUCE, a, op, inline=a), op, a)
             elif mpi_reducible(a.dtype, op):
                 self._round(ALLREDUCE, a, op)
                 self._payload(ALLREDUCE, self.comm.Iallreduce, MPI.IN_PLACE, a, _MPI_OPS[op])
@@ -233,9 +268,9 @@ class MPIGroup(BaseGroup):
             a = buf.array
             n = self.world_size
             if a.nbytes <= INLINE:
-                slots = self._round(REDUCE, a, op, dst_rank, inline=a)
+                parts = self._round(REDUCE, a, op, dst_rank, inline=a)
                 if root:
-                    reduce_stack(_inline(slots, a), op, a)
+                    reduce_stack(parts, op, a)
             elif mpi_reducible(a.dtype, op):
                 self._round(REDUCE, a, op, dst_rank)
                 self._payload(REDUCE, self.comm.Ireduce, MPI.IN_PLACE if root else a,
@@ -262,9 +297,9 @@ class MPIGroup(BaseGroup):
             except (TypeError, ValueError) as exc:
                 self._refuse(BROADCAST, exc)
             if a.nbytes <= INLINE:
-                slots = self._round(BROADCAST, a, root=src_rank, inline=a if root else None)
+                self._round(BROADCAST, a, root=src_rank, inline=a if root else None)
                 if not root:
-                    a[...] = _inline(slots, a, [src_rank])[0]
+                    a[...] = self._gathered(a)[src_rank]
             else:
                 self._round(BROADCAST, a, root=src_rank)
                 self._payload(BROADCAST, self.comm.Ibcast, _bytes(a), src_rank)
@@ -280,7 +315,7 @@ class MPIGroup(BaseGroup):
                 self._refuse(ALLGATHER, exc)
             n = self.world_size
             if a.nbytes <= INLINE:
-                gathered = _inline(self._round(ALLGATHER, a, inline=a), a)
+                gathered = self._round(ALLGATHER, a, inline=a)
             else:
                 self._round(ALLGATHER, a)
                 gathered = np.empty((n, *a.shape), a.dtype)
@@ -300,8 +335,8 @@ class MPIGroup(BaseGroup):
             n = self.world_size
             send = np.stack([b.array for b in ins])
             if send.nbytes <= INLINE:
-                slots = self._round(REDUCESCATTER, a, op, inline=send)
-                reduce_stack([p[self.rank] for p in _inline(slots, send)], op, a)
+                parts = self._round(REDUCESCATTER, a, op, inline=send)
+                reduce_stack(parts[:, self.rank], op, a)
             elif mpi_reducible(a.dtype, op):
                 self._round(REDUCESCATTER, a, op)
                 self._payload(REDUCESCATTER, self.comm.Ireduce_scatter_block, send, a,
@@ -414,6 +449,8 @@ class MPIGroup(BaseGroup):
         with self.call_lock:
             if not self.broken:  # a timed-out operation may still be pending on the comm
                 with self.lock:
+                    if self._gather is not None:
+                        self._gather.Free()
                     self.comm.Free()
             self.broken = self.broken or "the group was destroyed"
             self._rendezvous("leave", self.instance, self.rank)
