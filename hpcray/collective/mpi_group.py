@@ -52,7 +52,7 @@ from .types import CollectiveError, CollectiveTimeoutError, ReduceOp
 _MPI_OPS = {ReduceOp.SUM: MPI.SUM, ReduceOp.AVG: MPI.SUM, ReduceOp.PRODUCT: MPI.PROD,
             ReduceOp.MIN: MPI.MIN, ReduceOp.MAX: MPI.MAX}
 TAG_HEADER, TAG_REPLY, TAG_DATA = 1, 2, 3
-SPIN_TESTS = 40  # tests a wait makes before it looks at the clock and starts yielding the core
+SPIN_TESTS = 5  # tests a wait makes, holding the lock, before it starts yielding the core
 # MPI-4 persistent collectives: the header round's allgather is set up once per group
 PERSISTENT = MPI.Get_version() >= (4, 0) and hasattr(MPI.Comm, "Allgather_init")
 _MATCH = [KIND, DTYPE, NDIM, NBYTES, *range(DIMS, HEADER_WORDS)]
@@ -94,8 +94,7 @@ class MPIGroup(BaseGroup):
         self._slot = bytearray(SLOT)
         self._seq_word = np.frombuffer(self._slot, np.int64, 1, SEQ * 8)
         self._slots = np.zeros((world_size, SLOT), np.uint8)
-        self._headers: dict[tuple, bytes] = {}      # call signature -> header bytes (seq 0)
-        self._views: dict[tuple, np.ndarray] = {}   # (dtype, shape) -> view of gathered data
+        self._calls: dict[tuple, tuple] = {}  # call signature -> _new_call's answer
         self._others = range(SLOT, world_size * SLOT, SLOT)  # where the others' headers start
         parent = runtime.transport.comm
         with self.lock:
@@ -113,8 +112,8 @@ class MPIGroup(BaseGroup):
         """Tests reqs until done, releasing the lock between tests; raises on timeout."""
         lock = self.lock
         test = reqs[0].Test if len(reqs) == 1 else lambda: MPI.Request.Testall(reqs)
-        for _ in range(SPIN_TESTS):  # partners already there answer at once
-            with lock:
+        with lock:  # partners already there answer at once
+            for _ in range(SPIN_TESTS):
                 if test():
                     return
         start = time.monotonic()
@@ -168,21 +167,18 @@ class MPIGroup(BaseGroup):
                inline: np.ndarray | None = None, bad: bool = False) -> np.ndarray | None:
         """Gathers every member's header (and small data); raises if the calls differ.
 
-        Returns the members' inline data, an (n, *inline.shape) view of the receive buffer
-        that the next round overwrites; None without inline data."""
+        Returns the members' data, shaped like inline (else array), as an (n, ...) view of
+        the receive buffer that the next round overwrites; None where it does not fit."""
         if self.broken:
             self._usable()
         self.seq += 1
         key = ((kind, reduce_op, root, bad) if array is None else
                (kind, reduce_op, root, bad, array.dtype, array.shape))
-        header = self._headers.get(key)
-        if header is None:
-            if len(self._headers) > 64:
-                self._headers.clear()
-            header = self._headers[key] = make_header(kind, 0, array, reduce_op, root,
-                                                      bad).tobytes()
+        call = self._calls.get(key)
+        if call is None:
+            call = self._new_call(key, array, inline)
         slot = self._slot
-        slot[:HEADER_BYTES] = header
+        slot[:HEADER_BYTES] = call[0]
         self._seq_word[0] = self.seq
         if inline is not None:
             slot[HEADER_BYTES:HEADER_BYTES + inline.nbytes] = inline.tobytes()
@@ -201,19 +197,22 @@ class MPIGroup(BaseGroup):
                 break
         if bad:
             check_headers(self._slots[:, :HEADER_BYTES].view(np.int64), self.name)
-        return None if inline is None else self._gathered(inline)
+        return call[1]
 
-    def _gathered(self, like: np.ndarray) -> np.ndarray:
-        """The (n, *like.shape) view of every member's inline data in the receive buffer."""
-        key = (like.dtype, like.shape)
-        view = self._views.get(key)
-        if view is None:
-            if len(self._views) > 64:
-                self._views.clear()
-            view = self._views[key] = np.ndarray(
-                (self.world_size, *like.shape), like.dtype, self._slots, HEADER_BYTES,
-                (SLOT, *_c_strides(like.shape, like.itemsize)))
-        return view
+    def _new_call(self, key: tuple, array: np.ndarray | None,
+                  inline: np.ndarray | None) -> tuple[bytes, np.ndarray | None]:
+        """(header with seq 0, view of the gathered data) of a call signature, cached."""
+        kind, reduce_op, root, bad = key[:4]
+        header = make_header(kind, 0, array, reduce_op, root, bad).tobytes()
+        like = inline if inline is not None else array
+        view = None
+        if like is not None and like.nbytes <= INLINE:
+            view = np.ndarray((self.world_size, *like.shape), like.dtype, self._slots,
+                              HEADER_BYTES, (SLOT, *_c_strides(like.shape, like.itemsize)))
+        if len(self._calls) >= 64:
+            self._calls.clear()
+        call = self._calls[key] = (header, view)
+        return call
 
     def _refuse(self, kind: int, exc: BaseException) -> None:
         """This member's arguments are bad: it still joins the header round so that the
@@ -297,9 +296,9 @@ class MPIGroup(BaseGroup):
             except (TypeError, ValueError) as exc:
                 self._refuse(BROADCAST, exc)
             if a.nbytes <= INLINE:
-                self._round(BROADCAST, a, root=src_rank, inline=a if root else None)
+                gathered = self._round(BROADCAST, a, root=src_rank, inline=a if root else None)
                 if not root:
-                    a[...] = self._gathered(a)[src_rank]
+                    a[...] = gathered[src_rank]
             else:
                 self._round(BROADCAST, a, root=src_rank)
                 self._payload(BROADCAST, self.comm.Ibcast, _bytes(a), src_rank)
