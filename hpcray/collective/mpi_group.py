@@ -52,7 +52,7 @@ from .types import CollectiveError, CollectiveTimeoutError, ReduceOp
 _MPI_OPS = {ReduceOp.SUM: MPI.SUM, ReduceOp.AVG: MPI.SUM, ReduceOp.PRODUCT: MPI.PROD,
             ReduceOp.MIN: MPI.MIN, ReduceOp.MAX: MPI.MAX}
 TAG_HEADER, TAG_REPLY, TAG_DATA = 1, 2, 3
-SPIN_TESTS = 5  # tests a wait makes, holding the lock, before it starts yielding the core
+SPIN_TESTS = 50  # tests a wait makes, holding the lock, before it starts yielding the core
 # MPI-4 persistent collectives: the header round's allgather is set up once per group
 PERSISTENT = MPI.Get_version() >= (4, 0) and hasattr(MPI.Comm, "Allgather_init")
 _MATCH = [KIND, DTYPE, NDIM, NBYTES, *range(DIMS, HEADER_WORDS)]
@@ -89,6 +89,10 @@ class MPIGroup(BaseGroup):
         self.p2p_seq: dict[tuple[int, int], int] = {}
         self.broken: str | None = None
         self.call_lock = threading.Lock()  # one operation at a time per member
+        # members sharing this node's cores with more members yield at once: the one they
+        # wait for may need this core; otherwise partners are running and answer soon
+        here = sum(runtime.ranks[r].host == runtime.host for r in self.mpi_ranks)
+        self.spin_tests = 1 if here > (os.cpu_count() or 1) else SPIN_TESTS
         self.backoff = Backoff(runtime.config.spin_time, runtime.config.backoff_max)
         # one round's buffers, reused: this member's slot (header, then inline data) and all
         self._slot = bytearray(SLOT)
@@ -108,14 +112,17 @@ class MPIGroup(BaseGroup):
 
     # -- waiting ---------------------------------------------------------------------------
     def _wait(self, reqs: list, what: str, seq: int = 0, peer: int | None = None,
-              payload: bool = False) -> None:
-        """Tests reqs until done, releasing the lock between tests; raises on timeout."""
+              payload: bool = False, spun: bool = False) -> None:
+        """Tests reqs until done, releasing the lock between tests; raises on timeout.
+
+        spun: the caller already made the first spin_tests tests."""
         lock = self.lock
         test = reqs[0].Test if len(reqs) == 1 else lambda: MPI.Request.Testall(reqs)
-        with lock:  # partners already there answer at once
-            for _ in range(SPIN_TESTS):
-                if test():
-                    return
+        if not spun:
+            with lock:  # partners already there answer at once
+                for _ in range(self.spin_tests):
+                    if test():
+                        return
         start = time.monotonic()
         said = False
         backoff = self.backoff
@@ -164,11 +171,12 @@ class MPIGroup(BaseGroup):
 
     # -- the header round ------------------------------------------------------------------
     def _round(self, kind: int, array: np.ndarray | None, reduce_op: int = -1, root: int = -1,
-               inline: np.ndarray | None = None, bad: bool = False) -> np.ndarray | None:
+               inline: np.ndarray | None = None, bad: bool = False) -> tuple | None:
         """Gathers every member's header (and small data); raises if the calls differ.
 
-        Returns the members' data, shaped like inline (else array), as an (n, ...) view of
-        the receive buffer that the next round overwrites; None where it does not fit."""
+        Returns the members' data, shaped like inline (else array), as a tuple of views of
+        the receive buffer, one per rank, that the next round overwrites; None where it
+        does not fit."""
         if self.broken:
             self._usable()
         self.seq += 1
@@ -182,13 +190,19 @@ class MPIGroup(BaseGroup):
         self._seq_word[0] = self.seq
         if inline is not None:
             slot[HEADER_BYTES:HEADER_BYTES + inline.nbytes] = inline.tobytes()
-        with self.lock:
+        done = False
+        with self.lock:  # one hold starts the round and makes _wait's first tests
             req = self._gather
             if req is None:
                 req = self.comm.Iallgather(slot, self._slots)
             else:
                 req.Start()
-        self._wait([req], OP_NAMES[kind], self.seq)
+            for _ in range(self.spin_tests):
+                if req.Test():
+                    done = True
+                    break
+        if not done:
+            self._wait([req], OP_NAMES[kind], self.seq, spun=True)
         data = self._slots.tobytes()
         first = data[:HEADER_BYTES]
         for i in self._others:
@@ -200,18 +214,18 @@ class MPIGroup(BaseGroup):
         return call[1]
 
     def _new_call(self, key: tuple, array: np.ndarray | None,
-                  inline: np.ndarray | None) -> tuple[bytes, np.ndarray | None]:
-        """(header with seq 0, view of the gathered data) of a call signature, cached."""
+                  inline: np.ndarray | None) -> tuple[bytes, tuple | None]:
+        """(header with seq 0, views of the gathered data) of a call signature, cached."""
         kind, reduce_op, root, bad = key[:4]
         header = make_header(kind, 0, array, reduce_op, root, bad).tobytes()
         like = inline if inline is not None else array
-        view = None
+        views = None
         if like is not None and like.nbytes <= INLINE:
-            view = np.ndarray((self.world_size, *like.shape), like.dtype, self._slots,
-                              HEADER_BYTES, (SLOT, *_c_strides(like.shape, like.itemsize)))
+            views = tuple(np.ndarray((self.world_size, *like.shape), like.dtype, self._slots,
+                                     HEADER_BYTES, (SLOT, *_c_strides(like.shape, like.itemsize))))
         if len(self._calls) >= 64:
             self._calls.clear()
-        call = self._calls[key] = (header, view)
+        call = self._calls[key] = (header, views)
         return call
 
     def _refuse(self, kind: int, exc: BaseException) -> None:
@@ -335,7 +349,7 @@ class MPIGroup(BaseGroup):
             send = np.stack([b.array for b in ins])
             if send.nbytes <= INLINE:
                 parts = self._round(REDUCESCATTER, a, op, inline=send)
-                reduce_stack(parts[:, self.rank], op, a)
+                reduce_stack([p[self.rank] for p in parts], op, a)
             elif mpi_reducible(a.dtype, op):
                 self._round(REDUCESCATTER, a, op)
                 self._payload(REDUCESCATTER, self.comm.Ireduce_scatter_block, send, a,
