@@ -48,14 +48,7 @@ def dtype_of(code: int) -> np.dtype:
 def make_header(kind: int, seq: int, array: np.ndarray | None, reduce_op: int = -1,
                 root: int = -1, bad: bool = False) -> np.ndarray:
     """The header of one call: operation, sequence number, reduce op, root, dtype, shape."""
-    return fill_header(np.zeros(HEADER_WORDS, dtype=np.int64), kind, seq, array, reduce_op, root,
-                       bad)
-
-
-def fill_header(h: np.ndarray, kind: int, seq: int, array: np.ndarray | None,
-                reduce_op: int = -1, root: int = -1, bad: bool = False) -> np.ndarray:
-    """Writes a header into h (HEADER_WORDS int64s), e.g. a view of a reused send buffer."""
-    h[:] = 0
+    h = np.zeros(HEADER_WORDS, dtype=np.int64)
     h[KIND], h[SEQ], h[REDUCE_OP], h[ROOT], h[BAD] = kind, seq, reduce_op, root, bad
     if array is not None:
         shape = array.shape
