@@ -186,10 +186,11 @@ class MPIGroup(BaseGroup):
         if call is None:
             call = self._new_call(key, array, inline)
         slot = self._slot
-        slot[:HEADER_BYTES] = call[0]
+        if inline is None:
+            slot[:HEADER_BYTES] = call[0]
+        else:
+            slot[:HEADER_BYTES + inline.nbytes] = call[0] + inline.tobytes()
         self._seq_word[0] = self.seq
-        if inline is not None:
-            slot[HEADER_BYTES:HEADER_BYTES + inline.nbytes] = inline.tobytes()
         done = False
         with self.lock:  # one hold starts the round and makes _wait's first tests
             req = self._gather
