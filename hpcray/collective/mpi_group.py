@@ -53,6 +53,9 @@ _MPI_OPS = {ReduceOp.SUM: MPI.SUM, ReduceOp.AVG: MPI.SUM, ReduceOp.PRODUCT: MPI.
             ReduceOp.MIN: MPI.MIN, ReduceOp.MAX: MPI.MAX}
 TAG_HEADER, TAG_REPLY, TAG_DATA = 1, 2, 3
 SPIN_TESTS = 50  # tests a wait makes, holding the lock, before it starts yielding the core
+# seconds a wait then keeps yielding the core before it sleeps: a partner that lost its core
+# for a time slice is answered as soon as it arrives, not after a sleep
+YIELD_TIME = 0.02
 # MPI-4 persistent collectives: the header round's allgather is set up once per group
 PERSISTENT = MPI.Get_version() >= (4, 0) and hasattr(MPI.Comm, "Allgather_init")
 _MATCH = [KIND, DTYPE, NDIM, NBYTES, *range(DIMS, HEADER_WORDS)]
@@ -93,7 +96,8 @@ class MPIGroup(BaseGroup):
         # wait for may need this core; otherwise partners are running and answer soon
         here = sum(runtime.ranks[r].host == runtime.host for r in self.mpi_ranks)
         self.spin_tests = 1 if here > (os.cpu_count() or 1) else SPIN_TESTS
-        self.backoff = Backoff(runtime.config.spin_time, runtime.config.backoff_max)
+        self.backoff = Backoff(max(runtime.config.spin_time, YIELD_TIME),
+                               runtime.config.backoff_max)
         # one round's buffers, reused: this member's slot (header, then inline data) and all
         self._slot = bytearray(SLOT)
         self._seq_word = np.frombuffer(self._slot, np.int64, 1, SEQ * 8)
