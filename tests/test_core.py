@@ -1200,6 +1200,28 @@ def test_embedded_mode(run_job):
         assert f"(rank={rank} pid={pid} host={host}) embedded-print {i}" in proc.stdout
 
 
+def test_preload_imports_before_user_code_on_workers_only(run_job, tmp_path):
+    # the module takes a while to import and notes when it finished; tasks must see it done
+    (tmp_path / "slow_import.py").write_text("import time\ntime.sleep(1)\ndone = True\n")
+    r, proc = run(run_job, """
+        import sys
+        hpcray.init()
+
+        @hpcray.remote
+        def seen():
+            module = sys.modules.get("slow_import")
+            return [hpcray.get_runtime_context().get_rank(), getattr(module, "done", False)]
+
+        R = {"workers": hpcray.get([seen.remote() for _ in range(4)]),
+             "driver": "slow_import" in sys.modules}
+        print("RESULT " + json.dumps(R))
+    """, env={"HPCRAY_PRELOAD": "slow_import, no_such_module_here"})
+    assert {rank for rank, _ in r["workers"]} <= {1, 2}
+    assert all(done for _, done in r["workers"])
+    assert not r["driver"]
+    assert "HPCRAY_PRELOAD: cannot import no_such_module_here" in proc.stderr
+
+
 # --------------------------------------------------------------------------------------------
 # known bugs (each its own small job, so a fix shows up as XPASS)
 # --------------------------------------------------------------------------------------------

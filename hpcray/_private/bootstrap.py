@@ -17,7 +17,7 @@ import time
 import uuid
 
 from . import config as config_mod
-from . import slurm
+from . import preload, slurm
 from .runtime import RankInfo
 
 
@@ -192,7 +192,8 @@ def start(overrides: dict, num_cpus: int | None):
     if not embedded and not under_mpi_launcher() and not _interactive():
         _check_srun(1)
         _relaunch(num_cpus or os.cpu_count() or 1)
-    _bound_startup(config_mod.load().init_timeout)
+    early = config_mod.load()  # the environment's settings, before the head's overrides
+    _bound_startup(early.init_timeout)
     MPI = _mpi()
     if not MPI.Is_initialized():
         MPI.Init_thread(MPI.THREAD_SERIALIZED)
@@ -209,6 +210,8 @@ def start(overrides: dict, num_cpus: int | None):
         inter, comm = _spawn_workers(MPI, count)
     else:
         comm = world.Dup()
+    if comm.Get_rank() != 0:
+        preload.start(early.preload)
     overrides = comm.bcast(overrides, root=0)
     config = config_mod.load(**overrides)
     job = comm.bcast(_job_identity(config) if comm.Get_rank() == 0 else None, root=0)

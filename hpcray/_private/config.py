@@ -33,6 +33,9 @@ class Config:
     gpu_transport: str = "auto"
     #: chunk size, in bytes, of host-staged GPU transfers
     staging_chunk: int = 8 << 20
+    #: modules each worker rank imports while the job starts, comma-separated (e.g.
+    #: "torch,sklearn.datasets"); tasks and actors there start once they are imported
+    preload: str = ""
     #: seconds a collective-group member waits for the others (to join, or in one operation)
     collective_timeout: float = 180.0
     #: forward what tasks print to the driver, prefixed with rank and host

@@ -20,6 +20,7 @@ import traceback
 from typing import Any
 
 from .. import exceptions as E
+from . import preload
 from . import protocol as P
 from .bootstrap import process_gone
 from .objects import Stored
@@ -465,6 +466,7 @@ class WorkerRuntime(Runtime):
         ``target`` returns the callable (an actor's method); None means the task's function.
         ``more``: other calls are queued behind this one, so its report may be batched.
         """
+        preload.wait()
         local = self.local
         local.task_id = task_id = spec.task_id
         if spec.kind == P.NORMAL:

@@ -12,12 +12,19 @@ from .types import CollectiveError, CollectiveTimeoutError, ReduceOp
 _groups: dict[tuple, BaseGroup] = {}
 _groups_lock = threading.Lock()
 _cache = threading.local()  # this thread's (member key, {group name: group}), for speed
+_worker_runtime = None  # a worker rank's runtime lasts as long as its process
 
 
 def _runtime():
-    from .. import api
+    global _worker_runtime
+    rt = _worker_runtime
+    if rt is None:
+        from .. import api
 
-    return api._runtime()
+        rt = api._runtime()
+        if rt.rank != 0:
+            _worker_runtime = rt
+    return rt
 
 
 def _member_key(rt) -> Any:
@@ -145,10 +152,9 @@ def _group(group_name: str) -> BaseGroup:
     cached = getattr(_cache, "groups", None)
     if cached is not None:
         group = cached.get(group_name)
-        if group is not None and group.alive:
-            rt = _runtime()
-            if _cache.key == _member_key(rt):  # a pool thread may serve another actor later
-                return group
+        # a pool thread may serve another actor later
+        if group is not None and group.alive and _cache.key == _member_key(_runtime()):
+            return group
     group = _lookup(group_name)
     if group is not None:
         _remember(group_name, group)

@@ -48,14 +48,7 @@ def dtype_of(code: int) -> np.dtype:
 def make_header(kind: int, seq: int, array: np.ndarray | None, reduce_op: int = -1,
                 root: int = -1, bad: bool = False) -> np.ndarray:
     """The header of one call: operation, sequence number, reduce op, root, dtype, shape."""
-    return fill_header(np.zeros(HEADER_WORDS, dtype=np.int64), kind, seq, array, reduce_op, root,
-                       bad)
-
-
-def fill_header(h: np.ndarray, kind: int, seq: int, array: np.ndarray | None,
-                reduce_op: int = -1, root: int = -1, bad: bool = False) -> np.ndarray:
-    """Writes a header into h (HEADER_WORDS int64s), e.g. a view of a reused send buffer."""
-    h[:] = 0
+    h = np.zeros(HEADER_WORDS, dtype=np.int64)
     h[KIND], h[SEQ], h[REDUCE_OP], h[ROOT], h[BAD] = kind, seq, reduce_op, root, bad
     if array is not None:
         shape = array.shape
@@ -156,19 +149,21 @@ _UFUNCS = {ReduceOp.SUM: np.add, ReduceOp.PRODUCT: np.multiply, ReduceOp.MIN: np
            ReduceOp.MAX: np.maximum, ReduceOp.AVG: np.add}
 
 
+_SUM, _AVG = ReduceOp.SUM, ReduceOp.AVG
+
+
 def reduce_stack(parts, op: ReduceOp, out: np.ndarray) -> np.ndarray:
     """Reduces parts[0], parts[1], ... in rank order into out (the same result on every rank).
 
     parts: an (n, ...) array or a list of n arrays shaped like out."""
-    ufunc = _UFUNCS[op]
-    if out.dtype == np.bool_ and op is ReduceOp.SUM:
-        ufunc = np.logical_or
-    if len(parts) == 1:
+    n = len(parts)
+    if n == 1:
         np.copyto(out, parts[0])
     else:
+        ufunc = np.logical_or if op is _SUM and out.dtype.kind == "b" else _UFUNCS[op]
         ufunc(parts[0], parts[1], out=out)
-        for part in parts[2:]:
-            ufunc(out, part, out=out)
-    if op is ReduceOp.AVG:
-        out /= len(parts)
+        for i in range(2, n):
+            ufunc(out, parts[i], out=out)
+    if op is _AVG:
+        out /= n
     return out

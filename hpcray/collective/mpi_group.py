@@ -42,7 +42,6 @@ from .header import (
     SLOT,
     check_headers,
     describe,
-    fill_header,
     make_header,
     mpi_reducible,
     reduce_stack,
@@ -53,7 +52,12 @@ from .types import CollectiveError, CollectiveTimeoutError, ReduceOp
 _MPI_OPS = {ReduceOp.SUM: MPI.SUM, ReduceOp.AVG: MPI.SUM, ReduceOp.PRODUCT: MPI.PROD,
             ReduceOp.MIN: MPI.MIN, ReduceOp.MAX: MPI.MAX}
 TAG_HEADER, TAG_REPLY, TAG_DATA = 1, 2, 3
-SPIN = 10e-6  # seconds a wait tests before it starts yielding the core
+SPIN_TESTS = 50  # tests a wait makes, holding the lock, before it starts yielding the core
+# seconds a wait then keeps yielding the core before it sleeps: a partner that lost its core
+# for a time slice is answered as soon as it arrives, not after a sleep
+YIELD_TIME = 0.02
+# MPI-4 persistent collectives: the header round's allgather is set up once per group
+PERSISTENT = MPI.Get_version() >= (4, 0) and hasattr(MPI.Comm, "Allgather_init")
 _MATCH = [KIND, DTYPE, NDIM, NBYTES, *range(DIMS, HEADER_WORDS)]
 
 
@@ -62,11 +66,12 @@ def _bytes(a: np.ndarray) -> np.ndarray:
     return a.reshape(-1).view(np.uint8)
 
 
-def _inline(data: bytes, like: np.ndarray, ranks=None) -> list[np.ndarray]:
-    """The members' inline data (read-only, shaped like ``like``) from gathered slots."""
-    n = len(data) // SLOT
-    return [np.frombuffer(data, like.dtype, like.size, i * SLOT + HEADER_BYTES).reshape(like.shape)
-            for i in (range(n) if ranks is None else ranks)]
+def _c_strides(shape: tuple, itemsize: int) -> tuple:
+    strides = []
+    for dim in reversed(shape):
+        strides.append(itemsize)
+        itemsize *= dim
+    return tuple(reversed(strides))
 
 
 class MPIGroup(BaseGroup):
@@ -87,10 +92,18 @@ class MPIGroup(BaseGroup):
         self.p2p_seq: dict[tuple[int, int], int] = {}
         self.broken: str | None = None
         self.call_lock = threading.Lock()  # one operation at a time per member
-        self.backoff = Backoff(runtime.config.spin_time, runtime.config.backoff_max)
-        self._slot = np.zeros(SLOT, np.uint8)
-        self._header = self._slot[:HEADER_BYTES].view(np.int64)
+        # members sharing this node's cores with more members yield at once: the one they
+        # wait for may need this core; otherwise partners are running and answer soon
+        here = sum(runtime.ranks[r].host == runtime.host for r in self.mpi_ranks)
+        self.spin_tests = 1 if here > (os.cpu_count() or 1) else SPIN_TESTS
+        self.backoff = Backoff(max(runtime.config.spin_time, YIELD_TIME),
+                               runtime.config.backoff_max)
+        # one round's buffers, reused: this member's slot (header, then inline data) and all
+        self._slot = bytearray(SLOT)
+        self._seq_word = np.frombuffer(self._slot, np.int64, 1, SEQ * 8)
         self._slots = np.zeros((world_size, SLOT), np.uint8)
+        self._calls: dict[tuple, tuple] = {}  # call signature -> _new_call's answer
+        self._others = range(SLOT, world_size * SLOT, SLOT)  # where the others' headers start
         parent = runtime.transport.comm
         with self.lock:
             world_group = parent.Get_group()
@@ -98,26 +111,29 @@ class MPIGroup(BaseGroup):
             self.comm = parent.Create_group(group, plan["tag"])
             group.Free()
             world_group.Free()
+            self._gather = (self.comm.Allgather_init(self._slot, self._slots) if PERSISTENT
+                            else None)
 
     # -- waiting ---------------------------------------------------------------------------
     def _wait(self, reqs: list, what: str, seq: int = 0, peer: int | None = None,
-              payload: bool = False) -> None:
-        """Tests reqs until done, releasing the lock between tests; raises on timeout."""
+              payload: bool = False, spun: bool = False) -> None:
+        """Tests reqs until done, releasing the lock between tests; raises on timeout.
+
+        spun: the caller already made the first spin_tests tests."""
         lock = self.lock
+        test = reqs[0].Test if len(reqs) == 1 else lambda: MPI.Request.Testall(reqs)
+        if not spun:
+            with lock:  # partners already there answer at once
+                for _ in range(self.spin_tests):
+                    if test():
+                        return
         start = time.monotonic()
-        spin_until = start + SPIN
-        while True:  # a partner already there answers at once
-            with lock:
-                if MPI.Request.Testall(reqs):
-                    return
-            if time.monotonic() > spin_until:
-                break
         said = False
         backoff = self.backoff
         backoff.reset()
         while True:
             with lock:
-                if MPI.Request.Testall(reqs):
+                if test():
                     return
             if self.broken:  # abort() from another thread
                 self._usable()
@@ -159,26 +175,63 @@ class MPIGroup(BaseGroup):
 
     # -- the header round ------------------------------------------------------------------
     def _round(self, kind: int, array: np.ndarray | None, reduce_op: int = -1, root: int = -1,
-               inline: np.ndarray | None = None, bad: bool = False) -> bytes:
+               inline: np.ndarray | None = None, bad: bool = False) -> tuple | None:
         """Gathers every member's header (and small data); raises if the calls differ.
 
-        Returns the gathered slots (SLOT bytes per rank)."""
+        Returns the members' data, shaped like inline (else array), as a tuple of views of
+        the receive buffer, one per rank, that the next round overwrites; None where it
+        does not fit."""
         if self.broken:
             self._usable()
         self.seq += 1
+        key = ((kind, reduce_op, root, bad) if array is None else
+               (kind, reduce_op, root, bad, array.dtype, array.shape))
+        call = self._calls.get(key)
+        if call is None:
+            call = self._new_call(key, array, inline)
         slot = self._slot
-        fill_header(self._header, kind, self.seq, array, reduce_op, root, bad)
-        if inline is not None:
-            slot[HEADER_BYTES:HEADER_BYTES + inline.nbytes] = _bytes(inline)
-        with self.lock:
-            req = self.comm.Iallgather(slot, self._slots)
-        self._wait([req], OP_NAMES[kind], self.seq)
+        if inline is None:
+            slot[:HEADER_BYTES] = call[0]
+        else:
+            slot[:HEADER_BYTES + inline.nbytes] = call[0] + inline.tobytes()
+        self._seq_word[0] = self.seq
+        done = False
+        with self.lock:  # one hold starts the round and makes _wait's first tests
+            req = self._gather
+            if req is None:
+                req = self.comm.Iallgather(slot, self._slots)
+            else:
+                req.Start()
+            for _ in range(self.spin_tests):
+                if req.Test():
+                    done = True
+                    break
+        if not done:
+            self._wait([req], OP_NAMES[kind], self.seq, spun=True)
         data = self._slots.tobytes()
-        mine = data[:HEADER_BYTES]
-        if bad or any(data[i:i + HEADER_BYTES] != mine
-                      for i in range(SLOT, len(data), SLOT)):
+        first = data[:HEADER_BYTES]
+        for i in self._others:
+            if data[i:i + HEADER_BYTES] != first:
+                bad = True
+                break
+        if bad:
             check_headers(self._slots[:, :HEADER_BYTES].view(np.int64), self.name)
-        return data
+        return call[1]
+
+    def _new_call(self, key: tuple, array: np.ndarray | None,
+                  inline: np.ndarray | None) -> tuple[bytes, tuple | None]:
+        """(header with seq 0, views of the gathered data) of a call signature, cached."""
+        kind, reduce_op, root, bad = key[:4]
+        header = make_header(kind, 0, array, reduce_op, root, bad).tobytes()
+        like = inline if inline is not None else array
+        views = None
+        if like is not None and like.nbytes <= INLINE:
+            views = tuple(np.ndarray((self.world_size, *like.shape), like.dtype, self._slots,
+                                     HEADER_BYTES, (SLOT, *_c_strides(like.shape, like.itemsize))))
+        if len(self._calls) >= 64:
+            self._calls.clear()
+        call = self._calls[key] = (header, views)
+        return call
 
     def _refuse(self, kind: int, exc: BaseException) -> None:
         """This member's arguments are bad: it still joins the header round so that the
@@ -213,7 +266,7 @@ class MPIGroup(BaseGroup):
             a = buf.array
             n = self.world_size
             if a.nbytes <= INLINE:
-                reduce_stack(_inline(self._round(ALLREDUCE, a, op, inline=a), a), op, a)
+                reduce_stack(self._round(ALLREDUCE, a, op, inline=a), op, a)
             elif mpi_reducible(a.dtype, op):
                 self._round(ALLREDUCE, a, op)
                 self._payload(ALLREDUCE, self.comm.Iallreduce, MPI.IN_PLACE, a, _MPI_OPS[op])
@@ -233,9 +286,9 @@ class MPIGroup(BaseGroup):
             a = buf.array
             n = self.world_size
             if a.nbytes <= INLINE:
-                slots = self._round(REDUCE, a, op, dst_rank, inline=a)
+                parts = self._round(REDUCE, a, op, dst_rank, inline=a)
                 if root:
-                    reduce_stack(_inline(slots, a), op, a)
+                    reduce_stack(parts, op, a)
             elif mpi_reducible(a.dtype, op):
                 self._round(REDUCE, a, op, dst_rank)
                 self._payload(REDUCE, self.comm.Ireduce, MPI.IN_PLACE if root else a,
@@ -262,9 +315,9 @@ class MPIGroup(BaseGroup):
             except (TypeError, ValueError) as exc:
                 self._refuse(BROADCAST, exc)
             if a.nbytes <= INLINE:
-                slots = self._round(BROADCAST, a, root=src_rank, inline=a if root else None)
+                gathered = self._round(BROADCAST, a, root=src_rank, inline=a if root else None)
                 if not root:
-                    a[...] = _inline(slots, a, [src_rank])[0]
+                    a[...] = gathered[src_rank]
             else:
                 self._round(BROADCAST, a, root=src_rank)
                 self._payload(BROADCAST, self.comm.Ibcast, _bytes(a), src_rank)
@@ -280,7 +333,7 @@ class MPIGroup(BaseGroup):
                 self._refuse(ALLGATHER, exc)
             n = self.world_size
             if a.nbytes <= INLINE:
-                gathered = _inline(self._round(ALLGATHER, a, inline=a), a)
+                gathered = self._round(ALLGATHER, a, inline=a)
             else:
                 self._round(ALLGATHER, a)
                 gathered = np.empty((n, *a.shape), a.dtype)
@@ -300,8 +353,8 @@ class MPIGroup(BaseGroup):
             n = self.world_size
             send = np.stack([b.array for b in ins])
             if send.nbytes <= INLINE:
-                slots = self._round(REDUCESCATTER, a, op, inline=send)
-                reduce_stack([p[self.rank] for p in _inline(slots, send)], op, a)
+                parts = self._round(REDUCESCATTER, a, op, inline=send)
+                reduce_stack([p[self.rank] for p in parts], op, a)
             elif mpi_reducible(a.dtype, op):
                 self._round(REDUCESCATTER, a, op)
                 self._payload(REDUCESCATTER, self.comm.Ireduce_scatter_block, send, a,
@@ -414,6 +467,8 @@ class MPIGroup(BaseGroup):
         with self.call_lock:
             if not self.broken:  # a timed-out operation may still be pending on the comm
                 with self.lock:
+                    if self._gather is not None:
+                        self._gather.Free()
                     self.comm.Free()
             self.broken = self.broken or "the group was destroyed"
             self._rendezvous("leave", self.instance, self.rank)
