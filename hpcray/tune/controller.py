@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import math
 import os
+import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -25,6 +27,12 @@ from .trial import ERROR, PAUSED, PENDING, RUNNING, TERMINATED, Trial
 _AUTO_KEYS = ("trial_id", "training_iteration", "time_this_iter_s", "time_total_s", "timestamp",
               "done", "config", "iterations_since_restore", "date", "pid", "hostname")
 _STATE_EVERY_S = 1.0
+#: On preemption: how long running trials get to reach their next report (a checkpoint, for a
+#: Trainable) before the experiment state is saved. Slurm's warning and Hydra's grace both
+#: leave more time than this; the save itself takes a few milliseconds.
+PREEMPT_DRAIN_S = 10.0
+#: How long the preemption callback waits for the driver's loop to save.
+PREEMPT_SAVE_S = 30.0
 
 
 @dataclass
@@ -46,11 +54,16 @@ def resources_of(trainable: Any) -> dict[str, float]:
 
 
 class TuneController:
-    """Runs one experiment to the end (or its time budget); see Tuner.fit."""
+    """Runs one experiment to the end (or its time budget); see Tuner.fit.
+
+    restored: what Tuner.restore read back, for a restore: the run's "tag", how many of the
+    trials the saved scheduler and searcher already knew ("known") and which of those had
+    finished then ("finished")."""
 
     def __init__(self, trainable: Any, searcher: Searcher, scheduler: sched.TrialScheduler,
                  storage: ExperimentStorage, tune_config: TuneConfig, run_config: RunConfig,
-                 trials: list[Trial] | None = None, prefix: str = "trial"):
+                 trials: list[Trial] | None = None, prefix: str = "trial",
+                 restored: dict | None = None):
         self.trainable = trainable
         self.searcher = searcher
         self.scheduler = scheduler
@@ -72,17 +85,37 @@ class TuneController:
         self.reporter = ProgressReporter(run_config.verbose, run_config.progress_interval_s)
         self._state_saved = 0.0
         self._fatal: BaseException | None = None
-        for trial in self.trials:  # a restore: the scheduler starts afresh with the unfinished
-            if not trial.is_finished:
-                self.scheduler.on_trial_add(trial)
+        self._preempting = threading.Event()  # set by the on_preempt callback
+        self._preempt_saved = threading.Event()  # set by the loop once it saved for it
+        self._held: list[_Run] = []  # function trials kept waiting at a report, on preemption
+        if restored is not None:
+            self.tag = restored["tag"] or self.tag
+            self._catch_up(restored.get("known", 0), set(restored.get("finished", ())))
+
+    def _catch_up(self, known: int, finished: set[str]) -> None:
+        """A restore: tells the saved scheduler what happened after its snapshot (the trials
+        made and ended since), in the order it happened, so it decides as it would have."""
+        self.scheduler.attach(self.trials)
+        for trial in self.trials[known:]:
+            self.scheduler.on_trial_add(trial)
+        for trial in self.trials:
+            if trial.trial_id in finished:
+                continue
+            if trial.status == TERMINATED:
+                self.scheduler.on_trial_complete(trial, trial.last_result)
+            elif trial.status == ERROR:
+                self.scheduler.on_trial_error(trial)
 
     # -- the loop -------------------------------------------------------------------------------
 
     def run(self) -> list[Trial]:
         self.start_time = time.monotonic()
         self.max_slots = self._capacity()
+        _running.append(self)
         try:
             while True:
+                if self._preempting.is_set():
+                    self._wind_down()
                 if self._over_budget():
                     self._stop_all()
                 self._launch()
@@ -97,6 +130,7 @@ class TuneController:
                 if self._fatal is not None:
                     raise self._fatal
         finally:
+            _running.remove(self)
             self._release_actors()
             self._save_state(force=True)
             self.storage.close()
@@ -137,7 +171,7 @@ class TuneController:
     # -- starting trials --------------------------------------------------------------------------
 
     def _launch(self) -> None:
-        if self._over_budget():
+        if self._over_budget() or self._preempting.is_set():
             return
         while len(self.in_flight) < self.max_slots:
             trial = self._next_trial()
@@ -266,7 +300,12 @@ class TuneController:
 
     def _send(self, run: _Run, decision: str) -> None:
         trial = run.trial
-        if decision == sched.CONTINUE:
+        if decision == sched.CONTINUE and self._preempting.is_set():
+            if not self.is_class:  # it waits at this report (checkpointed if it reported one)
+                self._held.append(run)
+                return
+            step, run.after_stop = S.PAUSE, PENDING  # checkpoint and end; resumed after restore
+        elif decision == sched.CONTINUE:
             freq = self.ckpt.checkpoint_frequency
             step = S.SAVE if self.is_class and freq and trial.iteration % freq == 0 \
                 else S.CONTINUE
@@ -362,13 +401,48 @@ class TuneController:
             run.after_stop = TERMINATED
         self.scheduler = _StopEverything(self.scheduler)
 
+    # -- preemption -----------------------------------------------------------------------------
+
+    def preempt(self) -> None:
+        """From the on_preempt thread: asks the loop to wind down and save; returns once it has
+        (or after PREEMPT_SAVE_S: then the last periodic save, at most a second old, stays)."""
+        self._preempting.set()
+        if not self._preempt_saved.wait(PREEMPT_DRAIN_S + PREEMPT_SAVE_S):
+            print("hpcray.tune: the sweep did not save its state in time for the preemption; "
+                  "Tuner.restore continues from the last periodic save", file=sys.stderr,
+                  flush=True)
+
+    def _wind_down(self) -> None:
+        """Preempted: starts nothing more, lets each running trial reach its next report (a
+        Trainable saves a checkpoint there), saves the experiment and waits for the job to
+        end. Tuner.restore then goes on from exactly here."""
+        deadline = time.monotonic() + PREEMPT_DRAIN_S
+        while self.in_flight and time.monotonic() < deadline:
+            ready, _ = hpcray.wait(list(self.in_flight), num_returns=1, timeout=0.2)
+            for ref in ready:
+                self._handle(ref)
+            self._end_stopped()
+        self._save_state(force=True)
+        self.storage.flush()
+        done = sum(t.is_finished for t in self.trials)
+        print(f"hpcray.tune: preempted: saved the experiment at {self.storage.path} ({done} of "
+              f"{len(self.trials)} trials finished; Tuner.restore continues the rest)",
+              file=sys.stderr, flush=True)
+        self._preempt_saved.set()
+        time.sleep(PREEMPT_SAVE_S * 10)  # the job ends meanwhile (hpcray ends it after the callbacks)
+        raise TuneError("the sweep was preempted and its state saved, but the job did not end")
+
     def _save_state(self, force: bool = False) -> None:
         now = time.monotonic()
         if not force and now - self._state_saved < _STATE_EVERY_S:
             return
         self._state_saved = now
-        self.storage.write_pickle(SEARCH_FILE, {"searcher": self.searcher, "tag": self.tag,
-                                                "num_suggested": len(self.trials)})
+        scheduler = self.scheduler.inner if isinstance(self.scheduler, _StopEverything) \
+            else self.scheduler
+        self.storage.write_pickle(SEARCH_FILE, {
+            "searcher": self.searcher, "scheduler": scheduler, "tag": self.tag,
+            "num_suggested": len(self.trials),
+            "finished": [t.trial_id for t in self.trials if t.is_finished]})
         self.storage.write_experiment_state(self.trials, {
             "metric": self.metric, "mode": self.mode, "timestamp": time.time(),
             "search_done": self.search_done})
@@ -383,6 +457,15 @@ class TuneController:
             if trial.status == RUNNING:
                 trial.status = PAUSED
             self.storage.close_results(trial)
+
+
+_running: list[TuneController] = []  # the controllers in a fit() now (normally one)
+
+
+def on_preempt() -> None:
+    """hpcray.on_preempt callback: every running sweep saves its state (see _wind_down)."""
+    for controller in _running.copy():  # a fit() may end meanwhile
+        controller.preempt()
 
 
 class _StopEverything(sched.TrialScheduler):

@@ -68,6 +68,21 @@ class TrialScheduler:
     def on_search_finished(self) -> None:
         """The searcher will make no more trials."""
 
+    def __getstate__(self) -> dict:
+        """What a snapshot keeps (Tuner.restore makes the same decisions from it): everything
+        but the Trial records in ``_trials``, kept by id and put back by attach()."""
+        state = dict(self.__dict__)
+        if isinstance(state.get("_trials"), dict):
+            state["_trials"] = list(state["_trials"])
+        return state
+
+    def attach(self, trials: list[Trial]) -> None:
+        """After a restore: the experiment's Trial records in place of the ids a snapshot kept."""
+        ids = getattr(self, "_trials", None)
+        if isinstance(ids, list):
+            by_id = {t.trial_id: t for t in trials}
+            self._trials = {tid: by_id[tid] for tid in ids if tid in by_id}
+
     def choose_trial_to_run(self, trials: list[Trial]) -> Trial | None:
         """The first pending trial, else the first paused one."""
         for status in (PENDING, PAUSED):
@@ -183,7 +198,7 @@ class _HBBracket:
 
     def __init__(self, n0: int, r0: float, eta: float, max_t: float):
         self.n0, self.milestone, self.eta, self.max_t = n0, r0, eta, max_t
-        self.live: dict[str, Trial] = {}
+        self.live: list[str] = []  # ids of the trials still in the bracket
         self.scores: dict[str, float] = {}  # trials at the current milestone
         self.gone: set[str] = set()  # trials that left: stopped, finished or failed
         self.closed = False  # no more trials will come (the search is over)
@@ -216,7 +231,8 @@ class HyperBandScheduler(TrialScheduler):
         self._s = self.s_max_1 - 1
         self._of: dict[str, _HBBracket] = {}
         self._go: set[str] = set()
-        self._stopped: list[Trial] = []
+        self._stopped: list[str] = []
+        self._trials: dict[str, Trial] = {}
 
     @property
     def needs_metric(self) -> bool:
@@ -234,8 +250,9 @@ class HyperBandScheduler(TrialScheduler):
             bracket = _HBBracket(n0, max(r0, 1), self.eta, self.max_t)
             self.brackets.append(bracket)
             self._s = self._s - 1 if self._s > 0 else self.s_max_1 - 1
-        bracket.live[trial.trial_id] = trial
+        bracket.live.append(trial.trial_id)
         self._of[trial.trial_id] = bracket
+        self._trials[trial.trial_id] = trial
 
     def on_trial_result(self, trial: Trial, result: dict) -> str:
         bracket = self._of.get(trial.trial_id)
@@ -259,15 +276,14 @@ class HyperBandScheduler(TrialScheduler):
         ranked = sorted(bracket.live, key=lambda tid: bracket.scores[tid], reverse=True)
         keep = set(ranked[:max(1, int(len(ranked) / self.eta))])
         for tid in ranked:
-            trial = bracket.live[tid]
             if tid in keep:
                 if tid != current:
                     self._go.add(tid)
             else:
-                del bracket.live[tid]
+                bracket.live.remove(tid)
                 bracket.gone.add(tid)
                 if tid != current:
-                    self._stopped.append(trial)
+                    self._stopped.append(tid)
         bracket.scores = {}
         bracket.milestone = min(bracket.milestone * self.eta, self.max_t)
         return keep
@@ -276,7 +292,7 @@ class HyperBandScheduler(TrialScheduler):
         bracket = self._of.get(trial.trial_id)
         if bracket is None or trial.trial_id not in bracket.live:
             return
-        del bracket.live[trial.trial_id]
+        bracket.live.remove(trial.trial_id)
         bracket.gone.add(trial.trial_id)
         bracket.scores.pop(trial.trial_id, None)
         if bracket.live and bracket.finished():
@@ -290,7 +306,7 @@ class HyperBandScheduler(TrialScheduler):
 
     def take_stopped(self) -> list[Trial]:
         stopped, self._stopped = self._stopped, []
-        return stopped
+        return [self._trials[tid] for tid in stopped if tid in self._trials]
 
     def on_search_finished(self) -> None:
         for bracket in self.brackets:

@@ -10,6 +10,7 @@ from typing import Any
 
 import hpcray
 
+from . import controller as ctl
 from . import schedulers as sched
 from .config import RunConfig, TuneConfig
 from .controller import TuneController
@@ -68,11 +69,9 @@ class Tuner:
                 "name": name, "scheduler": scheduler})
         if not hpcray.is_initialized():
             hpcray.init()
+        _watch_preemption()
         controller = TuneController(self.trainable, searcher, scheduler, storage, tc, rc, trials,
-                                    prefix=_name_of(self.trainable))
-        if self._restored is not None and self._restored["tag"]:
-            controller.tag = self._restored["tag"]
-            controller.search_done = self._restored["search_done"]
+                                    prefix=_name_of(self.trainable), restored=self._restored)
         done = controller.run()
         self._results = ResultGrid([to_result(t) for t in done], storage.path,
                                    tc.metric, tc.mode)
@@ -132,10 +131,17 @@ class Tuner:
         search = storage.read_pickle(SEARCH_FILE)
         trials = storage.load_trials()
         searcher = search["searcher"]
+        # the scheduler as last saved, rungs, brackets and all; a run that saved none (it was
+        # killed within its first second) starts from the one Tuner() made
+        scheduler = search.get("scheduler")
+        known = search.get("num_suggested", 0) if scheduler is not None else 0
+        scheduler = scheduler if scheduler is not None else saved["scheduler"]
         for trial in trials[search.get("num_suggested", 0):]:
             searcher.suggest(trial.trial_id)  # made after the last snapshot: replay, discard
         for trial in trials:
-            if trial.status in (RUNNING, PAUSED, PENDING):
+            if trial.status == PAUSED and known and resume_unfinished:
+                pass  # the saved scheduler decides when it goes on (HyperBand)
+            elif trial.status in (RUNNING, PAUSED, PENDING):
                 trial.status = PENDING if resume_unfinished else TERMINATED
             elif trial.status == ERROR and (resume_errored or restart_errored):
                 trial.status = PENDING
@@ -151,10 +157,20 @@ class Tuner:
         rc.storage_path = os.path.dirname(path)
         tuner = cls(trainable, param_space=param_space or saved["param_space"],
                     tune_config=saved["tune_config"], run_config=rc, _restored={
-                        "searcher": searcher, "scheduler": saved["scheduler"],
-                        "trials": trials, "tag": search["tag"],
-                        "search_done": False})
+                        "searcher": searcher, "scheduler": scheduler, "trials": trials,
+                        "tag": search["tag"], "known": known,
+                        "finished": search.get("finished", ())})
         return tuner
+
+
+_preemption_watched: list[bool] = []
+
+
+def _watch_preemption() -> None:
+    """Registers, once, the hpcray.on_preempt callback that saves every running sweep."""
+    if not _preemption_watched:
+        _preemption_watched.append(True)
+        hpcray.on_preempt(ctl.on_preempt)
 
 
 def with_parameters(trainable: Any, **kwargs: Any) -> Any:
