@@ -431,3 +431,115 @@ def test_num_samples_minus_one_never_finishes():
     gen.set_search_properties(None, None, {"x": tune.uniform(0, 1)}, num_samples=-1)
     assert all(isinstance(gen.suggest(f"t{i}"), dict) for i in range(500))
     assert gen.total_samples == float("inf")
+
+
+# -- scheduler and searcher state across a restore ------------------------------------------------
+
+def sweep(scheduler: S.TrialScheduler, searcher, restore_at: int | None = None,
+          fresh_scheduler: S.TrialScheduler | None = None, max_t: int = 9) -> list[tuple]:
+    """A small in-process driver: 3 trials at a time, one result per step, score = x * it.
+    At step restore_at the scheduler and searcher go through pickle as the Tuner saves them,
+    and the trials through their saved state, as Tuner.restore reads them back (or, with
+    fresh_scheduler, the scheduler starts afresh: what a restore did before). Returns every
+    decision made, with the trial's config at that point."""
+    import cloudpickle
+
+    trials: list[Trial] = []
+    running: list[Trial] = []
+    log, step, search_done = [], 0, False
+    while True:
+        while len(running) < 3:
+            pick = None
+            if not any(t.status == PENDING for t in trials) and not search_done:
+                config = searcher.suggest(f"t{len(trials)}")
+                if config == FINISHED:
+                    search_done = True
+                    scheduler.on_search_finished()
+                elif isinstance(config, dict):
+                    pick = Trial(f"t{len(trials)}", config, index=len(trials))
+                    trials.append(pick)
+                    scheduler.on_trial_add(pick)
+            if pick is None:
+                waiting = [t for t in trials if t.status in (PENDING, PAUSED)]
+                pick = scheduler.choose_trial_to_run(waiting) if waiting else None
+            if pick is None:
+                break
+            pick.status = RUNNING
+            running.append(pick)
+        if not running:
+            return log
+        t = running.pop(0)
+        t.iteration += 1
+        result = {"score": t.config["x"] * t.iteration, "training_iteration": t.iteration}
+        t.last_result, t.checkpoint = result, f"ckpt/{t.trial_id}/{t.iteration}"
+        searcher.on_trial_result(t.trial_id, result)
+        decision = scheduler.on_trial_result(t, result) if t.iteration < max_t else S.STOP
+        log.append((t.trial_id, t.iteration, decision, round(t.config["x"], 9)))
+        ended = [t] if decision == S.STOP else []
+        if decision in (S.CONTINUE, S.EXPLOIT):
+            running.append(t)
+        elif decision == S.PAUSE:
+            t.status = PAUSED
+        ended += [s for s in scheduler.take_stopped() if s.status == PAUSED]
+        for e in ended:
+            e.status = TERMINATED
+            scheduler.on_trial_complete(e, e.last_result)
+            searcher.on_trial_complete(e.trial_id, e.last_result)
+        step += 1
+        if step == restore_at:
+            blob = cloudpickle.dumps({"scheduler": scheduler, "searcher": searcher})
+            saved = [json.loads(json.dumps(t.state())) for t in trials]
+            trials = [Trial.from_state(s) for s in saved]
+            by_id = {t.trial_id: t for t in trials}
+            running = [by_id[t.trial_id] for t in running]
+            state = __import__("pickle").loads(blob)
+            scheduler, searcher = state["scheduler"], state["searcher"]
+            scheduler.attach(trials)
+            if fresh_scheduler is not None:
+                scheduler = fresh_scheduler
+                for t in trials:
+                    if not t.is_finished:
+                        scheduler.on_trial_add(t)
+
+
+def _searcher(kind: str):
+    space = {"x": tune.uniform(0, 1)}
+    if kind == "optuna":
+        pytest.importorskip("optuna")
+        from hpcray.tune.search.optuna import OptunaSearch
+
+        searcher = OptunaSearch(seed=3)
+    else:
+        searcher = BasicVariantGenerator(random_state=3)
+    searcher.set_search_properties("score", "max", space, num_samples=12)
+    return searcher
+
+
+SCHEDULERS = {
+    "asha": lambda: S.ASHAScheduler(metric="score", mode="max", max_t=9, grace_period=1,
+                                    reduction_factor=3, brackets=2, seed=5),
+    "hyperband": lambda: S.HyperBandScheduler(metric="score", mode="max", max_t=9,
+                                              reduction_factor=3),
+    "median": lambda: S.MedianStoppingRule(time_attr="training_iteration", metric="score",
+                                           mode="max", grace_period=2, min_samples_required=2),
+    "pbt": lambda: S.PopulationBasedTraining(
+        time_attr="training_iteration", metric="score", mode="max", perturbation_interval=2,
+        hyperparam_mutations={"x": tune.uniform(0, 1)}, seed=5),
+}
+
+
+@pytest.mark.parametrize("kind", ["basic", "optuna"])
+@pytest.mark.parametrize("name", sorted(SCHEDULERS))
+def test_restored_scheduler_and_searcher_make_the_same_decisions(name, kind):
+    make = SCHEDULERS[name]
+    baseline = sweep(make(), _searcher(kind))
+    assert any(d != S.CONTINUE for _, it, d, _ in baseline if it < 9), "nothing to compare"
+    for restore_at in (7, 20, len(baseline) - 5):
+        assert sweep(make(), _searcher(kind), restore_at=restore_at) == baseline, restore_at
+
+
+def test_a_fresh_scheduler_after_restore_decides_differently():
+    """What the saved state prevents: ASHA's rungs forgotten, later trials are judged anew."""
+    make = SCHEDULERS["asha"]
+    baseline = sweep(make(), _searcher("basic"))
+    assert sweep(make(), _searcher("basic"), restore_at=41, fresh_scheduler=make()) != baseline
