@@ -3,6 +3,8 @@ checkpoints, failures, PBT, and resuming a sweep whose job was killed."""
 
 from __future__ import annotations
 
+import json
+
 from test_core import PRELUDE, is_error, run
 
 SWEEPS_JOB = '''
@@ -362,3 +364,115 @@ def test_resume_after_the_job_is_killed(run_job):
         if int(k) in finished:
             assert starts == ["0"], k  # finished before the kill: kept, not run again
     assert r["trials"]["4"][2] == ["0", "2"]  # continued from its last checkpoint
+
+
+# -- preemption: the sweep saves on the signal, the next run restores and goes on ------------
+PREEMPTED_SWEEP = '''
+# ASHA over 8 trials, one at a time (so its decisions follow from the order alone). Trial k=3
+# announces iteration 3 and then slows down: the job is preempted there, by the test (argv[1]
+# "slurm": scancel) or by the trial itself ("self": SIGTERM to the head). Run again in the same
+# folder (Slurm's requeue does that) it restores the sweep and finishes it.
+import json
+import os
+import signal
+import sys
+import time
+
+import hpcray
+from hpcray import tune
+
+hpcray.init()
+MODE = sys.argv[1]
+HERE = os.path.dirname(os.path.abspath(__file__))
+with open(os.path.join(HERE, "head.pid"), "w") as f:
+    f.write(str(os.getpid()))
+if MODE == "slurm":  # the pattern slurm/tune_sweep.py shows
+    PATH = os.path.join(hpcray.get_runtime_context().get_state_dir(), "sweep")
+else:
+    PATH = os.path.join(HERE, "results", "sweep")
+SCORES = %SCORES%
+
+
+def train(config):
+    k = config["k"]
+    start = tune.get_checkpoint()
+    begin = start.to_dict()["i"] if start else 0
+    for i in range(begin + 1, 10):
+        if k == 3 and i >= 3 and begin == 0:  # the first run, preempted from here on
+            if i == 3:
+                print("trial k=3 at iteration 3", flush=True)
+                if MODE == "self":
+                    with open(os.path.join(HERE, "head.pid")) as f:
+                        os.kill(int(f.read()), signal.SIGTERM)
+            time.sleep(0.5)
+        tune.report({"score": SCORES[k] * i}, checkpoint=tune.Checkpoint.from_dict({"i": i}))
+
+
+restored = tune.Tuner.can_restore(PATH)
+if restored:
+    tuner = tune.Tuner.restore(PATH, train)
+else:
+    tuner = tune.Tuner(
+        train, param_space={"k": tune.grid_search(list(range(8)))},
+        tune_config=tune.TuneConfig(metric="score", mode="max", max_concurrent_trials=1,
+                                    scheduler=tune.ASHAScheduler(max_t=9, grace_period=1,
+                                                                 reduction_factor=3)),
+        run_config=tune.RunConfig(storage_path=os.path.dirname(PATH), name="sweep",
+                                  verbose=0))
+grid = tuner.fit()
+R = {"restored": restored, "errors": grid.num_errors, "trials": {}}
+for r in grid:
+    with open(os.path.join(r.path, "result.json")) as f:
+        rows = [json.loads(line) for line in f]
+    R["trials"][r.config["k"]] = {
+        "iterations": [row["training_iteration"] for row in rows],
+        "starts": [row["training_iteration"] - 1 for row in rows
+                   if row["iterations_since_restore"] == 1]}
+print("RESULT " + json.dumps(R), flush=True)
+'''
+PREEMPTED_SCORES = [1.0, 0.0, 2.0, 5.0, 0.5, 3.0, 4.0, 1.5]
+PREEMPTED_SWEEP = PREEMPTED_SWEEP.replace("%SCORES%", repr(PREEMPTED_SCORES))
+
+
+def check_preempted_sweep(out: dict) -> None:
+    """The restored run finished the sweep as an uninterrupted one would have: ASHA stopped
+    each trial where it stops it without the preemption; no iteration lost or run twice; the
+    trials finished before the signal kept, trial 3 continued from its last checkpoint."""
+    from hpcray.tune import schedulers as S
+    from hpcray.tune.trial import Trial
+
+    asha = S.ASHAScheduler(metric="score", mode="max", max_t=9, grace_period=1,
+                           reduction_factor=3)
+    expected = {}
+    for k, score in enumerate(PREEMPTED_SCORES):
+        trial = Trial(str(k), {"k": k})
+        asha.on_trial_add(trial)
+        for i in range(1, 10):
+            result = {"score": score * i, "training_iteration": i}
+            if asha.on_trial_result(trial, result) == S.STOP:
+                asha.on_trial_complete(trial, result)
+                expected[str(k)] = i
+                break
+    assert sorted(expected.values()) != [9] * 8, "ASHA stops no trial early: nothing to check"
+    assert out["restored"] and out["errors"] == 0, out
+    trials = out["trials"]
+    assert sorted(trials) == [str(k) for k in range(8)], trials
+    for k, trial in trials.items():
+        assert trial["iterations"] == list(range(1, expected[k] + 1)), (k, trial, expected)
+        if k != "3":
+            assert trial["starts"] == [0], (k, trial)  # ran once: before or after the signal
+    first, resumed = trials["3"]["starts"]
+    assert first == 0 and resumed >= 3, trials["3"]  # from its checkpoint at the preemption
+
+
+def test_preempted_sweep_saves_and_restores(run_job, tmp_path):
+    """SIGTERM to the head mid-sweep (no Slurm): the sweep saves its state in the on_preempt
+    callback, the job ends; the same script run again restores it and finishes it."""
+    proc = run_job(PREEMPTED_SWEEP, n=3, timeout=120, args=["self"])
+    assert proc.returncode == 143 and "RESULT" not in proc.stdout, proc.stdout + proc.stderr
+    assert "hpcray: SIGTERM received: running 1 on_preempt callback(s)" in proc.stderr
+    assert "hpcray.tune: preempted: saved the experiment" in proc.stderr, proc.stderr
+    again = run_job(PREEMPTED_SWEEP, n=3, timeout=120, args=["self"])
+    assert again.returncode == 0, again.stdout + again.stderr
+    lines = [line for line in again.stdout.splitlines() if line.startswith("RESULT ")]
+    check_preempted_sweep(json.loads(lines[0][len("RESULT "):]))
