@@ -27,6 +27,7 @@ from typing import Any
 import psutil
 import pytest
 from conftest import ROOT, kill_all, mpiexec, run_process
+from test_tune import PREEMPTED_SWEEP, check_preempted_sweep
 
 SLURM_DIR = Path(os.environ.get("HPCRAY_SLURM_DIR", "/tmp/hpcray-slurm"))
 #: hpcray's bound from scancel to the last rank gone
@@ -539,16 +540,18 @@ def _check_counter(text: str) -> None:
         f"a restart did not resume from the checkpoint: {runs}")
 
 
-def _signal_mid_run(jobs, job_id: str, output, scancel_args: list[str], expected: str) -> str:
-    """Signals a running counter job at step 40; it must be requeued once by Slurm and end
-    with the exact total. Returns its output."""
-    jobs.wait_output(output, r"step 40\b")
+def _signal_mid_run(jobs, job_id: str, output, scancel_args: list[str], expected: str,
+                    when: str = r"step 40\b", check=_check_counter) -> str:
+    """Signals a running job once its output matches when (the counter job: at step 40); it
+    must be requeued once by Slurm and pass check(output) (the counter: the exact total).
+    Returns its output."""
+    jobs.wait_output(output, when)
     subprocess.run(["scancel", *scancel_args, job_id], env=jobs.env, timeout=30, check=True)
     info = jobs.wait_done(job_id, timeout=JOB_TIMEOUT_S + 60, output=output)
     text = output.read_text()
     assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", (info, text)
     assert expected in text
-    _check_counter(text)
+    check(text)
     return text
 
 
@@ -597,6 +600,23 @@ def test_hpcray_sbatch_mpiexec_requeue_on_usr1_warning(jobs):
     jobs.ids.append(job_id)
     _signal_mid_run(jobs, job_id, output, ["--batch", "--signal=USR1"],
                     "hpcray: SIGTERM received")
+
+
+@retry_pmi_flake
+def test_tune_sweep_requeued_resumes_where_it_stopped(jobs):
+    """A Tune sweep in sweep-requeue.sbatch, warned with B:USR1 while trial 3 runs: the sweep
+    saves its state in on_preempt, hpcray requeues, and the rerun restores it from the state
+    dir: every trial ends where an uninterrupted ASHA sweep ends it, none run twice."""
+    script = jobs.script(PREEMPTED_SWEEP)
+    output = jobs.workdir / "out.txt"
+    job_id = jobs.sbatch(f"--output={output}", str(ROOT / "slurm" / "sweep-requeue.sbatch"),
+                         str(script), "slurm")
+    text = _signal_mid_run(jobs, job_id, output, ["--batch", "--signal=USR1"],
+                           "hpcray: SIGUSR1 received: running 1 on_preempt callback(s)",
+                           when=r"trial k=3 at iteration 3",
+                           check=lambda text: check_preempted_sweep(_result(text)))
+    assert "hpcray.tune: preempted: saved the experiment" in text
+    assert f"requeued Slurm job {job_id}" in text
 
 
 # -- isolation and failures -----------------------------------------------------------------
