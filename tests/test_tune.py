@@ -476,3 +476,83 @@ def test_preempted_sweep_saves_and_restores(run_job, tmp_path):
     assert again.returncode == 0, again.stdout + again.stderr
     lines = [line for line in again.stdout.splitlines() if line.startswith("RESULT ")]
     check_preempted_sweep(json.loads(lines[0][len("RESULT "):]))
+
+
+# -- an hpcray.train trainer as the trainable -------------------------------------------------
+TRAINER_SWEEP = '''
+import tempfile
+
+from hpcray import train, tune
+from hpcray.train import DataParallelTrainer, ScalingConfig
+
+hpcray.init()
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def loop(config):
+    ctx = train.get_context()
+    start = train.get_checkpoint()
+    begin = 0
+    if start is not None:
+        with open(os.path.join(start.path, "step")) as f:
+            begin = int(f.read())
+    if ctx.get_world_rank() == 0:
+        with open(os.path.join(ctx.get_trial_dir(), "starts.log"), "a") as f:
+            f.write(f"{begin}\\n")
+    for step in range(begin + 1, 7):
+        if config["lr"] == 0.1 and step == 3 and not os.path.exists(os.path.join(HERE, "failed")):
+            if ctx.get_world_rank() == 1:
+                open(os.path.join(HERE, "failed"), "w").close()
+                raise ValueError("worker 1 fails once")
+        checkpoint = None
+        if ctx.get_world_rank() == 0:
+            folder = tempfile.mkdtemp()
+            with open(os.path.join(folder, "step"), "w") as f:
+                f.write(str(step))
+            checkpoint = train.Checkpoint.from_directory(folder)
+        train.report({"loss": config["lr"] * 10 / step, "world": ctx.get_world_size(),
+                      "base": config["base"]}, checkpoint=checkpoint)
+
+
+trainer = DataParallelTrainer(loop, train_loop_config={"base": 7},
+                              scaling_config=ScalingConfig(num_workers=2))
+grid = tune.Tuner(
+    trainer, param_space={"train_loop_config": {"lr": tune.grid_search([0.1, 0.2, 0.3, 0.4])}},
+    tune_config=tune.TuneConfig(metric="loss", mode="min", scheduler=tune.ASHAScheduler(
+        max_t=6, grace_period=2, reduction_factor=2)),
+    run_config=tune.RunConfig(storage_path=os.path.join(HERE, "results"), name="trainer",
+                              failure_config=tune.FailureConfig(max_failures=1), verbose=0),
+).fit()
+R = {"n": len(grid), "errors": grid.num_errors, "trials": {}}
+for r in grid:
+    rows = [json.loads(line) for line in open(os.path.join(r.path, "result.json"))]
+    with open(os.path.join(r.checkpoint.path, "step")) as f:
+        saved = int(f.read())
+    starts = open(os.path.join(r.path, "train", "starts.log")).read().split()
+    R["trials"][str(r.config["train_loop_config"]["lr"])] = {
+        "iterations": [row["training_iteration"] for row in rows],
+        "world": sorted({row["world"] for row in rows}), "base": r.metrics["base"],
+        "checkpoint": saved, "starts": starts}
+R["best"] = grid.get_best_result().config["train_loop_config"]["lr"]
+R["cpus_free"] = poll(lambda: hpcray.available_resources().get("CPU") == 4.0)
+emit(R)
+'''
+
+
+def test_a_trainer_as_the_trainable(run_job):
+    """Tuner(DataParallelTrainer(...)): each trial a 2-worker gang (5 ranks: 2 trials at once),
+    each train report a Tune report with its checkpoint; ASHA stops trainers early; a failed
+    trainer (the best one, which ASHA never stops) is retried from the trial's checkpoint."""
+    r, _ = run(run_job, TRAINER_SWEEP, n=5, timeout=180)
+    assert r["n"] == 4 and r["errors"] == 0 and r["best"] == 0.1, r
+    trials = r["trials"]
+    assert trials["0.1"]["iterations"] == [1, 2, 3, 4, 5, 6]
+    assert any(len(t["iterations"]) < 6 for t in trials.values()), trials  # ASHA stopped some
+    for lr, t in trials.items():
+        n = len(t["iterations"])
+        assert t["iterations"] == list(range(1, n + 1)) and n >= 2, (lr, t)
+        assert t["world"] == [2] and t["base"] == 7 and t["checkpoint"] == n, (lr, t)
+        if lr != "0.1":
+            assert t["starts"] == ["0"], (lr, t)
+    assert trials["0.1"]["starts"] == ["0", "2"], trials["0.1"]  # retried from its checkpoint
+    assert r["cpus_free"]  # every trainer's workers were released

@@ -8,10 +8,10 @@ PyTorch: hpcray.train.torch.TorchTrainer.
 """
 
 from .checkpoint import Checkpoint
-from .config import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from .config import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, UserCallback
 from .session import TrainContext, get_checkpoint, get_context, get_dataset_shard, report
 from .trainer import Backend, DataParallelTrainer, Result, TrainingFailedError
 
 __all__ = ["Backend", "Checkpoint", "CheckpointConfig", "DataParallelTrainer", "FailureConfig",
            "Result", "RunConfig", "ScalingConfig", "TrainContext", "TrainingFailedError",
-           "get_checkpoint", "get_context", "get_dataset_shard", "report"]
+           "UserCallback", "get_checkpoint", "get_context", "get_dataset_shard", "report"]

@@ -4,6 +4,10 @@ FailureConfig."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .checkpoint import Checkpoint
 
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 
@@ -60,9 +64,19 @@ class FailureConfig:
     max_failures: int = 0
 
 
+class UserCallback:
+    """Hooks into a trainer's fit() on the driver (Ray Train's ``UserCallback``): subclass it
+    and pass instances in ``RunConfig(callbacks=[...])``."""
+
+    def after_report(self, metrics: dict[str, Any], checkpoint: Checkpoint | None) -> None:
+        """After each report every worker made: rank 0's metrics and the checkpoint it
+        published (None without one). An exception here ends fit() with it."""
+
+
 @dataclass
 class RunConfig:
-    """Where results go (storage_path/name) and how failures and checkpoints are handled."""
+    """Where results go (storage_path/name), how failures and checkpoints are handled, and
+    the callbacks that see every report."""
 
     name: str | None = None
     storage_path: str | None = None
@@ -70,3 +84,4 @@ class RunConfig:
     failure_config: FailureConfig = field(default_factory=FailureConfig)
     #: 0: quiet; 1: one line on the driver per report
     verbose: int = 1
+    callbacks: list[UserCallback] = field(default_factory=list)

@@ -356,6 +356,8 @@ class DataParallelTrainer:
         shown = ", ".join(f"{k}={_fmt(v)}" for k, v in metrics.items())
         self._say(f"iteration {iteration}: {shown}"
                   + (f" [{os.path.basename(checkpoint.path)}]" if checkpoint else ""))
+        for callback in self.run_config.callbacks:
+            callback.after_report(dict(metrics), checkpoint)
 
 
 def _fmt(value: Any) -> str:

@@ -47,10 +47,16 @@ class _Run:
 
 
 def resources_of(trainable: Any) -> dict[str, float]:
-    """{"cpu": .., "gpu": ..} set by with_resources (1 CPU by default)."""
+    """{"cpu": .., "gpu": ..} one trial takes, set by with_resources (1 CPU by default)."""
     res = dict(getattr(trainable, "_tune_resources", None) or {})
     res.setdefault("cpu", 1)
     return res
+
+
+def runner_resources_of(trainable: Any) -> dict[str, float]:
+    """What the trial's runner actor itself holds: all of the trial's resources, except for a
+    trainer, whose workers hold them."""
+    return getattr(trainable, "_tune_runner_resources", None) or resources_of(trainable)
 
 
 class TuneController:
@@ -211,7 +217,7 @@ class TuneController:
     def _actor(self) -> Any:
         if self.idle:
             return self.idle.pop()
-        res = resources_of(self.trainable)
+        res = runner_resources_of(self.trainable)
         runner = hpcray.remote(S.TrialRunner).options(num_cpus=res.get("cpu", 1),
                                                       num_gpus=res.get("gpu", 0) or None)
         actor = runner.remote(self.trainable)

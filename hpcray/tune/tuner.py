@@ -19,6 +19,7 @@ from .search import BasicVariantGenerator, ConcurrencyLimiter, Searcher
 from .search.searcher import count_variants
 from .session import Trainable
 from .storage import SEARCH_FILE, TRIAL_STATE, TUNER_FILE, ExperimentStorage, default_storage_path
+from .trainer import as_trainable, is_trainer
 from .trial import ERROR, PAUSED, PENDING, RUNNING, TERMINATED
 
 
@@ -30,12 +31,15 @@ def _name_of(trainable: Any) -> str:
 class Tuner:
     """Tuner(trainable, param_space=..., tune_config=TuneConfig(...), run_config=RunConfig(...)).
 
-    trainable: a function ``fn(config)`` calling ``tune.report(...)``, or a Trainable subclass.
+    trainable: a function ``fn(config)`` calling ``tune.report(...)``, a Trainable subclass, or
+    an hpcray.train trainer (param_space={"train_loop_config": {...}}).
     """
 
     def __init__(self, trainable: Any, *, param_space: dict | None = None,
                  tune_config: TuneConfig | None = None, run_config: RunConfig | None = None,
                  _restored: dict | None = None):
+        if is_trainer(trainable):
+            trainable = as_trainable(trainable, dict(param_space or {}))
         if not callable(trainable):
             raise TypeError(f"trainable must be a function or a Trainable class, got "
                             f"{type(trainable).__name__}")
