@@ -159,7 +159,7 @@ import numpy as np
 import hpcray.collective as col
 from hpcray import train
 from hpcray.train import (Checkpoint, CheckpointConfig, DataParallelTrainer, FailureConfig,
-                          RunConfig, ScalingConfig, TrainingFailedError)
+                          RunConfig, ScalingConfig, TrainingFailedError, UserCallback)
 
 hpcray.init()
 STORAGE = sys.argv[1]
@@ -191,13 +191,27 @@ def loop(config):
         step += 1
 
 
+class Seen(UserCallback):
+    """Every report the driver published: (step, checkpoint folder)."""
+
+    def __init__(self):
+        self.reports = []
+
+    def after_report(self, metrics, checkpoint):
+        self.reports.append([metrics["step"], os.path.basename(checkpoint.path)])
+
+
+seen = Seen()
+
+
 def trainer(name, fail_at, max_failures, steps=6):
     return DataParallelTrainer(
         loop, train_loop_config={"steps": steps, "fail_at": fail_at},
         scaling_config=ScalingConfig(num_workers=2),
         run_config=RunConfig(name=name, storage_path=STORAGE,
                              checkpoint_config=CheckpointConfig(num_to_keep=2),
-                             failure_config=FailureConfig(max_failures=max_failures)),
+                             failure_config=FailureConfig(max_failures=max_failures),
+                             callbacks=[seen] if name == "resume" else []),
         datasets={"train": list(range(10))})
 
 
@@ -213,6 +227,7 @@ rows = rows.to_dict("records") if hasattr(rows, "to_dict") else rows
 R["rows"] = [[r["step"], r["attempt"], r["training_iteration"], r["total"], r["resumed"]]
              for r in rows]
 R["error"] = result.error
+R["seen"] = seen.reports
 try:
     trainer("fails", 2, 0).fit()
     R["fails"] = None
@@ -240,6 +255,7 @@ def test_data_parallel_trainer_resumes_and_rotates(run_job, tmp_path: Path) -> N
         [0, 0, 1], [1, 0, 2], [2, 0, 3], [3, 1, 4], [4, 1, 5], [5, 1, 6]]
     assert [row[3] for row in r["rows"]] == [45.0 * (s + 1) for s in range(6)]
     assert [row[4] for row in r["rows"]] == [False] * 3 + [True] * 3
+    assert r["seen"] == [[s, f"checkpoint_{s + 1:06d}"] for s in range(6)]  # UserCallback
     run_dir = Path(r["path"])
     assert len((run_dir / "result.json").read_text().splitlines()) == 6
     assert len((run_dir / "progress.csv").read_text().splitlines()) == 7
