@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from test_core import PRELUDE, is_error, run
 
 SWEEPS_JOB = '''
@@ -371,7 +372,9 @@ PREEMPTED_SWEEP = '''
 # ASHA over 8 trials, one at a time (so its decisions follow from the order alone). Trial k=3
 # announces iteration 3 and then slows down: the job is preempted there, by the test (argv[1]
 # "slurm": scancel) or by the trial itself ("self": SIGTERM to the head). Run again in the same
-# folder (Slurm's requeue does that) it restores the sweep and finishes it.
+# folder (Slurm's requeue does that) it restores the sweep and finishes it. The trainable is a
+# function reporting a checkpoint each time, or with argv[2] "class" a Trainable that saves
+# one only when asked (here: on the preemption).
 import json
 import os
 import signal
@@ -393,19 +396,42 @@ else:
 SCORES = %SCORES%
 
 
-def train(config):
+def preempt_here(k, i, begin):
+    if k == 3 and i >= 3 and begin == 0:  # the first run, preempted from here on
+        if i == 3:
+            print("trial k=3 at iteration 3", flush=True)
+            if MODE == "self":
+                with open(os.path.join(HERE, "head.pid")) as f:
+                    os.kill(int(f.read()), signal.SIGTERM)
+        time.sleep(0.5)
+
+
+def function(config):
     k = config["k"]
     start = tune.get_checkpoint()
     begin = start.to_dict()["i"] if start else 0
     for i in range(begin + 1, 10):
-        if k == 3 and i >= 3 and begin == 0:  # the first run, preempted from here on
-            if i == 3:
-                print("trial k=3 at iteration 3", flush=True)
-                if MODE == "self":
-                    with open(os.path.join(HERE, "head.pid")) as f:
-                        os.kill(int(f.read()), signal.SIGTERM)
-            time.sleep(0.5)
+        preempt_here(k, i, begin)
         tune.report({"score": SCORES[k] * i}, checkpoint=tune.Checkpoint.from_dict({"i": i}))
+
+
+class Climb(tune.Trainable):
+    def setup(self, config):
+        self.k, self.i, self.begin = config["k"], 0, 0
+
+    def step(self):
+        self.i += 1
+        preempt_here(self.k, self.i, self.begin)
+        return {"score": SCORES[self.k] * self.i}
+
+    def save_checkpoint(self, folder):
+        return {"i": self.i}
+
+    def load_checkpoint(self, state):
+        self.i = self.begin = state["i"]
+
+
+train = Climb if sys.argv[2:] == ["class"] else function
 
 
 restored = tune.Tuner.can_restore(PATH)
@@ -465,14 +491,15 @@ def check_preempted_sweep(out: dict) -> None:
     assert first == 0 and resumed >= 3, trials["3"]  # from its checkpoint at the preemption
 
 
-def test_preempted_sweep_saves_and_restores(run_job, tmp_path):
+@pytest.mark.parametrize("kind", ["function", "class"])
+def test_preempted_sweep_saves_and_restores(run_job, kind):
     """SIGTERM to the head mid-sweep (no Slurm): the sweep saves its state in the on_preempt
     callback, the job ends; the same script run again restores it and finishes it."""
-    proc = run_job(PREEMPTED_SWEEP, n=3, timeout=120, args=["self"])
+    proc = run_job(PREEMPTED_SWEEP, n=3, timeout=120, args=["self", kind])
     assert proc.returncode == 143 and "RESULT" not in proc.stdout, proc.stdout + proc.stderr
     assert "hpcray: SIGTERM received: running 1 on_preempt callback(s)" in proc.stderr
     assert "hpcray.tune: preempted: saved the experiment" in proc.stderr, proc.stderr
-    again = run_job(PREEMPTED_SWEEP, n=3, timeout=120, args=["self"])
+    again = run_job(PREEMPTED_SWEEP, n=3, timeout=120, args=["self", kind])
     assert again.returncode == 0, again.stdout + again.stderr
     lines = [line for line in again.stdout.splitlines() if line.startswith("RESULT ")]
     check_preempted_sweep(json.loads(lines[0][len("RESULT "):]))
