@@ -1,7 +1,9 @@
-"""Trial schedulers (Ray Tune's names): FIFO, ASHA, MedianStoppingRule, PopulationBasedTraining.
+"""Trial schedulers (Ray Tune's names): FIFO, ASHA, HyperBand, MedianStoppingRule,
+PopulationBasedTraining.
 
 Pure logic: each takes Trial records and result dicts and answers CONTINUE, PAUSE, STOP or
-(PBT) EXPLOIT, which the driver's controller carries out. Nothing here touches MPI.
+(PBT) EXPLOIT, which the driver's controller carries out. Nothing here touches MPI. A scheduler
+pickles whole (the Tuner saves it for a restore), the Trial records it holds by id only.
 """
 
 from __future__ import annotations
