@@ -543,3 +543,16 @@ def test_a_fresh_scheduler_after_restore_decides_differently():
     make = SCHEDULERS["asha"]
     baseline = sweep(make(), _searcher("basic"))
     assert sweep(make(), _searcher("basic"), restore_at=41, fresh_scheduler=make()) != baseline
+
+
+def test_a_trainer_trainable_takes_train_loop_config_and_its_workers_size_a_trial():
+    from hpcray.train import DataParallelTrainer, ScalingConfig
+    from hpcray.tune.controller import resources_of, runner_resources_of
+
+    trainer = DataParallelTrainer(lambda config: None, scaling_config=ScalingConfig(
+        num_workers=3, resources_per_worker={"CPU": 2, "GPU": 1}))
+    tuner = tune.Tuner(trainer, param_space={"train_loop_config": {"lr": tune.uniform(0, 1)}})
+    assert resources_of(tuner.trainable) == {"cpu": 6, "gpu": 3}  # how many trials fit at once
+    assert runner_resources_of(tuner.trainable) == {"cpu": 0}  # the runner itself holds none
+    with pytest.raises(tune.TuneError, match="only \\['train_loop_config'\\].*'lr'"):
+        tune.Tuner(trainer, param_space={"lr": tune.uniform(0, 1)})
