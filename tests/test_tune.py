@@ -369,12 +369,12 @@ def test_resume_after_the_job_is_killed(run_job):
 
 # -- preemption: the sweep saves on the signal, the next run restores and goes on ------------
 PREEMPTED_SWEEP = '''
-# ASHA over 8 trials, one at a time (so its decisions follow from the order alone). Trial k=3
-# announces iteration 3 and then slows down: the job is preempted there, by the test (argv[1]
-# "slurm": scancel) or by the trial itself ("self": SIGTERM to the head). Run again in the same
-# folder (Slurm's requeue does that) it restores the sweep and finishes it. The trainable is a
-# function reporting a checkpoint each time, or with argv[2] "class" a Trainable that saves
-# one only when asked (here: on the preemption).
+# ASHA (or argv[3] "hyperband") over 8 trials, one at a time (so its decisions follow from the
+# order alone). Trial k=3 announces iteration 3 and then slows down: the job is preempted there,
+# by the test (argv[1] "slurm": scancel) or by the trial itself ("self": SIGTERM to the head);
+# "none": not preempted. Run again in the same folder (Slurm's requeue does that) it restores
+# the sweep and finishes it. The trainable (argv[2]) is a "function" reporting a checkpoint
+# each time, or a "class" Trainable that saves one only when asked (on a pause or preemption).
 import json
 import os
 import signal
@@ -385,25 +385,34 @@ import hpcray
 from hpcray import tune
 
 hpcray.init()
-MODE = sys.argv[1]
+MODE, KIND, SCHEDULER = (sys.argv[1:] + ["function", "asha"])[:3]
 HERE = os.path.dirname(os.path.abspath(__file__))
+HEAD = str(os.getpid())
 with open(os.path.join(HERE, "head.pid"), "w") as f:
-    f.write(str(os.getpid()))
+    f.write(HEAD)
 if MODE == "slurm":  # the pattern slurm/tune_sweep.py shows
     PATH = os.path.join(hpcray.get_runtime_context().get_state_dir(), "sweep")
 else:
-    PATH = os.path.join(HERE, "results", "sweep")
+    PATH = os.path.join(HERE, "results", "baseline" if MODE == "none" else "sweep")
 SCORES = %SCORES%
 
 
-def preempt_here(k, i, begin):
-    if k == 3 and i >= 3 and begin == 0:  # the first run, preempted from here on
-        if i == 3:
-            print("trial k=3 at iteration 3", flush=True)
-            if MODE == "self":
-                with open(os.path.join(HERE, "head.pid")) as f:
-                    os.kill(int(f.read()), signal.SIGTERM)
-        time.sleep(0.5)
+def preempt_here(k, i):
+    """Trial 3 from iteration 3 on, in the run that is preempted: announced, slowed down."""
+    if MODE == "none" or k != 3 or i < 3:
+        return
+    with open(os.path.join(HERE, "head.pid")) as f:
+        head = f.read()
+    flag = os.path.join(HERE, "preempted.pid")
+    if not os.path.exists(flag):
+        with open(flag, "w") as f:
+            f.write(head)
+        print("trial k=3 at iteration 3", flush=True)
+        if MODE == "self":
+            os.kill(int(head), signal.SIGTERM)
+    with open(flag) as f:
+        if f.read() == head:
+            time.sleep(0.5)
 
 
 def function(config):
@@ -411,27 +420,27 @@ def function(config):
     start = tune.get_checkpoint()
     begin = start.to_dict()["i"] if start else 0
     for i in range(begin + 1, 10):
-        preempt_here(k, i, begin)
+        preempt_here(k, i)
         tune.report({"score": SCORES[k] * i}, checkpoint=tune.Checkpoint.from_dict({"i": i}))
 
 
 class Climb(tune.Trainable):
     def setup(self, config):
-        self.k, self.i, self.begin = config["k"], 0, 0
+        self.k, self.i = config["k"], 0
 
     def step(self):
         self.i += 1
-        preempt_here(self.k, self.i, self.begin)
+        preempt_here(self.k, self.i)
         return {"score": SCORES[self.k] * self.i}
 
     def save_checkpoint(self, folder):
         return {"i": self.i}
 
     def load_checkpoint(self, state):
-        self.i = self.begin = state["i"]
+        self.i = state["i"]
 
 
-train = Climb if sys.argv[2:] == ["class"] else function
+train = Climb if KIND == "class" else function
 
 
 restored = tune.Tuner.can_restore(PATH)
@@ -440,11 +449,13 @@ if restored:
 else:
     tuner = tune.Tuner(
         train, param_space={"k": tune.grid_search(list(range(8)))},
-        tune_config=tune.TuneConfig(metric="score", mode="max", max_concurrent_trials=1,
-                                    scheduler=tune.ASHAScheduler(max_t=9, grace_period=1,
-                                                                 reduction_factor=3)),
-        run_config=tune.RunConfig(storage_path=os.path.dirname(PATH), name="sweep",
-                                  verbose=0))
+        tune_config=tune.TuneConfig(
+            metric="score", mode="max", max_concurrent_trials=1,
+            scheduler=tune.HyperBandScheduler(max_t=9, reduction_factor=3)
+            if SCHEDULER == "hyperband" else
+            tune.ASHAScheduler(max_t=9, grace_period=1, reduction_factor=3)),
+        run_config=tune.RunConfig(storage_path=os.path.dirname(PATH),
+                                  name=os.path.basename(PATH), verbose=0))
 grid = tuner.fit()
 R = {"restored": restored, "errors": grid.num_errors, "trials": {}}
 for r in grid:
@@ -491,18 +502,39 @@ def check_preempted_sweep(out: dict) -> None:
     assert first == 0 and resumed >= 3, trials["3"]  # from its checkpoint at the preemption
 
 
+def _result(proc) -> dict:
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and len(lines) == 1, proc.stdout + proc.stderr
+    return json.loads(lines[0][len("RESULT "):])
+
+
+def _preempt_and_restore(run_job, *args: str) -> dict:
+    """Runs PREEMPTED_SWEEP until its trial signals the head, then again; the second run's
+    result."""
+    proc = run_job(PREEMPTED_SWEEP, n=3, timeout=120, args=["self", *args])
+    assert proc.returncode == 143 and "RESULT" not in proc.stdout, proc.stdout + proc.stderr
+    assert "hpcray: SIGTERM received: running 1 on_preempt callback(s)" in proc.stderr
+    assert "hpcray.tune: preempted: saved the experiment" in proc.stderr, proc.stderr
+    return _result(run_job(PREEMPTED_SWEEP, n=3, timeout=120, args=["self", *args]))
+
+
 @pytest.mark.parametrize("kind", ["function", "class"])
 def test_preempted_sweep_saves_and_restores(run_job, kind):
     """SIGTERM to the head mid-sweep (no Slurm): the sweep saves its state in the on_preempt
     callback, the job ends; the same script run again restores it and finishes it."""
-    proc = run_job(PREEMPTED_SWEEP, n=3, timeout=120, args=["self", kind])
-    assert proc.returncode == 143 and "RESULT" not in proc.stdout, proc.stdout + proc.stderr
-    assert "hpcray: SIGTERM received: running 1 on_preempt callback(s)" in proc.stderr
-    assert "hpcray.tune: preempted: saved the experiment" in proc.stderr, proc.stderr
-    again = run_job(PREEMPTED_SWEEP, n=3, timeout=120, args=["self", kind])
-    assert again.returncode == 0, again.stdout + again.stderr
-    lines = [line for line in again.stdout.splitlines() if line.startswith("RESULT ")]
-    check_preempted_sweep(json.loads(lines[0][len("RESULT "):]))
+    check_preempted_sweep(_preempt_and_restore(run_job, kind, "asha"))
+
+
+def test_preempted_hyperband_sweep_decides_as_an_uninterrupted_one(run_job):
+    """HyperBand, preempted while trial 3 pauses at a milestone: restored, its brackets and
+    paused trials go on as in the same sweep run without a preemption."""
+    baseline = _result(run_job(PREEMPTED_SWEEP, n=3, timeout=120,
+                               args=["none", "function", "hyperband"]))
+    restored = _preempt_and_restore(run_job, "function", "hyperband")
+    assert restored["restored"] and not baseline["restored"]
+    assert restored["errors"] == baseline["errors"] == 0
+    assert restored["trials"] == baseline["trials"]  # iterations and where each (re)started
+    assert sorted(len(t["iterations"]) for t in baseline["trials"].values()) != [9] * 8
 
 
 # -- an hpcray.train trainer as the trainable -------------------------------------------------

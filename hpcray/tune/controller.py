@@ -460,8 +460,8 @@ class TuneController:
         self.idle.clear()
         self.in_flight.clear()
         for trial in self.trials:
-            if trial.status == RUNNING:
-                trial.status = PAUSED
+            if trial.status == RUNNING:  # cut off: resumed from its checkpoint by a restore
+                trial.status = PENDING  # (PAUSED is the scheduler's: HyperBand resumes those)
             self.storage.close_results(trial)
 
 
