@@ -287,6 +287,15 @@ def test_numpy_logreg_example(tmp_path: Path) -> None:
     assert r["checkpoints"] == ["checkpoint_000019", "checkpoint_000020"]
 
 
+@pytest.mark.skipif(not (HAVE["sklearn"] and HAVE["h5py"]), reason="needs scikit-learn, h5py")
+def test_tune_trainer_example(tmp_path: Path) -> None:
+    """examples/tune_trainer.py: ASHA over the logreg trainer above, 2 trainers at a time;
+    the trainers it stops are aborted in their allreduce (the job still ends cleanly)."""
+    r = _example("tune_trainer.py", ["--storage", str(tmp_path)], 240)
+    assert r["errors"] == 0 and r["accuracy"] >= 0.9, r
+    assert r["epochs"][-1] == 60 and r["epochs"][0] == 10, r  # the best ran on; ASHA stopped some
+
+
 @pytest.mark.skipif(not (HAVE["torch"] and HAVE["sklearn"]), reason="needs torch, scikit-learn")
 def test_torch_digits_example_resumes_after_failure(tmp_path: Path) -> None:
     r = _example("train_digits.py", ["--epochs", "15", "--fail-at", "5",

@@ -541,6 +541,9 @@ def test_preempted_hyperband_sweep_decides_as_an_uninterrupted_one(run_job):
 TRAINER_SWEEP = '''
 import tempfile
 
+import numpy as np
+
+import hpcray.collective as col
 from hpcray import train, tune
 from hpcray.train import DataParallelTrainer, ScalingConfig
 
@@ -558,18 +561,21 @@ def loop(config):
     if ctx.get_world_rank() == 0:
         with open(os.path.join(ctx.get_trial_dir(), "starts.log"), "a") as f:
             f.write(f"{begin}\\n")
-    for step in range(begin + 1, 7):
+    for step in range(begin + 1, 1000):  # ASHA stops every trial by max_t=6
+        time.sleep(0.02)
         if config["lr"] == 0.1 and step == 3 and not os.path.exists(os.path.join(HERE, "failed")):
             if ctx.get_world_rank() == 1:
                 open(os.path.join(HERE, "failed"), "w").close()
                 raise ValueError("worker 1 fails once")
+        total = np.array([config["lr"]])
+        col.allreduce(total)  # a stopped trial's workers are aborted, not left in here
         checkpoint = None
         if ctx.get_world_rank() == 0:
             folder = tempfile.mkdtemp()
             with open(os.path.join(folder, "step"), "w") as f:
                 f.write(str(step))
             checkpoint = train.Checkpoint.from_directory(folder)
-        train.report({"loss": config["lr"] * 10 / step, "world": ctx.get_world_size(),
+        train.report({"loss": config["lr"] * 10 / step, "world": round(total[0] / config["lr"]),
                       "base": config["base"]}, checkpoint=checkpoint)
 
 
@@ -600,7 +606,9 @@ emit(R)
 
 def test_a_trainer_as_the_trainable(run_job):
     """Tuner(DataParallelTrainer(...)): each trial a 2-worker gang (5 ranks: 2 trials at once),
-    each train report a Tune report with its checkpoint; ASHA stops trainers early; a failed
+    whose allreduce sums its own 2 workers' values only (each trainer's group "default" in a
+    scope of its own); each train report a Tune report with its checkpoint; ASHA stops
+    trainers early (their workers are aborted in their allreduce, the job ends cleanly); a failed
     trainer (the best one, which ASHA never stops) is retried from the trial's checkpoint."""
     r, _ = run(run_job, TRAINER_SWEEP, n=5, timeout=180)
     assert r["n"] == 4 and r["errors"] == 0 and r["best"] == 0.1, r

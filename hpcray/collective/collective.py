@@ -65,11 +65,14 @@ def _check_backend(backend: str) -> str:
 
 
 def init_collective_group(world_size: int, rank: int, backend: str = "mpi",
-                          group_name: str = "default", timeout_s: float | None = None) -> None:
+                          group_name: str = "default", timeout_s: float | None = None, *,
+                          scope: str = "") -> None:
     """Called by each member (an actor): joins the group once all world_size members have.
 
     Raises CollectiveTimeoutError naming the ranks that did not join within the timeout
-    (``HPCRAY_COLLECTIVE_TIMEOUT``, default 180 s, or ``timeout_s``).
+    (``HPCRAY_COLLECTIVE_TIMEOUT``, default 180 s, or ``timeout_s``). Group names are the
+    job's: members of one ``scope`` meet only each other, so several gangs may form groups of
+    the same name at once (Train's trainers in a Tune sweep each form "default").
     """
     backend = _check_backend(backend)
     rt = _runtime()
@@ -83,15 +86,15 @@ def init_collective_group(world_size: int, rank: int, backend: str = "mpi",
     timeout = float(timeout_s if timeout_s is not None else rt.config.collective_timeout)
     if backend == "nccl":
         _nccl_group(group_name, world_size, rank, rt, None, timeout)
+    meet = f"{group_name}@{scope}" if scope else group_name
     deadline = time.monotonic() + timeout
     delay = 0.0005
     while True:
-        state = rt.request("rendezvous", "join", group_name, world_size, rank, backend, rt.rank,
-                           key)
+        state = rt.request("rendezvous", "join", meet, world_size, rank, backend, rt.rank, key)
         if state["state"] == "go":
             break
         if time.monotonic() > deadline:
-            rt.request("rendezvous", "withdraw", group_name, key)
+            rt.request("rendezvous", "withdraw", meet, key)
             missing = state.get("missing")
             why = (f"rank(s) {missing} did not join" if missing else
                    "the group waited for another group sharing its MPI ranks to be created")

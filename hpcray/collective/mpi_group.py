@@ -58,6 +58,10 @@ SPIN_TESTS = 50  # tests a wait makes, holding the lock, before it starts yieldi
 YIELD_TIME = 0.02
 # MPI-4 persistent collectives: the header round's allgather is set up once per group
 PERSISTENT = MPI.Get_version() >= (4, 0) and hasattr(MPI.Comm, "Allgather_init")
+#: Operations given up on (abort, time-out): their requests, with the buffers mpi4py keeps for
+#: them, and their group, whose communicator must outlive them (MPI progress touches them
+#: later; freed, they corrupt memory). A broken group is never reused, so this stays small.
+_ABANDONED: list[tuple] = []
 _MATCH = [KIND, DTYPE, NDIM, NBYTES, *range(DIMS, HEADER_WORDS)]
 
 
@@ -136,12 +140,14 @@ class MPIGroup(BaseGroup):
                 if test():
                     return
             if self.broken:  # abort() from another thread
+                _ABANDONED.append((self, reqs))
                 self._usable()
             now = time.monotonic()
             if not said and peer is None and not payload and now - start > self.diag_after:
                 said = True
                 self._rendezvous("arrive", self.instance, seq, self.rank)
             if now - start > self.timeout:
+                _ABANDONED.append((self, reqs))
                 self._timed_out(what, seq, peer, payload)
             if payload:
                 os.sched_yield()  # the others are here: data moves only while someone tests

@@ -7,6 +7,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from ..exceptions import HpcrayError
 from .checkpoint import Checkpoint, stage
 
 
@@ -55,8 +56,11 @@ class Session:
         self.lock = threading.Lock()
         self.reports: list[tuple[int, dict, bool]] = []  # not yet taken by the driver
         self.count = 0
+        self.stopped: str | None = None  # why the trainer stopped this worker
 
     def report(self, metrics: dict, checkpoint: Checkpoint | None) -> None:
+        if self.stopped:
+            raise HpcrayError(self.stopped)
         if not isinstance(metrics, dict):
             raise TypeError(f"report() takes a dict of metrics, got {type(metrics).__name__}")
         index = self.count

@@ -9,6 +9,7 @@ import json
 import math
 import os
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -67,15 +68,22 @@ class Backend:
 
 
 class CollectiveBackend(Backend):
-    """The workers form the hpcray.collective group "default" (backend "mpi")."""
+    """The workers form the hpcray.collective group "default" (backend "mpi"), in a scope of
+    their own: trainers running at once (a Tune sweep's trials) never meet each other."""
 
     group_name = "default"
+
+    def __init__(self, scope: str = ""):
+        self.scope = scope
+
+    def for_attempt(self, run_dir: str, attempt: int) -> CollectiveBackend:
+        return type(self)(uuid.uuid4().hex)
 
     def on_start(self, context: TrainContext) -> None:
         from .. import collective
 
         collective.init_collective_group(context.world_size, context.world_rank,
-                                         group_name=self.group_name)
+                                         group_name=self.group_name, scope=self.scope)
 
     def on_shutdown(self) -> None:
         from .. import collective
@@ -88,7 +96,10 @@ class CollectiveBackend(Backend):
 
         group = _lookup(self.group_name)
         if group is not None:
-            group.abort("the trainer stopped this worker after another worker failed")
+            group.abort(STOPPED)
+
+
+STOPPED = "the trainer stopped this worker (another worker failed, or fit() was ended)"
 
 
 class _TrainWorker:
@@ -97,6 +108,7 @@ class _TrainWorker:
     def __init__(self):
         self.session: Session | None = None
         self.backend: Backend | None = None
+        self.stopped = False
 
     def where(self) -> tuple[str, int, str]:
         ctx = api.get_runtime_context()
@@ -104,11 +116,15 @@ class _TrainWorker:
 
     def run(self, loop: Callable, config: dict | None, context: TrainContext,
             checkpoint: Checkpoint | None, shards: dict, backend: Backend) -> int:
+        if self.stopped:  # abort() came first
+            return 0
         self.session = Session(context, checkpoint, shards)
         self.backend = backend
         set_session(self.session)
         try:
             backend.on_start(context)
+            if self.stopped:  # during on_start: what it set up may have missed the abort
+                self.abort()
             if _takes_config(loop):
                 loop(config if config is not None else {})
             else:
@@ -123,7 +139,15 @@ class _TrainWorker:
     def poll(self) -> list:
         return self.session.take() if self.session is not None else []
 
+    def stop(self) -> None:
+        """Ends the loop at its next report (it must not outlive the trainer)."""
+        self.stopped = True
+        if self.session is not None:
+            self.session.stopped = STOPPED
+
     def abort(self) -> None:
+        """Ends the loop at its next report, or now if it waits in a collective."""
+        self.stop()
         if self.backend is not None:
             self.backend.abort()
 
@@ -279,17 +303,20 @@ class DataParallelTrainer:
                    "resources": {k: v for k, v in bundle.items() if k not in ("CPU", "GPU")}}
         workers = [_Worker.options(**options, scheduling_strategy=PlacementGroupSchedulingStrategy(
             pg, i)).remote() for i in range(n)]
+        runs: list = []
         try:
             where = api.get([w.where.remote() for w in workers])
             contexts = _contexts(where, self._name, run_dir, attempt)
             checkpoint = self._manager.latest or self.resume_from_checkpoint
             backend = self.backend.for_attempt(run_dir, attempt)
-            runs = []
             for i, w in enumerate(workers):
                 shards = {k: shard(v, i, n) for k, v in self.datasets.items()}
                 runs.append(w.run.remote(self.loop, self.config, contexts[i], checkpoint, shards,
                                          backend))
             return self._follow(workers, runs, contexts)
+        except BaseException:  # fit() ended from outside (a callback raised; Tune stopped it)
+            self._end(workers, runs)
+            raise
         finally:
             for w in workers:
                 api.kill(w)
@@ -330,17 +357,25 @@ class DataParallelTrainer:
                 self._publish(index, [reports[r].pop(index) for r in have], have, contexts[0])
                 index += 1
             if failure is not None:
-                self._stop(workers, pending)
+                self._end(workers, list(pending))
                 return failure
             if not pending:
                 return None
 
-    def _stop(self, workers: list, pending: dict) -> None:
-        """Unblocks the loops still running (their collectives wait for the failed worker)."""
+    def _end(self, workers: list, runs: list) -> None:
+        """Ends the loops still running before their workers are killed (a loop left running
+        would use MPI until the job ends): each at its next report; then a loop still waiting
+        in a collective for a worker that left is aborted. (Aborting first could abandon a
+        collective the others still take part in, and MPI then writes into freed memory.)"""
         for w in workers:
-            w.abort.remote()
-        if pending:
-            api.wait(list(pending), num_returns=len(pending), timeout=10)
+            w.stop.remote()
+        if not runs:
+            return
+        _, left = api.wait(runs, num_returns=len(runs), timeout=2)
+        if left:
+            for w in workers:
+                w.abort.remote()
+            api.wait(left, num_returns=len(left), timeout=10)
 
     def _publish(self, index: int, parts: list, ranks: list[int], context: TrainContext) -> None:
         metrics = dict(parts[0][0])  # the lowest reporting rank's metrics (rank 0's normally)
