@@ -62,6 +62,8 @@ class Ingress:
             return
         prefix, app, deployment = target
         body = await self._body(scope, receive)
+        if body is None:  # the client left before sending its whole request
+            return
         if isinstance(body, ResponseData):
             await _send(send, body)
             self.metrics.observe(app, deployment, body.status, time.perf_counter() - start)
@@ -83,7 +85,7 @@ class Ingress:
                 return hmac.compare_digest(value, self.expected)
         return False
 
-    async def _body(self, scope: dict, receive) -> bytes | ResponseData:
+    async def _body(self, scope: dict, receive) -> bytes | ResponseData | None:
         limit = self.options.max_body_bytes
         too_big = error_response(413, f"Payload Too Large: the limit is {limit} bytes "
                                       "(max_body_bytes)")
@@ -98,7 +100,7 @@ class Ingress:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                return b""
+                return None
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
