@@ -108,7 +108,11 @@ class Runtime:
         return busy
 
     def run_fired(self) -> None:
-        """Runs the callbacks of objects that arrived; call without holding the rank lock."""
+        """Runs the callbacks of objects that arrived, never under the rank lock (a caller
+        holding it leaves them to the next poll)."""
+        if self.lock._is_owned():
+            self.backoff.kick()
+            return
         with self.lock:
             fired, self.store.fired = self.store.fired, []
         for callback in fired:
