@@ -314,7 +314,10 @@ def train(config):
                 return sorted(done) if len(done) >= 3 else None
 
             def recorded():  # this trial's first two results reached result.json
-                with open(os.path.join(folder, "result.json")) as f:
+                path = os.path.join(folder, "result.json")  # written by a background thread
+                if not os.path.exists(path):
+                    return False
+                with open(path) as f:
                     return len(f.read().splitlines()) == 2
 
             poll(recorded, 60)
