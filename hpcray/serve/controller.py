@@ -20,7 +20,7 @@ from .ingress import asgi_app_of
 from .replica import Replica
 
 STARTING, RUNNING, STOPPING = "STARTING", "RUNNING", "STOPPING"
-HEALTHY, UPDATING, UNHEALTHY, DEPLOY_FAILED = "HEALTHY", "UPDATING", "UNHEALTHY", "DEPLOY_FAILED"
+HEALTHY, UPDATING, DEPLOY_FAILED = "HEALTHY", "UPDATING", "DEPLOY_FAILED"
 MAX_START_FAILURES = 3
 
 
@@ -224,8 +224,7 @@ class Controller:
         if changed:
             self._publish(state)
         healthy = state.count(RUNNING) >= state.want and not state.count(STARTING)
-        state.status = HEALTHY if healthy else (UPDATING if state.status != UNHEALTHY or
-                                                state.count(RUNNING) else UNHEALTHY)
+        state.status = HEALTHY if healthy else UPDATING
         if healthy:
             state.message = ""
 
@@ -335,8 +334,7 @@ class Controller:
                                                     if r.state == RUNNING)}
                 statuses = {d["status"] for d in deps.values()}
                 overall = ("DEPLOY_FAILED" if DEPLOY_FAILED in statuses else
-                           "RUNNING" if statuses == {HEALTHY} else
-                           "UNHEALTHY" if UNHEALTHY in statuses else "DEPLOYING")
+                           "RUNNING" if statuses == {HEALTHY} else "DEPLOYING")
                 out[app.name] = {"status": overall, "route_prefix": app.route_prefix,
                                  "ingress": app.ingress, "deployments": deps}
             return out
