@@ -119,6 +119,9 @@ def _hpcray(nbytes: int, reps: int) -> None:
         def nop(self, x=None) -> int:
             return 0
 
+        def exports(self):
+            return list(current().devices.exports)
+
     a, b = Side.remote(), Side.remote()
     transfer, e2e, empty, path, phases = [], [], [], "", []
     for rep in range(reps + 2):
@@ -136,6 +139,9 @@ def _hpcray(nbytes: int, reps: int) -> None:
         empty.append(time.perf_counter() - start)
         del ref
         print(f"rep {rep}: {path} {e2e[-1] * 1e3:.3f} ms", file=sys.stderr, flush=True)
+    exports = hpcray.get(a.exports.remote())[2:]
+    if exports:
+        phases = [{**p, "export_s": e} for p, e in zip(phases, [0, 0, *exports])]
     names = sorted({k for p in phases[2:] for k in p})
     split = {k: statistics.median(p.get(k, 0.0) for p in phases[2:]) for k in names}
     print("JSON " + json.dumps({"path": path, "phases": split,
@@ -176,6 +182,10 @@ def main() -> int:
 
     raw = _launch(2, "raw", args)
     auto = _launch(3, "hpcray", args)
+    if os.environ.get("HPCRAY_EXPERIMENT_AB"):
+        old = _launch(3, "hpcray", args, {"HPCRAY_EXPERIMENT_COPY": "runtime"})
+        print("runtime-API copy (drops the GIL):", json.dumps(old))
+        print("driver-API copy (holds the GIL):", json.dumps(auto))
     staged = _launch(3, "hpcray", args, {"HPCRAY_GPU_TRANSPORT": "staged"})
     gbs = lambda seconds: nbytes / seconds / 1e9 if seconds else float("nan")
     print(f"\n{args.size_mib} MiB CuPy array, one rank's actor to another's, both on one GPU "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import os
 import threading
 
 import cupy
@@ -47,6 +48,7 @@ class CuPyBackend(Backend):
     def __init__(self) -> None:
         self._streams = threading.local()
         self._libcuda = None
+        self._libcuda_held = None
 
     def available(self) -> bool:
         return device.has_gpu()
@@ -86,10 +88,32 @@ class CuPyBackend(Backend):
         cupy.cuda.runtime.deviceSynchronize()
 
     def copy_ptr(self, dst: int, src: int, nbytes: int) -> None:
-        if nbytes:
-            stream = self.stream()
+        if not nbytes:
+            return
+        stream = self.stream()
+        if os.environ.get("HPCRAY_EXPERIMENT_COPY") == "runtime":
             cupy.cuda.runtime.memcpyAsync(dst, src, nbytes, _D2D, stream.ptr)
             stream.synchronize()
+            return
+        # the driver called without dropping the GIL: a thread that drops it must win it back
+        # from the rank's busy threads, which costs more than the copy itself
+        lib = self._held()
+        for call, args in ((lib.cuMemcpyDtoDAsync_v2, (dst, src, nbytes, stream.ptr)),
+                           (lib.cuStreamSynchronize, (stream.ptr,))):
+            status = call(*args)
+            if status:
+                raise RuntimeError(f"{call.__name__} failed with CUresult {status}")
+
+    def _held(self):
+        if self._libcuda_held is None:
+            lib = ctypes.PyDLL("libcuda.so.1")
+            lib.cuMemcpyDtoDAsync_v2.restype = ctypes.c_int
+            lib.cuMemcpyDtoDAsync_v2.argtypes = [ctypes.c_uint64, ctypes.c_uint64, ctypes.c_size_t,
+                                                 ctypes.c_void_p]
+            lib.cuStreamSynchronize.restype = ctypes.c_int
+            lib.cuStreamSynchronize.argtypes = [ctypes.c_void_p]
+            self._libcuda_held = lib
+        return self._libcuda_held
 
     def mpi_view(self, buf: DeviceBuffer):
         """What MPI sends or receives into (a CUDA-aware MPI reads the device pointer)."""

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from . import device
 from .device import DeviceBuffer, HostCopy
 
-PATHS = ("ipc", "mpi", "nccl", "staged")
+PATHS = ("ipc", "mpi", "nccl", "staged")  # "empty" (no bytes to move) needs no path
 RING_SLOTS = 4
 OPEN_HANDLES = 64
 PINNED_CACHE = 1 << 30
@@ -85,6 +85,7 @@ class DeviceTransfers:
         self.log: deque = deque(maxlen=1000)  # (path, nbytes, seconds) of each receive
         self.ipc_failed = False
         self.phases: dict[str, float] = {}  # where the current receive spent its time
+        self.exports: deque = deque(maxlen=1000)  # seconds each IPC export took
         choose_path(Where("", "", False), Where("", "", False), (), forced=self.forced)
 
     # -- sender ------------------------------------------------------------------------------
@@ -97,11 +98,15 @@ class DeviceTransfers:
         """The wire description of buf for dest (pins buf until an IPC importer releases it)."""
         if type(buf) is HostCopy:
             return ("host", buf.name, buf.nbytes)
+        if not buf.nbytes:
+            return ("empty", buf.backend.name)
         path = self.path_to(dest, buf)
         name = buf.backend.name
         if path == "ipc":
             try:
+                began = time.perf_counter()
                 handle, offset, alloc_id = buf.backend.ipc_export(buf)
+                self.exports.append(time.perf_counter() - began)
             except Exception as exc:  # noqa: BLE001 - any CUDA error: stage through the host
                 if not self.ipc_failed:
                     print(f"hpcray: rank {self.rank}: CUDA IPC export failed ({exc}); device "
@@ -119,6 +124,8 @@ class DeviceTransfers:
         """Posts the data desc announced (call under the transport lock, in buffer order)."""
         kind = desc[0]
         transport = self.transport
+        if kind == "empty":
+            return []
         if kind == "host":
             return [transport.isend_raw(dest, buf.data)]
         if kind == "mpi":
@@ -163,6 +170,10 @@ class DeviceTransfers:
         kind, name = desc[0], desc[1]
         if kind == "host":
             entry = HostCopy(name, self._recv_host(src, desc[2], desc[2]))
+        elif kind == "empty":
+            backend = device.backend(name)
+            entry = (backend.alloc(0) if device.has_gpu() and backend.available()
+                     else HostCopy(name, self.transport.pool.take(0)))
         elif kind == "ipc":
             entry = self._recv_ipc(src, device.backend(name), *desc[2:])
         elif kind == "mpi":
