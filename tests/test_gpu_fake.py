@@ -55,6 +55,13 @@ class Inspector:
     def pins(self):
         return len(current().devices.pins)
 
+    def mapped(self):
+        """Live arrays mapping other ranks' memory."""
+        return len(current().devices.leases)
+
+    def owners(self):
+        return sorted({key[0] for key in current().devices.opened})
+
     def rank(self):
         return hpcray.get_runtime_context().get_rank()
 '''
@@ -125,7 +132,19 @@ opened_before = hpcray.get(b.opened.remote(), timeout=60)
 r["pair"] = hpcray.get(b.look.remote(pair), timeout=60)
 r["pair_expected"] = [digest(make(100, (100,))), digest(make(101, (50,)))]
 r["pair_new_handles"] = hpcray.get(b.opened.remote(), timeout=60) - opened_before
-r["pins_after"] = poll(lambda: hpcray.get(a.pins.remote(), timeout=60) == 0)
+# b maps a's memory (same GPU: no copy), so a keeps its exports pinned while b holds them
+r["pins_held"] = hpcray.get(a.pins.remote(), timeout=60)
+r["b_maps"] = hpcray.get(b.mapped.remote(), timeout=60)
+
+# a mapped import passed on by the rank that maps it: c maps a's memory directly (IPC
+# memory cannot be exported again)
+c = Holder.options(num_gpus=0.25).remote()
+echo = hpcray.remote(num_gpus=0.25)(lambda x: x)  # a task's result is not copied
+passed = echo.remote(a.make.remote(300, (4096,)))
+r["passed"] = hpcray.get(c.look.remote(passed), timeout=60)
+r["passed_expected"] = ["FakeDeviceArray", digest(make(300, (4096,)))]
+r["passed_owners"] = hpcray.get(c.owners.remote(), timeout=60)
+r["c_path"] = hpcray.get(c.last_paths.remote(1), timeout=60)
 
 # mixed numpy and device arrays in one value
 host = make(7, (300, 301))
@@ -149,8 +168,11 @@ r["after_mutation"] = hpcray.get([b.look.remote(ref), direct], timeout=60)
 r["original"] = digest(make(9, (5000,)))
 
 # the producer's memory goes when the last ref does
-del refs, pair, got, ref, direct
+del refs, pair, got, ref, direct, passed
 r["blocks_freed"] = poll(lambda: hpcray.get(a.blocks.remote(), timeout=60) <= before)
+r["pins_after"] = poll(lambda: hpcray.get(a.pins.remote(), timeout=60) == 0)
+r["unmapped"] = poll(lambda: hpcray.get([b.mapped.remote(), c.mapped.remote()],
+                                        timeout=60) == [0, 0])
 r["seconds"] = time.monotonic() - t0
 emit(r)
 '''
@@ -173,7 +195,10 @@ def test_shared_gpu_scheduling_and_ipc_transfers(run_job):
     assert r["paths"] == ["ipc", "ipc", "empty", "ipc", "ipc", "ipc"]  # (0,): nothing to move
     assert [p[1] for p in r["pair"]] == r["pair_expected"]
     assert r["pair_new_handles"] <= 1  # one block: one opened handle (maybe cached already)
-    assert r["pins_after"] is True
+    assert r["pins_held"] >= 5 and r["b_maps"] >= 5  # 5 non-empty arrays, then the pair
+    assert r["passed"] == r["passed_expected"]
+    assert r["passed_owners"] == [r["ranks"][0]] and r["c_path"] == ["ipc"]
+    assert r["pins_after"] is True and r["unmapped"] is True
     assert r["mixed"] == r["mixed_expected"]
     assert r["driver_get"] == ["FakeDeviceArray", r["expected"][1]]
     assert r["driver_to_host"] == ["ndarray", r["expected"][1]]
@@ -200,17 +225,25 @@ r["expected"] = [[["FakeDeviceArray", digest(make(i, (s,), "uint8"))] for i, s i
                   for i, s in enumerate(sizes)]]
 r["paths"] = sorted(set(hpcray.get(a.last_paths.remote(5), timeout=60)
                         + hpcray.get(b.last_paths.remote(5), timeout=60)))
+r["mapped"] = hpcray.get([a.mapped.remote(), b.mapped.remote()], timeout=60)
+pins = lambda: hpcray.get([a.pins.remote(), b.pins.remote()], timeout=60)
+r["pins"] = pins() if r["mapped"] != [0, 0] else poll(lambda: pins() == [0, 0]) and [0, 0]
 emit(r)
 '''
 
 
-@pytest.mark.parametrize("path", ["staged", "mpi"], ids=["staged", "direct-mpi"])
-def test_forced_paths_in_chunks_both_ways(run_job, path):
+@pytest.mark.parametrize("path,ipc_map", [("staged", 1), ("mpi", 1), ("ipc", 0), ("ipc", 1)],
+                         ids=["staged", "direct-mpi", "ipc-copy", "ipc-map"])
+def test_forced_paths_in_chunks_both_ways(run_job, path, ipc_map):
     r, _ = run(run_job, FAKE_PRELUDE + FORCED_JOB, n=3, timeout=120,
                env={"HPCRAY_NUM_GPUS": "1", "HPCRAY_GPU_TRANSPORT": path,
-                    "HPCRAY_STAGING_CHUNK": "65536"})
+                    "HPCRAY_STAGING_CHUNK": "65536", "HPCRAY_IPC_MAP": str(ipc_map)})
     assert r["crossed"] == [r["expected"]] * 3
     assert r["paths"] == [path]
+    if path == "ipc" and ipc_map:  # each maps the other's arrays, pinned there meanwhile
+        assert r["mapped"] == [5, 5] and r["pins"] == [5, 5]
+    else:  # copies: nothing mapped, every export unpinned at once
+        assert r["mapped"] == [0, 0] and r["pins"] == [0, 0]
 
 
 NO_GPU_JOB = '''

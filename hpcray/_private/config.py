@@ -31,6 +31,9 @@ class Config:
     num_gpus: int = -1
     #: how CuPy arrays move between ranks: auto, ipc, mpi, nccl or staged
     gpu_transport: str = "auto"
+    #: a CuPy array from a rank on the same GPU maps the producer's memory (no copy; treat it
+    #: as read-only) instead of copying it
+    ipc_map: bool = True
     #: chunk size, in bytes, of host-staged GPU transfers
     staging_chunk: int = 8 << 20
     #: modules each worker rank imports while the job starts, comma-separated (e.g.

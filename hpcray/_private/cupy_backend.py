@@ -104,6 +104,12 @@ class CuPyBackend(Backend):
             if status:
                 raise RuntimeError(f"{call.__name__} failed with CUresult {status}")
 
+    def ipc_wrap(self, base: int, offset: int, nbytes: int, keep) -> DeviceBuffer:
+        memory = cupy.cuda.UnownedMemory(base + offset, nbytes, keep,
+                                         cupy.cuda.runtime.getDevice())
+        array = cupy.ndarray((nbytes,), cupy.uint8, cupy.cuda.MemoryPointer(memory, 0))
+        return DeviceBuffer(self, array, base + offset, nbytes)
+
     def _held(self):
         if self._libcuda_held is None:
             lib = ctypes.PyDLL("libcuda.so.1")

@@ -107,6 +107,11 @@ class Backend:
         """Device-to-device copy, complete on return."""
         raise NotImplementedError
 
+    def ipc_wrap(self, base: int, offset: int, nbytes: int, keep: Any) -> DeviceBuffer:
+        """An array over nbytes of opened IPC memory at base + offset, referencing keep for
+        as long as it or any view of it lives."""
+        raise NotImplementedError
+
     def available(self) -> bool:
         """Whether this rank can hold device memory of this kind."""
         return True

@@ -53,6 +53,14 @@ class _Block:
         weakref.finalize(self, _unlink, self.path)
 
 
+class _Mapped:
+    """Another process's block, mapped here; keeps ``keep`` while any array uses it."""
+
+    def __init__(self, memory: np.ndarray, keep):
+        self.memory, self.keep = memory, keep
+        self.ptr = memory.ctypes.data
+
+
 class _Pool:
     """Sub-allocates arrays from blocks; a block is freed when its last array goes."""
 
@@ -204,6 +212,11 @@ class FakeBackend(Backend):
         base = memory.ctypes.data
         self.opened[base] = (mapped, memory)
         return base
+
+    def ipc_wrap(self, base: int, offset: int, nbytes: int, keep) -> DeviceBuffer:
+        array = FakeDeviceArray((nbytes,), np.uint8, _Mapped(self.opened[base][1], keep),
+                                offset)
+        return DeviceBuffer(self, array, base + offset, nbytes)
 
     def ipc_close(self, base: int) -> None:
         self.opened.pop(base, None)

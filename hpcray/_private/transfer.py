@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import sys
 import time
+import weakref
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 
@@ -66,6 +67,33 @@ def choose_path(src: Where, dst: Where, paths: tuple[str, ...], host_memory: boo
     return next(path for path in PATHS if possible[path])
 
 
+class _Mapping:
+    """An opened IPC handle and how many live arrays map it."""
+
+    __slots__ = ("backend", "base", "users")
+
+    def __init__(self, backend, base: int):
+        self.backend, self.base, self.users = backend, base, 0
+
+    def close(self) -> None:
+        self.backend.ipc_close(self.base)
+
+
+class _Lease:
+    """Owned by a mapped import's array: when the array and its views are freed, the owner
+    may unpin its export (queued here; flush() sends it from the progress loop)."""
+
+    __slots__ = ("__weakref__", "mapping", "nbytes", "origin", "queue", "src", "start", "token")
+
+    def __init__(self, queue: deque, src: int, token: int, mapping: _Mapping, origin: tuple,
+                 start: int, nbytes: int):
+        self.queue, self.src, self.token, self.mapping = queue, src, token, mapping
+        self.origin, self.start, self.nbytes = origin, start, nbytes
+
+    def __del__(self) -> None:
+        self.queue.append((self.src, self.token, self.mapping))
+
+
 class DeviceTransfers:
     """One rank's side of device transfers: exports awaiting release, opened IPC handles,
     pinned staging buffers, and a log of received transfers."""
@@ -78,7 +106,11 @@ class DeviceTransfers:
         self.chunk = max(int(config.staging_chunk), 1 << 16)
         self.tokens = itertools.count(1)
         self.pins: dict[int, DeviceBuffer] = {}
-        self.opened: OrderedDict[tuple, int] = OrderedDict()
+        self.opened: OrderedDict[tuple, _Mapping] = OrderedDict()
+        self.released: deque = deque()  # (src, token, mapping) of freed mapped imports
+        self.leases: weakref.WeakSet = weakref.WeakSet()  # of live mapped imports
+        self.map_shared = bool(config.ipc_map)
+        self.own_gpu = where(ranks[self.rank]).gpu
         self.staging: list[tuple[list, object]] = []
         self.pinned_free: list = []
         self.ring: dict[str, list] = {}
@@ -103,19 +135,25 @@ class DeviceTransfers:
         path = self.path_to(dest, buf)
         name = buf.backend.name
         if path == "ipc":
-            try:
-                began = time.perf_counter()
-                handle, offset, alloc_id = buf.backend.ipc_export(buf)
-                self.exports.append(time.perf_counter() - began)
-            except Exception as exc:  # noqa: BLE001 - any CUDA error: stage through the host
-                if not self.ipc_failed:
-                    print(f"hpcray: rank {self.rank}: CUDA IPC export failed ({exc}); device "
-                          "arrays from this rank go through host memory", file=sys.stderr)
-                self.ipc_failed = True
-                return ("staged", name, buf.nbytes, self.chunk)
+            origin = self._mapped_origin(buf)
+            if origin is None:  # memory of this rank's own
+                try:
+                    began = time.perf_counter()
+                    handle, offset, alloc_id = buf.backend.ipc_export(buf)
+                    self.exports.append(time.perf_counter() - began)
+                except Exception as exc:  # noqa: BLE001 - any CUDA error: stage through the host
+                    if not self.ipc_failed:
+                        print(f"hpcray: rank {self.rank}: CUDA IPC export failed ({exc}); "
+                              "device arrays from this rank go through host memory",
+                              file=sys.stderr)
+                    self.ipc_failed = True
+                    return ("staged", name, buf.nbytes, self.chunk)
+                origin = (self.rank, handle, offset, alloc_id)
+            # a mapped import passes on its owner's handle; pinning it here keeps the owner's
+            # export pinned until dest is done too
             token = next(self.tokens)
             self.pins[token] = buf
-            return ("ipc", name, handle, offset, buf.nbytes, token, alloc_id)
+            return ("ipc", name, buf.nbytes, token, origin)
         if path == "staged":
             return ("staged", name, buf.nbytes, self.chunk)
         return (path, name, buf.nbytes)
@@ -188,29 +226,74 @@ class DeviceTransfers:
         self.phases = {}
         return entry
 
-    def _recv_ipc(self, src: int, backend, handle: bytes, offset: int, nbytes: int,
-                  token: int, alloc_id: int | None) -> DeviceBuffer:
+    def _recv_ipc(self, src: int, backend, nbytes: int, token: int,
+                  origin: tuple) -> DeviceBuffer:
+        """Maps (same GPU as the owner: no copy) or copies the exported memory."""
+        owner, handle, offset, alloc_id = origin
+        mapped = False
         try:
-            key = (src, handle if alloc_id is None else alloc_id)
-            base = self.opened.get(key)
-            if base is None:
-                base = self.opened[key] = backend.ipc_open(handle)
-                while len(self.opened) > OPEN_HANDLES:
-                    _, old = self.opened.popitem(last=False)
-                    backend.ipc_close(old)
-            else:
-                self.opened.move_to_end(key)
+            mapping = self._open(owner, backend, handle, alloc_id)
             opened = time.perf_counter()
+            if self.map_shared and where(self.ranks[owner]).gpu == self.own_gpu:
+                lease = _Lease(self.released, src, token, mapping, origin,
+                               mapping.base + offset, nbytes)
+                out = backend.ipc_wrap(mapping.base, offset, nbytes, lease)
+                self.leases.add(lease)
+                mapping.users += 1
+                mapped = True
+                self.phases = {"open_s": opened - self.started,
+                               "map_s": time.perf_counter() - opened}
+                return out
             out = backend.alloc(nbytes)
             allocated = time.perf_counter()
-            backend.copy_ptr(out.ptr, base + offset, nbytes)
+            backend.copy_ptr(out.ptr, mapping.base + offset, nbytes)
             self.phases = {"open_s": opened - self.started, "alloc_s": allocated - opened,
                            "copy_s": time.perf_counter() - allocated}
             return out
         finally:
-            from .protocol import RELEASE
+            if not mapped:
+                from .protocol import RELEASE
 
-            self.transport.send(src, (RELEASE, [token]))
+                self.transport.send(src, (RELEASE, [token]))
+
+    def _open(self, owner: int, backend, handle: bytes, alloc_id) -> _Mapping:
+        """The opened mapping of owner's allocation (cached; the least recently used unused
+        ones are closed beyond OPEN_HANDLES)."""
+        key = (owner, handle if alloc_id is None else alloc_id)
+        mapping = self.opened.get(key)
+        if mapping is not None:
+            self.opened.move_to_end(key)
+            return mapping
+        mapping = self.opened[key] = _Mapping(backend, backend.ipc_open(handle))
+        if len(self.opened) > OPEN_HANDLES:
+            for old_key in [k for k, m in self.opened.items() if not m.users]:
+                if len(self.opened) <= OPEN_HANDLES or old_key == key:
+                    break
+                self.opened.pop(old_key).close()
+        return mapping
+
+    def _mapped_origin(self, buf: DeviceBuffer) -> tuple | None:
+        """The owner's (rank, handle, offset, allocation id) of buf if it lies in memory this
+        rank maps (IPC memory cannot be exported again)."""
+        if not self.leases:
+            return None
+        for lease in list(self.leases):
+            if lease.start <= buf.ptr and buf.ptr + buf.nbytes <= lease.start + lease.nbytes:
+                owner, handle, offset, alloc_id = lease.origin
+                return owner, handle, offset + buf.ptr - lease.start, alloc_id
+        return None
+
+    def flush(self) -> None:
+        """Tells owners that mapped imports are gone (their arrays were freed)."""
+        from .protocol import RELEASE
+
+        done: dict[int, list[int]] = {}
+        while self.released:
+            src, token, mapping = self.released.popleft()
+            mapping.users -= 1
+            done.setdefault(src, []).append(token)
+        for src, tokens in done.items():
+            self.transport.send(src, (RELEASE, tokens))
 
     def _recv_host(self, src: int, nbytes: int, chunk: int):
         host = self.transport.pool.take(nbytes)

@@ -77,7 +77,8 @@ refs = [a.make.remote(i, tuple(s), d, f) for i, (s, d, f) in enumerate(cases)]
 r["moved"] = hpcray.get([b.look.remote(x) for x in refs], timeout=120)
 r["expected"] = [digest(make(i, tuple(s), d)) for i, (s, d, f) in enumerate(cases)]
 r["paths"] = hpcray.get(b.last_paths.remote(len(cases)), timeout=60)
-r["pins"] = poll(lambda: hpcray.get(a.pins.remote(), timeout=60) == 0)
+r["pins"] = hpcray.get(a.pins.remote(), timeout=60)  # b maps them: a keeps them pinned
+r["mapped"] = hpcray.get(b.mapped.remote(), timeout=60)
 
 # stream order: the consumer sees the producer's finished kernels
 slow = a.slow.remote(1 << 22, 200)
@@ -103,6 +104,7 @@ r["arg_expected"] = digest(make(60, (1 << 16,)))
 
 del refs, slow, got, sent
 r["freed"] = poll(lambda: hpcray.get(a.used.remote(), timeout=60) <= base)
+r["unpinned"] = poll(lambda: hpcray.get([a.pins.remote(), b.mapped.remote()], timeout=60) == [0, 0])
 emit(r)
 '''
 
@@ -117,13 +119,13 @@ def test_shared_gpu_ipc(run_job):
     assert [m[2] for m in r["moved"]] == r["expected"]
     assert all(m[0] == "cupy" and m[1] == 0 for m in r["moved"])
     assert r["paths"] == ["ipc", "ipc", "empty", "ipc", "ipc", "ipc"]  # (0,): nothing to move
-    assert r["pins"] is True
+    assert r["pins"] == 5 and r["mapped"] == 5  # the 5 non-empty arrays, mapped (one GPU)
     assert r["slow"][2] == r["slow_expected"]
     assert r["mixed"] == r["mixed_expected"]
     assert r["driver"] == ["cupy", r["expected"][0]]
     assert r["driver_host"] == ["numpy", r["expected"][0]]
     assert r["arg"][2] == r["arg_expected"]
-    assert r["freed"] is True
+    assert r["freed"] is True and r["unpinned"] is True
 
 
 FORCED_JOB = '''
