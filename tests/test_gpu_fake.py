@@ -55,6 +55,9 @@ class Inspector:
     def pins(self):
         return len(current().devices.pins)
 
+    def gpu(self):
+        return current().ranks[current().rank].gpus[0].id
+
     def mapped(self):
         """Live arrays mapping other ranks' memory."""
         return len(current().devices.leases)
@@ -209,8 +212,10 @@ def test_shared_gpu_scheduling_and_ipc_transfers(run_job):
 FORCED_JOB = '''
 hpcray.init()
 r = {}
-a = Holder.options(num_gpus=0.5).remote()
-b = Holder.options(num_gpus=0.5).remote()
+share = float(os.environ.get("TEST_GPU_SHARE", "0.5"))
+a = Holder.options(num_gpus=share).remote()
+b = Holder.options(num_gpus=share).remote()
+r["gpus"] = hpcray.get([a.gpu.remote(), b.gpu.remote()], timeout=60)
 sizes = [1, 65536, 65537, 1_000_003, 3 << 20]
 ra = [a.make.remote(i, (s,), "uint8") for i, s in enumerate(sizes)]
 rb = [b.make.remote(i + 50, (s,), "uint8") for i, s in enumerate(sizes)]
@@ -238,12 +243,26 @@ def test_forced_paths_in_chunks_both_ways(run_job, path, ipc_map):
     r, _ = run(run_job, FAKE_PRELUDE + FORCED_JOB, n=3, timeout=120,
                env={"HPCRAY_NUM_GPUS": "1", "HPCRAY_GPU_TRANSPORT": path,
                     "HPCRAY_STAGING_CHUNK": "65536", "HPCRAY_IPC_MAP": str(ipc_map)})
+    assert r["gpus"] == ["0", "0"]
     assert r["crossed"] == [r["expected"]] * 3
     assert r["paths"] == [path]
     if path == "ipc" and ipc_map:  # each maps the other's arrays, pinned there meanwhile
         assert r["mapped"] == [5, 5] and r["pins"] == [5, 5]
     else:  # copies: nothing mapped, every export unpinned at once
         assert r["mapped"] == [0, 0] and r["pins"] == [0, 0]
+
+
+@pytest.mark.parametrize("gpus", [2, 1], ids=["distinct-gpus", "shared-gpu-refused"])
+def test_nccl_channels_both_ways(run_job, gpus):
+    """Point-to-point channels (a FIFO stands in for NCCL: joining and sending both wait for
+    the peer) between ranks on distinct GPUs, both directions at once; never on a shared GPU."""
+    r, _ = run(run_job, FAKE_PRELUDE + FORCED_JOB, n=3, timeout=120,
+               env={"HPCRAY_NUM_GPUS": str(gpus), "HPCRAY_GPU_TRANSPORT": "nccl",
+                    "TEST_GPU_SHARE": "1" if gpus == 2 else "0.5"})
+    assert sorted(r["gpus"]) == (["0", "1"] if gpus == 2 else ["0", "0"])
+    assert r["crossed"] == [r["expected"]] * 3
+    assert r["paths"] == (["nccl"] if gpus == 2 else ["staged"])
+    assert r["mapped"] == [0, 0] and r["pins"] == [0, 0]
 
 
 NO_GPU_JOB = '''

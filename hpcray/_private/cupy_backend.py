@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import os
 import threading
 
 import cupy
@@ -41,14 +40,22 @@ class _Upload:
         self.stream.synchronize()
 
 
+def _nccl():
+    """cupy.cuda.nccl where NCCL is usable, else None."""
+    try:
+        from cupy.cuda import nccl
+    except ImportError:
+        return None
+    return nccl if getattr(nccl, "available", True) and hasattr(nccl, "NcclCommunicator") else None
+
+
 class CuPyBackend(Backend):
     name = "cupy"
-    paths = ("ipc", "mpi")
 
     def __init__(self) -> None:
+        self.paths = ("ipc", "mpi", "nccl") if _nccl() is not None else ("ipc", "mpi")
         self._streams = threading.local()
         self._libcuda = None
-        self._libcuda_held = None
 
     def available(self) -> bool:
         return device.has_gpu()
@@ -88,38 +95,16 @@ class CuPyBackend(Backend):
         cupy.cuda.runtime.deviceSynchronize()
 
     def copy_ptr(self, dst: int, src: int, nbytes: int) -> None:
-        if not nbytes:
-            return
-        stream = self.stream()
-        if os.environ.get("HPCRAY_EXPERIMENT_COPY") == "runtime":
+        if nbytes:
+            stream = self.stream()
             cupy.cuda.runtime.memcpyAsync(dst, src, nbytes, _D2D, stream.ptr)
             stream.synchronize()
-            return
-        # the driver called without dropping the GIL: a thread that drops it must win it back
-        # from the rank's busy threads, which costs more than the copy itself
-        lib = self._held()
-        for call, args in ((lib.cuMemcpyDtoDAsync_v2, (dst, src, nbytes, stream.ptr)),
-                           (lib.cuStreamSynchronize, (stream.ptr,))):
-            status = call(*args)
-            if status:
-                raise RuntimeError(f"{call.__name__} failed with CUresult {status}")
 
     def ipc_wrap(self, base: int, offset: int, nbytes: int, keep) -> DeviceBuffer:
         memory = cupy.cuda.UnownedMemory(base + offset, nbytes, keep,
                                          cupy.cuda.runtime.getDevice())
         array = cupy.ndarray((nbytes,), cupy.uint8, cupy.cuda.MemoryPointer(memory, 0))
         return DeviceBuffer(self, array, base + offset, nbytes)
-
-    def _held(self):
-        if self._libcuda_held is None:
-            lib = ctypes.PyDLL("libcuda.so.1")
-            lib.cuMemcpyDtoDAsync_v2.restype = ctypes.c_int
-            lib.cuMemcpyDtoDAsync_v2.argtypes = [ctypes.c_uint64, ctypes.c_uint64, ctypes.c_size_t,
-                                                 ctypes.c_void_p]
-            lib.cuStreamSynchronize.restype = ctypes.c_int
-            lib.cuStreamSynchronize.argtypes = [ctypes.c_void_p]
-            self._libcuda_held = lib
-        return self._libcuda_held
 
     def mpi_view(self, buf: DeviceBuffer):
         """What MPI sends or receives into (a CUDA-aware MPI reads the device pointer)."""
@@ -169,6 +154,20 @@ class CuPyBackend(Backend):
 
     def ipc_close(self, base: int) -> None:
         cupy.cuda.runtime.ipcCloseMemHandle(base)
+
+    # -- NCCL point to point ------------------------------------------------------------------
+    def nccl_id(self):
+        return _nccl().get_unique_id()
+
+    def nccl_comm(self, uid, rank: int):
+        return _nccl().NcclCommunicator(2, uid, rank)
+
+    def nccl_op(self, comm, op: str, buf: DeviceBuffer) -> None:
+        nccl, stream = _nccl(), self.stream()
+        # a channel's rank 0 sends to rank 1
+        call, peer = (comm.send, 1) if op == "send" else (comm.recv, 0)
+        call(buf.ptr, buf.nbytes, getattr(nccl, "NCCL_UINT8", 1), peer, stream.ptr)
+        stream.synchronize()
 
     # -- host staging ------------------------------------------------------------------------
     def pinned(self, nbytes: int) -> np.ndarray:

@@ -107,6 +107,18 @@ class Backend:
         """Device-to-device copy, complete on return."""
         raise NotImplementedError
 
+    def nccl_id(self) -> Any:
+        """A new unique id for a two-rank point-to-point communicator."""
+        raise NotImplementedError
+
+    def nccl_comm(self, uid: Any, rank: int) -> Any:
+        """Joins the communicator uid names as rank (blocks until the peer joins too)."""
+        raise NotImplementedError
+
+    def nccl_op(self, comm: Any, op: str, buf: DeviceBuffer) -> None:
+        """Sends buf to the peer ("send") or receives into it ("recv"); complete on return."""
+        raise NotImplementedError
+
     def ipc_wrap(self, base: int, offset: int, nbytes: int, keep: Any) -> DeviceBuffer:
         """An array over nbytes of opened IPC memory at base + offset, referencing keep for
         as long as it or any view of it lives."""

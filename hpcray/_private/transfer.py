@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from . import device
 from .device import DeviceBuffer, HostCopy
+from .p2p import RECV_TIMEOUT, Channel
 
 PATHS = ("ipc", "mpi", "nccl", "staged")  # "empty" (no bytes to move) needs no path
 RING_SLOTS = 4
@@ -114,6 +115,7 @@ class DeviceTransfers:
         self.staging: list[tuple[list, object]] = []
         self.pinned_free: list = []
         self.ring: dict[str, list] = {}
+        self.channels: dict[tuple, Channel] = {}  # ("to" | "from", peer rank) -> NCCL channel
         self.log: deque = deque(maxlen=1000)  # (path, nbytes, seconds) of each receive
         self.ipc_failed = False
         self.phases: dict[str, float] = {}  # where the current receive spent its time
@@ -156,6 +158,13 @@ class DeviceTransfers:
             return ("ipc", name, buf.nbytes, token, origin)
         if path == "staged":
             return ("staged", name, buf.nbytes, self.chunk)
+        if path == "nccl":
+            uid = None
+            if ("to", dest) not in self.channels:
+                uid = buf.backend.nccl_id()
+                self.channels[("to", dest)] = Channel(buf.backend, uid, 0,
+                                                      f"hpcray-nccl-to-{dest}")
+            return ("nccl", name, buf.nbytes, uid)
         return (path, name, buf.nbytes)
 
     def send(self, dest: int, buf, desc: tuple) -> list:
@@ -168,6 +177,9 @@ class DeviceTransfers:
             return [transport.isend_raw(dest, buf.data)]
         if kind == "mpi":
             return [transport.isend_raw(dest, buf.backend.mpi_view(buf))]
+        if kind == "nccl":
+            self.channels[("to", dest)].submit("send", buf)
+            return []
         if kind == "staged":
             host = self._pinned(buf.backend, buf.nbytes)
             reqs = [transport.isend_raw(dest, host[offset:offset + size])
@@ -220,6 +232,8 @@ class DeviceTransfers:
             self.transport.recv_raw(src, backend.mpi_view(entry))
         elif kind == "staged":
             entry = self._recv_staged(src, name, desc[2], desc[3])
+        elif kind == "nccl":
+            entry = self._recv_nccl(src, device.backend(name), desc[2], desc[3])
         else:
             raise ValueError(f"unknown device transfer {kind!r} from rank {src}")
         self.log.append((kind, entry.nbytes, time.perf_counter() - start, self.phases))
@@ -294,6 +308,22 @@ class DeviceTransfers:
             done.setdefault(src, []).append(token)
         for src, tokens in done.items():
             self.transport.send(src, (RELEASE, tokens))
+
+    def _recv_nccl(self, src: int, backend, nbytes: int, uid) -> DeviceBuffer:
+        key = ("from", src)
+        if uid is not None:  # the sender's first transfer to this rank (or its channel anew)
+            old = self.channels.pop(key, None)
+            if old is not None:
+                old.close()
+            self.channels[key] = Channel(backend, uid, 1, f"hpcray-nccl-from-{src}")
+        out = backend.alloc(nbytes)
+        done = self.channels[key].submit("recv", out)
+        if not done.wait(RECV_TIMEOUT):
+            raise TimeoutError(f"NCCL receive of {nbytes} bytes from rank {src} did not "
+                               f"finish in {RECV_TIMEOUT:.0f} s")
+        if done.error is not None:
+            raise done.error
+        return out
 
     def _recv_host(self, src: int, nbytes: int, chunk: int):
         host = self.transport.pool.take(nbytes)
