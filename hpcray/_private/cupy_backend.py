@@ -100,6 +100,13 @@ class CuPyBackend(Backend):
             cupy.cuda.runtime.memcpyAsync(dst, src, nbytes, _D2D, stream.ptr)
             stream.synchronize()
 
+    def fence(self):
+        # the legacy default stream waits for all earlier work on blocking streams (CuPy's
+        # default stream and Stream() are blocking); work on non_blocking streams is not covered
+        event = cupy.cuda.Event(disable_timing=True)
+        event.record(cupy.cuda.Stream.null)
+        return event
+
     def ipc_wrap(self, base: int, offset: int, nbytes: int, keep) -> DeviceBuffer:
         memory = cupy.cuda.UnownedMemory(base + offset, nbytes, keep,
                                          cupy.cuda.runtime.getDevice())

@@ -107,6 +107,11 @@ class Backend:
         """Device-to-device copy, complete on return."""
         raise NotImplementedError
 
+    def fence(self) -> Any:
+        """Something whose ``done`` turns true once the work queued on this rank's device so
+        far has finished (None: nothing runs asynchronously)."""
+        return None
+
     def nccl_id(self) -> Any:
         """A new unique id for a two-rank point-to-point communicator."""
         raise NotImplementedError

@@ -101,7 +101,7 @@ class Runtime:
                 except Exception:  # noqa: BLE001 - a bad message must not stop the rank
                     traceback.print_exc(file=sys.__stderr__)
             self.after_poll()
-            if self.devices.released:
+            if self.devices.released or self.devices.fencing:
                 self.devices.flush()
             transport.test_sends()
             busy = busy or transport.pending_sends() > 0

@@ -110,6 +110,7 @@ class DeviceTransfers:
         self.opened: OrderedDict[tuple, _Mapping] = OrderedDict()
         self.released: deque = deque()  # (src, token, mapping) of freed mapped imports
         self.leases: weakref.WeakSet = weakref.WeakSet()  # of live mapped imports
+        self.fencing: list[tuple] = []  # freed imports whose readers may still be queued
         self.map_shared = bool(config.ipc_map)
         self.own_gpu = where(ranks[self.rank]).gpu
         self.staging: list[tuple[list, object]] = []
@@ -298,14 +299,22 @@ class DeviceTransfers:
         return None
 
     def flush(self) -> None:
-        """Tells owners that mapped imports are gone (their arrays were freed)."""
+        """Tells owners that mapped imports are gone (their arrays were freed), once the work
+        this rank queued on the device before then has finished reading them."""
         from .protocol import RELEASE
 
-        done: dict[int, list[int]] = {}
         while self.released:
             src, token, mapping = self.released.popleft()
-            mapping.users -= 1
-            done.setdefault(src, []).append(token)
+            self.fencing.append((src, token, mapping, mapping.backend.fence()))
+        done: dict[int, list[int]] = {}
+        still = []
+        for src, token, mapping, fence in self.fencing:
+            if fence is None or fence.done:
+                mapping.users -= 1
+                done.setdefault(src, []).append(token)
+            else:
+                still.append((src, token, mapping, fence))
+        self.fencing = still
         for src, tokens in done.items():
             self.transport.send(src, (RELEASE, tokens))
 
