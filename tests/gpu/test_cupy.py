@@ -167,3 +167,14 @@ emit({"one": outcome(lambda: hpcray.get(f.options(num_gpus=1).remote(), timeout=
 ''', n=3, timeout=120)
     assert is_error(r["one"], "Infeasible", "GPU")
     assert r["half"] == ["ok", 1]
+
+
+def test_gpu_pipeline_example():
+    """examples/gpu_pipeline.py: CuPy batches between two actors sharing the GPU, checked
+    against numpy by the example itself."""
+    from conftest import ROOT, run_process
+
+    proc = run_process([sys.executable, "-m", "hpcray.cli", "run", "-n", "3",
+                        str(ROOT / "examples" / "gpu_pipeline.py")], 120, cwd=str(ROOT))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "largest error" in proc.stdout, proc.stdout + proc.stderr
