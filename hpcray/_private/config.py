@@ -41,6 +41,9 @@ class Config:
     preload: str = ""
     #: seconds a collective-group member waits for the others (to join, or in one operation)
     collective_timeout: float = 180.0
+    #: how "nccl" collective groups move device arrays: auto (NCCL when every member holds a
+    #: GPU of its own, else staged through host memory), nccl or staged
+    collective_gpu_path: str = "auto"
     #: forward what tasks print to the driver, prefixed with rank and host
     log_to_driver: bool = True
     #: seconds MPI_Init and hpcray's start-up may take before a rank gives up (0: no bound)

@@ -1,7 +1,9 @@
 """Collective communication among actors (Ray's ray.util.collective), over MPI.
 
 Groups are MPI sub-communicators of the job: no new processes, no sockets. Operations
-work in place on numpy arrays and torch CPU tensors.
+work in place on numpy arrays and torch CPU tensors ("mpi" backend), and on CuPy arrays and
+CUDA torch tensors ("nccl" backend: NCCL between distinct GPUs, else staged through host
+memory).
 """
 
 from .collective import (
@@ -10,6 +12,7 @@ from .collective import (
     barrier,
     broadcast,
     create_collective_group,
+    describe_group,
     destroy_collective_group,
     get_collective_group_size,
     get_rank,
@@ -23,6 +26,7 @@ from .collective import (
 from .types import CollectiveError, CollectiveTimeoutError, ReduceOp
 
 __all__ = ["CollectiveError", "CollectiveTimeoutError", "ReduceOp", "allgather", "allreduce",
-           "barrier", "broadcast", "create_collective_group", "destroy_collective_group",
-           "get_collective_group_size", "get_rank", "init_collective_group",
-           "is_group_initialized", "recv", "reduce", "reducescatter", "send"]
+           "barrier", "broadcast", "create_collective_group", "describe_group",
+           "destroy_collective_group", "get_collective_group_size", "get_rank",
+           "init_collective_group", "is_group_initialized", "recv", "reduce", "reducescatter",
+           "send"]

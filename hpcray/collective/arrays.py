@@ -17,6 +17,14 @@ class Buffer:
         self.array = array
         self.writeback = writeback
 
+    @property
+    def shape(self) -> tuple:
+        return self.array.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.array.dtype
+
     def done(self) -> None:
         if self.writeback is not None:
             self.writeback()

@@ -46,5 +46,10 @@ class BaseGroup(ABC):
     @abstractmethod
     def destroy(self) -> None: ...
 
+    def describe(self) -> str:
+        """One line saying what this group is and how it moves data."""
+        return (f"group {self.name!r}: backend {self.backend!r}, rank {self.rank} of "
+                f"{self.world_size}")
+
     def abort(self, reason: str) -> None:
         """Makes the operation in progress (in another thread) and later ones raise."""

@@ -39,22 +39,14 @@ def _mpi_group(name, world_size, rank, rt, plan, timeout) -> BaseGroup:
     return MPIGroup(name, world_size, rank, rt, plan, timeout)
 
 
-def _nccl_group(name, world_size, rank, rt, plan, timeout) -> BaseGroup:
-    """Hook for the GPU backend; until it exists, say what is missing."""
-    import importlib.util
+def _gpu_group(name, world_size, rank, rt, plan, timeout) -> BaseGroup:
+    from .gpu_group import GPUGroup
 
-    missing = []
-    if importlib.util.find_spec("cupy") is None:
-        missing.append("CuPy is not installed (pip install cupy-cuda12x)")
-    if not rt.gpu_ids():
-        missing.append("this actor has no GPU (create it with num_gpus=1)")
-    reason = "; ".join(missing) or "the NCCL backend is not part of this build yet"
-    raise CollectiveError(f"group {name!r}: backend 'nccl' is unavailable: {reason}. Use "
-                          "backend='mpi' for numpy arrays and CPU tensors")
+    return GPUGroup(name, world_size, rank, rt, plan, timeout)
 
 
 #: backend name -> constructor(name, world_size, rank, runtime, plan, timeout)
-BACKENDS = {"mpi": _mpi_group, "nccl": _nccl_group}
+BACKENDS = {"mpi": _mpi_group, "nccl": _gpu_group}
 
 
 def _check_backend(backend: str) -> str:
@@ -84,8 +76,6 @@ def init_collective_group(world_size: int, rank: int, backend: str = "mpi",
         if (key, group_name) in _groups:
             raise CollectiveError(f"group {group_name!r} is already initialized in this actor")
     timeout = float(timeout_s if timeout_s is not None else rt.config.collective_timeout)
-    if backend == "nccl":
-        _nccl_group(group_name, world_size, rank, rt, None, timeout)
     meet = f"{group_name}@{scope}" if scope else group_name
     deadline = time.monotonic() + timeout
     delay = 0.0005
@@ -102,7 +92,13 @@ def init_collective_group(world_size: int, rank: int, backend: str = "mpi",
                                          f"for the group to form: {why}")
         time.sleep(delay)
         delay = min(delay * 2, 0.02)
-    group = BACKENDS[backend](group_name, world_size, rank, rt, state, timeout)
+    try:
+        group = BACKENDS[backend](group_name, world_size, rank, rt, state, timeout)
+    except BaseException:
+        # free the ranks for other groups and the name for a new attempt
+        rt.request("rendezvous", "created", state["instance"], rank)
+        rt.request("rendezvous", "leave", state["instance"], rank)
+        raise
     rt.request("rendezvous", "created", state["instance"], rank)
     with _groups_lock:
         _groups[(key, group_name)] = group
@@ -185,6 +181,13 @@ def _remember(group_name: str, group: BaseGroup) -> None:
 
 def is_group_initialized(group_name: str = "default") -> bool:
     return _lookup(group_name) is not None
+
+
+def describe_group(group_name: str = "default") -> str:
+    """One line on this member's group: backend, rank, and for "nccl" the path it chose
+    ("nccl", or "staged" through host memory) and why; "" if the caller is not a member."""
+    group = _lookup(group_name)
+    return group.describe() if group is not None else ""
 
 
 def get_rank(group_name: str = "default") -> int:

@@ -12,13 +12,14 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 from mpi4py import MPI
 
 from .._private.backoff import Backoff
-from .arrays import as_buffer
+from .arrays import Buffer, as_buffer
 from .base import BaseGroup
 from .header import (
     ALLGATHER,
@@ -37,6 +38,7 @@ from .header import (
     OP_NAMES,
     REDUCE,
     REDUCESCATTER,
+    ROOT,
     SEND,
     SEQ,
     SLOT,
@@ -70,6 +72,13 @@ def _bytes(a: np.ndarray) -> np.ndarray:
     return a.reshape(-1).view(np.uint8)
 
 
+def host_buffer(x, writable: bool, what: str = "tensor", read: bool = True) -> Buffer:
+    """The "mpi" backend's view of what users pass: numpy arrays and torch CPU tensors.
+
+    read=False: the call only writes x (a backend that copies x may skip reading it)."""
+    return as_buffer(x, writable, what)
+
+
 def _c_strides(shape: tuple, itemsize: int) -> tuple:
     strides = []
     for dim in reversed(shape):
@@ -79,13 +88,17 @@ def _c_strides(shape: tuple, itemsize: int) -> tuple:
 
 
 class MPIGroup(BaseGroup):
-    """A collective group over an MPI sub-communicator; this member is ``rank``."""
+    """A collective group over an MPI sub-communicator; this member is ``rank``.
+
+    ``buffer`` turns what users pass into host Buffers (default: host_buffer); the GPU
+    backend's host staging passes its own."""
 
     backend = "mpi"
 
     def __init__(self, name: str, world_size: int, rank: int, runtime, plan: dict,
-                 timeout: float):
+                 timeout: float, buffer: Callable[..., Buffer] = host_buffer):
         super().__init__(name, world_size, rank)
+        self.buffer = buffer
         self.runtime = runtime
         self.lock = runtime.transport.lock
         self.timeout = timeout
@@ -260,7 +273,7 @@ class MPIGroup(BaseGroup):
         try:
             if root is not None:
                 self._check_rank(root, "dst_rank")
-            buf = as_buffer(tensor, writable)
+            buf = self.buffer(tensor, writable)
             return buf, validate_reduce(buf.array.dtype, op)
         except (TypeError, ValueError) as exc:
             self._refuse(kind, exc)
@@ -316,7 +329,7 @@ class MPIGroup(BaseGroup):
             try:
                 self._check_rank(src_rank, "src_rank")
                 root = self.rank == src_rank
-                buf = as_buffer(tensor, not root)
+                buf = self.buffer(tensor, not root, read=root)
                 a = buf.array
             except (TypeError, ValueError) as exc:
                 self._refuse(BROADCAST, exc)
@@ -333,8 +346,9 @@ class MPIGroup(BaseGroup):
     def allgather(self, tensor_list: list, tensor: Any) -> None:
         with self.call_lock:
             try:
-                a = as_buffer(tensor, False).array
-                outs = self._list(tensor_list, a, "tensor_list")
+                a = self.buffer(tensor, False).array
+                outs = self._list(tensor_list, a, "tensor_list",
+                                  lambda t, what: self.buffer(t, True, what, read=False))
             except (TypeError, ValueError) as exc:
                 self._refuse(ALLGATHER, exc)
             n = self.world_size
@@ -353,7 +367,8 @@ class MPIGroup(BaseGroup):
             buf, op = self._reduction(REDUCESCATTER, tensor, op)
             a = buf.array
             try:
-                ins = self._list(tensor_list, a, "tensor_list", writable=False)
+                ins = self._list(tensor_list, a, "tensor_list",
+                                 lambda t, what: self.buffer(t, False, what))
             except (TypeError, ValueError) as exc:
                 self._refuse(REDUCESCATTER, exc)
             n = self.world_size
@@ -381,72 +396,94 @@ class MPIGroup(BaseGroup):
     # -- point to point --------------------------------------------------------------------
     def send(self, tensor: Any, dst_rank: int) -> None:
         with self.call_lock:
-            self._usable()
-            self._check_rank(dst_rank, "dst_rank", peer=True)
-            seq = self.p2p_seq[(0, dst_rank)] = self.p2p_seq.get((0, dst_rank), 0) + 1
+            self._check_peer(dst_rank, "dst_rank")
             try:
-                a, bad = as_buffer(tensor, False).array, None
+                a, bad = self.buffer(tensor, False).array, None
             except (TypeError, ValueError) as exc:
                 a, bad = None, exc
-            slot = np.zeros(SLOT, np.uint8)
-            header = make_header(SEND, seq, a, bad=bad is not None)
-            slot[:HEADER_BYTES] = header.view(np.uint8)
-            small = a is not None and a.nbytes <= INLINE
-            if small:
-                slot[HEADER_BYTES:HEADER_BYTES + a.nbytes] = _bytes(a)
-            what = f"send to rank {dst_rank}"
-            with self.lock:
-                req = self.comm.Isend(slot, dst_rank, TAG_HEADER)
-            self._wait([req], what, peer=dst_rank)
-            if bad is not None:
-                raise bad
-            if small:
-                return
-            reply = np.zeros(HEADER_WORDS, np.int64)
-            with self.lock:
-                req = self.comm.Irecv(reply, dst_rank, TAG_REPLY)
-            self._wait([req], what, peer=dst_rank)
-            if reply[BAD]:
-                raise CollectiveError(f"group {self.name!r}: send to rank {dst_rank}: it expects "
-                                      f"{describe(reply)}, this rank sends {describe(header)}")
-            with self.lock:
-                req = self.comm.Isend(_bytes(a), dst_rank, TAG_DATA)
-            self._wait([req], what, peer=dst_rank)
+            if self._announce(dst_rank, a, bad, inline=True):
+                with self.lock:
+                    req = self.comm.Isend(_bytes(a), dst_rank, TAG_DATA)
+                self._wait([req], f"send to rank {dst_rank}", peer=dst_rank)
 
     def recv(self, tensor: Any, src_rank: int) -> None:
         with self.call_lock:
-            self._usable()
-            self._check_rank(src_rank, "src_rank", peer=True)
-            buf = as_buffer(tensor, True)
+            self._check_peer(src_rank, "src_rank")
+            buf = self.buffer(tensor, True, read=False)
             a = buf.array
-            seq = self.p2p_seq[(1, src_rank)] = self.p2p_seq.get((1, src_rank), 0) + 1
-            slot = np.empty(SLOT, np.uint8)
-            what = f"recv from rank {src_rank}"
-            with self.lock:
-                req = self.comm.Irecv(slot, src_rank, TAG_HEADER)
-            self._wait([req], what, peer=src_rank)
-            theirs = slot[:HEADER_BYTES].view(np.int64)
-            if theirs[BAD]:
-                raise CollectiveError(f"group {self.name!r}: rank {src_rank} passed invalid "
-                                      "arguments to send (see the error raised there)")
-            mine = make_header(SEND, seq, a)
-            small = theirs[NBYTES] <= INLINE
-            if (theirs[_MATCH] != mine[_MATCH]).any() or theirs[SEQ] != seq:
-                if not small:
-                    mine[BAD] = 1
-                    with self.lock:
-                        req = self.comm.Isend(mine, src_rank, TAG_REPLY)
-                    self._wait([req], what, peer=src_rank)
-                raise CollectiveError(f"group {self.name!r}: recv from rank {src_rank}: it sends "
-                                      f"{describe(theirs)}, this rank expects {describe(mine)}")
-            if small:
-                _bytes(a)[:] = slot[HEADER_BYTES:HEADER_BYTES + a.nbytes]
+            inline, reply = self._expect(src_rank, a)
+            if reply is None:
+                _bytes(a)[:] = inline
             else:
                 with self.lock:
-                    reqs = [self.comm.Isend(mine, src_rank, TAG_REPLY),
-                            self.comm.Irecv(_bytes(a), src_rank, TAG_DATA)]
-                self._wait(reqs, what, peer=src_rank)
+                    req = self.comm.Irecv(_bytes(a), src_rank, TAG_DATA)
+                self._wait([reply, req], f"recv from rank {src_rank}", peer=src_rank)
             buf.done()
+
+    def _check_peer(self, peer: int, what: str) -> None:
+        self._usable()
+        self._check_rank(peer, what, peer=True)
+
+    def _announce(self, dst_rank: int, a: np.ndarray | None, bad: BaseException | None,
+                  inline: bool) -> bool:
+        """A send's header round: tells dst_rank what this rank sends (a's dtype and shape;
+        a's data too when inline and small) and, when the data follows, waits for dst_rank to
+        agree. Raises bad (after telling dst_rank) or the mismatch dst_rank reports; True
+        when the data must follow."""
+        seq = self.p2p_seq[(0, dst_rank)] = self.p2p_seq.get((0, dst_rank), 0) + 1
+        small = inline and a is not None and a.nbytes <= INLINE
+        slot = np.zeros(SLOT, np.uint8)
+        # a send's header says in its root word whether its data came along
+        header = make_header(SEND, seq, a, root=int(small), bad=bad is not None)
+        slot[:HEADER_BYTES] = header.view(np.uint8)
+        if small:
+            slot[HEADER_BYTES:HEADER_BYTES + a.nbytes] = _bytes(a)
+        what = f"send to rank {dst_rank}"
+        with self.lock:
+            req = self.comm.Isend(slot, dst_rank, TAG_HEADER)
+        self._wait([req], what, peer=dst_rank)
+        if bad is not None:
+            raise bad
+        if small:
+            return False
+        reply = np.zeros(HEADER_WORDS, np.int64)
+        with self.lock:
+            req = self.comm.Irecv(reply, dst_rank, TAG_REPLY)
+        self._wait([req], what, peer=dst_rank)
+        if reply[BAD]:
+            raise CollectiveError(f"group {self.name!r}: send to rank {dst_rank}: it expects "
+                                  f"{describe(reply)}, this rank sends {describe(header)}")
+        return True
+
+    def _expect(self, src_rank: int, a: np.ndarray) -> tuple[np.ndarray | None, Any]:
+        """A recv's header round: checks what src_rank sends against a (dtype and shape).
+        Returns (the data, None) when it came with the header, else (None, the request of
+        this rank's agreement, which lets the data come). Raises on a mismatch, after
+        telling src_rank."""
+        seq = self.p2p_seq[(1, src_rank)] = self.p2p_seq.get((1, src_rank), 0) + 1
+        slot = np.empty(SLOT, np.uint8)
+        what = f"recv from rank {src_rank}"
+        with self.lock:
+            req = self.comm.Irecv(slot, src_rank, TAG_HEADER)
+        self._wait([req], what, peer=src_rank)
+        theirs = slot[:HEADER_BYTES].view(np.int64)
+        if theirs[BAD]:
+            raise CollectiveError(f"group {self.name!r}: rank {src_rank} passed invalid "
+                                  "arguments to send (see the error raised there)")
+        mine = make_header(SEND, seq, a)
+        small = theirs[ROOT] == 1
+        if (theirs[_MATCH] == mine[_MATCH]).all() and theirs[SEQ] == seq:
+            if small:
+                return slot[HEADER_BYTES:HEADER_BYTES + a.nbytes], None
+            with self.lock:
+                return None, self.comm.Isend(mine, src_rank, TAG_REPLY)
+        if not small:
+            mine[BAD] = 1
+            with self.lock:
+                req = self.comm.Isend(mine, src_rank, TAG_REPLY)
+            self._wait([req], what, peer=src_rank)
+        raise CollectiveError(f"group {self.name!r}: recv from rank {src_rank}: it sends "
+                              f"{describe(theirs)}, this rank expects {describe(mine)}")
 
     # -- helpers ---------------------------------------------------------------------------
     def _check_rank(self, rank: int, what: str, peer: bool = False) -> None:
@@ -456,15 +493,17 @@ class MPIGroup(BaseGroup):
         if peer and rank == self.rank:
             raise ValueError(f"{what} is this member's own rank {rank}")
 
-    def _list(self, tensors: list, like: np.ndarray, what: str, writable: bool = True) -> list:
+    def _list(self, tensors: list, like, what: str, convert: Callable) -> list:
+        """convert(tensor, name) of each of tensors (one per rank); ValueError unless each
+        matches like's dtype and shape."""
         if not isinstance(tensors, (list, tuple)) or len(tensors) != self.world_size:
             raise ValueError(f"{what} must be a list of {self.world_size} tensors (one per rank)")
-        bufs = [as_buffer(t, writable, f"{what}[{i}]") for i, t in enumerate(tensors)]
-        for i, b in enumerate(bufs):
-            if b.array.shape != like.shape or b.array.dtype != like.dtype:
-                raise ValueError(f"{what}[{i}] is {b.array.dtype} {b.array.shape}, the tensor is "
+        items = [convert(t, f"{what}[{i}]") for i, t in enumerate(tensors)]
+        for i, item in enumerate(items):
+            if item.shape != like.shape or item.dtype != like.dtype:
+                raise ValueError(f"{what}[{i}] is {item.dtype} {item.shape}, the tensor is "
                                  f"{like.dtype} {like.shape}: they must match")
-        return bufs
+        return items
 
     def abort(self, reason: str) -> None:
         self.broken = self.broken or reason

@@ -1,0 +1,208 @@
+"""Device arrays users pass to the "nccl" backend: CuPy arrays, CUDA torch tensors and the
+test suite's fake device arrays, each seen through one small adapter per library.
+
+Copies between device and host run on the library's current stream, so kernels queued
+there before the call (the producer's) finish first, and are complete on return.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Callable
+
+import numpy as np
+
+_H2D, _D2H = 1, 2
+
+
+class DeviceArray:
+    """A C-contiguous device array over the user's data; ``done()`` copies results back when
+    the data could not be used in place (non-contiguous arrays, bfloat16 tensors)."""
+
+    __slots__ = ("array", "device", "dtype", "lib", "nbytes", "ptr", "shape", "writeback")
+
+    def __init__(self, lib: _Library, array, ptr: int, dtype: np.dtype, shape: tuple,
+                 device: int, writeback: Callable[[], None] | None = None):
+        self.lib, self.array, self.ptr, self.dtype = lib, array, ptr, dtype
+        self.shape, self.device, self.writeback = shape, device, writeback
+        self.nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+
+    def like(self) -> np.ndarray:
+        """A host stand-in of the same dtype and shape (no memory) for the header round."""
+        return np.lib.stride_tricks.as_strided(np.empty(1, self.dtype), self.shape,
+                                               (0,) * len(self.shape), writeable=False)
+
+    def stream(self) -> int:
+        """The library's current stream on the array's device."""
+        return self.lib.stream(self)
+
+    def download(self, host: np.ndarray) -> None:
+        """Copies the array into host (C-contiguous, same bytes), after the queued kernels."""
+        if self.nbytes:
+            self.lib.download(self, host)
+
+    def upload(self, host: np.ndarray) -> None:
+        """Copies host into the array; complete on return."""
+        if self.nbytes:
+            self.lib.upload(self, host)
+
+    def done(self) -> None:
+        if self.writeback is not None:
+            self.writeback()
+
+
+class _Library:
+    """How one array library's device arrays are read, written and staged."""
+
+    def wrap(self, x, writable: bool) -> DeviceArray:
+        raise NotImplementedError
+
+    def stream(self, d: DeviceArray) -> int:
+        return 0
+
+    def download(self, d: DeviceArray, host: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def upload(self, d: DeviceArray, host: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def pinned(self, nbytes: int) -> np.ndarray:
+        """Page-locked host memory where the library has it (the copies then run at full speed)."""
+        return np.empty(nbytes, np.uint8)
+
+
+class _CuPy(_Library):
+    def wrap(self, x, writable: bool) -> DeviceArray:
+        import cupy
+
+        a, writeback = x, None
+        if not x.flags.c_contiguous:
+            a = cupy.ascontiguousarray(x)
+            if writable:
+                def writeback():
+                    x[...] = a
+        return DeviceArray(self, a, a.data.ptr, np.dtype(a.dtype), tuple(a.shape), a.device.id,
+                           writeback)
+
+    def stream(self, d: DeviceArray) -> int:
+        import cupy
+
+        return cupy.cuda.get_current_stream().ptr
+
+    def _copy(self, dst: int, src: int, nbytes: int, kind: int, stream: int) -> None:
+        import cupy
+
+        cupy.cuda.runtime.memcpyAsync(dst, src, nbytes, kind, stream)
+        cupy.cuda.runtime.streamSynchronize(stream)
+
+    def download(self, d: DeviceArray, host: np.ndarray) -> None:
+        self._copy(host.ctypes.data, d.ptr, d.nbytes, _D2H, self.stream(d))
+
+    def upload(self, d: DeviceArray, host: np.ndarray) -> None:
+        self._copy(d.ptr, host.ctypes.data, d.nbytes, _H2D, self.stream(d))
+
+    def pinned(self, nbytes: int) -> np.ndarray:
+        import cupy
+
+        return np.frombuffer(cupy.cuda.alloc_pinned_memory(max(nbytes, 1)), np.uint8, nbytes)
+
+
+class _Torch(_Library):
+    def __init__(self) -> None:
+        self._dtypes: dict = {}
+
+    def wrap(self, x, writable: bool) -> DeviceArray:
+        import torch
+
+        t = x.detach()
+        if t.device.type != "cuda":
+            raise TypeError(f"is a torch tensor on {t.device}: backend 'nccl' moves CUDA tensors; "
+                            "use backend='mpi' for CPU tensors, or move it with .cuda()")
+        c = t
+        if t.dtype == torch.bfloat16:
+            c = t.float()  # numpy (and so the header and the host reductions) has no bfloat16
+        elif not t.is_contiguous():
+            c = t.contiguous()
+        writeback = (lambda: t.copy_(c)) if writable and c is not t else None
+        return DeviceArray(self, c, c.data_ptr(), self._numpy_dtype(c.dtype), tuple(c.shape),
+                           c.device.index or 0, writeback)
+
+    def _numpy_dtype(self, dtype) -> np.dtype:
+        found = self._dtypes.get(dtype)
+        if found is None:
+            import torch
+
+            try:
+                found = self._dtypes[dtype] = torch.empty(0, dtype=dtype).numpy().dtype
+            except TypeError:
+                raise TypeError(f"torch dtype {dtype} has no numpy equivalent") from None
+        return found
+
+    def stream(self, d: DeviceArray) -> int:
+        import torch
+
+        return torch.cuda.current_stream(d.array.device).cuda_stream
+
+    def _bytes(self, d: DeviceArray):
+        import torch
+
+        return d.array.reshape(-1).view(torch.uint8)
+
+    def download(self, d: DeviceArray, host: np.ndarray) -> None:
+        import torch
+
+        torch.from_numpy(host.reshape(-1).view(np.uint8)).copy_(self._bytes(d), non_blocking=True)
+        torch.cuda.current_stream(d.array.device).synchronize()
+
+    def upload(self, d: DeviceArray, host: np.ndarray) -> None:
+        import torch
+
+        self._bytes(d).copy_(torch.from_numpy(host.reshape(-1).view(np.uint8)), non_blocking=True)
+        torch.cuda.current_stream(d.array.device).synchronize()
+
+    def pinned(self, nbytes: int) -> np.ndarray:
+        import torch
+
+        return torch.empty(nbytes, dtype=torch.uint8, pin_memory=True).numpy()
+
+
+class _Fake(_Library):
+    """hpcray._private.fakegpu's arrays: host memory posing as device memory (tests only)."""
+
+    def wrap(self, x, writable: bool) -> DeviceArray:
+        return DeviceArray(self, x, x.ptr, x.dtype, x.shape, 0)
+
+    def download(self, d: DeviceArray, host: np.ndarray) -> None:
+        ctypes.memmove(host.ctypes.data, d.ptr, d.nbytes)
+
+    def upload(self, d: DeviceArray, host: np.ndarray) -> None:
+        ctypes.memmove(d.ptr, host.ctypes.data, d.nbytes)
+
+
+_CUPY, _TORCH, _FAKE = _CuPy(), _Torch(), _Fake()
+
+
+def _library(x) -> _Library | None:
+    root = type(x).__module__.split(".")[0]
+    if root == "cupy":
+        return _CUPY
+    if root == "torch" and hasattr(x, "detach"):
+        return _TORCH
+    if root == "hpcray" and type(x).__name__ == "FakeDeviceArray":
+        return _FAKE
+    return None
+
+
+def as_device(x, writable: bool, what: str = "tensor") -> DeviceArray:
+    """A DeviceArray over x (CuPy array, CUDA torch tensor, fake device array); TypeError
+    naming what to do instead for anything else."""
+    lib = _library(x)
+    if lib is None:
+        kind = ("a numpy array" if isinstance(x, np.ndarray) else
+                f"a {type(x).__module__}.{type(x).__name__}")
+        raise TypeError(f"{what} is {kind}: backend 'nccl' moves device arrays (CuPy arrays, CUDA "
+                        "torch tensors); use backend='mpi' for numpy arrays and CPU tensors")
+    try:
+        return lib.wrap(x, writable)
+    except TypeError as exc:
+        raise TypeError(f"{what} {exc}") from None
