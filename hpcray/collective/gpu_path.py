@@ -61,12 +61,12 @@ def choose_group_path(gpus: list[str], nccl_missing: str | None = None,
                               "HPCRAY_NUM_GPUS); use backend='mpi' for host memory")
     if forced == STAGED:
         return GroupPath(STAGED, "host staging forced (HPCRAY_COLLECTIVE_GPU_PATH=staged)")
-    if nccl_missing:
-        return GroupPath(STAGED, f"NCCL is unavailable ({nccl_missing})")
     shared = shared_gpus(gpus)
     if shared and forced != NCCL:
         where = "; ".join(f"{who} {members} share GPU {gpu}" for gpu, members in shared.items())
         return GroupPath(STAGED, f"{where} (NCCL needs one GPU per member)")
+    if nccl_missing:
+        return GroupPath(STAGED, f"NCCL is unavailable ({nccl_missing})")
     if shared:
         return GroupPath(NCCL, "NCCL forced (HPCRAY_COLLECTIVE_GPU_PATH=nccl) although GPUs are "
                                "shared")

@@ -9,24 +9,53 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
+from ...collective.gpu_path import NCCL, choose_group_path
 from ..session import TrainContext
 from ..trainer import Backend, DataParallelTrainer
+from .train_loop_utils import get_device
 
 
 @dataclass
 class TorchConfig:
-    """torch.distributed settings: backend ("gloo" on CPU, "nccl" with GPUs by default) and
-    the timeout of its collectives, in seconds."""
+    """torch.distributed settings: backend (default "gloo" on CPU; with GPUs "nccl" where
+    each worker holds a GPU of its own, else "gloo") and the timeout of its collectives, in
+    seconds."""
 
     backend: str | None = None
     timeout_s: float = 1800.0
 
 
+def choose_backend(gpus: list[str], cuda: bool) -> tuple[str, str]:
+    """torch.distributed's backend for workers whose GPUs are gpus (uuid each; "" for
+    none), and why: NCCL needs every worker on a GPU of its own, else gloo."""
+    without = [i for i, gpu in enumerate(gpus) if not gpu]
+    if without:
+        return "gloo", f"workers {without} have no GPU"
+    if not cuda:
+        return "gloo", "torch sees no CUDA device in the workers"
+    choice = choose_group_path(gpus, who="workers")
+    return ("nccl" if choice.path == NCCL else "gloo"), choice.reason
+
+
+def _own_gpu() -> str:
+    """The calling worker's GPU (uuid, or node/id where NVML gave none); "" without one."""
+    from ... import api
+    from ..._private.transfer import where
+
+    if not api.get_gpu_ids():
+        return ""
+    rt = api._runtime()
+    return where(rt.ranks[rt.rank]).gpu
+
+
 @dataclass
 class TorchBackend(Backend):
-    """Runs in each worker: init_process_group over a FileStore in the run directory."""
+    """Runs in each worker: init_process_group over a FileStore in the run directory.
 
-    backend: str = "gloo"
+    backend None: "nccl" or "gloo", chosen from the workers' GPUs, which they tell each
+    other through the same store."""
+
+    backend: str | None = "gloo"
     timeout_s: float = 1800.0
     threads: int = 1
     store_path: str = ""
@@ -45,10 +74,22 @@ class TorchBackend(Backend):
             raise RuntimeError("TorchConfig(backend='nccl') needs GPUs; this worker sees none")
         if dist.is_initialized():  # left by an earlier attempt in this process
             dist.destroy_process_group()
+        device = get_device()
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
         store = dist.FileStore(self.store_path, context.world_size)
-        dist.init_process_group(self.backend, store=store, rank=context.world_rank,
+        backend = self.backend or self._choose(store, context, device.type == "cuda")
+        dist.init_process_group(backend, store=store, rank=context.world_rank,
                                 world_size=context.world_size,
                                 timeout=timedelta(seconds=self.timeout_s))
+
+    def _choose(self, store, context: TrainContext, cuda: bool) -> str:
+        store.set(f"hpcray/gpu/{context.world_rank}", _own_gpu())
+        gpus = [store.get(f"hpcray/gpu/{r}").decode() for r in range(context.world_size)]
+        backend, why = choose_backend(gpus, cuda)
+        if context.world_rank == 0:
+            print(f"hpcray.train: torch.distributed backend {backend!r}: {why}", flush=True)
+        return backend
 
     def on_shutdown(self) -> None:
         import torch.distributed as dist
@@ -66,6 +107,6 @@ class TorchTrainer(DataParallelTrainer):
         super().__init__(train_loop_per_worker, **kwargs)
         tc = torch_config or TorchConfig()
         use_gpu = self.scaling.use_gpu
-        self.backend = TorchBackend(backend=tc.backend or ("nccl" if use_gpu else "gloo"),
+        self.backend = TorchBackend(backend=tc.backend or (None if use_gpu else "gloo"),
                                     timeout_s=tc.timeout_s,
                                     threads=int(self.scaling.bundle().get("CPU", 1)))
