@@ -132,6 +132,17 @@ def test_contexts_number_ranks_per_node() -> None:
     assert all(c.world_size == 4 and c.attempt == 2 for c in ctxs)
 
 
+def test_torch_backend_follows_the_workers_gpus() -> None:
+    from hpcray.train.torch.trainer import choose_backend
+
+    assert choose_backend(["GPU-a", "GPU-b"], cuda=True) == (
+        "nccl", "each of the 2 members holds a GPU of its own")
+    backend, why = choose_backend(["GPU-a", "GPU-b", "GPU-a"], cuda=True)
+    assert backend == "gloo" and "workers [0, 2] share GPU GPU-a" in why
+    assert choose_backend(["GPU-a", "GPU-b"], cuda=False)[0] == "gloo"
+    assert choose_backend(["GPU-a", ""], cuda=True) == ("gloo", "workers [1] have no GPU")
+
+
 @pytest.mark.skipif(not HAVE["h5py"], reason="h5py not installed")
 def test_h5_arrays_round_trip(tmp_path: Path) -> None:
     from hpcray.train.h5 import load_arrays, save_arrays
@@ -304,3 +315,70 @@ def test_torch_digits_example_resumes_after_failure(tmp_path: Path) -> None:
     # the 2 best by test accuracy, and the latest (the 15th) if it is not among them
     assert r["checkpoints"][-1] == "checkpoint_000015" and len(r["checkpoints"]) in (2, 3)
     assert os.path.isdir(tmp_path / "digits")
+
+
+# shared with tests/gpu: TorchTrainer with use_gpu=True, two workers on one GPU
+TORCH_GPU_JOB = '''
+import torch
+import torch.distributed as dist
+from hpcray import train
+from hpcray.train import RunConfig, ScalingConfig
+from hpcray.train.torch import TorchTrainer, get_device, prepare_model
+
+hpcray.init()
+STORAGE = sys.argv[1]
+
+
+def loop(config):
+    ctx = train.get_context()
+    torch.manual_seed(0)
+    model = prepare_model(torch.nn.Linear(8, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    data = torch.Generator().manual_seed(ctx.get_world_rank())  # each worker its own data
+    for step in range(config["steps"]):
+        x = torch.randn(32, 8, generator=data).to(get_device())
+        loss = ((model(x) - x.sum(1, keepdim=True)) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        train.report({"step": step, "loss": float(loss)})
+    weights = model.module.weight if hasattr(model, "module") else model.weight
+    seen = {"device": str(weights.device), "backend": dist.get_backend(),
+            "gpu_ids": hpcray.get_gpu_ids(), "visible": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "weights": weights.detach().cpu().reshape(-1).tolist()}
+    with open(os.path.join(ctx.get_trial_dir(), f"seen{ctx.get_world_rank()}.json"), "w") as f:
+        json.dump(seen, f)
+
+
+result = TorchTrainer(loop, train_loop_config={"steps": 4},
+                      scaling_config=ScalingConfig(num_workers=2, use_gpu=True,
+                                                   resources_per_worker={"CPU": 1, "GPU": 0.5}),
+                      run_config=RunConfig(name="gpu", storage_path=STORAGE)).fit()
+seen = []
+for rank in range(2):
+    with open(os.path.join(result.path, f"seen{rank}.json")) as f:
+        seen.append(json.load(f))
+emit({"steps": result.metrics["step"], "seen": seen,
+      "gpus": [[g["id"], g["uuid"]] for g in hpcray.nodes()[0]["GPUs"]]})
+'''
+
+
+def check_torch_gpu_job(r: dict, stdout: str, device: str) -> None:
+    """Both workers trained on their device over gloo, in step (DDP kept weights equal)."""
+    assert r["steps"] == 3
+    [[gpu_id, uuid]] = r["gpus"]
+    assert "hpcray.train: torch.distributed backend 'gloo': workers [0, 1] share GPU" in stdout
+    for seen in r["seen"]:
+        assert seen["device"] == device and seen["backend"] == "gloo", seen
+        assert seen["gpu_ids"] == [gpu_id], seen
+        assert seen["visible"].split(",")[0] == (uuid or gpu_id), seen
+    assert r["seen"][0]["weights"] == r["seen"][1]["weights"]
+    assert len(r["seen"][0]["weights"]) == 8
+
+
+@pytest.mark.skipif(not HAVE["torch"], reason="torch not installed")
+def test_torch_trainer_use_gpu_on_a_shared_gpu_picks_gloo(run_job, tmp_path: Path) -> None:
+    """Declared GPUs (no CUDA here): the workers share GPU 0, so gloo, on the CPU."""
+    r, proc = run(run_job, TORCH_GPU_JOB, n=3, args=[str(tmp_path)], timeout=180,
+                  env={"HPCRAY_NUM_GPUS": "1"})
+    check_torch_gpu_job(r, proc.stdout, "cpu")

@@ -31,9 +31,8 @@ def choose_backend(gpus: list[str], cuda: bool) -> tuple[str, str]:
     without = [i for i, gpu in enumerate(gpus) if not gpu]
     if without:
         return "gloo", f"workers {without} have no GPU"
-    if not cuda:
-        return "gloo", "torch sees no CUDA device in the workers"
-    choice = choose_group_path(gpus, who="workers")
+    choice = choose_group_path(gpus, None if cuda else "torch sees no CUDA device in the workers",
+                               who="workers")
     return ("nccl" if choice.path == NCCL else "gloo"), choice.reason
 
 
