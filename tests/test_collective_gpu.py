@@ -86,8 +86,9 @@ def test_device_arrays_and_what_is_refused() -> None:
 # real jobs: every operation through the staging path
 # --------------------------------------------------------------------------------------------
 
-# DEV(numpy) -> device array and HOST(device array) -> numpy, set by the prelude of each
-# array library; tests/gpu runs the same jobs with CuPy
+# DEV(numpy) -> device array, HOST(device array) -> numpy and TORCH_CUDA() (whether to try
+# CUDA torch tensors too) come from each array library's prelude; tests/gpu runs the same
+# jobs with CuPy
 DEVICE_MEMBER = MEMBER + '''
 from hpcray.collective.collective import _lookup
 
@@ -131,6 +132,11 @@ class DevMember(Member._cls):
         col.recv(out, src, name)
         return HOST(out)
 
+    def nccl_calls(self):
+        """What ran on NCCL (the stand-in of tests/stand_ins records it; CuPy does not)."""
+        from cupy.cuda import nccl
+        return sorted(set(getattr(nccl, "CALLS", [])))
+
     def host_allreduce(self, x, name="default"):
         col.allreduce(x.copy(), name)   # numpy to a GPU group
 
@@ -156,7 +162,7 @@ ms = [DevMember.remote(N, r) for r in range(N)]
 R = {"join": hpcray.get([m.join.remote() for m in ms], timeout=120), "failures": []}
 fail = R["failures"].append
 for dtype in (np.float64, np.float32, np.int32, np.float16, np.uint8):
-    for shape in [(3, 4), (5000,)]:   # inline with the header, and through MPI's own calls
+    for shape in [(3, 4), (5000,), ()]:   # inline with the header, through MPI, 0-d
         ops = ["SUM", "PRODUCT", "MIN", "MAX"] + (["AVG"] if np.dtype(dtype).kind == "f" else [])
         for op in ops:
             xs = inputs(rng, N, dtype, shape)
@@ -189,7 +195,7 @@ for dtype in (np.float64, np.float32, np.int32, np.float16, np.uint8):
             if not same(got, xs[src]):
                 fail(["send/recv", str(np.dtype(dtype)), shape, src, dst])
 R["barrier"] = hpcray.get([m.barrier.remote() for m in ms], timeout=120)
-if TORCH_CUDA:
+if TORCH_CUDA():
     xs = inputs(rng, N, np.float64, (33, 7))
     got = hpcray.get([m.torch_allreduce.remote(x) for m, x in zip(ms, xs)], timeout=120)
     ref = REF["SUM"](xs)
@@ -203,7 +209,7 @@ FAKE_DEVICE = '''
 from hpcray._private import fakegpu
 DEV = fakegpu.asarray
 HOST = lambda d: d.get()
-TORCH_CUDA = False
+TORCH_CUDA = lambda: False
 '''
 
 
@@ -280,3 +286,54 @@ emit({"joined": joined, "ok": [bool(same(g, xs[0] + xs[1])) for g in got]})
         assert "NCCL is unavailable" in got[3] or "NCCL communicator failed" in got[3], got
         assert "share GPU" not in got[3], got
     assert r["ok"] == [True, True]
+
+
+# a one-member group holds a GPU of its own: the NCCL path, on one GPU or (here) on the
+# stand-in for CuPy's NCCL in tests/stand_ins, which copies as NCCL does with one rank
+SOLO_BODY = '''
+hpcray.init()
+m = DevMember.options(num_gpus=0.5).remote(1, 0)
+R = {"join": hpcray.get(m.join.remote("solo"), timeout=120), "failures": []}
+fail = R["failures"].append
+rng = np.random.default_rng(9)
+# int16 and bool are staged: NCCL cannot reduce them (it moves them, as bytes)
+for dtype in (np.float32, np.float64, np.int32, np.float16, np.int16, np.bool_):
+    for shape in [(3, 4), (70000,), ()]:
+        x = inputs(rng, 1, dtype, shape)[0] if dtype != np.bool_ else rng.random(shape) > 0.5
+        x = np.asarray(x, dtype)
+        ops = ["SUM", "MAX"] + (["AVG"] if np.dtype(dtype).kind == "f" else [])
+        for op in ops:
+            for name, ref in [("allreduce", m.allreduce.remote(x, op, "solo")),
+                              ("reduce", m.reduce.remote(x, 0, op, "solo")),
+                              ("reducescatter", m.reducescatter.remote([x], op, "solo"))]:
+                if not same(hpcray.get(ref, timeout=60), x):
+                    fail([name, str(np.dtype(dtype)), shape, op])
+        if not same(hpcray.get(m.broadcast.remote(x, 0, "solo"), timeout=60), x):
+            fail(["broadcast", str(np.dtype(dtype)), shape])
+        got = hpcray.get(m.allgather.remote(x, "solo"), timeout=60)
+        if len(got) != 1 or not same(got[0], x):
+            fail(["allgather", str(np.dtype(dtype)), shape])
+R["nccl_calls"] = hpcray.get(m.nccl_calls.remote(), timeout=60)
+R["numpy"] = hpcray.get(m.run.remote("host_allreduce", np.ones(3), "solo"), timeout=60)
+# (more checks here)
+R["destroyed"] = hpcray.get(m.destroy.remote("solo"), timeout=60)
+emit(R)
+'''
+SOLO_JOB = DEVICE_MEMBER + SOLO_BODY
+
+
+def test_nccl_path_on_a_stand_in_nccl(run_job) -> None:
+    """The NCCL path's own code (unique id round, communicator, dtype and op codes, counts,
+    scratch copies, the staged fallback for dtypes NCCL cannot reduce) in a one-member
+    group over tests/stand_ins' CuPy, on fake device arrays."""
+    from conftest import ROOT
+
+    stand_in = f"{ROOT}:{ROOT / 'tests' / 'stand_ins'}"
+    r, _ = run(run_job, FAKE_DEVICE + SOLO_JOB, n=3, timeout=120,
+               env={"HPCRAY_NUM_GPUS": "1", "PYTHONPATH": stand_in})
+    rank, size, path, line = r["join"]
+    assert (rank, size, path) == (0, 1, "nccl") and "holds a GPU of its own" in line, line
+    assert r["failures"] == []
+    assert r["nccl_calls"] == ["allGather", "allReduce", "broadcast", "reduce", "reduceScatter"]
+    assert r["numpy"][0] == "err" and "numpy array: backend 'nccl'" in r["numpy"][2], r["numpy"]
+    assert r["destroyed"] is False

@@ -245,8 +245,9 @@ class MPIGroup(BaseGroup):
         like = inline if inline is not None else array
         views = None
         if like is not None and like.nbytes <= INLINE:
-            views = tuple(np.ndarray((self.world_size, *like.shape), like.dtype, self._slots,
-                                     HEADER_BYTES, (SLOT, *_c_strides(like.shape, like.itemsize))))
+            every = np.ndarray((self.world_size, *like.shape), like.dtype, self._slots,
+                               HEADER_BYTES, (SLOT, *_c_strides(like.shape, like.itemsize)))
+            views = tuple(every[i, ...] for i in range(self.world_size))  # 0-d: views too
         if len(self._calls) >= 64:
             self._calls.clear()
         call = self._calls[key] = (header, views)
