@@ -230,6 +230,7 @@ class GPUGroup(BaseGroup):
                     f"destroy_collective_group({self.name!r}) and create it again")
 
     def _scratch(self, nbytes: int) -> tuple[Any, int]:
+        """(device buffer, its address): the caller holds the buffer until NCCL is done."""
         import cupy
 
         buf = cupy.empty(max(nbytes, 1), cupy.uint8)
@@ -292,12 +293,13 @@ class GPUGroup(BaseGroup):
             if n:
                 import cupy
 
-                _, gathered = self._scratch(n * self.world_size)
+                scratch, gathered = self._scratch(n * self.world_size)
                 self._launch("allgather", d,
                              lambda s: self.comm.allGather(d.ptr, gathered, n, NCCL_UINT8, s),
                              *[lambda s, i=i, out=out: cupy.cuda.runtime.memcpyAsync(
                                  out.ptr, gathered + i * n, n, _D2D, s)
                                for i, out in enumerate(outs)])
+                del scratch  # (held until NCCL was done with it)
             for out in outs:
                 out.done()
 
@@ -318,7 +320,7 @@ class GPUGroup(BaseGroup):
             if n:
                 import cupy
 
-                _, parts = self._scratch(n * self.world_size)
+                scratch, parts = self._scratch(n * self.world_size)
                 count = n // d.dtype.itemsize
                 self._launch("reducescatter", d,
                              *[lambda s, i=i, part=part: cupy.cuda.runtime.memcpyAsync(
@@ -327,6 +329,7 @@ class GPUGroup(BaseGroup):
                              lambda s: self.comm.reduceScatter(parts, d.ptr, count,
                                                                NCCL_TYPES[d.dtype], NCCL_OPS[op],
                                                                s))
+                del scratch  # (held until NCCL was done with it)
             d.done()
 
     def send(self, tensor: Any, dst_rank: int) -> None:
