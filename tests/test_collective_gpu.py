@@ -147,7 +147,7 @@ class DevMember(Member._cls):
         col.allreduce(t, name)
         wide = torch.zeros(x.size * 2, dtype=torch.float64, device="cuda")
         strided = wide[::2]
-        strided.copy_(torch.from_numpy(x))
+        strided.copy_(torch.from_numpy(x.reshape(-1).copy()))
         col.allreduce(strided, name)
         b = torch.from_numpy(x.copy()).cuda().to(torch.bfloat16)
         col.broadcast(b, 1, name)

@@ -94,7 +94,7 @@ class GPUGroup(BaseGroup):
         error: Exception | None = None
         if self.rank == 0:
             try:
-                uid[:] = nccl.get_unique_id()
+                uid[:] = np.frombuffer(_id_bytes(nccl.get_unique_id()), np.int8)
             except Exception as exc:  # noqa: BLE001 - every member falls back below
                 error = exc
         try:  # rank 0's id rides in a header round, as a broadcast's small data does
@@ -113,8 +113,7 @@ class GPUGroup(BaseGroup):
 
             try:
                 cupy.cuda.runtime.setDevice(_DEVICE)
-                made["comm"] = nccl.NcclCommunicator(self.world_size, tuple(int(b) for b in uid),
-                                                     self.rank)
+                made["comm"] = _communicator(nccl, self.world_size, uid, self.rank)
             except Exception as exc:  # noqa: BLE001 - reported to every member below
                 made["error"] = exc
 
@@ -378,3 +377,18 @@ class GPUGroup(BaseGroup):
                 else:
                     comm.destroy()
             self.mpi.destroy()
+
+
+def _id_bytes(uid) -> bytes:
+    """NCCL's unique id as 128 bytes (CuPy gives bytes, older releases a tuple of chars)."""
+    if isinstance(uid, (bytes, bytearray)):
+        return bytes(uid)
+    return np.asarray(uid, np.int64).astype(np.int8).tobytes()
+
+
+def _communicator(nccl, world_size: int, uid: np.ndarray, rank: int):
+    """NcclCommunicator from the id's bytes, in the form this CuPy takes."""
+    try:
+        return nccl.NcclCommunicator(world_size, uid.tobytes(), rank)
+    except (TypeError, ValueError, OverflowError):  # a CuPy that wants a tuple of chars
+        return nccl.NcclCommunicator(world_size, tuple(int(b) for b in uid), rank)
