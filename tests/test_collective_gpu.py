@@ -93,6 +93,16 @@ DEVICE_MEMBER = MEMBER + '''
 from hpcray.collective.collective import _lookup
 
 
+def where_differ(got, ref):
+    """[mismatches, first index, got there, expected there] (for failure reports)."""
+    got, ref = np.asarray(got), np.asarray(ref)
+    if got.shape != ref.shape or got.dtype != ref.dtype:
+        return [str(got.dtype), list(got.shape), str(ref.dtype), list(ref.shape)]
+    bad = np.flatnonzero(got.reshape(-1) != ref.reshape(-1))
+    i = int(bad[0]) if bad.size else -1
+    return [int(bad.size), i, got.reshape(-1)[i].item(), ref.reshape(-1)[i].item()]
+
+
 @hpcray.remote(num_cpus=1, num_gpus=0.25)
 class DevMember(Member._cls):
     def join(self, name="default", rank=None, n=None, timeout_s=None, backend="nccl"):
@@ -169,11 +179,12 @@ for dtype in (np.float64, np.float32, np.int32, np.float16, np.uint8):
             ref = REF[op](xs)
             got = hpcray.get([m.allreduce.remote(x, op) for m, x in zip(ms, xs)], timeout=120)
             if not all(same(g, ref) for g in got):
-                fail(["allreduce", str(np.dtype(dtype)), shape, op])
+                fail(["allreduce", str(np.dtype(dtype)), shape, op,
+                      [where_differ(g, ref) for g in got]])
             dst = int(rng.integers(N))
             got = hpcray.get([m.reduce.remote(x, dst, op) for m, x in zip(ms, xs)], timeout=120)
             if not same(got[dst], ref) or not all(same(got[r], xs[r]) for r in range(N) if r != dst):
-                fail(["reduce", str(np.dtype(dtype)), shape, op, dst])
+                fail(["reduce", str(np.dtype(dtype)), shape, op, dst, where_differ(got[dst], ref)])
             parts = [inputs(rng, N, dtype, shape) for _ in range(N)]
             got = hpcray.get([m.reducescatter.remote(p, op) for m, p in zip(ms, parts)],
                              timeout=120)
@@ -306,8 +317,9 @@ for dtype in (np.float32, np.float64, np.int32, np.float16, np.int16, np.bool_):
             for name, ref in [("allreduce", m.allreduce.remote(x, op, "solo")),
                               ("reduce", m.reduce.remote(x, 0, op, "solo")),
                               ("reducescatter", m.reducescatter.remote([x], op, "solo"))]:
-                if not same(hpcray.get(ref, timeout=60), x):
-                    fail([name, str(np.dtype(dtype)), shape, op])
+                got = hpcray.get(ref, timeout=60)
+                if not same(got, x):
+                    fail([name, str(np.dtype(dtype)), shape, op, where_differ(got, x)])
         if not same(hpcray.get(m.broadcast.remote(x, 0, "solo"), timeout=60), x):
             fail(["broadcast", str(np.dtype(dtype)), shape])
         got = hpcray.get(m.allgather.remote(x, "solo"), timeout=60)

@@ -62,7 +62,7 @@ def test_every_op_staged_on_a_shared_gpu(run_job) -> None:
     for rank, (got_rank, size, path, line) in enumerate(r["join"]):
         assert (got_rank, size, path) == (rank, 2, "staged"), line
         assert "share GPU GPU-" in line, line
-    assert r["failures"] == []
+    assert r["failures"] == [], r["failures"]
     assert r["barrier"] == [0, 1]
     assert r.get("torch", [True, True]) == [True, True]  # CUDA tensors where torch has CUDA
     assert r["destroyed"] == [False, False]
@@ -82,7 +82,7 @@ def test_nccl_path_in_a_one_member_group(run_job) -> None:
     r, _ = run(run_job, NCCL_SOLO_JOB, n=3, timeout=180)
     rank, size, path, line = r["join"]
     assert (rank, size, path) == (0, 1, "nccl"), line
-    assert r["failures"] == []
+    assert r["failures"] == [], r["failures"]
     assert r["numpy"][0] == "err" and "numpy array: backend 'nccl'" in r["numpy"][2], r["numpy"]
     assert r["strided"] is True
     assert r.get("torch", True) is True
