@@ -50,6 +50,11 @@ class DeviceArray:
         if self.writeback is not None:
             self.writeback()
 
+    def divide(self, n: int) -> None:
+        """Divides the (floating point) array by n in place, complete on return."""
+        if self.nbytes:
+            self.lib.divide(self, n)
+
 
 class _Library:
     """How one array library's device arrays are read, written and staged."""
@@ -69,6 +74,9 @@ class _Library:
     def pinned(self, nbytes: int) -> np.ndarray:
         """Page-locked host memory where the library has it (the copies then run at full speed)."""
         return np.empty(nbytes, np.uint8)
+
+    def divide(self, d: DeviceArray, n: int) -> None:
+        raise NotImplementedError
 
 
 class _CuPy(_Library):
@@ -97,6 +105,12 @@ class _CuPy(_Library):
 
     def download(self, d: DeviceArray, host: np.ndarray) -> None:
         self._copy(host.ctypes.data, d.ptr, d.nbytes, _D2H, self.stream(d))
+
+    def divide(self, d: DeviceArray, n: int) -> None:
+        import cupy
+
+        d.array /= d.array.dtype.type(n)
+        cupy.cuda.get_current_stream().synchronize()
 
     def upload(self, d: DeviceArray, host: np.ndarray) -> None:
         self._copy(d.ptr, host.ctypes.data, d.nbytes, _H2D, self.stream(d))
@@ -160,6 +174,12 @@ class _Torch(_Library):
         self._bytes(d).copy_(torch.from_numpy(host.reshape(-1).view(np.uint8)), non_blocking=True)
         torch.cuda.current_stream(d.array.device).synchronize()
 
+    def divide(self, d: DeviceArray, n: int) -> None:
+        import torch
+
+        d.array.div_(n)
+        torch.cuda.current_stream(d.array.device).synchronize()
+
     def pinned(self, nbytes: int) -> np.ndarray:
         import torch
 
@@ -177,6 +197,10 @@ class _Fake(_Library):
 
     def upload(self, d: DeviceArray, host: np.ndarray) -> None:
         ctypes.memmove(d.ptr, host.ctypes.data, d.nbytes)
+
+    def divide(self, d: DeviceArray, n: int) -> None:
+        host = np.frombuffer((ctypes.c_char * d.nbytes).from_address(d.ptr), d.dtype)
+        host /= d.dtype.type(n)
 
 
 _CUPY, _TORCH, _FAKE = _CuPy(), _Torch(), _Fake()

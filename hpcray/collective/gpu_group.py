@@ -228,6 +228,12 @@ class GPUGroup(BaseGroup):
         raise error(f"{msg}. The group cannot be used any more: call "
                     f"destroy_collective_group({self.name!r}) and create it again")
 
+    def _average(self, d: DeviceArray, op) -> None:
+        """AVG runs as SUM, then a division on the device (NCCL 2.28's own AVG left the tail
+        of a 70,000-float reducescatter unwritten on an H200)."""
+        if ReduceOp(op) == ReduceOp.AVG:
+            d.divide(self.world_size)
+
     def _scratch(self, nbytes: int) -> tuple[Any, int]:
         """(device buffer, its address): the caller holds the buffer until NCCL is done."""
         import cupy
@@ -245,7 +251,8 @@ class GPUGroup(BaseGroup):
             if d.nbytes:
                 count = d.nbytes // d.dtype.itemsize
                 self._launch("allreduce", d, lambda s: self.comm.allReduce(
-                    d.ptr, d.ptr, count, NCCL_TYPES[d.dtype], NCCL_OPS[op], s))
+                    d.ptr, d.ptr, count, NCCL_TYPES[d.dtype], NCCL_OPS[_summed(op)], s))
+                self._average(d, op)
             d.done()
 
     def reduce(self, tensor: Any, dst_rank: int = 0, op: ReduceOp = ReduceOp.SUM) -> None:
@@ -258,7 +265,10 @@ class GPUGroup(BaseGroup):
             if d.nbytes:
                 count = d.nbytes // d.dtype.itemsize
                 self._launch("reduce", d, lambda s: self.comm.reduce(
-                    d.ptr, d.ptr, count, NCCL_TYPES[d.dtype], NCCL_OPS[op], dst_rank, s))
+                    d.ptr, d.ptr, count, NCCL_TYPES[d.dtype], NCCL_OPS[_summed(op)], dst_rank,
+                    s))
+                if root:
+                    self._average(d, op)
             if root:
                 d.done()
 
@@ -326,9 +336,10 @@ class GPUGroup(BaseGroup):
                                  parts + i * n, part.ptr, n, _D2D, s)
                                for i, part in enumerate(ins)],
                              lambda s: self.comm.reduceScatter(parts, d.ptr, count,
-                                                               NCCL_TYPES[d.dtype], NCCL_OPS[op],
-                                                               s))
+                                                               NCCL_TYPES[d.dtype],
+                                                               NCCL_OPS[_summed(op)], s))
                 del scratch  # (held until NCCL was done with it)
+                self._average(d, op)
             d.done()
 
     def send(self, tensor: Any, dst_rank: int) -> None:
@@ -392,3 +403,9 @@ def _communicator(nccl, world_size: int, uid: np.ndarray, rank: int):
         return nccl.NcclCommunicator(world_size, uid.tobytes(), rank)
     except (TypeError, ValueError, OverflowError):  # a CuPy that wants a tuple of chars
         return nccl.NcclCommunicator(world_size, tuple(int(b) for b in uid), rank)
+
+
+def _summed(op) -> ReduceOp:
+    """The op NCCL runs: AVG as SUM (divided afterwards)."""
+    op = ReduceOp(op)
+    return ReduceOp.SUM if op == ReduceOp.AVG else op
