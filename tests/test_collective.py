@@ -17,6 +17,7 @@ from hpcray.collective.header import (
     BROADCAST,
     check_headers,
     make_header,
+    mpi_reducible,
     reduce_stack,
     validate_reduce,
 )
@@ -325,6 +326,57 @@ if TORCH:
 R["destroyed"] = hpcray.get([m.destroy.remote("rev") for m in ms])
 emit(R)
 '''
+
+
+NARROW_JOB = MEMBER + '''
+
+
+@hpcray.remote(num_cpus=1)
+class Narrow(Member._cls):
+    def saturating_mpi(self, flag):
+        import hpcray.collective.mpi_group as g
+        g.NARROW_SUMS_SATURATE = flag
+
+
+hpcray.init()
+ms = [Narrow.remote(2, r) for r in range(2)]
+hpcray.get([m.join.remote() for m in ms])
+hpcray.get([m.saturating_mpi.remote(sys.argv[1] == "1") for m in ms])
+rng = np.random.default_rng(5)
+R = {"failures": []}
+for dtype in (np.uint8, np.int8, np.uint16, np.int16):
+    info = np.iinfo(dtype)
+    for op in ("SUM", "PRODUCT"):
+        # values near the type's ends, so that sums and products wrap around
+        xs = [rng.integers(info.min, info.max, 5000, endpoint=True).astype(dtype) for _ in range(2)]
+        got = hpcray.get([m.allreduce.remote(x, op) for m, x in zip(ms, xs)])
+        if not all(same(g, REF[op](xs)) for g in got):
+            R["failures"].append(["allreduce", str(np.dtype(dtype)), op])
+        got = hpcray.get([m.reduce.remote(x, 1, op) for m, x in zip(ms, xs)])
+        if not same(got[1], REF[op](xs)):
+            R["failures"].append(["reduce", str(np.dtype(dtype)), op])
+        parts = [[x, x[::-1].copy()] for x in xs]
+        got = hpcray.get([m.reducescatter.remote(p, op) for m, p in zip(ms, parts)])
+        if not all(same(got[r], REF[op]([parts[0][r], parts[1][r]])) for r in range(2)):
+            R["failures"].append(["reducescatter", str(np.dtype(dtype)), op])
+emit(R)
+'''
+
+
+@pytest.mark.parametrize("saturating", [0, 1], ids=["mpi-reduces", "numpy-reduces"])
+def test_narrow_integer_sums_wrap(run_job, saturating: int) -> None:
+    """8- and 16-bit integer sums and products wrap around, as numpy's do, whether MPI reduces
+    them or, where the MPI library saturates them (Open MPI 4.1's AVX ops), numpy does."""
+    r, _ = run(run_job, NARROW_JOB, n=3, args=[str(saturating)], timeout=120)
+    assert r["failures"] == []
+
+
+def test_open_mpi_narrow_sums_go_to_numpy() -> None:
+    u8, i16, f32 = np.dtype(np.uint8), np.dtype(np.int16), np.dtype(np.float32)
+    assert mpi_reducible(u8, ReduceOp.SUM) and mpi_reducible(i16, ReduceOp.PRODUCT)
+    assert not mpi_reducible(u8, ReduceOp.SUM, True)
+    assert not mpi_reducible(i16, ReduceOp.PRODUCT, True)
+    assert mpi_reducible(u8, ReduceOp.MAX, True) and mpi_reducible(f32, ReduceOp.SUM, True)
 
 
 @pytest.mark.parametrize("members", [2, 3])

@@ -28,6 +28,7 @@ MAX_DIMS = HEADER_WORDS - DIMS
 _MPI_REDUCIBLE = {np.dtype(t) for t in (np.int8, np.int16, np.int32, np.int64, np.uint8,
                                         np.uint16, np.uint32, np.uint64, np.float32, np.float64)}
 _COMPLEX = {np.dtype(np.complex64), np.dtype(np.complex128)}
+_NARROW_INTS = {np.dtype(t) for t in (np.int8, np.int16, np.uint8, np.uint16)}
 
 
 _CODES: dict[np.dtype, int] = {}
@@ -113,10 +114,16 @@ def check_headers(headers: np.ndarray, group: str) -> None:
                           f"{_by_value([describe(h) for h in headers])}")
 
 
-def mpi_reducible(dtype: np.dtype, op: ReduceOp) -> bool:
-    """Whether MPI itself can apply op to dtype (else members reduce with numpy)."""
+def mpi_reducible(dtype: np.dtype, op: ReduceOp, narrow_sums_saturate: bool = False) -> bool:
+    """Whether MPI itself can apply op to dtype (else members reduce with numpy).
+
+    ``narrow_sums_saturate``: the MPI library's sums and products of 8- and 16-bit integers
+    saturate instead of wrapping (Open MPI 4.1's AVX reductions, open-mpi/ompi#8045).
+    """
     if dtype in _COMPLEX:
         return op in (ReduceOp.SUM, ReduceOp.PRODUCT, ReduceOp.AVG)
+    if narrow_sums_saturate and dtype in _NARROW_INTS and op in (ReduceOp.SUM, ReduceOp.PRODUCT):
+        return False
     return dtype in _MPI_REDUCIBLE
 
 

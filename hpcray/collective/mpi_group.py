@@ -51,6 +51,8 @@ from .header import (
 )
 from .types import CollectiveError, CollectiveTimeoutError, ReduceOp
 
+#: Open MPI (4.1's AVX reductions) saturates 8- and 16-bit integer sums: numpy reduces those
+NARROW_SUMS_SATURATE = MPI.Get_library_version().startswith("Open MPI")
 _MPI_OPS = {ReduceOp.SUM: MPI.SUM, ReduceOp.AVG: MPI.SUM, ReduceOp.PRODUCT: MPI.PROD,
             ReduceOp.MIN: MPI.MIN, ReduceOp.MAX: MPI.MAX}
 TAG_HEADER, TAG_REPLY, TAG_DATA = 1, 2, 3
@@ -287,7 +289,7 @@ class MPIGroup(BaseGroup):
             n = self.world_size
             if a.nbytes <= INLINE:
                 reduce_stack(self._round(ALLREDUCE, a, op, inline=a), op, a)
-            elif mpi_reducible(a.dtype, op):
+            elif mpi_reducible(a.dtype, op, NARROW_SUMS_SATURATE):
                 self._round(ALLREDUCE, a, op)
                 self._payload(ALLREDUCE, self.comm.Iallreduce, MPI.IN_PLACE, a, _MPI_OPS[op])
                 if op is ReduceOp.AVG:
@@ -309,7 +311,7 @@ class MPIGroup(BaseGroup):
                 parts = self._round(REDUCE, a, op, dst_rank, inline=a)
                 if root:
                     reduce_stack(parts, op, a)
-            elif mpi_reducible(a.dtype, op):
+            elif mpi_reducible(a.dtype, op, NARROW_SUMS_SATURATE):
                 self._round(REDUCE, a, op, dst_rank)
                 self._payload(REDUCE, self.comm.Ireduce, MPI.IN_PLACE if root else a,
                               a if root else None, _MPI_OPS[op], dst_rank)
@@ -377,7 +379,7 @@ class MPIGroup(BaseGroup):
             if send.nbytes <= INLINE:
                 parts = self._round(REDUCESCATTER, a, op, inline=send)
                 reduce_stack([p[self.rank] for p in parts], op, a)
-            elif mpi_reducible(a.dtype, op):
+            elif mpi_reducible(a.dtype, op, NARROW_SUMS_SATURATE):
                 self._round(REDUCESCATTER, a, op)
                 self._payload(REDUCESCATTER, self.comm.Ireduce_scatter_block, send, a,
                               _MPI_OPS[op])
