@@ -20,6 +20,17 @@ def mpiexec() -> str:
     return find_mpiexec()
 
 
+def require_cupy_gpu():
+    """CuPy, or a skip of the calling test module where CuPy or a usable GPU is missing."""
+    cupy = pytest.importorskip("cupy")
+    try:
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            pytest.skip("no GPU", allow_module_level=True)
+    except cupy.cuda.runtime.CUDARuntimeError as exc:
+        pytest.skip(f"no usable GPU: {exc}", allow_module_level=True)
+    return cupy
+
+
 def run_process(cmd: list[str], timeout: float, env: dict | None = None,
                 cwd: str | None = None) -> subprocess.CompletedProcess:
     """Runs cmd in its own process group; on timeout kills the whole group and fails."""

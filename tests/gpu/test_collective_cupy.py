@@ -13,16 +13,12 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from conftest import require_cupy_gpu
 from test_collective_gpu import DEVICE_MEMBER, GPU_OPS_JOB, SOLO_BODY
 from test_core import run
 from test_train import HAVE, TORCH_GPU_JOB, check_torch_gpu_job
 
-cupy = pytest.importorskip("cupy")
-try:
-    if cupy.cuda.runtime.getDeviceCount() < 1:
-        pytest.skip("no GPU", allow_module_level=True)
-except cupy.cuda.runtime.CUDARuntimeError as exc:
-    pytest.skip(f"no usable GPU: {exc}", allow_module_level=True)
+cupy = require_cupy_gpu()
 
 CUPY_DEVICE = '''
 import cupy

@@ -11,15 +11,11 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from conftest import require_cupy_gpu
 from test_core import is_error, run
 from test_gpu_fake import ARRAYS_PRELUDE
 
-cupy = pytest.importorskip("cupy")
-try:
-    if cupy.cuda.runtime.getDeviceCount() < 1:
-        pytest.skip("no GPU", allow_module_level=True)
-except cupy.cuda.runtime.CUDARuntimeError as exc:
-    pytest.skip(f"no usable GPU: {exc}", allow_module_level=True)
+cupy = require_cupy_gpu()
 
 GPU_PRELUDE = ARRAYS_PRELUDE + '''
 import cupy
