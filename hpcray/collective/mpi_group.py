@@ -10,6 +10,7 @@ each test, so the rank keeps serving messages and heartbeats while a member wait
 from __future__ import annotations
 
 import os
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -66,6 +67,7 @@ PERSISTENT = MPI.Get_version() >= (4, 0) and hasattr(MPI.Comm, "Allgather_init")
 #: them, and their group, whose communicator must outlive them (MPI progress touches them
 #: later; freed, they corrupt memory). A broken group is never reused, so this stays small.
 _ABANDONED: list[tuple] = []
+_pack_seq = struct.Struct("<q").pack_into  # (buffer, offset, seq): a header's SEQ word
 _MATCH = [KIND, DTYPE, NDIM, NBYTES, *range(DIMS, HEADER_WORDS)]
 
 
@@ -87,6 +89,22 @@ def _c_strides(shape: tuple, itemsize: int) -> tuple:
         strides.append(itemsize)
         itemsize *= dim
     return tuple(reversed(strides))
+
+
+class _Call:
+    """What one call signature (operation, arguments' dtype and shape) needs each time: its
+    header with seq 0 and, where its data travels in the slot, one view per rank of that
+    data in the receive buffer."""
+
+    __slots__ = ("bad", "end", "header", "kind", "op", "parts")
+
+    def __init__(self, kind: int, op: int, header: bytes, parts: tuple | None, bad: bool):
+        self.kind = kind
+        self.op = op
+        self.header = header
+        self.parts = parts
+        self.bad = bad
+        self.end = HEADER_BYTES + (parts[0].nbytes if parts else 0)
 
 
 class MPIGroup(BaseGroup):
@@ -115,13 +133,14 @@ class MPIGroup(BaseGroup):
         # wait for may need this core; otherwise partners are running and answer soon
         here = sum(runtime.ranks[r].host == runtime.host for r in self.mpi_ranks)
         self.spin_tests = 1 if here > (os.cpu_count() or 1) else SPIN_TESTS
+        self._spins = range(self.spin_tests)
         self.backoff = Backoff(max(runtime.config.spin_time, YIELD_TIME),
                                runtime.config.backoff_max)
         # one round's buffers, reused: this member's slot (header, then inline data) and all
         self._slot = bytearray(SLOT)
-        self._seq_word = np.frombuffer(self._slot, np.int64, 1, SEQ * 8)
-        self._slots = np.zeros((world_size, SLOT), np.uint8)
-        self._calls: dict[tuple, tuple] = {}  # call signature -> _new_call's answer
+        self._gathered = bytearray(world_size * SLOT)
+        self._slots = np.frombuffer(self._gathered, np.uint8).reshape(world_size, SLOT)
+        self._calls: dict[tuple, _Call] = {}  # call signature -> _Call
         self._others = range(SLOT, world_size * SLOT, SLOT)  # where the others' headers start
         parent = runtime.transport.comm
         with self.lock:
@@ -202,57 +221,64 @@ class MPIGroup(BaseGroup):
         Returns the members' data, shaped like inline (else array), as a tuple of views of
         the receive buffer, one per rank, that the next round overwrites; None where it
         does not fit."""
-        if self.broken:
-            self._usable()
-        self.seq += 1
         key = ((kind, reduce_op, root, bad) if array is None else
                (kind, reduce_op, root, bad, array.dtype, array.shape))
         call = self._calls.get(key)
         if call is None:
             call = self._new_call(key, array, inline)
+        return self._exchange(call, inline)
+
+    def _exchange(self, call: _Call, inline: np.ndarray | None = None) -> tuple | None:
+        """The header round of a known call signature: see _round."""
+        if self.broken:
+            self._usable()
+        self.seq = seq = self.seq + 1
         slot = self._slot
         if inline is None:
-            slot[:HEADER_BYTES] = call[0]
+            slot[:HEADER_BYTES] = call.header
         else:
-            slot[:HEADER_BYTES + inline.nbytes] = call[0] + inline.tobytes()
-        self._seq_word[0] = self.seq
-        done = False
+            slot[:call.end] = call.header + inline.tobytes()
+        _pack_seq(slot, SEQ * 8, seq)
         with self.lock:  # one hold starts the round and makes _wait's first tests
             req = self._gather
             if req is None:
                 req = self.comm.Iallgather(slot, self._slots)
             else:
                 req.Start()
-            for _ in range(self.spin_tests):
-                if req.Test():
-                    done = True
+            test = req.Test
+            for _ in self._spins:
+                if test():
                     break
-        if not done:
-            self._wait([req], OP_NAMES[kind], self.seq, spun=True)
-        data = self._slots.tobytes()
-        first = data[:HEADER_BYTES]
+            else:
+                test = None
+        if test is None:
+            self._wait([req], OP_NAMES[call.kind], seq, spun=True)
+        gathered = self._gathered
+        first = gathered[:HEADER_BYTES]
         for i in self._others:
-            if data[i:i + HEADER_BYTES] != first:
-                bad = True
+            if not gathered.startswith(first, i):
                 break
-        if bad:
-            check_headers(self._slots[:, :HEADER_BYTES].view(np.int64), self.name)
-        return call[1]
+        else:
+            if not call.bad:
+                return call.parts
+        # raises: the calls differ, or every member's arguments were bad
+        check_headers(self._slots[:, :HEADER_BYTES].view(np.int64), self.name)
+        return None
 
     def _new_call(self, key: tuple, array: np.ndarray | None,
-                  inline: np.ndarray | None) -> tuple[bytes, tuple | None]:
-        """(header with seq 0, views of the gathered data) of a call signature, cached."""
+                  inline: np.ndarray | None) -> _Call:
+        """The _Call of a call signature, cached."""
         kind, reduce_op, root, bad = key[:4]
         header = make_header(kind, 0, array, reduce_op, root, bad).tobytes()
         like = inline if inline is not None else array
-        views = None
+        parts = None
         if like is not None and like.nbytes <= INLINE:
             every = np.ndarray((self.world_size, *like.shape), like.dtype, self._slots,
                                HEADER_BYTES, (SLOT, *_c_strides(like.shape, like.itemsize)))
-            views = tuple(every[i, ...] for i in range(self.world_size))  # 0-d: views too
+            parts = tuple(every[i, ...] for i in range(self.world_size))  # 0-d: views too
         if len(self._calls) >= 64:
             self._calls.clear()
-        call = self._calls[key] = (header, views)
+        call = self._calls[key] = _Call(kind, reduce_op, header, parts, bad)
         return call
 
     def _refuse(self, kind: int, exc: BaseException) -> None:
@@ -284,6 +310,13 @@ class MPIGroup(BaseGroup):
     # -- operations ------------------------------------------------------------------------
     def allreduce(self, tensor: Any, op: ReduceOp = ReduceOp.SUM) -> None:
         with self.call_lock:
+            if type(tensor) is np.ndarray:  # a small call seen before: no checks to redo
+                call = self._calls.get((ALLREDUCE, op, -1, False, tensor.dtype, tensor.shape))
+                if call is not None and call.parts is not None:
+                    flags = tensor.flags
+                    if flags.c_contiguous and flags.writeable:
+                        reduce_stack(self._exchange(call, tensor), call.op, tensor)
+                        return
             buf, op = self._reduction(ALLREDUCE, tensor, op)
             a = buf.array
             n = self.world_size
