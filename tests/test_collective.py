@@ -232,6 +232,11 @@ class Member:
     def run(self, method, *args, **kwargs):
         return outcome_of(lambda: getattr(self, method)(*args, **kwargs))
 
+    def repeat(self, method, xs, *args):
+        """method(x, *args) for each x in xs: one call signature, so all but the first call
+        take the small-call fast path (arguments checked once)."""
+        return [getattr(self, method)(x, *args) for x in xs]
+
     def destroy(self, name="default"):
         col.destroy_collective_group(name)
         return col.is_group_initialized(name)
@@ -396,6 +401,100 @@ def test_every_op_against_numpy(run_job, members: int) -> None:
     assert r["destroyed"] == [False] * members
 
 
+FAST_JOB = MEMBER + '''
+from hpcray.collective.header import INLINE
+
+hpcray.init()
+N = int(sys.argv[1])
+rng = np.random.default_rng(300 + N)
+ms = [Member.remote(N, r) for r in range(N)]
+hpcray.get([m.join.remote() for m in ms])
+R = {"failures": [], "checked": 0}
+fail = R["failures"].append
+CALLS = 3  # per signature: the first is checked in full, the others take the fast path
+
+
+def draw(dtype, shape):
+    """Random values (an array even for shape ()) whose products over 3 ranks fit dtype."""
+    if dtype.kind == "b":
+        x = rng.random(shape) > 0.5
+    elif dtype.kind == "c":
+        x = rng.uniform(0.5, 1.5, shape) + 1j * rng.uniform(0.5, 1.5, shape)
+    elif dtype.kind == "f":
+        x = rng.uniform(0.5, 1.5, shape)
+    else:
+        x = rng.integers(0 if dtype.kind == "u" else -5, 6, shape)
+    return np.array(x, dtype)
+
+
+def exact(got, ref):
+    """Bit for bit: small data is reduced in rank order, as the reference is."""
+    got, ref = np.asarray(got), np.asarray(ref)
+    return got.dtype == ref.dtype and got.shape == ref.shape and got.tobytes() == ref.tobytes()
+
+
+def close(got, ref):
+    """Large data goes through MPI, which may sum in another order."""
+    got, ref = np.asarray(got), np.asarray(ref)
+    if got.dtype != ref.dtype or got.shape != ref.shape:
+        return False
+    if got.dtype.kind in "fc":
+        tol = 1e-2 if got.dtype == np.float16 else 1e-5
+        return bool(np.allclose(got, ref, rtol=tol, atol=tol))
+    return bool(np.array_equal(got, ref))
+
+
+def ops_for(dtype):
+    return [op for op in REF if not (op in ("MIN", "MAX") and dtype.kind == "c")
+            and not (op == "AVG" and dtype.kind not in "fc")]
+
+
+for dtype in map(np.dtype, (np.float64, np.float32, np.float16, np.complex64, np.int64,
+                            np.int32, np.int8, np.uint8, np.bool_)):
+    edge = INLINE // dtype.itemsize  # the most elements that travel with the header
+    for shape in [(), (1,), (2, 3), (edge,), (edge + 1,)]:
+        small = int(np.prod(shape)) * dtype.itemsize <= INLINE
+        check = exact if small else close
+        what = [str(dtype), list(shape)]
+        for op in ops_for(dtype):
+            xs = [[draw(dtype, shape) for _ in range(CALLS)] for _ in range(N)]  # [rank][call]
+            got = hpcray.get([m.repeat.remote("allreduce", x, op) for m, x in zip(ms, xs)])
+            for c in range(CALLS):
+                ref = REF[op]([xs[r][c] for r in range(N)])
+                R["checked"] += 1
+                if not all(check(got[r][c], ref) for r in range(N)):
+                    fail(["allreduce", *what, op, c])
+            dst = int(rng.integers(N))
+            got = hpcray.get([m.repeat.remote("reduce", x, dst, op) for m, x in zip(ms, xs)])
+            for c in range(CALLS):
+                ref = REF[op]([xs[r][c] for r in range(N)])
+                if not (check(got[dst][c], ref)
+                        and all(exact(got[r][c], xs[r][c]) for r in range(N) if r != dst)):
+                    fail(["reduce", *what, op, dst, c])
+        src = int(rng.integers(N))
+        got = hpcray.get([m.repeat.remote("broadcast", x, src) for m, x in zip(ms, xs)])
+        if not all(exact(got[r][c], xs[src][c]) for r in range(N) for c in range(CALLS)):
+            fail(["broadcast", *what, src])
+# a cached signature, then a strided array of it (copied, reduced, written back)
+xs = [[draw(np.dtype(np.float64), (5,)) for _ in range(CALLS)] for _ in range(N)]
+got = hpcray.get([m.repeat.remote("strided_allreduce", x) for m, x in zip(ms, xs)])
+R["strided"] = all(exact(got[r][c][::2], REF["SUM"]([xs[i][c] for i in range(N)]))
+                   and not np.asarray(got[r][c][1::2]).any()
+                   for r in range(N) for c in range(CALLS))
+emit(R)
+'''
+
+
+@pytest.mark.parametrize("members", [2, 3])
+def test_small_calls_against_numpy(run_job, members: int) -> None:
+    """Data up to INLINE bytes travels with the header and is reduced in rank order: every
+    dtype and op, on both sides of the boundary, the first call and the cached ones."""
+    r, _ = run(run_job, FAST_JOB, n=members + 1, args=[str(members)], timeout=300)
+    assert r["failures"] == []
+    assert r["checked"] == 3 * 5 * 38  # calls x shapes x (dtype, op) pairs
+    assert r["strided"]
+
+
 CONCURRENT_JOB = MEMBER + '''
 from hpcray.util import PlacementGroupSchedulingStrategy, placement_group
 
@@ -449,6 +548,16 @@ R["ops"] = hpcray.get([m.run.remote("allreduce", x, "MAX" if i == 1 else "SUM", 
 R["readonly"] = hpcray.get([m.run.remote("broadcast_readonly", x, 0, "e") for m in ms])
 R["big_shape"] = hpcray.get([m.run.remote("allreduce", np.ones(1000 + i), "SUM", "e")
                              for i, m in enumerate(ms)])
+R["readonly_again"] = hpcray.get([m.run.remote("broadcast_readonly", x, 0, "e") for m in ms])
+# 64 float64 travel with the header, 65 do not: still one header round, which tells them apart
+R["boundary"] = hpcray.get([m.run.remote("allreduce", np.ones(65 if i == 2 else 64), "SUM", "e")
+                            for i, m in enumerate(ms)])
+hpcray.get([m.run.remote("allreduce", np.ones(64), "SUM", "e") for m in ms])
+R["boundary_cached"] = hpcray.get([m.run.remote("allreduce", np.ones(65 if i == 0 else 64),
+                                                "SUM", "e") for i, m in enumerate(ms)])
+R["dtype_cached"] = hpcray.get([m.run.remote("allreduce", np.ones(64, np.int64 if i == 1 else
+                                                                  np.float64), "SUM", "e")
+                                for i, m in enumerate(ms)])
 R["after"] = hpcray.get([m.run.remote("allreduce", x, "SUM", "e") for m in ms])
 R["recv"] = hpcray.get([ms[0].run.remote("send", np.ones(100000), 1, "e"),
                         ms[1].run.remote("recv", np.ones(100000, np.float32), 0, "e")])
@@ -474,6 +583,11 @@ def test_error_paths_name_the_ranks(run_job) -> None:
     assert all_err(r["ops"], "ranks [0, 2]: SUM; rank 1: MAX"), r["ops"]
     ro = r["readonly"]
     assert all_err(ro[:1], "rank(s) [1, 2] passed invalid") and all_err(ro[1:], "read-only"), ro
+    ro = r["readonly_again"]  # the root's call is cached by now
+    assert all_err(ro[:1], "rank(s) [1, 2] passed invalid") and all_err(ro[1:], "read-only"), ro
+    assert all_err(r["boundary"], "ranks [0, 1]: float64 (64,); rank 2: float64 (65,)")
+    assert all_err(r["boundary_cached"], "rank 0: float64 (65,); ranks [1, 2]: float64 (64,)")
+    assert all_err(r["dtype_cached"], "ranks [0, 2]: float64 (64,); rank 1: int64 (64,)")
     assert all_err(r["big_shape"], "rank 0: float64 (1000,); rank 1: float64 (1001,)")
     assert all(res == ["ok", [3.0] * 4] for res in r["after"]), r["after"]
     assert all_err(r["recv"], "float64 (100000,)", "float32 (100000,)"), r["recv"]

@@ -11,7 +11,7 @@ from .types import CollectiveError, CollectiveTimeoutError, ReduceOp
 
 _groups: dict[tuple, BaseGroup] = {}
 _groups_lock = threading.Lock()
-_cache = threading.local()  # this thread's (member key, {group name: group}), for speed
+_cache = threading.local()  # this thread's actor and {group name: group}, for speed
 _worker_runtime = None  # a worker rank's runtime lasts as long as its process
 
 
@@ -148,34 +148,34 @@ def _lookup(group_name: str) -> BaseGroup | None:
 
 def _group(group_name: str) -> BaseGroup:
     """This member's group; joins a group the driver declared on first use."""
-    cached = getattr(_cache, "groups", None)
-    if cached is not None:
-        group = cached.get(group_name)
+    rt = _worker_runtime or _runtime()
+    groups = getattr(_cache, "groups", None)
+    if groups is not None:
+        group = groups.get(group_name)
         # a pool thread may serve another actor later
-        if group is not None and group.alive and _cache.key == _member_key(_runtime()):
+        if (group is not None and group.alive
+                and _cache.actor == getattr(rt.local, "actor_id", 0)):
             return group
     group = _lookup(group_name)
-    if group is not None:
-        _remember(group_name, group)
-        return group
-    rt = _runtime()
-    actor = getattr(rt.local, "actor_id", 0)
-    declared = rt.request("rendezvous", "lookup", group_name, actor) if actor else None
-    if declared is None:
-        raise CollectiveError(f"collective group {group_name!r} is not initialized here: call "
-                              "init_collective_group in each member, or create_collective_group "
-                              "from the driver")
-    world_size, rank, backend = declared
-    init_collective_group(world_size, rank, backend, group_name)
-    group = _lookup(group_name)
-    _remember(group_name, group)
+    if group is None:
+        actor = getattr(rt.local, "actor_id", 0)
+        declared = rt.request("rendezvous", "lookup", group_name, actor) if actor else None
+        if declared is None:
+            raise CollectiveError(f"collective group {group_name!r} is not initialized here: "
+                                  "call init_collective_group in each member, or "
+                                  "create_collective_group from the driver")
+        world_size, rank, backend = declared
+        init_collective_group(world_size, rank, backend, group_name)
+        group = _lookup(group_name)
+    _remember(rt, group_name, group)
     return group
 
 
-def _remember(group_name: str, group: BaseGroup) -> None:
-    key = _member_key(_runtime())
-    if getattr(_cache, "key", None) != key:
-        _cache.key, _cache.groups = key, {}
+def _remember(rt, group_name: str, group: BaseGroup) -> None:
+    """Caches group in this thread, for the calling actor."""
+    actor = getattr(rt.local, "actor_id", 0)
+    if getattr(_cache, "actor", None) != actor:
+        _cache.actor, _cache.groups = actor, {}
     _cache.groups[group_name] = group
 
 

@@ -172,5 +172,5 @@ def reduce_stack(parts, op: ReduceOp, out: np.ndarray) -> np.ndarray:
         for i in range(2, n):
             ufunc(out, parts[i], out=out)
     if op is _AVG:
-        out /= n
+        np.true_divide(out, n, out=out)
     return out

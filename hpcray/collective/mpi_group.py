@@ -281,6 +281,21 @@ class MPIGroup(BaseGroup):
         call = self._calls[key] = _Call(kind, reduce_op, header, parts, bad)
         return call
 
+    def _cached(self, kind: int, tensor: Any, reduce_op: int = -1, root: int = -1,
+                writable: bool = True) -> _Call | None:
+        """The call of a small tensor if its signature was seen (and checked) before and it
+        is a C-contiguous numpy array, writable if need be: nothing to check again."""
+        if type(tensor) is not np.ndarray or type(root) is not int:
+            return None
+        try:
+            call = self._calls.get((kind, reduce_op, root, False, tensor.dtype, tensor.shape))
+        except TypeError:  # an unhashable op: the full checks will say what is wrong
+            return None
+        if call is None or call.parts is None:
+            return None
+        flags = tensor.flags
+        return call if flags.c_contiguous and (flags.writeable or not writable) else None
+
     def _refuse(self, kind: int, exc: BaseException) -> None:
         """This member's arguments are bad: it still joins the header round so that the
         others fail at once naming it, then raises its own error."""
@@ -310,13 +325,10 @@ class MPIGroup(BaseGroup):
     # -- operations ------------------------------------------------------------------------
     def allreduce(self, tensor: Any, op: ReduceOp = ReduceOp.SUM) -> None:
         with self.call_lock:
-            if type(tensor) is np.ndarray:  # a small call seen before: no checks to redo
-                call = self._calls.get((ALLREDUCE, op, -1, False, tensor.dtype, tensor.shape))
-                if call is not None and call.parts is not None:
-                    flags = tensor.flags
-                    if flags.c_contiguous and flags.writeable:
-                        reduce_stack(self._exchange(call, tensor), call.op, tensor)
-                        return
+            call = self._cached(ALLREDUCE, tensor, op)
+            if call is not None:
+                reduce_stack(self._exchange(call, tensor), call.op, tensor)
+                return
             buf, op = self._reduction(ALLREDUCE, tensor, op)
             a = buf.array
             n = self.world_size
@@ -336,7 +348,13 @@ class MPIGroup(BaseGroup):
 
     def reduce(self, tensor: Any, dst_rank: int = 0, op: ReduceOp = ReduceOp.SUM) -> None:
         with self.call_lock:
-            root = self.rank == dst_rank
+            root = self.rank == dst_rank  # a bad dst_rank: _reduction says so
+            call = self._cached(REDUCE, tensor, op, dst_rank, writable=root)
+            if call is not None:
+                parts = self._exchange(call, tensor)
+                if root:
+                    reduce_stack(parts, call.op, tensor)
+                return
             buf, op = self._reduction(REDUCE, tensor, op, writable=root, root=dst_rank)
             a = buf.array
             n = self.world_size
@@ -362,6 +380,13 @@ class MPIGroup(BaseGroup):
 
     def broadcast(self, tensor: Any, src_rank: int = 0) -> None:
         with self.call_lock:
+            call = self._cached(BROADCAST, tensor, root=src_rank, writable=src_rank != self.rank)
+            if call is not None:
+                if src_rank == self.rank:
+                    self._exchange(call, tensor)
+                else:
+                    np.copyto(tensor, self._exchange(call)[src_rank])
+                return
             try:
                 self._check_rank(src_rank, "src_rank")
                 root = self.rank == src_rank
