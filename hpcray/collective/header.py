@@ -152,11 +152,12 @@ def _validate_reduce(dtype: np.dtype, op) -> ReduceOp:
     return op
 
 
+# numpy's add of booleans is logical or, as MPI's sum of them is
 _UFUNCS = {ReduceOp.SUM: np.add, ReduceOp.PRODUCT: np.multiply, ReduceOp.MIN: np.minimum,
            ReduceOp.MAX: np.maximum, ReduceOp.AVG: np.add}
 
 
-_SUM, _AVG = ReduceOp.SUM, ReduceOp.AVG
+_AVG = ReduceOp.AVG
 
 
 def reduce_stack(parts, op: ReduceOp, out: np.ndarray) -> np.ndarray:
@@ -167,10 +168,11 @@ def reduce_stack(parts, op: ReduceOp, out: np.ndarray) -> np.ndarray:
     if n == 1:
         np.copyto(out, parts[0])
     else:
-        ufunc = np.logical_or if op is _SUM and out.dtype.kind == "b" else _UFUNCS[op]
+        ufunc = _UFUNCS[op]
         ufunc(parts[0], parts[1], out=out)
-        for i in range(2, n):
-            ufunc(out, parts[i], out=out)
+        if n > 2:
+            for part in parts[2:]:
+                ufunc(out, part, out=out)
     if op is _AVG:
         np.true_divide(out, n, out=out)
     return out

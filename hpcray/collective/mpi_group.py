@@ -285,16 +285,16 @@ class MPIGroup(BaseGroup):
                 writable: bool = True) -> _Call | None:
         """The call of a small tensor if its signature was seen (and checked) before and it
         is a C-contiguous numpy array, writable if need be: nothing to check again."""
-        if type(tensor) is not np.ndarray or type(root) is not int:
-            return None
         try:
             call = self._calls.get((kind, reduce_op, root, False, tensor.dtype, tensor.shape))
-        except TypeError:  # an unhashable op: the full checks will say what is wrong
+        except (AttributeError, TypeError):  # not an array, or an unhashable op or root
             return None
-        if call is None or call.parts is None:
+        if call is None or call.parts is None or type(tensor) is not np.ndarray:
             return None
         flags = tensor.flags
-        return call if flags.c_contiguous and (flags.writeable or not writable) else None
+        if flags.c_contiguous and (flags.writeable or not writable) and type(root) is int:
+            return call
+        return None
 
     def _refuse(self, kind: int, exc: BaseException) -> None:
         """This member's arguments are bad: it still joins the header round so that the
