@@ -29,6 +29,11 @@ class Backoff:
         self.idle_from = now + self.idle_time
         self.delay = 0.0
 
+    def relax(self) -> None:
+        """Another thread of this rank is busy and needs the core (a collective operation
+        running hot): poll at the idle pace until there is work or a kick()."""
+        self.spin_until = self.idle_from = 0.0
+
     def kick(self) -> None:
         """Wakes the sleeping loop now: another thread expects a reply soon."""
         self.wakeup.set()

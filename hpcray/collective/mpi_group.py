@@ -9,11 +9,13 @@ each test, so the rank keeps serving messages and heartbeats while a member wait
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -61,6 +63,7 @@ SPIN_TESTS = 50  # tests a wait makes, holding the lock, before it starts yieldi
 # seconds a wait then keeps yielding the core before it sleeps: a partner that lost its core
 # for a time slice is answered as soon as it arrives, not after a sleep
 YIELD_TIME = 0.02
+_YIELD_TESTS = range(32)  # tests between two looks at the clock, while yielding
 # MPI-4 persistent collectives: the header round's allgather is set up once per group
 PERSISTENT = MPI.Get_version() >= (4, 0) and hasattr(MPI.Comm, "Allgather_init")
 #: Operations given up on (abort, time-out): their requests, with the buffers mpi4py keeps for
@@ -134,8 +137,9 @@ class MPIGroup(BaseGroup):
         here = sum(runtime.ranks[r].host == runtime.host for r in self.mpi_ranks)
         self.spin_tests = 1 if here > (os.cpu_count() or 1) else SPIN_TESTS
         self._spins = range(self.spin_tests)
-        self.backoff = Backoff(max(runtime.config.spin_time, YIELD_TIME),
-                               runtime.config.backoff_max)
+        self.yield_time = max(runtime.config.spin_time, YIELD_TIME)
+        self.backoff = Backoff(0.0, runtime.config.backoff_max)
+        self._relax = runtime.backoff.relax
         # one round's buffers, reused: this member's slot (header, then inline data) and all
         self._slot = bytearray(SLOT)
         self._gathered = bytearray(world_size * SLOT)
@@ -157,22 +161,28 @@ class MPIGroup(BaseGroup):
               payload: bool = False, spun: bool = False) -> None:
         """Tests reqs until done, releasing the lock between tests; raises on timeout.
 
-        spun: the caller already made the first spin_tests tests."""
+        First spin_tests tests under one lock hold (spun: the caller made them), then tests
+        that yield the core in between: a partner that lost its core, or shares this one,
+        is answered as soon as it arrives. After YIELD_TIME the tests sleep in between
+        (Backoff), except for payloads: every member is there, and data moves only while
+        someone tests."""
         lock = self.lock
-        test = reqs[0].Test if len(reqs) == 1 else lambda: MPI.Request.Testall(reqs)
+        test = reqs[0].Test if len(reqs) == 1 else partial(MPI.Request.Testall, reqs)
         if not spun:
-            with lock:  # partners already there answer at once
-                for _ in range(self.spin_tests):
+            with lock:
+                for _ in self._spins:
                     if test():
                         return
         start = time.monotonic()
+        sleep_from = math.inf if payload else start + self.yield_time
+        pause, tests = os.sched_yield, _YIELD_TESTS
         said = False
-        backoff = self.backoff
-        backoff.reset()
         while True:
-            with lock:
-                if test():
-                    return
+            for _ in tests:
+                pause()
+                with lock:
+                    if test():
+                        return
             if self.broken:  # abort() from another thread
                 _ABANDONED.append((self, reqs))
                 self._usable()
@@ -183,10 +193,10 @@ class MPIGroup(BaseGroup):
             if now - start > self.timeout:
                 _ABANDONED.append((self, reqs))
                 self._timed_out(what, seq, peer, payload)
-            if payload:
-                os.sched_yield()  # the others are here: data moves only while someone tests
-            else:
-                backoff.sleep()
+            if now > sleep_from:
+                sleep_from = math.inf
+                pause, tests = self.backoff.sleep, range(1)
+                self.backoff.reset()
 
     def _timed_out(self, what: str, seq: int, peer: int | None, payload: bool) -> None:
         where = f"group {self.name!r}: {what}"
@@ -239,6 +249,7 @@ class MPIGroup(BaseGroup):
         else:
             slot[:call.end] = call.header + inline.tobytes()
         _pack_seq(slot, SEQ * 8, seq)
+        self._relax()  # the rank's progress loop: it would take the core and the GIL meanwhile
         with self.lock:  # one hold starts the round and makes _wait's first tests
             req = self._gather
             if req is None:
