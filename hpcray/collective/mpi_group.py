@@ -60,10 +60,14 @@ _MPI_OPS = {ReduceOp.SUM: MPI.SUM, ReduceOp.AVG: MPI.SUM, ReduceOp.PRODUCT: MPI.
             ReduceOp.MIN: MPI.MIN, ReduceOp.MAX: MPI.MAX}
 TAG_HEADER, TAG_REPLY, TAG_DATA = 1, 2, 3
 SPIN_TESTS = 50  # tests a wait makes, holding the lock, before it starts yielding the core
+SHARED_SPIN_TESTS = 10  # the same where the group's members on a node outnumber its cores
 # seconds a wait then keeps yielding the core before it sleeps: a partner that lost its core
 # for a time slice is answered as soon as it arrives, not after a sleep
 YIELD_TIME = 0.02
-_YIELD_TESTS = range(32)  # tests between two looks at the clock, while yielding
+# tests per turn on the core while yielding: what another core sends may be on its way (4
+# members on 2 cores: 1 test per turn took 1.5x as long)
+_TURN = range(5)
+_TURNS = range(16)  # turns between two looks at the clock
 # MPI-4 persistent collectives: the header round's allgather is set up once per group
 PERSISTENT = MPI.Get_version() >= (4, 0) and hasattr(MPI.Comm, "Allgather_init")
 #: Operations given up on (abort, time-out): their requests, with the buffers mpi4py keeps for
@@ -132,10 +136,10 @@ class MPIGroup(BaseGroup):
         self.p2p_seq: dict[tuple[int, int], int] = {}
         self.broken: str | None = None
         self.call_lock = threading.Lock()  # one operation at a time per member
-        # members sharing this node's cores with more members yield at once: the one they
+        # members sharing this node's cores with more members yield sooner: the one they
         # wait for may need this core; otherwise partners are running and answer soon
         here = sum(runtime.ranks[r].host == runtime.host for r in self.mpi_ranks)
-        self.spin_tests = 1 if here > (os.cpu_count() or 1) else SPIN_TESTS
+        self.spin_tests = SHARED_SPIN_TESTS if here > (os.cpu_count() or 1) else SPIN_TESTS
         self._spins = range(self.spin_tests)
         self.yield_time = max(runtime.config.spin_time, YIELD_TIME)
         self.backoff = Backoff(0.0, runtime.config.backoff_max)
@@ -175,14 +179,15 @@ class MPIGroup(BaseGroup):
                         return
         start = time.monotonic()
         sleep_from = math.inf if payload else start + self.yield_time
-        pause, tests = os.sched_yield, _YIELD_TESTS
+        pause, turns, turn = os.sched_yield, _TURNS, _TURN
         said = False
         while True:
-            for _ in tests:
+            for _ in turns:
                 pause()
                 with lock:
-                    if test():
-                        return
+                    for _ in turn:
+                        if test():
+                            return
             if self.broken:  # abort() from another thread
                 _ABANDONED.append((self, reqs))
                 self._usable()
@@ -195,7 +200,7 @@ class MPIGroup(BaseGroup):
                 self._timed_out(what, seq, peer, payload)
             if now > sleep_from:
                 sleep_from = math.inf
-                pause, tests = self.backoff.sleep, range(1)
+                pause, turns, turn = self.backoff.sleep, range(1), range(1)
                 self.backoff.reset()
 
     def _timed_out(self, what: str, seq: int, peer: int | None, payload: bool) -> None:
