@@ -126,6 +126,7 @@ class MPIGroup(BaseGroup):
                  timeout: float, buffer: Callable[..., Buffer] = host_buffer):
         super().__init__(name, world_size, rank)
         self.buffer = buffer
+        self._takes_numpy = buffer is host_buffer  # (the GPU backend stages device arrays)
         self.runtime = runtime
         self.lock = runtime.transport.lock
         self.timeout = timeout
@@ -300,7 +301,10 @@ class MPIGroup(BaseGroup):
     def _cached(self, kind: int, tensor: Any, reduce_op: int = -1, root: int = -1,
                 writable: bool = True) -> _Call | None:
         """The call of a small tensor if its signature was seen (and checked) before and it
-        is a C-contiguous numpy array, writable if need be: nothing to check again."""
+        is a C-contiguous numpy array, writable if need be, that the group takes as it is:
+        nothing to check again."""
+        if not self._takes_numpy:
+            return None
         try:
             call = self._calls.get((kind, reduce_op, root, False, tensor.dtype, tensor.shape))
         except (AttributeError, TypeError):  # not an array, or an unhashable op or root
