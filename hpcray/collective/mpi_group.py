@@ -65,7 +65,7 @@ SHARED_SPIN_TESTS = 10  # the same where the group's members on a node outnumber
 # for a time slice is answered as soon as it arrives, not after a sleep
 YIELD_TIME = 0.02
 # tests per turn on the core while yielding: what another core sends may be on its way (4
-# members on 2 cores: 1 test per turn took 1.5x as long)
+# members on 2 cores: about a third fewer calls over 50 us than with 1 test per turn)
 _TURN = range(5)
 _TURNS = range(16)  # turns between two looks at the clock
 # MPI-4 persistent collectives: the header round's allgather is set up once per group
