@@ -84,12 +84,12 @@ class _Lease:
     """Owned by a mapped import's array: when the array and its views are freed, the owner
     may unpin its export (queued here; flush() sends it from the progress loop)."""
 
-    __slots__ = ("__weakref__", "mapping", "nbytes", "origin", "queue", "src", "start", "token")
+    __slots__ = ("__weakref__", "mapping", "nbytes", "origin", "queue", "src", "token")
 
     def __init__(self, queue: deque, src: int, token: int, mapping: _Mapping, origin: tuple,
-                 start: int, nbytes: int):
+                 nbytes: int):
         self.queue, self.src, self.token, self.mapping = queue, src, token, mapping
-        self.origin, self.start, self.nbytes = origin, start, nbytes
+        self.origin, self.nbytes = origin, nbytes
 
     def __del__(self) -> None:
         self.queue.append((self.src, self.token, self.mapping))
@@ -250,8 +250,7 @@ class DeviceTransfers:
             mapping = self._open(owner, backend, handle, alloc_id)
             opened = time.perf_counter()
             if self.map_shared and where(self.ranks[owner]).gpu == self.own_gpu:
-                lease = _Lease(self.released, src, token, mapping, origin,
-                               mapping.base + offset, nbytes)
+                lease = _Lease(self.released, src, token, mapping, origin, nbytes)
                 out = backend.ipc_wrap(mapping.base, offset, nbytes, lease)
                 self.leases.add(lease)
                 mapping.users += 1
@@ -293,9 +292,10 @@ class DeviceTransfers:
         if not self.leases:
             return None
         for lease in list(self.leases):
-            if lease.start <= buf.ptr and buf.ptr + buf.nbytes <= lease.start + lease.nbytes:
-                owner, handle, offset, alloc_id = lease.origin
-                return owner, handle, offset + buf.ptr - lease.start, alloc_id
+            owner, handle, offset, alloc_id = lease.origin
+            start = lease.mapping.base + offset
+            if start <= buf.ptr and buf.ptr + buf.nbytes <= start + lease.nbytes:
+                return owner, handle, offset + buf.ptr - start, alloc_id
         return None
 
     def flush(self) -> None:
