@@ -11,7 +11,9 @@ from .types import CollectiveError, CollectiveTimeoutError, ReduceOp
 
 _groups: dict[tuple, BaseGroup] = {}
 _groups_lock = threading.Lock()
-_cache = threading.local()  # this thread's actor and {group name: group}, for speed
+# this thread's {group name: group}, for speed: a thread serves one actor all its life (the
+# actor's own threads) or none (task threads)
+_cache = threading.local()
 _worker_runtime = None  # a worker rank's runtime lasts as long as its process
 
 
@@ -148,14 +150,12 @@ def _lookup(group_name: str) -> BaseGroup | None:
 
 def _group(group_name: str) -> BaseGroup:
     """This member's group; joins a group the driver declared on first use."""
-    rt = _worker_runtime or _runtime()
     groups = getattr(_cache, "groups", None)
     if groups is not None:
         group = groups.get(group_name)
-        # a pool thread may serve another actor later
-        if (group is not None and group.alive
-                and _cache.actor == getattr(rt.local, "actor_id", 0)):
+        if group is not None and group.alive:
             return group
+    rt = _runtime()
     group = _lookup(group_name)
     if group is None:
         actor = getattr(rt.local, "actor_id", 0)
@@ -167,16 +167,10 @@ def _group(group_name: str) -> BaseGroup:
         world_size, rank, backend = declared
         init_collective_group(world_size, rank, backend, group_name)
         group = _lookup(group_name)
-    _remember(rt, group_name, group)
+    if groups is None:
+        groups = _cache.groups = {}
+    groups[group_name] = group
     return group
-
-
-def _remember(rt, group_name: str, group: BaseGroup) -> None:
-    """Caches group in this thread, for the calling actor."""
-    actor = getattr(rt.local, "actor_id", 0)
-    if getattr(_cache, "actor", None) != actor:
-        _cache.actor, _cache.groups = actor, {}
-    _cache.groups[group_name] = group
 
 
 def is_group_initialized(group_name: str = "default") -> bool:

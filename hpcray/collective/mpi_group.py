@@ -100,18 +100,19 @@ def _c_strides(shape: tuple, itemsize: int) -> tuple:
 
 class _Call:
     """What one call signature (operation, arguments' dtype and shape) needs each time: its
-    header with seq 0 and, where its data travels in the slot, one view per rank of that
-    data in the receive buffer."""
+    header with seq 0 and, where its data travels in the slot, the slot's view of this
+    member's data and one view per rank of the data in the receive buffer."""
 
-    __slots__ = ("bad", "end", "header", "kind", "op", "parts")
+    __slots__ = ("bad", "end", "header", "inline", "kind", "op", "parts")
 
-    def __init__(self, kind: int, op: int, header: bytes, parts: tuple | None, bad: bool):
+    def __init__(self, kind: int, op: int, header: bytes, inline: np.ndarray | None,
+                 parts: tuple | None, bad: bool):
         self.kind = kind
         self.op = op
         self.header = header
+        self.inline = inline
         self.parts = parts
         self.bad = bad
-        self.end = HEADER_BYTES + (parts[0].nbytes if parts else 0)
 
 
 class MPIGroup(BaseGroup):
@@ -150,6 +151,7 @@ class MPIGroup(BaseGroup):
         self._gathered = bytearray(world_size * SLOT)
         self._slots = np.frombuffer(self._gathered, np.uint8).reshape(world_size, SLOT)
         self._calls: dict[tuple, _Call] = {}  # call signature -> _Call
+        self._written: _Call | None = None  # whose header the slot holds
         self._others = range(SLOT, world_size * SLOT, SLOT)  # where the others' headers start
         parent = runtime.transport.comm
         with self.lock:
@@ -251,10 +253,11 @@ class MPIGroup(BaseGroup):
             self._usable()
         self.seq = seq = self.seq + 1
         slot = self._slot
-        if inline is None:
+        if self._written is not call:
             slot[:HEADER_BYTES] = call.header
-        else:
-            slot[:call.end] = call.header + inline.tobytes()
+            self._written = call
+        if inline is not None:
+            call.inline[...] = inline
         _pack_seq(slot, SEQ * 8, seq)
         self._relax()  # the rank's progress loop: it would take the core and the GIL meanwhile
         with self.lock:  # one hold starts the round and makes _wait's first tests
@@ -289,14 +292,15 @@ class MPIGroup(BaseGroup):
         kind, reduce_op, root, bad = key[:4]
         header = make_header(kind, 0, array, reduce_op, root, bad).tobytes()
         like = inline if inline is not None else array
-        parts = None
+        mine = parts = None
         if like is not None and like.nbytes <= INLINE:
+            mine = np.ndarray(like.shape, like.dtype, self._slot, HEADER_BYTES)
             every = np.ndarray((self.world_size, *like.shape), like.dtype, self._slots,
                                HEADER_BYTES, (SLOT, *_c_strides(like.shape, like.itemsize)))
             parts = tuple(every[i, ...] for i in range(self.world_size))  # 0-d: views too
         if len(self._calls) >= 64:
             self._calls.clear()
-        call = self._calls[key] = _Call(kind, reduce_op, header, parts, bad)
+        call = self._calls[key] = _Call(kind, reduce_op, header, mine, parts, bad)
         return call
 
     def _cached(self, kind: int, tensor: Any, reduce_op: int = -1, root: int = -1,
