@@ -229,6 +229,25 @@ class Member:
         col.broadcast(b, 1)
         return t.numpy(), b.float().numpy()
 
+    def mpi_allreduce(self, x, name="default"):
+        """Raw mpi4py on the group's communicator, then the group itself again."""
+        from mpi4py import MPI
+        with col.mpi_comm(name) as comm:
+            where = [comm.Get_rank(), comm.Get_size()]
+            raw = x.copy()
+            comm.Allreduce(MPI.IN_PLACE, raw)
+        again = x.copy()
+        col.allreduce(again, name)
+        return where, raw, again
+
+    def mpi_raises(self, name="default"):
+        try:
+            with col.mpi_comm(name):
+                raise KeyError("inside")
+        except KeyError:
+            pass
+        return self.barrier(name)  # the block left the locks free
+
     def run(self, method, *args, **kwargs):
         return outcome_of(lambda: getattr(self, method)(*args, **kwargs))
 
@@ -569,6 +588,32 @@ R["unknown"] = hpcray.get(ms[0].run.remote("barrier", "nope"))
 R["driver"] = outcome(lambda: col.init_collective_group(2, 0, group_name="d"))
 emit(R)
 '''
+
+
+MPI_COMM_JOB = MEMBER + '''
+hpcray.init()
+N = 3
+ms = [Member.remote(N, r) for r in range(N)]
+hpcray.get([m.join.remote() for m in ms], timeout=60)
+xs = inputs(np.random.default_rng(11), N, np.float64, (1000,))
+ref = REF["SUM"](xs)
+got = hpcray.get([m.mpi_allreduce.remote(x) for m, x in zip(ms, xs)], timeout=60)
+R = {"where": [g[0] for g in got], "raw": [same(g[1], ref) for g in got],
+     "again": [same(g[2], ref) for g in got]}
+R["raised"] = hpcray.get([m.run.remote("mpi_raises") for m in ms], timeout=60)
+R["unknown"] = hpcray.get(ms[0].run.remote("mpi_allreduce", xs[0], "nope"))
+emit(R)
+'''
+
+
+def test_mpi_comm_runs_mpi4py_among_members(run_job) -> None:
+    """col.mpi_comm: raw mpi4py among the members, whose ranks are the group's; the group
+    works after the block, also when the block raised."""
+    r, _ = run(run_job, MPI_COMM_JOB, n=4, timeout=120)
+    assert r["where"] == [[i, 3] for i in range(3)]
+    assert r["raw"] == [True] * 3 and r["again"] == [True] * 3
+    assert r["raised"] == [["ok", i] for i in range(3)]
+    assert r["unknown"][0] == "err" and "'nope' is not initialized" in r["unknown"][2]
 
 
 def test_error_paths_name_the_ranks(run_job) -> None:

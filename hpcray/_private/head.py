@@ -210,8 +210,9 @@ class HeadRuntime(Runtime):
         finally:
             self.add_poller(-1)
 
-    def on_heartbeat(self, src: int) -> None:
-        self.ranks[src].last_seen = time.monotonic()
+    def on_heartbeat(self, src: int, quiet: float = 0.0) -> None:
+        """quiet: seconds (inf: until the next heartbeat) the rank may then stay silent."""
+        self.ranks[src].last_seen = time.monotonic() + quiet
 
     def check_soon(self) -> None:
         """Signal-safe: makes the progress loop check rank liveness now."""

@@ -20,7 +20,7 @@ REQUEST = 5       # (REQUEST, req_id, op, args)
 PUT = 6           # (PUT, id, inline|None, size, contained)
 LOG = 7           # (LOG, text)
 BLOCKED = 8       # (BLOCKED, task_id, blocked: bool)       a task waits in a nested get
-HEARTBEAT = 9     # (HEARTBEAT,)
+HEARTBEAT = 9     # (HEARTBEAT, [quiet seconds])
 EVENTS = 11       # (EVENTS, req_id, [event, ...])        answer to TIMELINE
 # head -> worker
 TASK = 20         # (TASK, TaskSpec.wire(), inline_deps {id: (header, buffers, error)})

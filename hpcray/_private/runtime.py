@@ -7,13 +7,15 @@ how a message reaches the head: a direct call on rank 0, an MPI send elsewhere.
 from __future__ import annotations
 
 import collections
+import contextlib
+import math
 import os
 import socket
 import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ..exceptions import GetTimeoutError, ObjectLostError, TaskError
@@ -202,6 +204,17 @@ class Runtime:
 
     def on_release(self, src: int, tokens: list) -> None:
         self.devices.release(tokens)
+
+    @contextlib.contextmanager
+    def exclusive_mpi(self) -> Iterator[None]:
+        """Holds this rank's MPI lock for MPI calls of the caller's own: the rank's hpcray
+        traffic waits meanwhile, and the head hears that its heartbeats may pause."""
+        self.to_head((P.HEARTBEAT, math.inf))
+        try:
+            with self.transport.lock:
+                yield
+        finally:
+            self.to_head((P.HEARTBEAT,))
 
     # -- reaching the head (differs by role) ----------------------------------------------
     def to_head(self, msg: tuple) -> None:

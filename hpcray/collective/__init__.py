@@ -18,6 +18,7 @@ from .collective import (
     get_rank,
     init_collective_group,
     is_group_initialized,
+    mpi_comm,
     recv,
     reduce,
     reducescatter,
@@ -28,5 +29,5 @@ from .types import CollectiveError, CollectiveTimeoutError, ReduceOp
 __all__ = ["CollectiveError", "CollectiveTimeoutError", "ReduceOp", "allgather", "allreduce",
            "barrier", "broadcast", "create_collective_group", "describe_group",
            "destroy_collective_group", "get_collective_group_size", "get_rank",
-           "init_collective_group", "is_group_initialized", "recv", "reduce", "reducescatter",
+           "init_collective_group", "is_group_initialized", "mpi_comm", "recv", "reduce", "reducescatter",
            "send"]

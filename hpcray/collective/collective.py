@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from .base import BaseGroup
@@ -237,6 +239,21 @@ def recv(tensor: Any, src_rank: int, group_name: str = "default") -> Any:
     """Receives into tensor what src_rank sends."""
     _group(group_name).recv(tensor, src_rank)
     return tensor
+
+
+@contextmanager
+def mpi_comm(group_name: str = "default") -> Iterator[Any]:
+    """This member's MPI communicator over the group (an ``mpi4py.MPI.Comm`` whose rank i is
+    group rank i, apart from the group's own traffic), for mpi4py code among the members:
+    parallel HDF5 through h5py, an MPI library, MPI calls hpcray lacks. Every member enters
+    the block for collective MPI calls, as MPI requires.
+
+    Inside the block the caller holds its rank's MPI lock: hpcray's traffic on that rank
+    (object transfers, other actors' calls and collectives there) waits until the block ends,
+    so make no hpcray calls inside it. The head is told not to expect heartbeats meanwhile.
+    """
+    with _group(group_name).mpi_comm() as comm:
+        yield comm
 
 
 def barrier(group_name: str = "default") -> None:

@@ -376,6 +376,9 @@ class GPUGroup(BaseGroup):
             self.mpi.barrier()
 
     # -- life ------------------------------------------------------------------------------
+    def mpi_comm(self):
+        return self.mpi.mpi_comm()
+
     def abort(self, reason: str) -> None:
         self.mpi.abort(reason)
 

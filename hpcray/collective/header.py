@@ -7,6 +7,8 @@ ranks on every member instead of corrupting memory or hanging.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from .types import CollectiveError, ReduceOp
@@ -160,19 +162,31 @@ _UFUNCS = {ReduceOp.SUM: np.add, ReduceOp.PRODUCT: np.multiply, ReduceOp.MIN: np
 _AVG = ReduceOp.AVG
 
 
-def reduce_stack(parts, op: ReduceOp, out: np.ndarray) -> np.ndarray:
-    """Reduces parts[0], parts[1], ... in rank order into out (the same result on every rank).
-
-    parts: an (n, ...) array or a list of n arrays shaped like out."""
+def reducer(parts, op: ReduceOp) -> Callable[[np.ndarray], object]:
+    """A function of out that reduces parts[0], parts[1], ... in rank order into out (the
+    same result on every rank); parts: an (n, ...) array or a list of n arrays shaped like
+    out. Made once for views that later calls refill, it spares those calls the dispatch."""
     n = len(parts)
     if n == 1:
-        np.copyto(out, parts[0])
-    else:
-        ufunc = _UFUNCS[op]
+        first = parts[0]
+        return lambda out: np.copyto(out, first)
+    ufunc = _UFUNCS[op]
+    if n == 2 and op != _AVG:
+        first, second = parts[0], parts[1]
+        return lambda out: ufunc(first, second, out=out)
+
+    def reduce(out: np.ndarray) -> np.ndarray:
         ufunc(parts[0], parts[1], out=out)
-        if n > 2:
-            for part in parts[2:]:
-                ufunc(out, part, out=out)
-    if op is _AVG:
-        np.true_divide(out, n, out=out)
+        for part in parts[2:]:
+            ufunc(out, part, out=out)
+        if op == _AVG:
+            np.true_divide(out, n, out=out)
+        return out
+
+    return reduce
+
+
+def reduce_stack(parts, op: ReduceOp, out: np.ndarray) -> np.ndarray:
+    """Reduces parts into out: see reducer."""
+    reducer(parts, op)(out)
     return out

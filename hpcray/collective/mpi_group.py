@@ -14,7 +14,8 @@ import os
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
@@ -50,6 +51,7 @@ from .header import (
     make_header,
     mpi_reducible,
     reduce_stack,
+    reducer,
     validate_reduce,
 )
 from .types import CollectiveError, CollectiveTimeoutError, ReduceOp
@@ -101,9 +103,10 @@ def _c_strides(shape: tuple, itemsize: int) -> tuple:
 class _Call:
     """What one call signature (operation, arguments' dtype and shape) needs each time: its
     header with seq 0 and, where its data travels in the slot, the slot's view of this
-    member's data and one view per rank of the data in the receive buffer."""
+    member's data, one view per rank of the data in the receive buffer and, for reductions,
+    the function that reduces those views into a tensor."""
 
-    __slots__ = ("bad", "end", "header", "inline", "kind", "op", "parts")
+    __slots__ = ("bad", "header", "inline", "kind", "op", "parts", "reduce")
 
     def __init__(self, kind: int, op: int, header: bytes, inline: np.ndarray | None,
                  parts: tuple | None, bad: bool):
@@ -113,6 +116,8 @@ class _Call:
         self.inline = inline
         self.parts = parts
         self.bad = bad
+        self.reduce = (reducer(parts, op) if parts is not None and kind in (ALLREDUCE, REDUCE)
+                       else None)
 
 
 class MPIGroup(BaseGroup):
@@ -162,6 +167,7 @@ class MPIGroup(BaseGroup):
             world_group.Free()
             self._gather = (self.comm.Allgather_init(self._slot, self._slots) if PERSISTENT
                             else None)
+            self.user_comm = self.comm.Dup()  # mpi_comm()'s: apart from the group's traffic
 
     # -- waiting ---------------------------------------------------------------------------
     def _wait(self, reqs: list, what: str, seq: int = 0, peer: int | None = None,
@@ -349,11 +355,17 @@ class MPIGroup(BaseGroup):
 
     # -- operations ------------------------------------------------------------------------
     def allreduce(self, tensor: Any, op: ReduceOp = ReduceOp.SUM) -> None:
-        with self.call_lock:
-            call = self._cached(ALLREDUCE, tensor, op)
-            if call is not None:
-                reduce_stack(self._exchange(call, tensor), call.op, tensor)
+        if type(tensor) is np.ndarray and self._takes_numpy:  # _cached, inline: the hot path
+            try:
+                call = self._calls.get((ALLREDUCE, op, -1, False, tensor.dtype, tensor.shape))
+            except TypeError:  # an unhashable op: the checks below say what is wrong
+                call = None
+            if call is not None and call.parts is not None and tensor.flags.writeable:
+                with self.call_lock:
+                    self._exchange(call, tensor)
+                    call.reduce(tensor)
                 return
+        with self.call_lock:
             buf, op = self._reduction(ALLREDUCE, tensor, op)
             a = buf.array
             n = self.world_size
@@ -376,9 +388,9 @@ class MPIGroup(BaseGroup):
             root = self.rank == dst_rank  # a bad dst_rank: _reduction says so
             call = self._cached(REDUCE, tensor, op, dst_rank, writable=root)
             if call is not None:
-                parts = self._exchange(call, tensor)
+                self._exchange(call, tensor)
                 if root:
-                    reduce_stack(parts, call.op, tensor)
+                    call.reduce(tensor)
                 return
             buf, op = self._reduction(REDUCE, tensor, op, writable=root, root=dst_rank)
             a = buf.array
@@ -591,6 +603,12 @@ class MPIGroup(BaseGroup):
                                  f"{like.dtype} {like.shape}: they must match")
         return items
 
+    @contextmanager
+    def mpi_comm(self) -> Iterator[MPI.Comm]:
+        self._usable()
+        with self.call_lock, self.runtime.exclusive_mpi():
+            yield self.user_comm
+
     def abort(self, reason: str) -> None:
         self.broken = self.broken or reason
 
@@ -600,6 +618,7 @@ class MPIGroup(BaseGroup):
                 with self.lock:
                     if self._gather is not None:
                         self._gather.Free()
+                    self.user_comm.Free()
                     self.comm.Free()
             self.broken = self.broken or "the group was destroyed"
             self._rendezvous("leave", self.instance, self.rank)
