@@ -173,7 +173,7 @@ def reducer(parts, op: ReduceOp) -> Callable[[np.ndarray], object]:
     ufunc = _UFUNCS[op]
     if n == 2 and op != _AVG:
         first, second = parts[0], parts[1]
-        return lambda out: ufunc(first, second, out=out)
+        return lambda out: ufunc(first, second, out)
 
     def reduce(out: np.ndarray) -> np.ndarray:
         ufunc(parts[0], parts[1], out=out)

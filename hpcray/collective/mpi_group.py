@@ -77,6 +77,7 @@ PERSISTENT = MPI.Get_version() >= (4, 0) and hasattr(MPI.Comm, "Allgather_init")
 #: later; freed, they corrupt memory). A broken group is never reused, so this stays small.
 _ABANDONED: list[tuple] = []
 _pack_seq = struct.Struct("<q").pack_into  # (buffer, offset, seq): a header's SEQ word
+_SEQ_AT = SEQ * 8
 _MATCH = [KIND, DTYPE, NDIM, NBYTES, *range(DIMS, HEADER_WORDS)]
 
 
@@ -264,7 +265,7 @@ class MPIGroup(BaseGroup):
             self._written = call
         if inline is not None:
             call.inline[...] = inline
-        _pack_seq(slot, SEQ * 8, seq)
+        _pack_seq(slot, _SEQ_AT, seq)
         self._relax()  # the rank's progress loop: it would take the core and the GIL meanwhile
         with self.lock:  # one hold starts the round and makes _wait's first tests
             req = self._gather
