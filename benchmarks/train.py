@@ -1,11 +1,12 @@
 """The digits classifier on 2 workers: hpcray's TorchTrainer against Ray Train's, same run.
 
-    python benchmarks/train.py [--epochs 8] [--ray-python /opt/rayvenv/bin/python]
+    python benchmarks/train.py [--epochs 8] [--trials 3] [--ray-python /opt/rayvenv/bin/python]
 
 The parent imports neither system. For each it starts ``python benchmarks/train.py
 --internal SYSTEM`` as a fresh process (hpcray re-launches itself under mpiexec with 2
 worker ranks; Ray starts its local cluster with num_cpus=2) and notes the wall-clock time
-of the launch. The same training loop (examples/train_digits.py's model and data, no
+of the launch; ``--trials`` rounds of the three runs alternate, and the table shows
+medians. The same training loop (examples/train_digits.py's model and data, no
 checkpoints) reports, per epoch, the time of its first optimizer step and the epoch's
 duration. Printed: launch to first training step (target: hpcray 5x faster) and the
 steady-state step time, the median epoch after the first divided by its steps (target:
@@ -108,26 +109,40 @@ def measure(python: str, system: str, epochs: int, preload: str = "") -> dict:
             "step_ms": 1e3 * statistics.median(steady), "steps_per_epoch": rows[0]["steps"]}
 
 
+def _median(runs: list[dict]) -> dict | None:
+    """Each measure's median over runs (None without runs)."""
+    if not runs:
+        return None
+    return {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--ray-python", default="/opt/rayvenv/bin/python")
+    parser.add_argument("--trials", type=int, default=3, help="runs of each system")
     parser.add_argument("--internal", choices=["hpcray", "ray"], help=argparse.SUPPRESS)
     parser.add_argument("--storage", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.internal:
         return run_system(args.internal, args.epochs, args.storage)
-    ours = measure(sys.executable, "hpcray", args.epochs)
-    preloaded = measure(sys.executable, "hpcray", args.epochs, PRELOAD)
-    ray = None
-    if os.path.exists(args.ray_python):
-        try:
-            ray = measure(args.ray_python, "ray", args.epochs)
-        except RuntimeError as exc:
-            print(f"Ray Train run failed, hpcray alone below: {exc}", file=sys.stderr)
+    runs: dict[str, list[dict]] = {"hpcray": [], "preload": [], "ray": []}
+    for _ in range(max(args.trials, 1)):  # alternating: the machine's load drifts
+        runs["hpcray"].append(measure(sys.executable, "hpcray", args.epochs))
+        runs["preload"].append(measure(sys.executable, "hpcray", args.epochs, PRELOAD))
+        if os.path.exists(args.ray_python):
+            try:
+                runs["ray"].append(measure(args.ray_python, "ray", args.epochs))
+            except RuntimeError as exc:
+                print(f"Ray Train run failed, hpcray alone below: {exc}", file=sys.stderr)
+    ours, preloaded, ray = (_median(runs[k]) for k in ("hpcray", "preload", "ray"))
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"digits MLP, 2 workers, batch 32 ({ours['steps_per_epoch']} steps/epoch/worker), "
-          f"{args.epochs} epochs; {os.cpu_count()} cores, load average {load:.1f} at the end")
+          f"{args.epochs} epochs; median of {max(args.trials, 1)} alternating runs of each; "
+          f"{os.cpu_count()} cores, load average {load:.1f} at the end")
+    for key, runs_of in runs.items():
+        print(f"  {key} runs, launch to first step: "
+              + ", ".join(f"{r['first_step_s']:.2f} s" for r in runs_of))
     print(f"preload: HPCRAY_PRELOAD={PRELOAD}")
     print("| row | hpcray | hpcray, preload | Ray Train | Ray / hpcray | Ray / hpcray, preload "
           "| target |")
