@@ -23,6 +23,7 @@ from hpcray.collective.header import (
 )
 
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
+HAVE_FASTPATH = importlib.util.find_spec("hpcray.collective._fastpath") is not None
 
 # --------------------------------------------------------------------------------------------
 # in-process: rendezvous bookkeeping and header checks
@@ -141,6 +142,40 @@ def test_reduce_stack_and_validation() -> None:
         validate_reduce(np.dtype(np.float32), 9)
 
 
+@pytest.mark.skipif(not HAVE_FASTPATH, reason="the _fastpath C extension is not built")
+def test_fastpath_reduction_matches_numpy() -> None:
+    """The C reduction against numpy's in rank order, bit for bit: every type and op it
+    takes, integers that wrap, NaNs (propagated by MIN and MAX, as numpy's are)."""
+    from hpcray.collective import _fastpath
+    from hpcray.collective.mpi_group import FAST_TYPES
+
+    rng = np.random.default_rng(7)
+    stride, offset, members = 96, 16, 3
+    for dtype, code in FAST_TYPES.items():
+        n = 40 // dtype.itemsize + 1
+        for op in ReduceOp:
+            if op is ReduceOp.AVG and dtype.kind != "f":
+                continue
+            if dtype.kind == "f":
+                parts = rng.standard_normal((members, n)).astype(dtype) * 1e3
+                parts[1, 0] = parts[2, 1] = np.nan
+            else:
+                info = np.iinfo(dtype)
+                parts = rng.integers(info.min, info.max, (members, n), dtype=dtype,
+                                     endpoint=True)
+            gathered = bytearray(offset + members * stride)
+            for r in range(members):
+                start = offset + r * stride
+                gathered[start:start + parts[r].nbytes] = parts[r].tobytes()
+            out = np.empty(n, dtype)
+            _fastpath.reduce(out, gathered, members, stride, offset, int(op), code)
+            with np.errstate(all="ignore"):
+                ref = reduce_stack(list(parts), op, np.empty(n, dtype))
+            assert out.tobytes() == ref.tobytes(), (dtype, op)
+    with pytest.raises(ValueError, match="bad reduction"):
+        _fastpath.reduce(np.empty(4, np.float32), bytearray(8), 3, 96, 0, 0, 0)
+
+
 # --------------------------------------------------------------------------------------------
 # real jobs
 # --------------------------------------------------------------------------------------------
@@ -247,6 +282,11 @@ class Member:
         except KeyError:
             pass
         return self.barrier(name)  # the block left the locks free
+
+    def fast_path(self, name="default"):
+        """Whether this member's group runs small calls in C (the _fastpath extension)."""
+        from hpcray.collective.collective import _group
+        return _group(name)._fast is not None
 
     def run(self, method, *args, **kwargs):
         return outcome_of(lambda: getattr(self, method)(*args, **kwargs))
@@ -500,15 +540,19 @@ got = hpcray.get([m.repeat.remote("strided_allreduce", x) for m, x in zip(ms, xs
 R["strided"] = all(exact(got[r][c][::2], REF["SUM"]([xs[i][c] for i in range(N)]))
                    and not np.asarray(got[r][c][1::2]).any()
                    for r in range(N) for c in range(CALLS))
+R["fast_path"] = hpcray.get([m.fast_path.remote() for m in ms])
 emit(R)
 '''
 
 
-@pytest.mark.parametrize("members", [2, 3])
-def test_small_calls_against_numpy(run_job, members: int) -> None:
+@pytest.mark.parametrize(("members", "fast"), [(2, True), (3, True), (3, False)])
+def test_small_calls_against_numpy(run_job, members: int, fast: bool) -> None:
     """Data up to INLINE bytes travels with the header and is reduced in rank order: every
-    dtype and op, on both sides of the boundary, the first call and the cached ones."""
-    r, _ = run(run_job, FAST_JOB, n=members + 1, args=[str(members)], timeout=300)
+    dtype and op, on both sides of the boundary, the first call and the cached ones (which
+    run in C where the _fastpath extension was built, unless switched off)."""
+    env = {"HPCRAY_COLLECTIVE_FASTPATH": "1" if fast else "0"}
+    r, _ = run(run_job, FAST_JOB, n=members + 1, args=[str(members)], timeout=300, env=env)
+    assert r["fast_path"] == [fast and HAVE_FASTPATH] * members
     assert r["failures"] == []
     assert r["checked"] == 3 * 5 * 38  # calls x shapes x (dtype, op) pairs
     assert r["strided"]

@@ -44,6 +44,9 @@ class Config:
     #: how "nccl" collective groups move device arrays: auto (NCCL when every member holds a
     #: GPU of its own, else staged through host memory), nccl or staged
     collective_gpu_path: str = "auto"
+    #: small "mpi" collectives of a call signature seen before run in C (hpcray.collective's
+    #: _fastpath extension, where it was built); off: the same steps in Python
+    collective_fastpath: bool = True
     #: forward what tasks print to the driver, prefixed with rank and host
     log_to_driver: bool = True
     #: seconds MPI_Init and hpcray's start-up may take before a rank gives up (0: no bound)

@@ -9,6 +9,7 @@ each test, so the rank keeps serving messages and heartbeats while a member wait
 
 from __future__ import annotations
 
+import ctypes
 import math
 import os
 import struct
@@ -79,6 +80,30 @@ _ABANDONED: list[tuple] = []
 _pack_seq = struct.Struct("<q").pack_into  # (buffer, offset, seq): a header's SEQ word
 _SEQ_AT = SEQ * 8
 _MATCH = [KIND, DTYPE, NDIM, NBYTES, *range(DIMS, HEADER_WORDS)]
+#: dtypes the C fast path reduces, by its type code (native byte order only)
+FAST_TYPES = {np.dtype(t): code for code, t in enumerate(
+    (np.float32, np.float64, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16,
+     np.uint32, np.uint64))}
+_MPI_FUNCTIONS: list = []  # (MPI_Start, MPI_Test) addresses, once resolved
+
+
+def _fast_path(slot: bytearray, gathered: bytearray, request, world_size: int,
+               spins: int) -> Any:
+    """The C fast path over a group's buffers and persistent allgather (see _fastpath.c),
+    or None without the extension or a persistent request."""
+    if request is None:
+        return None
+    try:
+        from . import _fastpath
+    except ImportError:
+        return None
+    if not _MPI_FUNCTIONS:
+        # mpi4py's extension module links the MPI library: its symbols resolve through it
+        lib = ctypes.CDLL(MPI.__file__)
+        _MPI_FUNCTIONS.extend(ctypes.cast(f, ctypes.c_void_p).value
+                              for f in (lib.MPI_Start, lib.MPI_Test))
+    return _fastpath.Fast(slot, gathered, MPI._addressof(request), *_MPI_FUNCTIONS,
+                          world_size, SLOT, HEADER_BYTES, _SEQ_AT, spins)
 
 
 def _bytes(a: np.ndarray) -> np.ndarray:
@@ -107,7 +132,7 @@ class _Call:
     member's data, one view per rank of the data in the receive buffer and, for reductions,
     the function that reduces those views into a tensor."""
 
-    __slots__ = ("bad", "header", "inline", "kind", "op", "parts", "reduce")
+    __slots__ = ("bad", "fast", "header", "inline", "kind", "op", "parts", "reduce")
 
     def __init__(self, kind: int, op: int, header: bytes, inline: np.ndarray | None,
                  parts: tuple | None, bad: bool):
@@ -119,6 +144,7 @@ class _Call:
         self.bad = bad
         self.reduce = (reducer(parts, op) if parts is not None and kind in (ALLREDUCE, REDUCE)
                        else None)
+        self.fast: tuple | None = None  # (op, type code, reduce here) for the C fast path
 
 
 class MPIGroup(BaseGroup):
@@ -169,6 +195,9 @@ class MPIGroup(BaseGroup):
             self._gather = (self.comm.Allgather_init(self._slot, self._slots) if PERSISTENT
                             else None)
             self.user_comm = self.comm.Dup()  # mpi_comm()'s: apart from the group's traffic
+        self._fast = (_fast_path(self._slot, self._gathered, self._gather, world_size,
+                                 self.spin_tests)
+                      if runtime.config.collective_fastpath and self._takes_numpy else None)
 
     # -- waiting ---------------------------------------------------------------------------
     def _wait(self, reqs: list, what: str, seq: int = 0, peer: int | None = None,
@@ -293,6 +322,25 @@ class MPIGroup(BaseGroup):
         check_headers(self._slots[:, :HEADER_BYTES].view(np.int64), self.name)
         return None
 
+    def _fast_call(self, call: _Call, tensor: np.ndarray) -> None:
+        """_exchange and, where this member receives the result, the reduction of a small
+        C-contiguous, aligned numpy call seen before, in C (_fastpath.c)."""
+        if self.broken:
+            self._usable()
+        self.seq = seq = self.seq + 1
+        if self._written is not call:
+            self._slot[:HEADER_BYTES] = call.header
+            self._written = call
+        op, code, here = call.fast
+        self._relax()
+        with self.lock:
+            done = self._fast.call(tensor, seq, op, code, here)
+        if not done:
+            self._wait([self._gather], OP_NAMES[call.kind], seq, spun=True)
+            done = self._fast.finish(tensor, op, code, here)
+        if done < 0:  # raises: the calls differ
+            check_headers(self._slots[:, :HEADER_BYTES].view(np.int64), self.name)
+
     def _new_call(self, key: tuple, array: np.ndarray | None,
                   inline: np.ndarray | None) -> _Call:
         """The _Call of a call signature, cached."""
@@ -308,6 +356,10 @@ class MPIGroup(BaseGroup):
         if len(self._calls) >= 64:
             self._calls.clear()
         call = self._calls[key] = _Call(kind, reduce_op, header, mine, parts, bad)
+        code = FAST_TYPES.get(array.dtype) if array is not None else None
+        if (self._fast is not None and parts is not None and code is not None
+                and kind in (ALLREDUCE, REDUCE) and array.dtype.isnative):
+            call.fast = (int(reduce_op), code, kind == ALLREDUCE or root == self.rank)
         return call
 
     def _cached(self, kind: int, tensor: Any, reduce_op: int = -1, root: int = -1,
@@ -361,11 +413,16 @@ class MPIGroup(BaseGroup):
                 call = self._calls.get((ALLREDUCE, op, -1, False, tensor.dtype, tensor.shape))
             except TypeError:  # an unhashable op: the checks below say what is wrong
                 call = None
-            if call is not None and call.parts is not None and tensor.flags.writeable:
-                with self.call_lock:
-                    self._exchange(call, tensor)
-                    call.reduce(tensor)
-                return
+            if call is not None and call.parts is not None:
+                flags = tensor.flags
+                if flags.writeable:
+                    with self.call_lock:
+                        if call.fast is not None and flags.c_contiguous and flags.aligned:
+                            self._fast_call(call, tensor)
+                        else:
+                            self._exchange(call, tensor)
+                            call.reduce(tensor)
+                    return
         with self.call_lock:
             buf, op = self._reduction(ALLREDUCE, tensor, op)
             a = buf.array
@@ -389,6 +446,9 @@ class MPIGroup(BaseGroup):
             root = self.rank == dst_rank  # a bad dst_rank: _reduction says so
             call = self._cached(REDUCE, tensor, op, dst_rank, writable=root)
             if call is not None:
+                if call.fast is not None and tensor.flags.aligned:
+                    self._fast_call(call, tensor)
+                    return
                 self._exchange(call, tensor)
                 if root:
                     call.reduce(tensor)
