@@ -99,9 +99,14 @@ def _fast_path(slot: bytearray, gathered: bytearray, request, world_size: int,
         return None
     if not _MPI_FUNCTIONS:
         # mpi4py's extension module links the MPI library: its symbols resolve through it
-        lib = ctypes.CDLL(MPI.__file__)
-        _MPI_FUNCTIONS.extend(ctypes.cast(f, ctypes.c_void_p).value
-                              for f in (lib.MPI_Start, lib.MPI_Test))
+        try:
+            lib = ctypes.CDLL(MPI.__file__)
+            _MPI_FUNCTIONS.extend(ctypes.cast(f, ctypes.c_void_p).value
+                                  for f in (lib.MPI_Start, lib.MPI_Test))
+        except (OSError, AttributeError):
+            _MPI_FUNCTIONS.extend((None, None))
+    if None in _MPI_FUNCTIONS:
+        return None
     return _fastpath.Fast(slot, gathered, MPI._addressof(request), *_MPI_FUNCTIONS,
                           world_size, SLOT, HEADER_BYTES, _SEQ_AT, spins)
 
