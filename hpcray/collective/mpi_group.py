@@ -288,23 +288,27 @@ class MPIGroup(BaseGroup):
             call = self._new_call(key, array, inline)
         return self._exchange(call, inline)
 
-    def _exchange(self, call: _Call, inline: np.ndarray | None = None) -> tuple | None:
-        """The header round of a known call signature: see _round."""
+    def _begin(self, call: _Call) -> int:
+        """A round of call starts: the slot gets its header; returns its call number."""
         if self.broken:
             self._usable()
         self.seq = seq = self.seq + 1
-        slot = self._slot
         if self._written is not call:
-            slot[:HEADER_BYTES] = call.header
+            self._slot[:HEADER_BYTES] = call.header
             self._written = call
+        self._relax()  # the rank's progress loop: it would take the core and the GIL meanwhile
+        return seq
+
+    def _exchange(self, call: _Call, inline: np.ndarray | None = None) -> tuple | None:
+        """The header round of a known call signature: see _round."""
+        seq = self._begin(call)
         if inline is not None:
             call.inline[...] = inline
-        _pack_seq(slot, _SEQ_AT, seq)
-        self._relax()  # the rank's progress loop: it would take the core and the GIL meanwhile
+        _pack_seq(self._slot, _SEQ_AT, seq)
         with self.lock:  # one hold starts the round and makes _wait's first tests
             req = self._gather
             if req is None:
-                req = self.comm.Iallgather(slot, self._slots)
+                req = self.comm.Iallgather(self._slot, self._slots)
             else:
                 req.Start()
             test = req.Test
@@ -330,14 +334,8 @@ class MPIGroup(BaseGroup):
     def _fast_call(self, call: _Call, tensor: np.ndarray) -> None:
         """_exchange and, where this member receives the result, the reduction of a small
         C-contiguous, aligned numpy call seen before, in C (_fastpath.c)."""
-        if self.broken:
-            self._usable()
-        self.seq = seq = self.seq + 1
-        if self._written is not call:
-            self._slot[:HEADER_BYTES] = call.header
-            self._written = call
+        seq = self._begin(call)
         op, code, here = call.fast
-        self._relax()
         with self.lock:
             done = self._fast.call(tensor, seq, op, code, here)
         if not done:
