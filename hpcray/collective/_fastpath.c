@@ -125,6 +125,15 @@ static int reduce_into(char *out, const char *base, Py_ssize_t members, Py_ssize
     return -1;
 }
 
+static Py_ssize_t itemsize_of(int type) {
+    switch (type) {
+    case F64: case I64: case U64: return 8;
+    case F32: case I32: case U32: return 4;
+    case I16: case U16: return 2;
+    default: return 1;
+    }
+}
+
 /* 1: every header equals this member's; 0: one differs */
 static int headers_agree(Fast *self) {
     const char *g = (const char *)self->gathered.buf;
@@ -141,9 +150,7 @@ static PyObject *finish(Fast *self, PyObject *tensor, int op, int type, int redu
     if (reduce) {
         Py_buffer out;
         if (PyObject_GetBuffer(tensor, &out, PyBUF_WRITABLE) < 0) return NULL;
-        Py_ssize_t itemsize = (type == F64 || type == I64 || type == U64) ? 8
-                            : (type == F32 || type == I32 || type == U32) ? 4
-                            : (type == I16 || type == U16) ? 2 : 1;
+        Py_ssize_t itemsize = itemsize_of(type);
         Py_ssize_t n = out.len / itemsize;
         int bad = n * itemsize != out.len
                   || self->header_bytes + out.len > self->stride
@@ -244,9 +251,7 @@ static PyObject *py_reduce(PyObject *mod, PyObject *args) {
         PyBuffer_Release(&out);
         return NULL;
     }
-    Py_ssize_t itemsize = (type == F64 || type == I64 || type == U64) ? 8
-                        : (type == F32 || type == I32 || type == U32) ? 4
-                        : (type == I16 || type == U16) ? 2 : 1;
+    Py_ssize_t itemsize = itemsize_of(type);
     int bad = out.len % itemsize || offset + out.len + (members - 1) * stride > g.len
               || reduce_into((char *)out.buf, (const char *)g.buf + offset, members, stride,
                              out.len / itemsize, op, type) < 0;

@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager
 from typing import Any
 
-from .types import CollectiveError, ReduceOp
+from .types import ReduceOp
 
 
 class BaseGroup(ABC):
@@ -47,11 +47,10 @@ class BaseGroup(ABC):
     @abstractmethod
     def destroy(self) -> None: ...
 
+    @abstractmethod
     def mpi_comm(self) -> AbstractContextManager:
         """The group's MPI communicator for the caller's own MPI calls: see
         hpcray.collective.mpi_comm."""
-        raise CollectiveError(f"group {self.name!r} (backend {self.backend!r}) has no MPI "
-                              "communicator")
 
     def describe(self) -> str:
         """One line saying what this group is and how it moves data."""

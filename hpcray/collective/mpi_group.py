@@ -344,6 +344,16 @@ class MPIGroup(BaseGroup):
         if done < 0:  # raises: the calls differ
             check_headers(self._slots[:, :HEADER_BYTES].view(np.int64), self.name)
 
+    def _small_reduction(self, call: _Call, tensor: np.ndarray, here: bool) -> None:
+        """A cached reduction's round (see _cached), reduced into tensor where here: in C
+        where the call allows, else in Python."""
+        if call.fast is not None and tensor.flags.aligned:
+            self._fast_call(call, tensor)
+        else:
+            self._exchange(call, tensor)
+            if here:
+                call.reduce(tensor)
+
     def _new_call(self, key: tuple, array: np.ndarray | None,
                   inline: np.ndarray | None) -> _Call:
         """The _Call of a call signature, cached."""
@@ -411,21 +421,11 @@ class MPIGroup(BaseGroup):
 
     # -- operations ------------------------------------------------------------------------
     def allreduce(self, tensor: Any, op: ReduceOp = ReduceOp.SUM) -> None:
-        if type(tensor) is np.ndarray and self._takes_numpy:  # _cached, inline: the hot path
-            try:
-                call = self._calls.get((ALLREDUCE, op, -1, False, tensor.dtype, tensor.shape))
-            except TypeError:  # an unhashable op: the checks below say what is wrong
-                call = None
-            if call is not None and call.parts is not None:
-                flags = tensor.flags
-                if flags.writeable:
-                    with self.call_lock:
-                        if call.fast is not None and flags.c_contiguous and flags.aligned:
-                            self._fast_call(call, tensor)
-                        else:
-                            self._exchange(call, tensor)
-                            call.reduce(tensor)
-                    return
+        call = self._cached(ALLREDUCE, tensor, op)
+        if call is not None:
+            with self.call_lock:
+                self._small_reduction(call, tensor, True)
+            return
         with self.call_lock:
             buf, op = self._reduction(ALLREDUCE, tensor, op)
             a = buf.array
@@ -449,12 +449,7 @@ class MPIGroup(BaseGroup):
             root = self.rank == dst_rank  # a bad dst_rank: _reduction says so
             call = self._cached(REDUCE, tensor, op, dst_rank, writable=root)
             if call is not None:
-                if call.fast is not None and tensor.flags.aligned:
-                    self._fast_call(call, tensor)
-                    return
-                self._exchange(call, tensor)
-                if root:
-                    call.reduce(tensor)
+                self._small_reduction(call, tensor, root)
                 return
             buf, op = self._reduction(REDUCE, tensor, op, writable=root, root=dst_rank)
             a = buf.array
