@@ -88,7 +88,7 @@ def run_hpcray(sizes: list[int], quick: bool) -> None:
 
 def _launch(n: int, mode: str, sizes: list[int], quick: bool) -> dict[int, float]:
     sys.path.insert(0, str(REPO_ROOT))
-    from hpcray._private.launch import mpiexec_command
+    from hpcray._private.job.launch import mpiexec_command
 
     argv = [sys.executable, str(Path(__file__).resolve()), "--internal", mode,
             "--sizes", *map(str, sizes)] + (["--quick"] if quick else [])

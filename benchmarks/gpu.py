@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _launch(n: int, mode: str, args: argparse.Namespace, env: dict | None = None) -> dict:
     sys.path.insert(0, str(ROOT))
-    from hpcray._private.launch import mpiexec_command
+    from hpcray._private.job.launch import mpiexec_command
 
     argv = [sys.executable, str(Path(__file__).resolve()), "--internal", mode,
             "--size-mib", str(args.size_mib), "--reps", str(args.reps)]
@@ -99,7 +99,7 @@ def _hpcray(nbytes: int, reps: int) -> None:
     import cupy
 
     import hpcray
-    from hpcray._private.worker_context import current
+    from hpcray._private.core.context import current
 
     hpcray.init()
 

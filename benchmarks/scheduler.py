@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hpcray._private.scheduler import Request, Scheduler
+from hpcray._private.core.scheduler import Request, Scheduler
 
 RANKS_PER_NODE = 4
 DEFAULT_TASKS = {100: 200_000, 1000: 200_000, 10_000: 1_000_000}

@@ -5,8 +5,8 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from ._private import options as opts
-from ._private import protocol as P
+from ._private.core import options as opts
+from ._private.core import protocol as P
 from .object_ref import ObjectRef
 from .remote_function import CodeCache
 

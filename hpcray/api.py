@@ -10,13 +10,15 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from ._private import bootstrap
+from ._private.core import context
+from ._private.job import bootstrap
 from .actor import ActorClass, ActorHandle
 from .object_ref import ObjectRef
 from .remote_function import RemoteFunction
 from .runtime_context import RuntimeContext
 
-_state: dict[str, Any] = {"runtime": None, "spmd_done": False}
+# the runtime itself is held in one place for both roles: context.current()
+_state: dict[str, Any] = {"spmd_done": False}
 _init_lock = threading.RLock()
 
 
@@ -36,7 +38,7 @@ def init(num_cpus: int | None = None, resources: dict[str, float] | None = None,
     if unknown:
         raise TypeError(f"init() got unknown argument(s) {unknown}")
     with _init_lock:
-        if _state["runtime"] is not None:
+        if context.current() is not None:
             if ignore_reinit_error:
                 return _info()
             raise RuntimeError("hpcray.init() was already called; call hpcray.shutdown() first or "
@@ -52,12 +54,11 @@ def init(num_cpus: int | None = None, resources: dict[str, float] | None = None,
         if resources:
             overrides["resources"] = dict(resources)
         head = bootstrap.start(overrides, num_cpus)
-        _state["runtime"] = head
         if not _state.get("atexit"):
             _state["atexit"] = True
             bootstrap.exit_hook.install()
             atexit.register(_at_exit)
-        from ._private.preempt import HeadPreemption
+        from ._private.job.preempt import HeadPreemption
 
         HeadPreemption(head, _end_after_preempt).install()
         return _info()
@@ -71,14 +72,14 @@ def _end_after_preempt(status: int) -> None:
     """
     _init_lock.acquire()
     try:
-        head = _state["runtime"]
+        head = _head()
         if head is not None:
-            bootstrap.stop_head(head)  # with a dead rank this exits with status 1 itself
-            bootstrap.finalize(head)
+            bootstrap.head_stop(head)  # with a dead rank this exits with status 1 itself
+            bootstrap.head_finalize(head)
         else:  # the driver had finished; finalize unless its exit handler already did
             final = _state.pop("finalize", None)
             if final is not None:
-                bootstrap.finalize(final)
+                bootstrap.head_finalize(final)
     finally:
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
@@ -94,51 +95,52 @@ def on_preempt(fn: Callable[[], Any]) -> Callable[[], Any]:
     tasks, so they may checkpoint through tasks and actors. Then, if the Slurm job was
     submitted with ``--requeue``, hpcray requeues it (``scontrol requeue``) and the job ends.
     """
-    from ._private.preempt import register
+    from ._private.job.preempt import register
 
     return register(fn)
 
 
+def _head():
+    """The head runtime when this is the driver's process and hpcray runs, else None."""
+    rt = context.current()
+    return rt if rt is not None and rt.rank == 0 else None
+
+
 def _info() -> dict:
-    rt = _state["runtime"]
+    rt = context.current()
     return {"job_id": rt.job_id, "num_ranks": len(rt.ranks), "node_id": rt.ranks[0].node_id}
 
 
 def _at_exit() -> None:
-    head = _state["runtime"]
-    if head is not None:
+    if _head() is not None:
         shutdown()
     final = _state.pop("finalize", None)
     if final is not None:
-        bootstrap.finalize(final)
+        bootstrap.head_finalize(final)
 
 
 def shutdown() -> None:
     """Stops every worker rank. In a plain (spawned) run, init() may be called again."""
     with _init_lock:
-        head = _state["runtime"]
+        head = _head()
         if head is None:
             return
-        _state["runtime"] = None
+        context.set_current(None)
         _state["finalize"] = head
-        if head._mpi[2] is None:
+        if head.mpi_job.spawned is None:
             _state["spmd_done"] = True
-        bootstrap.stop_head(head)
+        bootstrap.head_stop(head)
 
 
 def is_initialized() -> bool:
-    return _state["runtime"] is not None
+    return context.current() is not None
 
 
 def _runtime():
-    rt = _state["runtime"]
+    rt = context.current()
     if rt is None:
-        from ._private.worker_context import current
-
-        rt = current()
-        if rt is None:
-            init()
-            rt = _state["runtime"]
+        init()
+        rt = context.current()
     return rt
 
 
@@ -167,7 +169,7 @@ def get(object_refs, *, timeout: float | None = None, to_host: bool = False):
     (the only way to read them on a rank without a GPU).
     """
     if to_host:
-        from ._private.device import host_copies
+        from ._private.device.registry import host_copies
 
         with host_copies():
             return _runtime().get(object_refs, timeout)
@@ -226,7 +228,7 @@ def timeline(filename: str | None = None) -> list[dict]:
     """
     import json
 
-    from ._private.timeline import trace_events
+    from ._private.core.timeline import trace_events
 
     runtime = _runtime()
     if runtime.rank != 0:

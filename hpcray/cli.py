@@ -10,7 +10,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from hpcray._private.launch import child_pythonpath, mpiexec_command, run_job
+from ._private.job.launch import child_pythonpath, mpiexec_command, run_job
 
 __all__ = ["main"]
 
@@ -183,7 +183,7 @@ def _cmd_sbatch(ns: argparse.Namespace, argv: list[str]) -> int:
     import shutil
     import subprocess
 
-    from hpcray._private.sbatch import BatchSpec, render
+    from ._private.job.sbatch import BatchSpec, render
 
     def fail(message: str) -> int:
         print(f"hpcray sbatch: error: {message}", file=sys.stderr)

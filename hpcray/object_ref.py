@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import concurrent.futures
 
-from ._private.objects import ADD, CREATED, DROP, ref_events
-from ._private.serialization import note_ref
+from ._private.core.objects import ADD, CREATED, DROP, ref_events
+from ._private.core.serialization import note_ref
 
 _append = ref_events.append
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._private import options as opts
-from ._private import protocol as P
-from ._private.serialization import dumps_code
+from ._private.core import options as opts
+from ._private.core import protocol as P
+from ._private.core.serialization import dumps_code
 
 
 class CodeCache:

@@ -44,6 +44,11 @@ class RuntimeContext:
     def get_accelerator_ids(self) -> dict[str, list]:
         return {"GPU": self._rt.gpu_ids()}
 
+    def get_gpu_identity(self) -> str:
+        """The calling rank's own GPU, unique in the job (its UUID, or node/index where NVML
+        gave none); "" when the rank has no GPU. Ranks sharing a GPU report the same one."""
+        return self._rt.ranks[self._rt.rank].gpu_identity()
+
     def get_slurm_info(self) -> dict | None:
         """Slurm's allocation as this rank sees it, or None outside Slurm.
 

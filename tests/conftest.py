@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def mpiexec() -> str:
-    from hpcray._private.launch import find_mpiexec
+    from hpcray._private.job.launch import find_mpiexec
 
     return find_mpiexec()
 
@@ -35,7 +35,10 @@ def run_process(cmd: list[str], timeout: float, env: dict | None = None,
                 cwd: str | None = None) -> subprocess.CompletedProcess:
     """Runs cmd in its own process group; on timeout kills the whole group and fails."""
     full_env = dict(os.environ)
-    full_env["PYTHONPATH"] = str(ROOT) + os.pathsep + full_env.get("PYTHONPATH", "")
+    # tests/ holds the stand-in device (fakegpu), loaded by ranks as a device plugin
+    full_env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "tests"),
+                                              full_env.get("PYTHONPATH", "")])
+    full_env.setdefault("HPCRAY_DEVICE_PLUGINS", "fakegpu")
     full_env.setdefault("PYTHONUNBUFFERED", "1")
     if env:
         full_env.update(env)
@@ -81,7 +84,7 @@ def run_job(tmp_path):
         argv = [sys.executable, str(script), *(args or [])]
         if spawn:
             return run_process(argv, timeout, env=env, cwd=str(tmp_path))
-        from hpcray._private.launch import mpiexec_command
+        from hpcray._private.job.launch import mpiexec_command
 
         cmd, launcher_env = mpiexec_command(n, argv, mpiexec=mpiexec())
         return run_process(cmd, timeout, env={**launcher_env, **(env or {})}, cwd=str(tmp_path))

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from test_core import run
 
-from hpcray._private.rendezvous import GroupRendezvous, RendezvousError
 from hpcray.collective import CollectiveError, ReduceOp
 from hpcray.collective.header import (
     ALLREDUCE,
@@ -21,6 +20,7 @@ from hpcray.collective.header import (
     reduce_stack,
     validate_reduce,
 )
+from hpcray.collective.rendezvous import GroupRendezvous, RendezvousError
 
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
 HAVE_FASTPATH = importlib.util.find_spec("hpcray.collective._fastpath") is not None

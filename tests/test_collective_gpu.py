@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from fakegpu import asarray
 from test_collective import MEMBER
 from test_core import run
 
-from hpcray._private.fakegpu import asarray
 from hpcray.collective import CollectiveError, ReduceOp
 from hpcray.collective.device_arrays import as_device
 from hpcray.collective.gpu_path import (
@@ -217,7 +217,7 @@ emit(R)
 '''
 
 FAKE_DEVICE = '''
-from hpcray._private import fakegpu
+import fakegpu
 DEV = fakegpu.asarray
 HOST = lambda d: d.get()
 TORCH_CUDA = lambda: False
@@ -237,7 +237,7 @@ def test_every_op_staged_on_fake_device_arrays(run_job, members: int) -> None:
 
 
 GPU_ERRORS_JOB = DEVICE_MEMBER + '''
-from hpcray._private import fakegpu
+import fakegpu
 DEV = fakegpu.asarray
 HOST = lambda d: d.get()
 

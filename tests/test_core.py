@@ -1567,8 +1567,8 @@ def test_timeline_in_a_job(run_job, tmp_path):
 
 
 def test_trace_events_format():
-    from hpcray._private import protocol as P
-    from hpcray._private.timeline import trace_events
+    from hpcray._private.core import protocol as P
+    from hpcray._private.core.timeline import trace_events
 
     events = {1: [("f", P.NORMAL, 10.0, 10.5, 111, 7), ("A.m", P.ACTOR_CALL, 11.0, 10.9, 222, 8)],
               2: []}

@@ -18,7 +18,7 @@ import hashlib
 
 import numpy as np
 
-from hpcray._private.worker_context import current
+from hpcray._private.core.context import current
 
 
 def digest(a):
@@ -70,7 +70,7 @@ class Inspector:
 '''
 
 FAKE_PRELUDE = ARRAYS_PRELUDE + '''
-from hpcray._private import fakegpu
+import fakegpu
 
 
 @hpcray.remote

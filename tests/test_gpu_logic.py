@@ -6,13 +6,15 @@ from __future__ import annotations
 import os
 import random
 
+import fakegpu
 import numpy as np
 import pytest
 
-from hpcray._private import device, fakegpu, gpu
-from hpcray._private.scheduler import Infeasible, Request, Scheduler
-from hpcray._private.serialization import deserialize, fits_inline, has_device, own, serialize
-from hpcray._private.transfer import PATHS, Where, choose_path
+from hpcray._private.core.scheduler import Infeasible, Request, Scheduler
+from hpcray._private.core.serialization import deserialize, fits_inline, has_device, own, serialize
+from hpcray._private.device import discovery as gpu
+from hpcray._private.device import registry as device
+from hpcray._private.device.transfer import PATHS, Where, choose_path
 from hpcray.exceptions import DeviceUnavailableError
 
 NODE = [gpu.Gpu(str(i), "H100", 80 << 30, f"GPU-{i}aaa") for i in range(4)]

@@ -1,4 +1,4 @@
-"""Tests for hpcray._private.launch, the hpcray CLI and ``python -m hpcray``."""
+"""Tests for hpcray._private.job.launch, the hpcray CLI and ``python -m hpcray``."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from hpcray._private import launch
-from hpcray._private.launch import (
+from hpcray._private.job import launch
+from hpcray._private.job.launch import (
     _LAUNCHER_VARS,
     find_mpiexec,
     mpi_flavor,
@@ -202,7 +202,7 @@ def test_under_mpi_launcher(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_under_mpi_launcher_inside_mpiexec(tmp_path: Path) -> None:
-    code = "from hpcray._private.launch import under_mpi_launcher as u; print('UNDER', u())"
+    code = "from hpcray._private.job.launch import under_mpi_launcher as u; print('UNDER', u())"
     res = _run([find_mpiexec(), "-n", "1", sys.executable, "-c", code], cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert "UNDER True" in res.stdout

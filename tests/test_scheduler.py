@@ -1,11 +1,11 @@
-"""Tests of hpcray._private.scheduler: fixed scenarios, then random runs against brute force."""
+"""Tests of hpcray._private.core.scheduler: fixed scenarios, then random runs against brute force."""
 
 import random
 
 import pytest
 
-from hpcray._private import scheduler as scheduler_module
-from hpcray._private.scheduler import (
+from hpcray._private.core import scheduler as scheduler_module
+from hpcray._private.core.scheduler import (
     DEFAULT,
     SPREAD,
     Infeasible,

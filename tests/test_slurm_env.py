@@ -8,9 +8,9 @@ import subprocess
 
 import pytest
 
-from hpcray._private import preempt, slurm
-from hpcray._private.config import load
-from hpcray._private.sbatch import BatchSpec, parse_signal_request, render
+from hpcray._private.core.config import load
+from hpcray._private.job import preempt, slurm
+from hpcray._private.job.sbatch import BatchSpec, parse_signal_request, render
 
 
 @pytest.mark.parametrize(("text", "names"), [

@@ -1,5 +1,5 @@
-"""Device arrays users pass to the "nccl" backend: CuPy arrays, CUDA torch tensors and the
-test suite's fake device arrays, each seen through one small adapter per library.
+"""Device arrays users pass to the "nccl" backend: CuPy arrays, CUDA torch tensors and any
+registered array type, each seen through one small adapter per library.
 
 Copies between device and host run on the library's current stream, so kernels queued
 there before the call (the producer's) finish first, and are complete on return.
@@ -7,7 +7,6 @@ there before the call (the producer's) finish first, and are complete on return.
 
 from __future__ import annotations
 
-import ctypes
 from collections.abc import Callable
 
 import numpy as np
@@ -21,7 +20,7 @@ class DeviceArray:
 
     __slots__ = ("array", "device", "dtype", "lib", "nbytes", "ptr", "shape", "writeback")
 
-    def __init__(self, lib: _Library, array, ptr: int, dtype: np.dtype, shape: tuple,
+    def __init__(self, lib: ArrayLibrary, array, ptr: int, dtype: np.dtype, shape: tuple,
                  device: int, writeback: Callable[[], None] | None = None):
         self.lib, self.array, self.ptr, self.dtype = lib, array, ptr, dtype
         self.shape, self.device, self.writeback = shape, device, writeback
@@ -56,7 +55,7 @@ class DeviceArray:
             self.lib.divide(self, n)
 
 
-class _Library:
+class ArrayLibrary:
     """How one array library's device arrays are read, written and staged."""
 
     def wrap(self, x, writable: bool) -> DeviceArray:
@@ -79,7 +78,7 @@ class _Library:
         raise NotImplementedError
 
 
-class _CuPy(_Library):
+class _CuPy(ArrayLibrary):
     def wrap(self, x, writable: bool) -> DeviceArray:
         import cupy
 
@@ -121,7 +120,7 @@ class _CuPy(_Library):
         return np.frombuffer(cupy.cuda.alloc_pinned_memory(max(nbytes, 1)), np.uint8, nbytes)
 
 
-class _Torch(_Library):
+class _Torch(ArrayLibrary):
     def __init__(self) -> None:
         self._dtypes: dict = {}
 
@@ -186,39 +185,27 @@ class _Torch(_Library):
         return torch.empty(nbytes, dtype=torch.uint8, pin_memory=True).numpy()
 
 
-class _Fake(_Library):
-    """hpcray._private.fakegpu's arrays: host memory posing as device memory (tests only)."""
-
-    def wrap(self, x, writable: bool) -> DeviceArray:
-        return DeviceArray(self, x, x.ptr, x.dtype, x.shape, 0)
-
-    def download(self, d: DeviceArray, host: np.ndarray) -> None:
-        ctypes.memmove(host.ctypes.data, d.ptr, d.nbytes)
-
-    def upload(self, d: DeviceArray, host: np.ndarray) -> None:
-        ctypes.memmove(d.ptr, host.ctypes.data, d.nbytes)
-
-    def divide(self, d: DeviceArray, n: int) -> None:
-        host = np.frombuffer((ctypes.c_char * d.nbytes).from_address(d.ptr), d.dtype)
-        host /= d.dtype.type(n)
+_CUPY, _TORCH = _CuPy(), _Torch()
+_registered: dict[type, ArrayLibrary] = {}
 
 
-_CUPY, _TORCH, _FAKE = _CuPy(), _Torch(), _Fake()
+def register_library(kind: type, adapter: ArrayLibrary) -> None:
+    """Makes arrays of ``kind`` usable in "nccl" groups through ``adapter`` (for array
+    libraries beyond CuPy and torch, e.g. a test suite's stand-in device)."""
+    _registered[kind] = adapter
 
 
-def _library(x) -> _Library | None:
+def _library(x) -> ArrayLibrary | None:
     root = type(x).__module__.split(".")[0]
     if root == "cupy":
         return _CUPY
     if root == "torch" and hasattr(x, "detach"):
         return _TORCH
-    if root == "hpcray" and type(x).__name__ == "FakeDeviceArray":
-        return _FAKE
-    return None
+    return _registered.get(type(x))
 
 
 def as_device(x, writable: bool, what: str = "tensor") -> DeviceArray:
-    """A DeviceArray over x (CuPy array, CUDA torch tensor, fake device array); TypeError
+    """A DeviceArray over x (CuPy array, CUDA torch tensor, registered type); TypeError
     naming what to do instead for anything else."""
     lib = _library(x)
     if lib is None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .._private.transfer import where
+from .._private.device.transfer import where
 from .arrays import Buffer
 from .base import BaseGroup
 from .device_arrays import DeviceArray, as_device

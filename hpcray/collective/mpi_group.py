@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from mpi4py import MPI
 
-from .._private.backoff import Backoff
+from .._private.core.backoff import Backoff
 from .arrays import Buffer, as_buffer
 from .base import BaseGroup
 from .header import (

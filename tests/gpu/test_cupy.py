@@ -137,7 +137,7 @@ r["expected"] = [[digest(make(i, (s,), "uint8")) for i, s in enumerate(sizes)],
                  [digest(make(i + 9, (s,), "uint8")) for i, s in enumerate(sizes)]] * 2
 r["paths"] = sorted(set(hpcray.get(a.last_paths.remote(5), timeout=60)
                         + hpcray.get(b.last_paths.remote(5), timeout=60)))
-from hpcray._private.device import cuda_aware_mpi
+from hpcray._private.device.registry import cuda_aware_mpi
 r["cuda_aware"] = cuda_aware_mpi()
 emit(r)
 '''

@@ -39,12 +39,10 @@ def choose_backend(gpus: list[str], cuda: bool) -> tuple[str, str]:
 def _own_gpu() -> str:
     """The calling worker's GPU (uuid, or node/id where NVML gave none); "" without one."""
     from ... import api
-    from ..._private.transfer import where
 
     if not api.get_gpu_ids():
         return ""
-    rt = api._runtime()
-    return where(rt.ranks[rt.rank]).gpu
+    return api.get_runtime_context().get_gpu_identity()
 
 
 @dataclass

@@ -5,7 +5,7 @@ jobs of tests/test_collective_gpu.py put this folder on PYTHONPATH).
 
 import numpy as np
 
-from . import cuda
+from tests.stand_ins.cupy import cuda
 
 uint8 = np.uint8
 

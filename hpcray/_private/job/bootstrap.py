@@ -15,10 +15,22 @@ import sys
 import threading
 import time
 import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from . import config as config_mod
+from ..core import config as config_mod
+from ..core.context import set_current
+from ..core.head import HeadRuntime
+from ..core.procs import process_gone
+from ..core.runtime import RankInfo
+from ..core.worker import WorkerRuntime
+from ..device import discovery as gpu_mod
+from ..device.registry import cuda_aware_mpi, set_has_gpu
 from . import preload, slurm
-from .runtime import RankInfo
+from .preempt import WorkerPreemption, preempt_signal
+
+if TYPE_CHECKING:
+    from ..transport.mpi import Transport
 
 
 def _mpi():
@@ -37,23 +49,6 @@ def _mpi():
     return MPI
 
 
-def process_gone(pid: int) -> bool:
-    """True once pid has exited (a zombie counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except FileNotFoundError:
-        return True
-    except OSError:  # no /proc: ask psutil
-        import psutil
-
-        try:
-            return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-        except psutil.NoSuchProcess:
-            return True
-    return stat[stat.rfind(b")") + 2:stat.rfind(b")") + 3] in (b"Z", b"X")
-
-
 def _node_memory() -> int:
     """Physical memory of this node, in bytes."""
     try:
@@ -70,9 +65,6 @@ def _node_name() -> str:
 
 def _describe(comm, config) -> list[RankInfo]:
     """Every rank's host, pid, node, GPUs and resources, known to all ranks."""
-    from . import gpu as gpu_mod
-    from .device import cuda_aware_mpi, set_has_gpu
-
     MPI = _mpi()
     rank = comm.Get_rank()
     slurm_task = slurm.rank_info()  # before GPU mapping narrows CUDA_VISIBLE_DEVICES
@@ -102,7 +94,7 @@ def _describe(comm, config) -> list[RankInfo]:
                            mine.gpus, bool(mine.gpus) and cuda_aware_mpi(), slurm_task))
     leaders = sorted({row[2] for row in rows})
     return [RankInfo(r, host, pid, f"node-{leaders.index(lead)}", name, res, gpus, cuda_mpi,
-                     slurm=sl)
+                     slurm=sl, slurm_node=slurm.node_info(sl))
             for r, (host, pid, lead, name, res, gpus, cuda_mpi, sl) in enumerate(rows)]
 
 
@@ -139,7 +131,7 @@ def _bound_startup(timeout: float) -> None:
 def _spawn_workers(MPI, n: int):
     """Interactive sessions only: worker ranks started with MPI_Comm_spawn (they know their
     parent through MPI_Comm_get_parent)."""
-    inter = MPI.COMM_SELF.Spawn(sys.executable, args=["-m", "hpcray._private.worker_main"],
+    inter = MPI.COMM_SELF.Spawn(sys.executable, args=["-m", "hpcray._private.job.worker_main"],
                                 maxprocs=n)
     return inter, inter.Merge(high=False)
 
@@ -184,15 +176,42 @@ def _survive_peer_failure(on_failure) -> None:
     signal.signal(signal.SIGUSR1, handler)
 
 
+@dataclass(eq=False)
+class Job:
+    """A started job as one rank holds it: MPI, the job's communicator, who is who."""
+
+    MPI: Any
+    comm: Any                 # the job's communicator; rank 0 is the head
+    spawned: Any              # intercommunicator of a plain-python session's spawned ranks
+    config: config_mod.Config
+    ranks: list[RankInfo]
+    identity: dict            # job id (Slurm's, kept across requeues), allocation, state dir
+    transport: Transport
+
+    @property
+    def rank(self) -> int:
+        return self.comm.Get_rank()
+
+
 def start(overrides: dict, num_cpus: int | None):
     """Collective start-up. Returns the head runtime on rank 0; never returns elsewhere."""
+    job = _join(overrides, num_cpus)
+    if job.rank == 0:
+        return head_start(job)
+    worker_start(job)
+
+
+def _join(overrides: dict, num_cpus: int | None) -> Job:
+    """Every rank: MPI_Init (or re-running the command as an MPI job), the head's settings,
+    the job's identity and every rank's description."""
     from .launch import under_mpi_launcher
 
     embedded = os.environ.get("HPCRAY_EMBEDDED") == "1"
     if not embedded and not under_mpi_launcher() and not _interactive():
         _check_srun(1)
         _relaunch(num_cpus or os.cpu_count() or 1)
-    early = config_mod.load()  # the environment's settings, before the head's overrides
+    defaults = {"cpus_per_rank": slurm.cpus_per_task()}  # Slurm's --cpus-per-task
+    early = config_mod.load(defaults)  # the environment's settings, before the head's overrides
     _bound_startup(early.init_timeout)
     MPI = _mpi()
     if not MPI.Is_initialized():
@@ -201,45 +220,47 @@ def start(overrides: dict, num_cpus: int | None):
     parent = MPI.Comm.Get_parent()
     if parent == MPI.COMM_NULL and not embedded:
         _check_srun(world.Get_size())
-    inter = None
+    spawned = None
     if parent != MPI.COMM_NULL:
         comm = parent.Merge(high=True)
-        inter = parent
+        spawned = parent
     elif world.Get_size() == 1 and not embedded:
         count = num_cpus if num_cpus else (os.cpu_count() or 1)
-        inter, comm = _spawn_workers(MPI, count)
+        spawned, comm = _spawn_workers(MPI, count)
     else:
         comm = world.Dup()
     if comm.Get_rank() != 0:
         preload.start(early.preload)
     overrides = comm.bcast(overrides, root=0)
-    config = config_mod.load(**overrides)
-    job = comm.bcast(_job_identity(config) if comm.Get_rank() == 0 else None, root=0)
-    job_id = job["job_id"]
+    config = config_mod.load(defaults, **overrides)
+    identity = comm.bcast(_job_identity(config) if comm.Get_rank() == 0 else None, root=0)
     ranks = _describe(comm, config)
-    from .transport import Transport
-
-    transport = Transport(comm)
     faulthandler.cancel_dump_traceback_later()  # start-up is over
-    if comm.Get_rank() == 0:
-        from .head import HeadRuntime
+    from ..transport.mpi import Transport  # imports mpi4py.MPI: only once MPI is set up
 
-        head = HeadRuntime(transport, config, ranks, job_id)
-        head.job = job
-        head._mpi = (MPI, comm, inter)
-        _survive_peer_failure(head.check_soon)
-        head.start()
-        return head
-    from .worker import WorkerRuntime
-    from .worker_context import set_current
+    return Job(MPI, comm, spawned, config, ranks, identity, Transport(comm))
 
-    worker = WorkerRuntime(transport, config, ranks, job_id)
-    worker.job = job
+
+def head_start(job: Job) -> HeadRuntime:
+    """Rank 0: the head's runtime, its progress thread running; the driver goes on."""
+    head = HeadRuntime(job.transport, job.config, job.ranks, job.identity["job_id"])
+    head.job = job.identity
+    head.mpi_job = job
+    set_current(head)
+    _survive_peer_failure(head.check_soon)
+    head.start()
+    return head
+
+
+def worker_start(job: Job) -> None:
+    """Ranks 1..N-1: serve tasks until the head says stop, then leave (never returns)."""
+    worker = WorkerRuntime(job.transport, job.config, job.ranks, job.identity["job_id"])
+    worker.job = job.identity
+    worker.before_user_code = preload.wait
     set_current(worker)
     _survive_peer_failure(lambda: None)
-    from .preempt import WorkerPreemption, preempt_signal
-
-    term = WorkerPreemption(worker, config.preempt_grace, preempt_signal(config.preempt_signal))
+    term = WorkerPreemption(worker, job.config.preempt_grace,
+                            preempt_signal(job.config.preempt_signal))
     term.install()
     worker.term_expired = term.expired
     worker.forward_output()
@@ -247,9 +268,9 @@ def start(overrides: dict, num_cpus: int | None):
 
     def end(status: int = 0) -> None:
         if exiting.acquire(blocking=False):
-            transport.close()
-            _exit(MPI, comm, inter, status, clean=worker.stopping == "shutdown",
-                  head_pid=worker.head_pid)
+            job.transport.close()
+            worker_stop(job, status, clean=worker.stopping == "shutdown",
+                        head_pid=worker.head_pid)
 
     worker.exit_fn = end
     status = 0
@@ -265,12 +286,23 @@ def start(overrides: dict, num_cpus: int | None):
         time.sleep(1)
 
 
-def _exit(MPI, comm, inter, status: int, clean: bool, head_pid: int = 0) -> None:
-    """Ends a worker: a last barrier with the head, MPI_Finalize, then os._exit.
+def head_stop(head: HeadRuntime) -> None:
+    """Stops the workers; with a dead rank the job ends here with status 1."""
+    head.shutdown()
+    if head.dead_ranks:
+        print(f"hpcray: ranks {head.dead_ranks} died during the job; exiting with status 1",
+              file=sys.stderr, flush=True)
+        worker_stop(head.mpi_job, 1, clean=False)
+
+
+def worker_stop(job: Job, status: int, clean: bool, head_pid: int = 0) -> None:
+    """Ends a worker (or a head whose job lost ranks): a last barrier with the head,
+    MPI_Finalize, then os._exit.
 
     Workers leave only after the head's own exit so the launcher sees the head's status
     (Hydra may kill a head that is still running when all its peers are gone).
     """
+    MPI, comm = job.MPI, job.comm
     for stream in (sys.__stdout__, sys.__stderr__):
         with contextlib.suppress(OSError, ValueError):
             stream.flush()
@@ -285,8 +317,8 @@ def _exit(MPI, comm, inter, status: int, clean: bool, head_pid: int = 0) -> None
                     os._exit(status)
                 time.sleep(0.01)
             # no comm.Free(): it fails while unread messages (late results) are pending
-            if inter is not None:
-                inter.Disconnect()
+            if job.spawned is not None:
+                job.spawned.Disconnect()
             MPI.Finalize()
             deadline = time.monotonic() + 5
             while head_pid and not process_gone(head_pid) and time.monotonic() < deadline:
@@ -294,6 +326,24 @@ def _exit(MPI, comm, inter, status: int, clean: bool, head_pid: int = 0) -> None
         except MPI.Exception as exc:
             print(f"hpcray: a worker's MPI shutdown failed: {exc}", file=sys.__stderr__)
     os._exit(status)
+
+
+def head_finalize(head: HeadRuntime) -> None:
+    """At interpreter exit on rank 0: MPI_Finalize together with the workers (bounded in time)."""
+    job = head.mpi_job
+    MPI = job.MPI
+    head.transport.close()
+    watchdog = threading.Timer(10, os._exit, args=(1,))
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        job.comm.Ibarrier().Wait()  # matches the workers' Ibarrier (blocking ones would not)
+        if job.spawned is not None:
+            job.spawned.Disconnect()
+        MPI.Finalize()
+    except MPI.Exception as exc:
+        print(f"hpcray: MPI shutdown failed on rank 0: {exc}", file=sys.stderr)
+    watchdog.cancel()
 
 
 class _ExitHook:
@@ -312,30 +362,3 @@ class _ExitHook:
 
 
 exit_hook = _ExitHook()
-
-
-def stop_head(head) -> None:
-    """Stops the workers; with a dead rank the job ends here with status 1."""
-    head.shutdown()
-    MPI, comm, inter = head._mpi
-    if head.dead_ranks:
-        print(f"hpcray: ranks {head.dead_ranks} died during the job; exiting with status 1",
-              file=sys.stderr, flush=True)
-        _exit(MPI, comm, inter, 1, clean=False)
-
-
-def finalize(head) -> None:
-    """At interpreter exit on rank 0: MPI_Finalize together with the workers (bounded in time)."""
-    MPI, comm, inter = head._mpi
-    head.transport.close()
-    watchdog = threading.Timer(10, os._exit, args=(1,))
-    watchdog.daemon = True
-    watchdog.start()
-    try:
-        comm.Ibarrier().Wait()  # matches the workers' Ibarrier (blocking ones would not)
-        if inter is not None:
-            inter.Disconnect()
-        MPI.Finalize()
-    except MPI.Exception as exc:
-        print(f"hpcray: MPI shutdown failed on rank 0: {exc}", file=sys.stderr)
-    watchdog.cancel()

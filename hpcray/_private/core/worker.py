@@ -19,11 +19,10 @@ import time
 import traceback
 from typing import Any
 
-from .. import exceptions as E
-from . import preload
+from ... import exceptions as E
 from . import protocol as P
-from .bootstrap import process_gone
 from .objects import Stored
+from .procs import process_gone
 from .runtime import Runtime
 from .serialization import deserialize, fits_inline, nbytes, own, serialize
 
@@ -198,6 +197,7 @@ class WorkerRuntime(Runtime):
         self.done: list = []  # batched task reports (see report())
         self.exit_fn = lambda: None  # set by bootstrap: ends the rank
         self.term_expired = lambda: False  # set by bootstrap: SIGTERM's grace has run out
+        self.before_user_code = lambda: None  # set by bootstrap: preloaded imports are done
         self.inline_tasks: collections.deque = collections.deque()
 
     # -- the worker's half of the conversation ---------------------------------------------
@@ -466,7 +466,7 @@ class WorkerRuntime(Runtime):
         ``target`` returns the callable (an actor's method); None means the task's function.
         ``more``: other calls are queued behind this one, so its report may be batched.
         """
-        preload.wait()
+        self.before_user_code()
         local = self.local
         local.task_id = task_id = spec.task_id
         if spec.kind == P.NORMAL:

@@ -15,9 +15,9 @@ import weakref
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 
-from . import device
-from .device import DeviceBuffer, HostCopy
+from . import registry as device
 from .p2p import RECV_TIMEOUT, Channel
+from .registry import DeviceBuffer, HostCopy
 
 PATHS = ("ipc", "mpi", "nccl", "staged")  # "empty" (no bytes to move) needs no path
 RING_SLOTS = 4
@@ -36,9 +36,7 @@ class Where:
 
 def where(info) -> Where:
     """Where of a RankInfo."""
-    own = info.gpus[0] if info.gpus else None
-    return Where(info.node_id, (own.uuid or f"{info.node_id}/{own.id}") if own else "",
-                 bool(info.cuda_mpi))
+    return Where(info.node_id, info.gpu_identity(), bool(info.cuda_mpi))
 
 
 def choose_path(src: Where, dst: Where, paths: tuple[str, ...], host_memory: bool = False,
@@ -266,7 +264,7 @@ class DeviceTransfers:
             return out
         finally:
             if not mapped:
-                from .protocol import RELEASE
+                from ..core.protocol import RELEASE
 
                 self.transport.send(src, (RELEASE, [token]))
 
@@ -301,7 +299,7 @@ class DeviceTransfers:
     def flush(self) -> None:
         """Tells owners that mapped imports are gone (their arrays were freed), once the work
         this rank queued on the device before then has finished reading them."""
-        from .protocol import RELEASE
+        from ..core.protocol import RELEASE
 
         while self.released:
             src, token, mapping = self.released.popleft()

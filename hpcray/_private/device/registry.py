@@ -12,12 +12,14 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import importlib
 import os
 import sys
 import threading
 from typing import Any
 
-from ..exceptions import DeviceUnavailableError
+from ...exceptions import DeviceUnavailableError
+from ..core import hooks
 
 _local = threading.local()
 _backends: dict[str, Backend] = {}
@@ -146,8 +148,8 @@ def backend(name: str) -> Backend:
         with contextlib.suppress(ImportError):
             if name == "cupy":
                 _register_cupy()
-            elif name == "fake":
-                from . import fakegpu  # noqa: F401 - registers itself
+            else:
+                load_plugins()
     found = _backends.get(name)
     if found is None:
         raise DeviceUnavailableError(f"device arrays of kind {name!r} arrived, but this rank "
@@ -155,10 +157,18 @@ def backend(name: str) -> Backend:
     return found
 
 
+def load_plugins() -> None:
+    """Imports the modules named in ``HPCRAY_DEVICE_PLUGINS`` (comma-separated); each registers
+    its array types with ``register()``, as CuPy's support does here."""
+    for name in os.environ.get("HPCRAY_DEVICE_PLUGINS", "").split(","):
+        if name.strip():
+            importlib.import_module(name.strip())
+
+
 def _register_cupy() -> None:
     import cupy
 
-    from .cupy_backend import CuPyBackend
+    from .cupy import CuPyBackend
 
     register(cupy.ndarray, CuPyBackend())
 
@@ -237,7 +247,7 @@ def _rebuild(name: str, index: int, meta: tuple):
 
 
 def current_rank() -> int:
-    from .worker_context import current
+    from ..core.context import current
 
     runtime = current()
     return runtime.rank if runtime is not None else 0
@@ -285,3 +295,13 @@ def _mpix_query():
         fn.argtypes = []
         return fn
     return None
+
+
+def transfers(transport: Any, ranks: list, config: Any):
+    """The rank's device transfer paths (core's hook for moving device buffers)."""
+    from .transfer import DeviceTransfers
+
+    return DeviceTransfers(transport, ranks, config)
+
+
+hooks.devices = sys.modules[__name__]

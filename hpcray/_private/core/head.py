@@ -12,15 +12,14 @@ import threading
 import time
 from typing import Any
 
-from .. import exceptions as E
+from ... import exceptions as E
 from . import protocol as P
 from .backoff import Backoff
-from .bootstrap import process_gone
 from .objects import Stored
+from .procs import process_gone
 from .runtime import RankInfo, Runtime
 from .scheduler import Infeasible, InPlacementGroup, Request, Scheduler
 from .serialization import deserialize, inline_blob
-from .slurm import node_info as slurm_node
 
 
 class Entry:
@@ -137,6 +136,7 @@ class HeadRuntime(Runtime):
             "rendezvous": self.op_rendezvous,
         }
         self.rendezvous = None  # collective groups' GroupRendezvous, made on first use
+        self.mpi_job: Any = None  # the job's MPI side (job.bootstrap.Job), set at start-up
         self.thread = threading.Thread(target=self.progress_loop, name="hpcray-head", daemon=True)
 
     # -- the head's half of the conversation -----------------------------------------------
@@ -598,7 +598,7 @@ class HeadRuntime(Runtime):
 
     def op_rendezvous(self, src: int, action: str, *args):
         if self.rendezvous is None:
-            from .rendezvous import GroupRendezvous
+            from ...collective.rendezvous import GroupRendezvous
 
             self.rendezvous = GroupRendezvous()
         return self.rendezvous.call(action, *args)
@@ -630,7 +630,7 @@ class HeadRuntime(Runtime):
         for info in self.ranks:
             node = nodes.setdefault(info.node_id, {
                 "NodeID": info.node_id, "NodeName": info.node_name, "NodeManagerHostname": info.host,
-                "Alive": False, "Resources": {}, "Ranks": [], "Slurm": slurm_node(info.slurm)})
+                "Alive": False, "Resources": {}, "Ranks": [], "Slurm": info.slurm_node})
             node["Alive"] = node["Alive"] or info.alive
             node["Ranks"].append(info.rank)
             for gpu in info.gpus:

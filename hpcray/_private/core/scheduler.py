@@ -17,12 +17,12 @@ Why a decision stays cheap as the number of ranks grows:
 
 from __future__ import annotations
 
+import os
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from ..exceptions import InfeasibleError
-from .gpu import no_gpu_hint
+from ...exceptions import InfeasibleError
 
 DEFAULT = "DEFAULT"
 SPREAD = "SPREAD"
@@ -692,3 +692,11 @@ class Scheduler:
                 for req in group.queue.values():
                     del self._queued[req.id]
                     self._infeasible.append((req, reason))
+
+
+def no_gpu_hint() -> str:
+    """What to do when a GPU was asked for in a job without GPUs."""
+    return ("This job has no GPUs: NVML found none this job may use "
+            f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')}). Run on "
+            "GPU nodes (e.g. sbatch --gpus-per-node=N), or declare GPUs with "
+            "hpcray.init(num_gpus=N) or HPCRAY_NUM_GPUS=N.")

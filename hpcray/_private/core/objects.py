@@ -12,7 +12,7 @@ import sys
 import threading
 from dataclasses import dataclass, field
 
-from .device import is_device
+from . import hooks
 from .serialization import deserialize
 
 # (object id, event): +1 a ref appeared, -1 one was dropped, 0 a ref created by
@@ -56,7 +56,7 @@ class Stored:
 
     def value(self):
         """The value; arrays in it are read-only views of the stored buffers, as in Ray."""
-        return deserialize(self.header, [b if is_device(b) else memoryview(b).toreadonly()
+        return deserialize(self.header, [b if type(b) in hooks.devices.DEVICE_ENTRIES else memoryview(b).toreadonly()
                                          for b in self.buffers])
 
 

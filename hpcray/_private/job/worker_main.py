@@ -1,5 +1,5 @@
 """Entry point of worker ranks spawned by a plain (launcher-less) ``hpcray.init()``."""
 
-from hpcray._private.bootstrap import start
+from .bootstrap import start
 
 start({}, None)

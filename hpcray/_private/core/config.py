@@ -76,14 +76,13 @@ def _parse(kind: type, text: str):
     return kind(text)
 
 
-def load(**overrides) -> Config:
-    """Defaults, then ``HPCRAY_*`` variables, then explicit keyword overrides."""
+def load(defaults: dict | None = None, **overrides) -> Config:
+    """Defaults (the job's, e.g. Slurm's ``--cpus-per-task``, over the built-in ones), then
+    ``HPCRAY_*`` variables, then explicit keyword overrides."""
     config = Config()
-    if "HPCRAY_CPUS_PER_RANK" not in os.environ:
-        # under Slurm a rank's CPUs default to the job's --cpus-per-task
-        from .slurm import cpus_per_task
-
-        config.cpus_per_rank = cpus_per_task() or config.cpus_per_rank
+    for key, value in (defaults or {}).items():
+        if value:
+            setattr(config, key, value)
     for f in fields(Config):
         text = os.environ.get("HPCRAY_" + f.name.upper())
         if text is not None:

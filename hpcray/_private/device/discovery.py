@@ -134,11 +134,3 @@ def visible_devices(mine: list[Gpu], node: list[Gpu]) -> str:
     node's others, so CUDA IPC still reaches every GPU of the node."""
     order = mine + [g for g in node if g not in mine]
     return ",".join(g.uuid or g.id for g in order)
-
-
-def no_gpu_hint() -> str:
-    """What to do when a GPU was asked for in a job without GPUs."""
-    return ("This job has no GPUs: NVML found none this job may use "
-            f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')}). Run on "
-            "GPU nodes (e.g. sbatch --gpus-per-node=N), or declare GPUs with "
-            "hpcray.init(num_gpus=N) or HPCRAY_NUM_GPUS=N.")

@@ -16,7 +16,7 @@ from typing import Any
 
 import cloudpickle
 
-from . import device
+from . import hooks
 
 _PRIMITIVES = (int, float, str, bytes, bool, type(None))
 _local = threading.local()
@@ -97,15 +97,15 @@ def serialize(value: Any) -> tuple[bytes, list, list[int]]:
     refs: list[int] = []
     outer = _collector()
     _local.refs = refs
-    device_types = device.device_table()
+    device_types = hooks.devices.device_table()
     try:
         stream = io.BytesIO()
         pickler = _Pickler(stream, device_types, protocol=5,
                            buffer_callback=lambda b: buffers.append(b.raw()))
         if device_types:
-            with device.collecting(buffers):
+            with hooks.devices.collecting(buffers):
                 pickler.dump(value)
-            backends = {b.backend for b in buffers if type(b) is device.DeviceBuffer}
+            backends = {b.backend for b in buffers if type(b) is hooks.devices.DeviceBuffer}
             for backend in backends:
                 backend.synchronize()
         else:
@@ -117,16 +117,16 @@ def serialize(value: Any) -> tuple[bytes, list, list[int]]:
 
 def deserialize(header: bytes, buffers: list | tuple = ()) -> Any:
     """Inverse of serialize; buffers are used in place (numpy arrays are not copied)."""
-    if buffers and any(type(b) in device.DEVICE_ENTRIES for b in buffers):
-        host, on_device = device.split(buffers)
-        with device.rebuilding(on_device):
+    if buffers and any(type(b) in hooks.devices.DEVICE_ENTRIES for b in buffers):
+        host, on_device = hooks.devices.split(buffers)
+        with hooks.devices.rebuilding(on_device):
             return pickle.loads(header, buffers=host)
     return pickle.loads(header, buffers=buffers)
 
 
 def has_device(buffers) -> bool:
     """Whether a serialized value holds device memory (it then never travels inline)."""
-    return any(type(b) in device.DEVICE_ENTRIES for b in buffers)
+    return any(type(b) in hooks.devices.DEVICE_ENTRIES for b in buffers)
 
 
 def fits_inline(header: bytes, buffers: list, limit: int) -> bool:
@@ -135,7 +135,7 @@ def fits_inline(header: bytes, buffers: list, limit: int) -> bool:
 
 def own(buffers: list) -> list:
     """Private copies of a value's buffers (put() and borrowed arguments)."""
-    return [b.copy() if type(b) in device.DEVICE_ENTRIES else bytearray(b) for b in buffers]
+    return [b.copy() if type(b) in hooks.devices.DEVICE_ENTRIES else bytearray(b) for b in buffers]
 
 
 def inline_blob(value: Any, error: bool = False) -> tuple[bytes, list[bytes], bool]:
@@ -157,4 +157,4 @@ def nbytes(header: bytes, buffers: list) -> int:
 
 
 def buffer_size(buf) -> int:
-    return buf.nbytes if type(buf) in device.DEVICE_ENTRIES else memoryview(buf).nbytes
+    return buf.nbytes if type(buf) in hooks.devices.DEVICE_ENTRIES else memoryview(buf).nbytes

@@ -62,7 +62,7 @@ def strategy_of(options: dict[str, Any]):
     pg = options.get("placement_group")
     if (strategy is None or strategy == "DEFAULT") and pg in (None, "default"):
         return "DEFAULT"
-    from ..util.scheduling_strategies import (
+    from ...util.scheduling_strategies import (
         NodeAffinitySchedulingStrategy,
         PlacementGroupSchedulingStrategy,
     )

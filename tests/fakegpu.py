@@ -4,6 +4,10 @@
 shared-memory blocks the way CuPy's pool carves arrays out of cudaMalloc blocks. Its IPC
 handle names a whole block (the file under /dev/shm), so (handle, offset) bookkeeping,
 handle caching and the exporter's pinning run exactly as with CUDA IPC. Only tests use it.
+
+It registers itself as a device backend (kind "fake") and as an array library of the "nccl"
+collective backend when imported; ranks that receive fake arrays without having imported it
+load it through ``HPCRAY_DEVICE_PLUGINS=fakegpu`` (tests/conftest.py sets it).
 """
 
 from __future__ import annotations
@@ -18,8 +22,9 @@ import weakref
 
 import numpy as np
 
-from . import device
-from .device import Backend, DeviceBuffer
+from hpcray._private.device import registry as device
+from hpcray._private.device.registry import Backend, DeviceBuffer
+from hpcray.collective.device_arrays import ArrayLibrary, DeviceArray, register_library
 
 BLOCK = 1 << 20
 _ALIGN = 256
@@ -257,3 +262,23 @@ class FakeBackend(Backend):
 
 
 device.register(FakeDeviceArray, FakeBackend())
+
+
+class FakeArrays(ArrayLibrary):
+    """The "nccl" collective backend's view of fake device arrays."""
+
+    def wrap(self, x, writable: bool) -> DeviceArray:
+        return DeviceArray(self, x, x.ptr, x.dtype, x.shape, 0)
+
+    def download(self, d: DeviceArray, host: np.ndarray) -> None:
+        ctypes.memmove(host.ctypes.data, d.ptr, d.nbytes)
+
+    def upload(self, d: DeviceArray, host: np.ndarray) -> None:
+        ctypes.memmove(d.ptr, host.ctypes.data, d.nbytes)
+
+    def divide(self, d: DeviceArray, n: int) -> None:
+        host = np.frombuffer((ctypes.c_char * d.nbytes).from_address(d.ptr), d.dtype)
+        host /= d.dtype.type(n)
+
+
+register_library(FakeDeviceArray, FakeArrays())

@@ -8,8 +8,8 @@ import threading
 import cupy
 import numpy as np
 
-from . import device
-from .device import Backend, DeviceBuffer
+from . import registry as device
+from .registry import Backend, DeviceBuffer
 
 _H2D, _D2H, _D2D = 1, 2, 3
 _LAZY_PEER_ACCESS = 1

@@ -18,18 +18,17 @@ import traceback
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from ..exceptions import GetTimeoutError, ObjectLostError, TaskError
-from ..object_ref import ObjectRef
+from ...exceptions import GetTimeoutError, ObjectLostError, TaskError
+from ...object_ref import ObjectRef
+from . import hooks
 from . import protocol as P
 from .backoff import Backoff
 from .config import Config
-from .device import is_device
 from .objects import LocalStore, RefTracker, Stored
 from .serialization import fits_inline, has_device, nbytes, own, serialize
-from .transfer import DeviceTransfers
 
 if TYPE_CHECKING:
-    from .transport import Transport
+    from ..transport.mpi import Transport
 
 
 def _unpicklable(args, kwargs) -> str:
@@ -47,18 +46,24 @@ class RankInfo:
     """What the head knows about one rank."""
 
     __slots__ = ("alive", "cuda_mpi", "gpus", "host", "last_seen", "node_id", "node_name", "pid",
-                 "rank", "resources", "slurm")
+                 "rank", "resources", "slurm", "slurm_node")
 
     def __init__(self, rank: int, host: str, pid: int, node_id: str, node_name: str,
                  resources: dict, gpus: list | None = None, cuda_mpi: bool = False,
-                 slurm: dict | None = None):
+                 slurm: dict | None = None, slurm_node: dict | None = None):
         self.rank, self.host, self.pid = rank, host, pid
         self.node_id, self.node_name, self.resources = node_id, node_name, resources
         self.gpus = gpus or []        # this rank's GPUs (gpu.Gpu), its own device first
         self.cuda_mpi = cuda_mpi      # the MPI library takes device pointers
         self.slurm = slurm            # what Slurm says about this rank's task (slurm.rank_info)
+        self.slurm_node = slurm_node  # the node-level part of it
         self.alive = True
         self.last_seen = time.monotonic()
+
+    def gpu_identity(self) -> str:
+        """This rank's own GPU, unique in the job: its UUID, or node/index; "" without one."""
+        own = self.gpus[0] if self.gpus else None
+        return (own.uuid or f"{self.node_id}/{own.id}") if own else ""
 
 
 class Runtime:
@@ -80,7 +85,7 @@ class Runtime:
         self.functions: dict[int, Any] = {}
         self.local = threading.local()  # current task / actor of the calling thread
         self.stopping = False
-        self.devices = DeviceTransfers(transport, ranks, config)
+        self.devices = hooks.devices.transfers(transport, ranks, config)
         # (name, kind, start, end, thread, ok) of the tasks run here, for hpcray.timeline()
         self.events: collections.deque = collections.deque(maxlen=config.timeline_events)
         self.job: dict = {"job_id": job_id, "slurm": None, "state_dir": ""}  # set by bootstrap
@@ -160,7 +165,7 @@ class Runtime:
             if transport.closed:
                 return []
             try:
-                descs = [self.devices.describe(dest, b) if is_device(b) else memoryview(b).nbytes
+                descs = [self.devices.describe(dest, b) if type(b) in hooks.devices.DEVICE_ENTRIES else memoryview(b).nbytes
                          for b in stored.buffers]
             except Exception as exc:  # noqa: BLE001 - the receiver gets the error, not a hang
                 header, _, _ = serialize(ObjectLostError(
