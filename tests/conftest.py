@@ -41,6 +41,9 @@ def run_process(cmd: list[str], timeout: float, env: dict | None = None,
     full_env.setdefault("HPCRAY_DEVICE_PLUGINS", "fakegpu")
     full_env.setdefault("PYTHONUNBUFFERED", "1")
     if env:
+        env = dict(env)
+        if "PYTHONPATH" in env:  # the caller's paths first, then the suite's
+            full_env["PYTHONPATH"] = env.pop("PYTHONPATH") + os.pathsep + full_env["PYTHONPATH"]
         full_env.update(env)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=full_env, cwd=cwd, start_new_session=True)

@@ -39,3 +39,8 @@ class HostOnly:
 
 
 devices: Any = HostOnly
+
+
+def is_device(buf: Any) -> bool:
+    """Whether a serialized value's buffer is device memory (or its host copy)."""
+    return type(buf) in devices.DEVICE_ENTRIES

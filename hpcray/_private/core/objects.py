@@ -56,7 +56,7 @@ class Stored:
 
     def value(self):
         """The value; arrays in it are read-only views of the stored buffers, as in Ray."""
-        return deserialize(self.header, [b if type(b) in hooks.devices.DEVICE_ENTRIES else memoryview(b).toreadonly()
+        return deserialize(self.header, [b if hooks.is_device(b) else memoryview(b).toreadonly()
                                          for b in self.buffers])
 
 

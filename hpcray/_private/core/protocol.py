@@ -8,34 +8,241 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
+# Op codes: the first item of every message. A message travels as a plain tuple
+# (op, *fields) -- pickled several times faster than a record; the records below name its
+# fields and types, and tests/test_protocol.py holds every sender and handler to them.
 # worker -> head
-SUBMIT = 1        # (SUBMIT, TaskSpec.wire())
-DONE = 2          # (DONE, task_id, results, retryable)    results: [(id, inline|None, size, contained, error)]
-REFS = 3          # (REFS, [(id, +1|-1), ...])
-DONE_MANY = 10    # (DONE_MANY, [(task_id, results, retryable), ...])
-WANT = 4          # (WANT, [ids])                          deliver these objects to me when ready
-REQUEST = 5       # (REQUEST, req_id, op, args)
-PUT = 6           # (PUT, id, inline|None, size, contained)
-LOG = 7           # (LOG, text)
-BLOCKED = 8       # (BLOCKED, task_id, blocked: bool)       a task waits in a nested get
-HEARTBEAT = 9     # (HEARTBEAT, [quiet seconds])
-EVENTS = 11       # (EVENTS, req_id, [event, ...])        answer to TIMELINE
+SUBMIT = 1
+DONE = 2
+REFS = 3
+WANT = 4
+REQUEST = 5
+PUT = 6
+LOG = 7
+BLOCKED = 8
+HEARTBEAT = 9
+DONE_MANY = 10
+EVENTS = 11
 # head -> worker
-TASK = 20         # (TASK, TaskSpec.wire(), inline_deps {id: (header, buffers, error)})
-PUSH = 21         # (PUSH, id, dest)                       send your copy of id to dest
-OBJ = 22          # (OBJ, id, header, buffers, error)      a small value you asked for
-FREE = 23         # (FREE, [ids])
-CANCEL = 24       # (CANCEL, task_id)
-KILL_ACTOR = 25   # (KILL_ACTOR, actor_id)
-REPLY = 26        # (REPLY, req_id, ok, value)
-SHUTDOWN = 27     # (SHUTDOWN,)
-TIMELINE = 28     # (TIMELINE, req_id)                     send me your recorded task events
+TASK = 20
+PUSH = 21
+OBJ = 22
+FREE = 23
+CANCEL = 24
+KILL_ACTOR = 25
+REPLY = 26
+SHUTDOWN = 27
+TIMELINE = 28
 # peer -> peer
-OBJDATA = 40      # (OBJDATA, id, header, descs, error) then the buffers' data on the DATA tag
-                  #   descs: a host buffer's size, or a device buffer's transfer (transfer.py)
-RELEASE = 41      # (RELEASE, [tokens])                    done reading your CUDA IPC exports
+OBJDATA = 40
+RELEASE = 41
+
+HEAD, WORKER, PEER = "head", "worker", "peer"  # who receives a message kind
+
+
+class Submit(NamedTuple):
+    """Run this task, actor creation or actor call."""
+
+    OP = SUBMIT
+    TO = HEAD
+    spec: tuple                  # TaskSpec.wire()
+
+
+class Done(NamedTuple):
+    """A task finished; results: [(id, inline blob | None, size, contained ids, error)]."""
+
+    OP = DONE
+    TO = HEAD
+    task_id: int
+    results: list
+    retryable: bool              # a system failure: the head may retry the task
+
+
+class DoneMany(NamedTuple):
+    """Several Done reports batched: [(task_id, results, retryable), ...]."""
+
+    OP = DONE_MANY
+    TO = HEAD
+    reports: list
+
+
+class Refs(NamedTuple):
+    """Reference count changes: [(object id, +1 | -1), ...]."""
+
+    OP = REFS
+    TO = HEAD
+    changes: list
+
+
+class Want(NamedTuple):
+    """Deliver these objects to me when they are ready."""
+
+    OP = WANT
+    TO = HEAD
+    ids: list
+
+
+class Request(NamedTuple):
+    """Run head operation ``op`` (get_actor, kill, cancel, nodes, ...); answered by Reply."""
+
+    OP = REQUEST
+    TO = HEAD
+    req_id: int
+    op: str
+    args: tuple
+
+
+class Put(NamedTuple):
+    """I stored a new object (inline: its blob when small)."""
+
+    OP = PUT
+    TO = HEAD
+    object_id: int
+    inline: tuple | None
+    size: int
+    contained: list              # ids nested inside it, pinned while it lives
+
+
+class Log(NamedTuple):
+    """Output of the rank's tasks, for the driver's stdout or stderr."""
+
+    OP = LOG
+    TO = HEAD
+    text: str
+    is_err: bool
+
+
+class Blocked(NamedTuple):
+    """A task waits in a nested get (it lends its resources) or stopped waiting."""
+
+    OP = BLOCKED
+    TO = HEAD
+    task_id: int
+    blocked: bool
+
+
+class Heartbeat(NamedTuple):
+    """I am alive; quiet: seconds (inf: until the next heartbeat) I may then stay silent."""
+
+    OP = HEARTBEAT
+    TO = HEAD
+    quiet: float = 0.0
+
+
+class Events(NamedTuple):
+    """Answer to Timeline: the task events this rank recorded."""
+
+    OP = EVENTS
+    TO = HEAD
+    req_id: int
+    events: list
+
+
+class Task(NamedTuple):
+    """Run this; inline: {object id: (header, buffers, error)} of its small arguments."""
+
+    OP = TASK
+    TO = WORKER
+    fields: tuple                # TaskSpec.wire()
+    inline: dict
+
+
+class Push(NamedTuple):
+    """Send your copy of object_id to rank dest."""
+
+    OP = PUSH
+    TO = WORKER
+    object_id: int
+    dest: int
+
+
+class Obj(NamedTuple):
+    """A small value (or an error) you asked for."""
+
+    OP = OBJ
+    TO = WORKER
+    object_id: int
+    header: bytes
+    buffers: list
+    error: bool
+
+
+class Free(NamedTuple):
+    """Drop your copies of these objects: no reference is left."""
+
+    OP = FREE
+    TO = WORKER
+    ids: list
+
+
+class Cancel(NamedTuple):
+    """Cancel this running task (force: also a task stuck outside Python)."""
+
+    OP = CANCEL
+    TO = WORKER
+    task_id: int
+    force: bool
+
+
+class KillActor(NamedTuple):
+    """End this actor now."""
+
+    OP = KILL_ACTOR
+    TO = WORKER
+    actor_id: int
+
+
+class Reply(NamedTuple):
+    """The answer to a Request: a value, or the exception it raised (ok False)."""
+
+    OP = REPLY
+    TO = WORKER
+    req_id: int
+    ok: bool
+    value: Any
+
+
+class Shutdown(NamedTuple):
+    """Stop: the job is over."""
+
+    OP = SHUTDOWN
+    TO = WORKER
+
+
+class Timeline(NamedTuple):
+    """Send me your recorded task events (answered by Events)."""
+
+    OP = TIMELINE
+    TO = WORKER
+    req_id: int
+
+
+class ObjData(NamedTuple):
+    """An object's pickle and buffer descriptions; the buffers follow on the DATA tag.
+
+    descs: a host buffer's size, or a device buffer's transfer (device/transfer.py)."""
+
+    OP = OBJDATA
+    TO = PEER
+    object_id: int
+    header: bytes
+    descs: list
+    error: bool
+
+
+class Release(NamedTuple):
+    """I am done reading your CUDA IPC exports with these tokens."""
+
+    OP = RELEASE
+    TO = PEER
+    tokens: list
+
+
+MESSAGES: tuple[type, ...] = (Submit, Done, DoneMany, Refs, Want, Request, Put, Log, Blocked,
+                              Heartbeat, Events, Task, Push, Obj, Free, Cancel, KillActor,
+                              Reply, Shutdown, Timeline, ObjData, Release)
 
 # task kinds
 NORMAL, ACTOR_CREATE, ACTOR_CALL = 0, 1, 2

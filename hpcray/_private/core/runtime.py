@@ -165,7 +165,7 @@ class Runtime:
             if transport.closed:
                 return []
             try:
-                descs = [self.devices.describe(dest, b) if type(b) in hooks.devices.DEVICE_ENTRIES else memoryview(b).nbytes
+                descs = [self.devices.describe(dest, b) if hooks.is_device(b) else memoryview(b).nbytes
                          for b in stored.buffers]
             except Exception as exc:  # noqa: BLE001 - the receiver gets the error, not a hang
                 header, _, _ = serialize(ObjectLostError(
