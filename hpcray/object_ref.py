@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 
+from ._private.core import context
 from ._private.core.objects import ADD, CREATED, DROP, ref_events
 from ._private.core.serialization import note_ref
 
@@ -43,9 +44,9 @@ class ObjectRef:
 
     def future(self) -> concurrent.futures.Future:
         """A concurrent.futures.Future that completes with the value (no thread is started)."""
-        from . import api
-
-        runtime = api._runtime()
+        runtime = context.current()
+        if runtime is None:
+            raise RuntimeError(f"{self!r}.future(): hpcray is not running; call hpcray.init()")
         fut: concurrent.futures.Future = concurrent.futures.Future()
 
         def ready(ref: ObjectRef = self) -> None:

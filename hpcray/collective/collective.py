@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from .base import BaseGroup
+from .rendezvous import RENDEZVOUS
 from .types import CollectiveError, CollectiveTimeoutError, ReduceOp
 
 _groups: dict[tuple, BaseGroup] = {}
@@ -84,11 +85,11 @@ def init_collective_group(world_size: int, rank: int, backend: str = "mpi",
     deadline = time.monotonic() + timeout
     delay = 0.0005
     while True:
-        state = rt.request("rendezvous", "join", meet, world_size, rank, backend, rt.rank, key)
+        state = rt.request("service", RENDEZVOUS, "join", meet, world_size, rank, backend, rt.rank, key)
         if state["state"] == "go":
             break
         if time.monotonic() > deadline:
-            rt.request("rendezvous", "withdraw", meet, key)
+            rt.request("service", RENDEZVOUS, "withdraw", meet, key)
             missing = state.get("missing")
             why = (f"rank(s) {missing} did not join" if missing else
                    "the group waited for another group sharing its MPI ranks to be created")
@@ -100,10 +101,10 @@ def init_collective_group(world_size: int, rank: int, backend: str = "mpi",
         group = BACKENDS[backend](group_name, world_size, rank, rt, state, timeout)
     except BaseException:
         # free the ranks for other groups and the name for a new attempt
-        rt.request("rendezvous", "created", state["instance"], rank)
-        rt.request("rendezvous", "leave", state["instance"], rank)
+        rt.request("service", RENDEZVOUS, "created", state["instance"], rank)
+        rt.request("service", RENDEZVOUS, "leave", state["instance"], rank)
         raise
-    rt.request("rendezvous", "created", state["instance"], rank)
+    rt.request("service", RENDEZVOUS, "created", state["instance"], rank)
     with _groups_lock:
         _groups[(key, group_name)] = group
 
@@ -126,7 +127,7 @@ def create_collective_group(actors: list, world_size: int, ranks: list[int],
         raise ValueError(f"ranks must be a permutation of 0..{world_size - 1}, got {ranks}")
     if any(not isinstance(a, ActorHandle) for a in actors):
         raise TypeError("actors must be actor handles")
-    _runtime().request("rendezvous", "declare", group_name,
+    _runtime().request("service", RENDEZVOUS, "declare", group_name,
                        {a._actor_id: r for a, r in zip(actors, ranks)}, world_size, backend)
 
 
@@ -140,7 +141,7 @@ def destroy_collective_group(group_name: str = "default") -> None:
         group.alive = False
         group.destroy()
     elif rt.rank == 0:
-        rt.request("rendezvous", "destroy", group_name)
+        rt.request("service", RENDEZVOUS, "destroy", group_name)
 
 
 def _lookup(group_name: str) -> BaseGroup | None:
@@ -161,7 +162,7 @@ def _group(group_name: str) -> BaseGroup:
     group = _lookup(group_name)
     if group is None:
         actor = getattr(rt.local, "actor_id", 0)
-        declared = rt.request("rendezvous", "lookup", group_name, actor) if actor else None
+        declared = rt.request("service", RENDEZVOUS, "lookup", group_name, actor) if actor else None
         if declared is None:
             raise CollectiveError(f"collective group {group_name!r} is not initialized here: "
                                   "call init_collective_group in each member, or "

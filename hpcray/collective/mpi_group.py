@@ -55,6 +55,7 @@ from .header import (
     reducer,
     validate_reduce,
 )
+from .rendezvous import RENDEZVOUS
 from .types import CollectiveError, CollectiveTimeoutError, ReduceOp
 
 #: Open MPI (4.1's AVX reductions) saturates 8- and 16-bit integer sums: numpy reduces those
@@ -266,7 +267,7 @@ class MPIGroup(BaseGroup):
                                      f"destroy_collective_group({self.name!r}) and create it again")
 
     def _rendezvous(self, action: str, *args) -> Any:
-        return self.runtime.request("rendezvous", action, *args)
+        return self.runtime.request("service", RENDEZVOUS, action, *args)
 
     def _usable(self) -> None:
         if self.broken:

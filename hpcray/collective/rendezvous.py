@@ -238,3 +238,6 @@ class GroupRendezvous:
                 del self.holds[m]
         if stale:
             self._grant()
+
+
+RENDEZVOUS = f"{__name__}:GroupRendezvous"  # the head service's name (see HeadRuntime.op_service)

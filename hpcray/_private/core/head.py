@@ -6,7 +6,7 @@ same handlers through the progress thread. Both hold ``self.lock``.
 
 from __future__ import annotations
 
-import collections
+import importlib
 import sys
 import threading
 import time
@@ -14,41 +14,14 @@ from typing import Any
 
 from ... import exceptions as E
 from . import protocol as P
+from .actors import Actor, ActorTable, died_error
 from .backoff import Backoff
+from .directory import LocalCopies, ObjectDirectory, error_blob
 from .objects import Stored
 from .procs import process_gone
 from .runtime import RankInfo, Runtime
 from .scheduler import Infeasible, InPlacementGroup, Request, Scheduler
 from .serialization import deserialize, inline_blob
-
-
-class Entry:
-    """The head's record of one object."""
-
-    __slots__ = (
-        "actor_id",
-        "contained",
-        "dependents",
-        "inline",
-        "locations",
-        "producer",
-        "ready",
-        "refs",
-        "size",
-        "waiters",
-    )
-
-    def __init__(self, refs: int, producer: int = 0):
-        self.refs = refs
-        self.ready = False
-        self.inline: tuple | None = None   # (header, buffers, error) when small or an error
-        self.size = 0
-        self.locations: set[int] = set()   # ranks holding (or being sent) a stored copy
-        self.waiters: set[int] = set()     # ranks that asked for it
-        self.dependents: list[Task] = []
-        self.contained: list[int] = []
-        self.producer = producer
-        self.actor_id = 0                  # an actor handle: dropping it ends the actor
 
 
 class Task:
@@ -66,38 +39,6 @@ class Task:
         self.cancelled = False
 
 
-class Actor:
-    """An actor: where it lives and the calls waiting to be sent to it, in order."""
-
-    __slots__ = (
-        "actor_id",
-        "cause",
-        "create",
-        "dead",
-        "detached",
-        "inflight",
-        "lifetime",
-        "name",
-        "orphaned",
-        "queue",
-        "rank",
-    )
-
-    def __init__(self, create: Task):
-        spec = create.spec
-        self.actor_id = spec.actor_id
-        self.create = create
-        self.rank: int | None = None
-        self.dead = False
-        self.cause = ""
-        self.name = spec.options.get("name")
-        self.detached = spec.options.get("lifetime") == "detached"
-        self.queue: collections.deque[Task] = collections.deque()
-        self.inflight: set[int] = set()
-        self.lifetime = spec.options.get("lifetime_resources", {})
-        self.orphaned = False
-
-
 class HeadRuntime(Runtime):
     """Rank 0: runs the driver's calls and schedules everything over the worker ranks."""
 
@@ -106,13 +47,15 @@ class HeadRuntime(Runtime):
         self.scheduler = Scheduler()
         for info in self.ranks[1:]:
             self.scheduler.add_rank(info.rank, info.node_id, info.resources)
-        self.objects: dict[int, Entry] = {}
+        self.directory = ObjectDirectory(self.transport.send, _HeadCopies(self),
+                                         lambda rank: self.ranks[rank].alive,
+                                         self.actor_orphaned)
+        self.objects = self.directory.entries
         self.tasks: dict[int, Task] = {}
-        self.actors: dict[int, Actor] = {}
-        self.named: dict[str, int] = {}
+        self.actor_table = ActorTable(self.transport.send)
+        self.actors = self.actor_table.actors
         self.fn_blobs: dict[int, bytes] = {}
         self.fn_sent: list[set[int]] = [set() for _ in self.ranks]
-        self.free_out: dict[int, list[int]] = collections.defaultdict(list)
         self.pending_pgs: dict[int, int] = {}
         self.dead_ranks: list[int] = []
         self.pollers = 0  # driver threads inside the runtime; the progress thread steps aside
@@ -133,9 +76,9 @@ class HeadRuntime(Runtime):
             "available_resources": lambda src: self.scheduler.available_resources(),
             "nodes": self.op_nodes, "pg_create": self.op_pg_create, "pg_remove": self.op_pg_remove,
             "pg_ranks": lambda src, pg_id: self.scheduler.placement_group_ranks(pg_id),
-            "rendezvous": self.op_rendezvous,
+            "service": self.op_service,
         }
-        self.rendezvous = None  # collective groups' GroupRendezvous, made on first use
+        self.services: dict[str, Any] = {}  # see op_service
         self.mpi_job: Any = None  # the job's MPI side (job.bootstrap.Job), set at start-up
         self.thread = threading.Thread(target=self.progress_loop, name="hpcray-head", daemon=True)
 
@@ -221,126 +164,45 @@ class HeadRuntime(Runtime):
 
     def flush(self) -> None:
         """Sends the FREE messages batched while handling."""
-        if self.free_out:
-            for rank, ids in self.free_out.items():
-                if self.ranks[rank].alive:
-                    self.transport.send(rank, (P.FREE, ids))
-            self.free_out.clear()
+        self.directory.flush()
 
     # -- references --------------------------------------------------------------------------
     def drain_refs(self) -> None:
+        change = self.directory.ref_change
         for object_id, delta in self.refs.drain():
-            self.on_ref_change(object_id, delta)
+            change(object_id, delta)
 
     def on_refs(self, src: int, changes: list) -> None:
         for object_id, delta in changes:
-            self.on_ref_change(object_id, delta)
-
-    def on_ref_change(self, object_id: int, delta: int) -> None:
-        entry = self.objects.get(object_id)
-        if entry is not None:
-            entry.refs += delta
-            if entry.refs <= 0:
-                self.free(object_id, entry)
-
-    def pin(self, ids) -> None:
-        for object_id in ids:
-            entry = self.objects.get(object_id)
-            if entry is not None:
-                entry.refs += 1
-
-    def unpin(self, ids) -> None:
-        for object_id in ids:
-            self.on_ref_change(object_id, -1)
-
-    def free(self, object_id: int, entry: Entry) -> None:
-        del self.objects[object_id]
-        for rank in entry.locations:
-            if rank == 0:
-                self.store.free((object_id,), self.transport.pool)
-            else:
-                self.free_out[rank].append(object_id)
-        self.unpin(entry.contained)
-        if entry.actor_id:
-            self.actor_orphaned(entry.actor_id)
+            self.directory.ref_change(object_id, delta)
 
     # -- objects -----------------------------------------------------------------------------
-    @staticmethod
-    def error_blob(exc: BaseException) -> tuple:
-        return inline_blob(exc, error=True)
+    error_blob = staticmethod(error_blob)
 
     def on_put(self, src: int, object_id: int, inline, size: int, contained: list) -> None:
-        entry = self.objects[object_id] = Entry(1)
-        entry.ready, entry.inline, entry.size = True, inline, size
-        entry.locations.add(src)
-        entry.contained = contained
-        self.pin(contained)
+        self.directory.put(src, object_id, inline, size, contained)
 
     def set_ready(self, object_id: int, inline=None, location: int | None = None, size: int = 0,
                   contained=()) -> None:
-        entry = self.objects.get(object_id)
-        if entry is None:  # every ref was dropped while it was computed
-            if location:
-                self.free_out[location].append(object_id)
-            return
-        entry.ready, entry.inline, entry.size = True, inline, size
-        if location is not None:
-            entry.locations.add(location)
-        if contained:
-            entry.contained = list(contained)
-            self.pin(contained)
-        for rank in entry.waiters:
-            self.deliver(object_id, entry, rank)
-        entry.waiters.clear()
-        dependents, entry.dependents = entry.dependents, []
-        failed = inline is not None and inline[2]
+        dependents = self.directory.mark_ready(object_id, inline, location, size, contained)
+        if dependents:
+            self.settle(dependents, inline)
+
+    def settle(self, dependents: list, blob: tuple | None) -> None:
+        """Moves on the tasks waiting for an object that is now ready (or failed: blob)."""
+        failed = blob is not None and blob[2]
         for task in dependents:
             if task.spec.task_id not in self.tasks:
                 continue
             if failed:
-                self.fail_task(task, inline)
+                self.fail_task(task, blob)
             else:
                 task.waiting -= 1
                 if task.waiting == 0:
                     self.task_ready(task)
 
     def on_want(self, src: int, ids: list) -> None:
-        for object_id in ids:
-            entry = self.objects.get(object_id)
-            if entry is None:
-                self.send_inline(src, object_id, self.error_blob(E.ObjectFreedError(
-                    f"object {object_id:016x} was freed: no ObjectRef to it was left")))
-            elif entry.ready:
-                self.deliver(object_id, entry, src)
-            else:
-                entry.waiters.add(src)
-
-    def send_inline(self, rank: int, object_id: int, blob: tuple) -> None:
-        header, buffers, error = blob
-        if rank == 0:
-            self.store.add(object_id, Stored(header, buffers, error))
-        else:
-            self.transport.send(rank, (P.OBJ, object_id, header, buffers, error))
-
-    def deliver(self, object_id: int, entry: Entry, rank: int) -> None:
-        """Makes sure ``rank`` gets a copy: inline from here, else pushed by a holder."""
-        if rank in entry.locations:
-            return
-        if entry.inline is not None:
-            self.send_inline(rank, object_id, entry.inline)
-        else:
-            source = min(entry.locations)
-            if source == 0:
-                self.push_local(object_id, rank)
-            else:
-                self.transport.send(source, (P.PUSH, object_id, rank))
-        entry.locations.add(rank)
-
-    def push_local(self, object_id: int, dest: int) -> None:
-        stored = self.store.get(object_id)
-        reqs = self.send_object(dest, object_id, stored)
-        if stored.sending is not None:
-            stored.sending.extend(reqs)
+        self.directory.want(src, ids)
 
     # -- tasks -------------------------------------------------------------------------------
     def on_submit(self, src: int, spec: P.TaskSpec | tuple) -> None:
@@ -348,7 +210,7 @@ class HeadRuntime(Runtime):
             spec = P.TaskSpec(*spec)
         task = Task(spec)
         for object_id in spec.return_ids:
-            self.objects[object_id] = Entry(1, spec.task_id)
+            self.directory.add(object_id, 1, spec.task_id)
         if spec.fn_blob is not None:
             self.fn_blobs[spec.fn_id] = spec.fn_blob
             self.fn_sent[src].add(spec.fn_id)
@@ -367,7 +229,7 @@ class HeadRuntime(Runtime):
             self.fail_task(task, self.error_blob(exc))
             return
         self.tasks[spec.task_id] = task
-        self.pin(task.pins)
+        self.directory.pin(task.pins)
         for _, object_id in spec.deps:
             entry = self.objects.get(object_id)
             if entry is None:
@@ -383,7 +245,7 @@ class HeadRuntime(Runtime):
         if spec.kind == P.ACTOR_CALL:
             actor = self.actors.get(spec.actor_id)
             if actor is None or actor.dead:
-                self.fail_task(task, self.error_blob(self.actor_died_error(actor, spec.name)))
+                self.fail_task(task, self.error_blob(died_error(actor, spec.name)))
                 return
             actor.queue.append(task)
             self.pump_actor(actor)
@@ -431,7 +293,7 @@ class HeadRuntime(Runtime):
             if entry.inline is not None:
                 inline[object_id] = entry.inline
             else:
-                self.deliver(object_id, entry, rank)
+                self.directory.deliver(object_id, entry, rank)
         if spec.kind == P.ACTOR_CREATE:
             actor = self.actors[spec.actor_id]
             actor.rank = rank
@@ -452,7 +314,7 @@ class HeadRuntime(Runtime):
     def on_done(self, src: int, task_id: int, results: list, retryable: bool) -> None:
         task = self.tasks.get(task_id)
         if task is None:
-            self.free_out[src].extend(r[0] for r in results if r[1] is None)
+            self.directory.free_out[src].extend(r[0] for r in results if r[1] is None)
             return
         spec = task.spec
         if spec.kind == P.NORMAL:
@@ -469,11 +331,12 @@ class HeadRuntime(Runtime):
         del self.tasks[task_id]
         for object_id, inline, size, contained, _ in results:
             self.set_ready(object_id, inline, None if inline is not None else src, size, contained)
-        self.unpin(task.pins)
+        self.directory.unpin(task.pins)
         if spec.kind == P.ACTOR_CALL:
             actor = self.actors[spec.actor_id]
             actor.inflight.discard(task_id)
-            self.maybe_end_actor(actor)
+            if self.actor_table.should_end(actor):
+                self.end_orphan(actor)
         elif spec.kind == P.ACTOR_CREATE:
             failed = results and results[0][1] is not None and results[0][4]
             if failed:
@@ -497,7 +360,7 @@ class HeadRuntime(Runtime):
             self.scheduler.cancel(spec.task_id)
         for object_id in spec.return_ids:
             self.set_ready(object_id, blob)
-        self.unpin(task.pins)
+        self.directory.unpin(task.pins)
         if spec.kind == P.ACTOR_CREATE:
             actor = self.actors.get(spec.actor_id)
             if actor is not None and not actor.dead:
@@ -520,66 +383,41 @@ class HeadRuntime(Runtime):
     def new_actor(self, task: Task) -> None:
         spec = task.spec
         self.scheduler.check_feasible(spec.resources, spec.strategy)
-        actor = Actor(task)
-        if actor.name:
-            taken = self.named.get(actor.name)
-            if taken is not None and not self.actors[taken].dead:
-                raise ValueError(f"an actor named {actor.name!r} already exists; pick another name "
-                                 "or use get_actor()/options(get_if_exists=True)")
-            self.named[actor.name] = actor.actor_id
-        self.actors[spec.actor_id] = actor
+        self.actor_table.add(task)
         self.objects[spec.return_ids[0]].actor_id = spec.actor_id
 
     def pump_actor(self, actor: Actor) -> None:
         """Sends queued calls to the actor in submission order, each once its args are ready."""
-        if actor.rank is None:
-            return
-        queue = actor.queue
-        while queue and not actor.dead and queue[0].waiting == 0:
-            task = queue.popleft()
-            if task.spec.task_id in self.tasks:
-                actor.inflight.add(task.spec.task_id)
-                self.dispatch(task, actor.rank)
-
-    def actor_died_error(self, actor: Actor | None, name: str) -> E.ActorDiedError:
-        why = actor.cause if actor is not None else "it does not exist"
-        return E.ActorDiedError(f"the actor is dead ({why}), so {name} cannot run")
+        tasks = self.tasks
+        for task in self.actor_table.next_calls(actor, lambda t: t.spec.task_id in tasks):
+            self.dispatch(task, actor.rank)
 
     def end_actor(self, actor: Actor, cause: str, notify_rank: bool = True) -> None:
         if actor.dead:
             return
-        actor.dead = True
-        actor.cause = cause
-        if actor.name and self.named.get(actor.name) == actor.actor_id:
-            del self.named[actor.name]
-        if actor.rank is not None and self.ranks[actor.rank].alive:
-            if notify_rank:
-                self.transport.send(actor.rank, (P.KILL_ACTOR, actor.actor_id))
-            if actor.lifetime:
-                self.scheduler.release(actor.rank, actor.lifetime,
-                                       self.pg_of(actor.create.spec.strategy))
+        placed_alive = actor.rank is not None and self.ranks[actor.rank].alive
+        inflight, queued = self.actor_table.end(actor, cause, notify_rank and placed_alive)
+        if placed_alive and actor.lifetime:
+            self.scheduler.release(actor.rank, actor.lifetime,
+                                   self.pg_of(actor.create.spec.strategy))
         elif actor.rank is None and actor.create.spec.task_id in self.tasks:
             self.scheduler.cancel(actor.create.spec.task_id)
-        pending = [self.tasks[t] for t in actor.inflight if t in self.tasks] + list(actor.queue)
-        actor.queue.clear()
-        actor.inflight.clear()
+        pending = [self.tasks[t] for t in inflight if t in self.tasks] + queued
         for task in pending:
-            self.fail_task(task, self.error_blob(self.actor_died_error(actor, task.spec.name)))
+            self.fail_task(task, self.error_blob(died_error(actor, task.spec.name)))
         create = self.tasks.get(actor.create.spec.task_id)
         if create is not None:
-            self.fail_task(create, self.error_blob(self.actor_died_error(actor, create.spec.name)))
+            self.fail_task(create, self.error_blob(died_error(actor, create.spec.name)))
         self.schedule_queued()
 
     def actor_orphaned(self, actor_id: int) -> None:
-        actor = self.actors.get(actor_id)
-        if actor is not None and not actor.detached:
-            actor.orphaned = True
-            self.maybe_end_actor(actor)
+        actor = self.actor_table.orphan(actor_id)
+        if actor is not None:
+            self.end_orphan(actor)
 
-    def maybe_end_actor(self, actor: Actor) -> None:
-        if actor.orphaned and not actor.inflight and not actor.queue and not actor.dead:
-            self.end_actor(actor, "every handle to it went out of scope")
-            del self.actors[actor.actor_id]
+    def end_orphan(self, actor: Actor) -> None:
+        self.end_actor(actor, "every handle to it went out of scope")
+        self.actor_table.remove(actor.actor_id)
 
     # -- requests ----------------------------------------------------------------------------
     def on_request(self, src: int, req_id: int, op: str, args: tuple) -> None:
@@ -589,19 +427,21 @@ class HeadRuntime(Runtime):
             self.transport.send(src, (P.REPLY, req_id, False, exc))
 
     def op_get_actor(self, src: int, name: str):
-        actor_id = self.named.get(name)
-        actor = self.actors.get(actor_id) if actor_id is not None else None
-        if actor is None or actor.dead:
-            raise ValueError(f"no live actor named {name!r}")
+        actor = self.actor_table.by_name(name)
         spec = actor.create.spec
-        return actor_id, spec.return_ids[0], spec.options.get("class_info")
+        return actor.actor_id, spec.return_ids[0], spec.options.get("class_info")
 
-    def op_rendezvous(self, src: int, action: str, *args):
-        if self.rendezvous is None:
-            from ...collective.rendezvous import GroupRendezvous
-
-            self.rendezvous = GroupRendezvous()
-        return self.rendezvous.call(action, *args)
+    def op_service(self, src: int, path: str, action: str, *args):
+        """A head-side service of a library above core, named "module:Class" by its callers
+        (hpcray.collective's group rendezvous), made on first use; ``call(action, *args)``
+        runs under the head's lock."""
+        service = self.services.get(path)
+        if service is None:
+            module, _, name = path.partition(":")
+            if not module.startswith("hpcray."):
+                raise ValueError(f"head services come from hpcray's own modules, not {module!r}")
+            service = self.services[path] = getattr(importlib.import_module(module), name)()
+        return service.call(action, *args)
 
     def op_kill(self, src: int, actor_id: int) -> None:
         actor = self.actors.get(actor_id)
@@ -646,7 +486,7 @@ class HeadRuntime(Runtime):
 
     def op_pg_create(self, src: int, pg_id: int, bundles: list, strategy: str, ready_id: int) -> None:
         self.scheduler.create_placement_group(pg_id, bundles, strategy)
-        self.objects[ready_id] = Entry(1)
+        self.directory.add(ready_id)
         if self.scheduler.placement_group_ready(pg_id):
             self.set_ready(ready_id, inline_blob(True))
         else:
@@ -719,9 +559,8 @@ class HeadRuntime(Runtime):
         print(f"hpcray: rank {rank} (pid {info.pid} on {info.host}) died", file=sys.stderr,
               flush=True)
         self.scheduler.remove_rank(rank)
-        for actor in list(self.actors.values()):
-            if actor.rank == rank:
-                self.end_actor(actor, f"its rank {rank} on {info.host} died", notify_rank=False)
+        for actor in self.actor_table.on_rank(rank):
+            self.end_actor(actor, f"its rank {rank} on {info.host} died", notify_rank=False)
         crashed = E.WorkerCrashedError(f"rank {rank} (pid {info.pid} on {info.host}) died while "
                                        "running the task")
         for task in [t for t in self.tasks.values() if t.rank == rank]:
@@ -733,14 +572,8 @@ class HeadRuntime(Runtime):
             else:
                 self.fail_task(task, self.error_blob(crashed))
         lost = E.ObjectLostError(f"the only copy was on rank {rank} (host {info.host}), which died")
-        for object_id, entry in list(self.objects.items()):
-            entry.waiters.discard(rank)
-            if rank in entry.locations:
-                entry.locations.discard(rank)
-                if entry.ready and entry.inline is None and not entry.locations:
-                    entry.ready = False
-                    self.set_ready(object_id, self.error_blob(lost))
-        self.free_out.pop(rank, None)
+        blob, dependents = self.directory.rank_lost(rank, lost)
+        self.settle(dependents, blob)
         self.schedule_queued()
         self.flush()
 
@@ -759,3 +592,24 @@ class HeadRuntime(Runtime):
         self.backoff.kick()
         if self.thread.is_alive() and threading.current_thread() is not self.thread:
             self.thread.join(timeout=5)
+
+
+class _HeadCopies(LocalCopies):
+    """Rank 0's own store, as the object directory sees it."""
+
+    def __init__(self, head: HeadRuntime):
+        self.head = head
+
+    def add(self, object_id: int, blob: tuple) -> None:
+        header, buffers, error = blob
+        self.head.store.add(object_id, Stored(header, buffers, error))
+
+    def push(self, object_id: int, dest: int) -> None:
+        head = self.head
+        stored = head.store.get(object_id)
+        reqs = head.send_object(dest, object_id, stored)
+        if stored.sending is not None:
+            stored.sending.extend(reqs)
+
+    def free(self, object_id: int) -> None:
+        self.head.store.free((object_id,), self.head.transport.pool)
