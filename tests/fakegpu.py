@@ -23,8 +23,8 @@ import weakref
 import numpy as np
 
 from hpcray._private.device import registry as device
+from hpcray._private.device.arrays import ArrayLibrary, DeviceArray, register_library
 from hpcray._private.device.registry import Backend, DeviceBuffer
-from hpcray.collective.device_arrays import ArrayLibrary, DeviceArray, register_library
 
 BLOCK = 1 << 20
 _ALIGN = 256

@@ -12,8 +12,8 @@ from fakegpu import asarray
 from test_collective import MEMBER
 from test_core import run
 
+from hpcray._private.device.arrays import as_device
 from hpcray.collective import CollectiveError, ReduceOp
-from hpcray.collective.device_arrays import as_device
 from hpcray.collective.gpu_path import (
     NCCL,
     STAGED,

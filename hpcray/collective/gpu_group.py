@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from .._private.device.arrays import DeviceArray, as_device
 from .._private.device.transfer import where
 from .arrays import Buffer
 from .base import BaseGroup
-from .device_arrays import DeviceArray, as_device
 from .gpu_path import NCCL, NCCL_OPS, NCCL_TYPES, NCCL_UINT8, STAGED, GroupPath, choose_group_path
 from .header import (
     ALLGATHER,

@@ -1,4 +1,5 @@
-"""CuPy arrays as device buffers: export, rebuild, CUDA IPC and staged copies."""
+"""CuPy, wrapped once: its arrays as device buffers of objects (export, rebuild, CUDA IPC,
+staged copies) and as the arrays of "nccl" collective groups."""
 
 from __future__ import annotations
 
@@ -9,11 +10,22 @@ import cupy
 import numpy as np
 
 from . import registry as device
+from .arrays import ArrayLibrary, DeviceArray
 from .registry import Backend, DeviceBuffer
 
 _H2D, _D2H, _D2D = 1, 2, 3
 _LAZY_PEER_ACCESS = 1
 _BUFFER_ID = 7  # CU_POINTER_ATTRIBUTE_BUFFER_ID
+
+
+def pinned(nbytes: int) -> np.ndarray:
+    """Page-locked host memory (copies to and from the device run at full speed)."""
+    return np.frombuffer(cupy.cuda.alloc_pinned_memory(max(nbytes, 1)), np.uint8, nbytes)
+
+
+def _copy_sync(dst: int, src: int, nbytes: int, kind: int, stream: int) -> None:
+    cupy.cuda.runtime.memcpyAsync(dst, src, nbytes, kind, stream)
+    cupy.cuda.runtime.streamSynchronize(stream)
 
 
 class _Upload:
@@ -178,8 +190,7 @@ class CuPyBackend(Backend):
 
     # -- host staging ------------------------------------------------------------------------
     def pinned(self, nbytes: int) -> np.ndarray:
-        memory = cupy.cuda.alloc_pinned_memory(max(nbytes, 1))
-        return np.frombuffer(memory, np.uint8, nbytes)
+        return pinned(nbytes)
 
     def stage_out(self, buf: DeviceBuffer, host: np.ndarray, chunk: int):
         """Copies buf to host in chunks, all queued at once; yields (offset, size) as each lands."""
@@ -198,3 +209,36 @@ class CuPyBackend(Backend):
 
     def uploader(self, dst: DeviceBuffer, slots: int) -> _Upload:
         return _Upload(self, dst, slots)
+
+
+class CuPyArrays(ArrayLibrary):
+    """CuPy arrays in "nccl" collective groups."""
+
+    def wrap(self, x, writable: bool) -> DeviceArray:
+        a, writeback = x, None
+        if not x.flags.c_contiguous:
+            a = cupy.ascontiguousarray(x)
+            if writable:
+                def writeback():
+                    x[...] = a
+        return DeviceArray(self, a, a.data.ptr, np.dtype(a.dtype), tuple(a.shape), a.device.id,
+                           writeback)
+
+    def stream(self, d: DeviceArray) -> int:
+        return cupy.cuda.get_current_stream().ptr
+
+    def download(self, d: DeviceArray, host: np.ndarray) -> None:
+        _copy_sync(host.ctypes.data, d.ptr, d.nbytes, _D2H, self.stream(d))
+
+    def divide(self, d: DeviceArray, n: int) -> None:
+        d.array /= d.array.dtype.type(n)
+        cupy.cuda.get_current_stream().synchronize()
+
+    def upload(self, d: DeviceArray, host: np.ndarray) -> None:
+        _copy_sync(d.ptr, host.ctypes.data, d.nbytes, _H2D, self.stream(d))
+
+    def pinned(self, nbytes: int) -> np.ndarray:
+        return pinned(nbytes)
+
+
+ARRAYS = CuPyArrays()

@@ -11,8 +11,6 @@ from collections.abc import Callable
 
 import numpy as np
 
-_H2D, _D2H = 1, 2
-
 
 class DeviceArray:
     """A C-contiguous device array over the user's data; ``done()`` copies results back when
@@ -78,114 +76,6 @@ class ArrayLibrary:
         raise NotImplementedError
 
 
-class _CuPy(ArrayLibrary):
-    def wrap(self, x, writable: bool) -> DeviceArray:
-        import cupy
-
-        a, writeback = x, None
-        if not x.flags.c_contiguous:
-            a = cupy.ascontiguousarray(x)
-            if writable:
-                def writeback():
-                    x[...] = a
-        return DeviceArray(self, a, a.data.ptr, np.dtype(a.dtype), tuple(a.shape), a.device.id,
-                           writeback)
-
-    def stream(self, d: DeviceArray) -> int:
-        import cupy
-
-        return cupy.cuda.get_current_stream().ptr
-
-    def _copy(self, dst: int, src: int, nbytes: int, kind: int, stream: int) -> None:
-        import cupy
-
-        cupy.cuda.runtime.memcpyAsync(dst, src, nbytes, kind, stream)
-        cupy.cuda.runtime.streamSynchronize(stream)
-
-    def download(self, d: DeviceArray, host: np.ndarray) -> None:
-        self._copy(host.ctypes.data, d.ptr, d.nbytes, _D2H, self.stream(d))
-
-    def divide(self, d: DeviceArray, n: int) -> None:
-        import cupy
-
-        d.array /= d.array.dtype.type(n)
-        cupy.cuda.get_current_stream().synchronize()
-
-    def upload(self, d: DeviceArray, host: np.ndarray) -> None:
-        self._copy(d.ptr, host.ctypes.data, d.nbytes, _H2D, self.stream(d))
-
-    def pinned(self, nbytes: int) -> np.ndarray:
-        import cupy
-
-        return np.frombuffer(cupy.cuda.alloc_pinned_memory(max(nbytes, 1)), np.uint8, nbytes)
-
-
-class _Torch(ArrayLibrary):
-    def __init__(self) -> None:
-        self._dtypes: dict = {}
-
-    def wrap(self, x, writable: bool) -> DeviceArray:
-        import torch
-
-        t = x.detach()
-        if t.device.type != "cuda":
-            raise TypeError(f"is a torch tensor on {t.device}: backend 'nccl' moves CUDA tensors; "
-                            "use backend='mpi' for CPU tensors, or move it with .cuda()")
-        c = t
-        if t.dtype == torch.bfloat16:
-            c = t.float()  # numpy (and so the header and the host reductions) has no bfloat16
-        elif not t.is_contiguous():
-            c = t.contiguous()
-        writeback = (lambda: t.copy_(c)) if writable and c is not t else None
-        return DeviceArray(self, c, c.data_ptr(), self._numpy_dtype(c.dtype), tuple(c.shape),
-                           c.device.index or 0, writeback)
-
-    def _numpy_dtype(self, dtype) -> np.dtype:
-        found = self._dtypes.get(dtype)
-        if found is None:
-            import torch
-
-            try:
-                found = self._dtypes[dtype] = torch.empty(0, dtype=dtype).numpy().dtype
-            except TypeError:
-                raise TypeError(f"torch dtype {dtype} has no numpy equivalent") from None
-        return found
-
-    def stream(self, d: DeviceArray) -> int:
-        import torch
-
-        return torch.cuda.current_stream(d.array.device).cuda_stream
-
-    def _bytes(self, d: DeviceArray):
-        import torch
-
-        return d.array.reshape(-1).view(torch.uint8)
-
-    def download(self, d: DeviceArray, host: np.ndarray) -> None:
-        import torch
-
-        torch.from_numpy(host.reshape(-1).view(np.uint8)).copy_(self._bytes(d), non_blocking=True)
-        torch.cuda.current_stream(d.array.device).synchronize()
-
-    def upload(self, d: DeviceArray, host: np.ndarray) -> None:
-        import torch
-
-        self._bytes(d).copy_(torch.from_numpy(host.reshape(-1).view(np.uint8)), non_blocking=True)
-        torch.cuda.current_stream(d.array.device).synchronize()
-
-    def divide(self, d: DeviceArray, n: int) -> None:
-        import torch
-
-        d.array.div_(n)
-        torch.cuda.current_stream(d.array.device).synchronize()
-
-    def pinned(self, nbytes: int) -> np.ndarray:
-        import torch
-
-        return torch.empty(nbytes, dtype=torch.uint8, pin_memory=True).numpy()
-
-
-_CUPY, _TORCH = _CuPy(), _Torch()
 _registered: dict[type, ArrayLibrary] = {}
 
 
@@ -198,9 +88,13 @@ def register_library(kind: type, adapter: ArrayLibrary) -> None:
 def _library(x) -> ArrayLibrary | None:
     root = type(x).__module__.split(".")[0]
     if root == "cupy":
-        return _CUPY
+        from .cupy import ARRAYS
+
+        return ARRAYS
     if root == "torch" and hasattr(x, "detach"):
-        return _TORCH
+        from .torch import ARRAYS
+
+        return ARRAYS
     return _registered.get(type(x))
 
 
