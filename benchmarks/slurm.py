@@ -112,7 +112,7 @@ def inside(args: argparse.Namespace) -> None:
                    for _ in range(args.ray_repeat)]
     ray_s = statistics.median(ray) if ray else 3.7
     ray_label = (f"Ray 2.60 ray.init(num_cpus=2), median of {len(ray)}" if ray
-                 else "Ray: 3.7 s ray.init measured on this machine (shared/FACTS.md)")
+                 else "Ray: 3.7 s ray.init measured earlier on this machine (not in this run)")
     hp_s = statistics.median(hp)
     rows.append(("srun to first task result, 2 nodes x 2 ranks", hp_s, ray_s))
     best = (min(hp), min(ray) if ray else 3.7)

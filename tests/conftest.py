@@ -93,3 +93,11 @@ def run_job(tmp_path):
         return run_process(cmd, timeout, env={**launcher_env, **(env or {})}, cwd=str(tmp_path))
 
     return run
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Tests outside tests/unit start processes (MPI jobs, launchers, Slurm): marker ``job``."""
+    unit = ROOT / "tests" / "unit"
+    for item in items:
+        if unit not in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.job)

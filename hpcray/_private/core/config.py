@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 
 
 @dataclass
@@ -63,6 +63,50 @@ class Config:
     preempt_grace: float = 30.0
     #: task events each rank keeps for hpcray.timeline() (the oldest are dropped)
     timeline_events: int = 100_000
+
+
+#: variables read where they act (the launcher, a library), not by the runtime's Config
+ELSEWHERE: dict[str, str] = {
+    "HPCRAY_MPIEXEC": "the launcher `hpcray run` and plain `python script.py` use (default: the "
+                      "mpiexec next to Python, then on PATH)",
+    "HPCRAY_CUDA_AWARE_MPI": "0 or 1: overrides the run-time check whether MPI takes device "
+                             "pointers (never assumed; a wrong 1 crashes ranks)",
+    "HPCRAY_DEVICE_PLUGINS": "comma-separated modules that register device array types when a "
+                             "rank meets an unknown kind (as the test suite's stand-in GPU does)",
+    "HPCRAY_EMBEDDED": "set by hpcray itself when it re-runs a plain `python script.py` under "
+                       "mpiexec; not for users",
+    "HPCRAY_SERVE_TOKEN": "the bearer token of Serve's HTTP ingress (default: generated)",
+    "HPCRAY_SERVE_DEPLOY_TIMEOUT": "seconds `serve.run` waits for replicas to start (300)",
+    "HPCRAY_TUNE_STORAGE": "where Tune keeps results (default: ~/hpcray_results)",
+}
+
+
+def reference() -> str:
+    """Every HPCRAY_* variable as a Markdown table (docs/configuration.md is this output)."""
+    import inspect
+    import re
+
+    source = inspect.getsource(Config)
+    docs, pending = {}, []
+    for line in source.splitlines():
+        text = line.strip()
+        if text.startswith("#:"):
+            pending.append(text[2:].strip())
+        elif pending and (m := re.match(r"(\w+): ", text)):
+            docs[m.group(1)], pending = " ".join(pending), []
+    regenerate = ("python -c 'from hpcray._private.core.config import reference; "
+                  "print(reference(), end=\"\")' > docs/configuration.md")
+    intro = ("Every setting is an environment variable. The runtime's own are fields of "
+             "`Config` in `hpcray/_private/core/config.py`, read at `init()` (explicit "
+             f"arguments to `init()` win); regenerate this file with `{regenerate}`.")
+    rows = ["# Configuration", "", intro, "",
+            "| variable | default | what it does |", "|---|---|---|"]
+    for f in fields(Config):
+        default = f.default if f.default_factory is MISSING else f.default_factory()
+        rows.append(f"| `HPCRAY_{f.name.upper()}` | `{default!r}` | {docs.get(f.name, '')} |")
+    rows += ["", "Read where they act:", "", "| variable | what it does |", "|---|---|"]
+    rows += [f"| `{name}` | {text} |" for name, text in ELSEWHERE.items()]
+    return "\n".join(rows) + "\n"
 
 
 def _parse(kind: type, text: str):

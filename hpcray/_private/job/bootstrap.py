@@ -210,7 +210,7 @@ def _join(overrides: dict, num_cpus: int | None) -> Job:
     if not embedded and not under_mpi_launcher() and not _interactive():
         _check_srun(1)
         _relaunch(num_cpus or os.cpu_count() or 1)
-    defaults = {"cpus_per_rank": slurm.cpus_per_task()}  # Slurm's --cpus-per-task
+    defaults = slurm.config_defaults()
     early = config_mod.load(defaults)  # the environment's settings, before the head's overrides
     _bound_startup(early.init_timeout)
     MPI = _mpi()

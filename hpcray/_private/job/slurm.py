@@ -14,6 +14,7 @@ from pathlib import Path
 
 __all__ = [
     "compress_hostlist",
+    "config_defaults",
     "cpus_per_task",
     "expand_hostlist",
     "gpu_count",
@@ -249,6 +250,12 @@ def rank_info(env: Mapping[str, str] | None = None) -> dict | None:
         "gpus_on_node": _int(_first(env, "SLURM_GPUS_ON_NODE")),
         "gpu_ids": _visible_gpus(env),
     }
+
+
+def config_defaults() -> dict:
+    """The job's defaults for hpcray's settings: a rank's CPUs are Slurm's --cpus-per-task
+    (HPCRAY_* variables and init() arguments still win)."""
+    return {"cpus_per_rank": cpus_per_task()}
 
 
 def node_info(rank: dict | None) -> dict | None:

@@ -103,13 +103,13 @@ def test_step_tasks_only_for_tasks_srun_started():
 def test_cpus_per_task_sets_a_ranks_cpus(monkeypatch):
     monkeypatch.delenv("HPCRAY_CPUS_PER_RANK", raising=False)
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", "4")
-    assert load().cpus_per_rank == 4.0
+    assert load(slurm.config_defaults()).cpus_per_rank == 4.0
     monkeypatch.setenv("HPCRAY_CPUS_PER_RANK", "2")  # hpcray's own setting wins
-    assert load().cpus_per_rank == 2.0
-    assert load(cpus_per_rank=3.0).cpus_per_rank == 3.0
+    assert load(slurm.config_defaults()).cpus_per_rank == 2.0
+    assert load(slurm.config_defaults(), cpus_per_rank=3.0).cpus_per_rank == 3.0
     monkeypatch.delenv("HPCRAY_CPUS_PER_RANK")
     monkeypatch.delenv("SLURM_CPUS_PER_TASK")
-    assert load().cpus_per_rank == 1.0
+    assert load(slurm.config_defaults()).cpus_per_rank == 1.0
 
 
 def test_state_dir(tmp_path):
@@ -216,7 +216,7 @@ def test_parse_signal_request():
 def test_srun_wrapper_outside_an_allocation(tmp_path):
     from pathlib import Path
 
-    wrapper = Path(__file__).resolve().parent.parent / "launchers" / "srun-hpcray"
+    wrapper = Path(__file__).resolve().parents[2] / "launchers" / "srun-hpcray"
     env = {"PATH": "/usr/bin:/bin"}
     proc = subprocess.run([str(wrapper), "job.py"], capture_output=True, text=True, env=env,
                           cwd=tmp_path, check=False)
