@@ -1,13 +1,12 @@
 """hpcray: Ray's tasks, actors and objects inside an MPI job. No daemons, no ports."""
 
 from . import exceptions, util
-from .actor import ActorClass, ActorHandle, method
+from .actor import ActorClass, ActorHandle, get_actor, method
 from .api import (
                   available_resources,
                   cancel,
                   cluster_resources,
                   get,
-                  get_actor,
                   get_gpu_ids,
                   get_runtime_context,
                   init,

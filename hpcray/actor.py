@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+from ._private.core import context
 from ._private.core import options as opts
 from ._private.core import protocol as P
 from .object_ref import ObjectRef
@@ -52,14 +53,12 @@ class ActorClass:
 
     def remote(self, *args, **kwargs) -> ActorHandle:
         """Creates the actor on some rank; returns its handle at once."""
-        from . import api
-
-        runtime = api._runtime()
+        runtime = context.runtime()
         o = self._options
         name = o.get("name")
         if name is not None and o.get("get_if_exists"):
             try:
-                return api.get_actor(name)
+                return get_actor(name)
             except ValueError:
                 pass
         info = _class_info(self._cls)
@@ -127,9 +126,7 @@ class ActorMethod:
         return ActorMethod(self._handle, self._name, {**self._options, **options})
 
     def remote(self, *args, **kwargs):
-        from . import api
-
-        runtime = api._runtime()
+        runtime = context.runtime()
         handle = self._handle
         name = f"{handle._class_name}.{self._name}"
         packed, deps, contained, big = runtime.pack_args(args, kwargs, name)
@@ -142,3 +139,9 @@ class ActorMethod:
         if num_returns == 1:
             return refs[0]
         return refs if num_returns else None
+
+
+def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
+    """The handle of the live actor created with ``.options(name=name)``."""
+    actor_id, handle_id, info = context.runtime().request("get_actor", name)
+    return ActorHandle(actor_id, ObjectRef(handle_id), info)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import os
 import sys
 import threading
@@ -11,7 +12,10 @@ from collections.abc import Callable
 from typing import Any
 
 from ._private.core import context
-from ._private.job import bootstrap
+from ._private.core.timeline import trace_events
+from ._private.device.registry import host_copies
+from ._private.job import bootstrap, preempt
+from ._private.job.preempt import HeadPreemption
 from .actor import ActorClass, ActorHandle
 from .object_ref import ObjectRef
 from .remote_function import RemoteFunction
@@ -58,8 +62,6 @@ def init(num_cpus: int | None = None, resources: dict[str, float] | None = None,
             _state["atexit"] = True
             bootstrap.exit_hook.install()
             atexit.register(_at_exit)
-        from ._private.job.preempt import HeadPreemption
-
         HeadPreemption(head, _end_after_preempt).install()
         return _info()
 
@@ -95,9 +97,7 @@ def on_preempt(fn: Callable[[], Any]) -> Callable[[], Any]:
     tasks, so they may checkpoint through tasks and actors. Then, if the Slurm job was
     submitted with ``--requeue``, hpcray requeues it (``scontrol requeue``) and the job ends.
     """
-    from ._private.job.preempt import register
-
-    return register(fn)
+    return preempt.register(fn)
 
 
 def _head():
@@ -136,12 +136,7 @@ def is_initialized() -> bool:
     return context.current() is not None
 
 
-def _runtime():
-    rt = context.current()
-    if rt is None:
-        init()
-        rt = context.current()
-    return rt
+_runtime = context.runtime
 
 
 def remote(*args, **options):
@@ -169,8 +164,6 @@ def get(object_refs, *, timeout: float | None = None, to_host: bool = False):
     (the only way to read them on a rank without a GPU).
     """
     if to_host:
-        from ._private.device.registry import host_copies
-
         with host_copies():
             return _runtime().get(object_refs, timeout)
     return _runtime().get(object_refs, timeout)
@@ -201,12 +194,6 @@ def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
     _runtime().request("kill", actor._actor_id)
 
 
-def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
-    """The handle of the live actor created with ``.options(name=name)``."""
-    actor_id, handle_id, info = _runtime().request("get_actor", name)
-    return ActorHandle(actor_id, ObjectRef(handle_id), info)
-
-
 def available_resources() -> dict[str, float]:
     return _runtime().request("available_resources")
 
@@ -226,10 +213,6 @@ def timeline(filename: str | None = None) -> list[dict]:
     With a filename, also writes them as JSON to open in chrome://tracing or ui.perfetto.dev.
     Each rank keeps its last HPCRAY_TIMELINE_EVENTS events (default 100,000).
     """
-    import json
-
-    from ._private.core.timeline import trace_events
-
     runtime = _runtime()
     if runtime.rank != 0:
         raise RuntimeError("timeline() is called on the driver, not inside a task")
@@ -253,12 +236,4 @@ def get_gpu_ids() -> list[str]:
     return _runtime().gpu_ids()
 
 
-def _placement_group(bundles: list[dict], strategy: str):
-    from .util.placement_group import PlacementGroup
-
-    rt = _runtime()
-    pg_id = rt.ids.next()
-    ready_id = rt.ids.next()
-    ready = ObjectRef(ready_id, _created=True)
-    rt.request("pg_create", pg_id, bundles, strategy, ready_id)
-    return PlacementGroup(pg_id, bundles, strategy, ready)
+context.set_auto_init(init)

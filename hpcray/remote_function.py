@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ._private.core import context
 from ._private.core import options as opts
 from ._private.core import protocol as P
 from ._private.core.serialization import dumps_code
@@ -57,9 +58,7 @@ class RemoteFunction:
 
     def remote(self, *args, **kwargs):
         """Submits the task; returns an ObjectRef (a list of them when num_returns > 1)."""
-        from . import api
-
-        runtime = api._runtime()
+        runtime = context.runtime()
         o = self._options
         name = o.get("name") or self._function.__qualname__
         packed, deps, contained, big = runtime.pack_args(args, kwargs, name)

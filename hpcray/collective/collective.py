@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from .._private.core import context
 from .base import BaseGroup
 from .rendezvous import RENDEZVOUS
 from .types import CollectiveError, CollectiveTimeoutError, ReduceOp
@@ -24,9 +25,7 @@ def _runtime():
     global _worker_runtime
     rt = _worker_runtime
     if rt is None:
-        from .. import api
-
-        rt = api._runtime()
+        rt = context.runtime()
         if rt.rank != 0:
             _worker_runtime = rt
     return rt

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .._private.core import context
 from ..object_ref import ObjectRef
 
 STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
@@ -26,9 +27,7 @@ class PlacementGroup:
 
     def wait(self, timeout_seconds: float = 30) -> bool:
         """True if the group became ready within the timeout."""
-        from .. import api
-
-        ready, _ = api.wait([self._ready], timeout=timeout_seconds)
+        ready, _ = context.runtime().wait([self._ready], 1, timeout_seconds, True)
         return bool(ready)
 
     def __reduce__(self):
@@ -44,8 +43,6 @@ class PlacementGroup:
 def placement_group(bundles: list[dict], strategy: str = "PACK", name: str = "",
                     lifetime: str | None = None) -> PlacementGroup:
     """Reserves bundles (e.g. ``[{"CPU": 1}] * 4``) with PACK, SPREAD, STRICT_PACK or STRICT_SPREAD."""
-    from .. import api
-
     if strategy not in STRATEGIES:
         raise ValueError(f"placement group strategy must be one of {STRATEGIES}, got {strategy!r}")
     if not isinstance(bundles, list) or not bundles:
@@ -57,14 +54,17 @@ def placement_group(bundles: list[dict], strategy: str = "PACK", name: str = "",
             raise ValueError(f"each bundle must be a non-empty dict of non-negative numbers, got "
                              f"{bundle!r}")
         clean.append({k: float(v) for k, v in bundle.items() if v > 0})
-    return api._placement_group(clean, strategy)
+    rt = context.runtime()
+    pg_id = rt.ids.next()
+    ready_id = rt.ids.next()
+    ready = ObjectRef(ready_id, _created=True)
+    rt.request("pg_create", pg_id, clean, strategy, ready_id)
+    return PlacementGroup(pg_id, clean, strategy, ready)
 
 
 def remove_placement_group(placement_group: PlacementGroup) -> None:
     """Releases the group's reservations; tasks queued on it fail."""
-    from .. import api
-
-    api._runtime().request("pg_remove", placement_group.id)
+    context.runtime().request("pg_remove", placement_group.id)
 
 
 def get_current_placement_group() -> PlacementGroup | None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from .scheduler import DEFAULT, SPREAD, InPlacementGroup, NodeAffinity
+
 COMMON = {"num_cpus", "num_gpus", "resources", "memory", "scheduling_strategy", "placement_group",
           "placement_group_bundle_index", "placement_group_capture_child_tasks", "runtime_env",
           "accelerator_type", "label_selector", "_metadata"}
@@ -62,11 +64,11 @@ def strategy_of(options: dict[str, Any]):
     pg = options.get("placement_group")
     if (strategy is None or strategy == "DEFAULT") and pg in (None, "default"):
         return "DEFAULT"
+    # hpcray.util's package imports the public API, which imports this module
     from ...util.scheduling_strategies import (
         NodeAffinitySchedulingStrategy,
         PlacementGroupSchedulingStrategy,
     )
-    from .scheduler import DEFAULT, SPREAD, InPlacementGroup, NodeAffinity
     if pg is not None and pg != "default":
         strategy = PlacementGroupSchedulingStrategy(pg, options.get("placement_group_bundle_index", -1))
     if strategy is None or strategy == DEFAULT:

@@ -20,6 +20,7 @@ from typing import Any
 
 from ...exceptions import DeviceUnavailableError
 from ..core import hooks
+from ..core.context import current
 
 _local = threading.local()
 _backends: dict[str, Backend] = {}
@@ -247,8 +248,6 @@ def _rebuild(name: str, index: int, meta: tuple):
 
 
 def current_rank() -> int:
-    from ..core.context import current
-
     runtime = current()
     return runtime.rank if runtime is not None else 0
 

@@ -15,6 +15,7 @@ import weakref
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 
+from ..core.protocol import RELEASE
 from . import registry as device
 from .p2p import RECV_TIMEOUT, Channel
 from .registry import DeviceBuffer, HostCopy
@@ -264,8 +265,6 @@ class DeviceTransfers:
             return out
         finally:
             if not mapped:
-                from ..core.protocol import RELEASE
-
                 self.transport.send(src, (RELEASE, [token]))
 
     def _open(self, owner: int, backend, handle: bytes, alloc_id) -> _Mapping:
@@ -299,8 +298,6 @@ class DeviceTransfers:
     def flush(self) -> None:
         """Tells owners that mapped imports are gone (their arrays were freed), once the work
         this rank queued on the device before then has finished reading them."""
-        from ..core.protocol import RELEASE
-
         while self.released:
             src, token, mapping = self.released.popleft()
             self.fencing.append((src, token, mapping, mapping.backend.fence()))
