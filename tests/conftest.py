@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests" / "jobs"))  # jobkit, shared by tests and job scripts
 
 
 def mpiexec() -> str:
@@ -36,7 +37,7 @@ def run_process(cmd: list[str], timeout: float, env: dict | None = None,
     """Runs cmd in its own process group; on timeout kills the whole group and fails."""
     full_env = dict(os.environ)
     # tests/ holds the stand-in device (fakegpu), loaded by ranks as a device plugin
-    full_env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "tests"),
+    full_env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "tests"), str(ROOT / "tests" / "jobs"),
                                               full_env.get("PYTHONPATH", "")])
     full_env.setdefault("HPCRAY_DEVICE_PLUGINS", "fakegpu")
     full_env.setdefault("PYTHONUNBUFFERED", "1")
