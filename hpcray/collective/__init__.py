@@ -7,6 +7,7 @@ memory).
 """
 
 from .collective import (
+    abort_collective_group,
     allgather,
     allreduce,
     barrier,
@@ -26,7 +27,8 @@ from .collective import (
 )
 from .types import CollectiveError, CollectiveTimeoutError, ReduceOp
 
-__all__ = ["CollectiveError", "CollectiveTimeoutError", "ReduceOp", "allgather", "allreduce",
+__all__ = ["CollectiveError", "CollectiveTimeoutError", "ReduceOp", "abort_collective_group",
+           "allgather", "allreduce",
            "barrier", "broadcast", "create_collective_group", "describe_group",
            "destroy_collective_group", "get_collective_group_size", "get_rank",
            "init_collective_group", "is_group_initialized", "mpi_comm", "recv", "reduce", "reducescatter",

@@ -143,6 +143,14 @@ def destroy_collective_group(group_name: str = "default") -> None:
         rt.request("service", RENDEZVOUS, "destroy", group_name)
 
 
+def abort_collective_group(group_name: str = "default", reason: str = "aborted") -> None:
+    """Makes this member's operation in progress on the group (in another thread) and every
+    later one raise CollectiveError(reason); nothing if this member has no such group."""
+    group = _lookup(group_name)
+    if group is not None:
+        group.abort(reason)
+
+
 def _lookup(group_name: str) -> BaseGroup | None:
     rt = _runtime()
     key = _member_key(rt)

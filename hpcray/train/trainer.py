@@ -92,11 +92,9 @@ class CollectiveBackend(Backend):
             collective.destroy_collective_group(self.group_name)
 
     def abort(self) -> None:
-        from ..collective.collective import _lookup
+        from .. import collective
 
-        group = _lookup(self.group_name)
-        if group is not None:
-            group.abort(STOPPED)
+        collective.abort_collective_group(self.group_name, STOPPED)
 
 
 STOPPED = "the trainer stopped this worker (another worker failed, or fit() was ended)"

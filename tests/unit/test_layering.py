@@ -91,6 +91,10 @@ def test_libraries_use_only_the_public_api() -> None:
     for name, path in modules().items():
         if layer(name) != "libraries":
             continue
+        for line, target, names in imports(name, path):
+            private = [n for n in names if n.startswith("_")]
+            if target.startswith("hpcray") and private and layer(target) != "libraries":
+                bad.append(f"{name}:{line} imports {private} from {target}")
         for node in ast.walk(ast.parse(path.read_text())):
             if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
                     and node.value.id == "api" and node.attr.startswith("_")):
