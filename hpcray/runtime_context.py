@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+from ._private.job.slurm import private_dir
 
 
 class RuntimeContext:
@@ -71,10 +71,11 @@ class RuntimeContext:
     def get_state_dir(self) -> str:
         """The job's own directory for state that must survive a requeue (created on first
         call): ``$HPCRAY_STATE_DIR``, else ``<working dir>/.hpcray/<job id>``, else
-        ``$TMPDIR/hpcray-<job id>``. Slurm keeps the job id when it requeues a job."""
-        path = self._rt.job["state_dir"]
-        os.makedirs(path, exist_ok=True)
-        return path
+        ``$TMPDIR/hpcray-<job id>``. Slurm keeps the job id when it requeues a job.
+
+        It is made 0700; one that another user owns or can write is refused (PermissionError
+        saying what to do): a planted directory must not feed the job its files."""
+        return private_dir(self._rt.job["state_dir"])
 
     @property
     def slurm(self) -> dict | None:

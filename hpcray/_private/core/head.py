@@ -18,7 +18,7 @@ from .actors import Actor, ActorTable, died_error
 from .backoff import Backoff
 from .directory import LocalCopies, ObjectDirectory, error_blob
 from .objects import Stored
-from .procs import process_gone
+from .procs import LoopFailures, process_gone
 from .runtime import RankInfo, Runtime
 from .scheduler import Infeasible, InPlacementGroup, Request, Scheduler
 from .serialization import deserialize, inline_blob
@@ -126,12 +126,18 @@ class HeadRuntime(Runtime):
         """The head's own progress; it idles while a driver thread polls in get()."""
         backoff = self.backoff
         self.next_check = 0.0
+        failing = LoopFailures(f"rank 0 (pid {self.pid} on {self.host}): the head's progress loop")
         while not self.stopping:
-            busy = self.progress_once() if not self.pollers else False
-            now = time.monotonic()
-            if now >= self.next_check:
-                self.next_check = now + 0.2
-                self.check_ranks(now)
+            try:
+                busy = self.progress_once() if not self.pollers else False
+                now = time.monotonic()
+                if now >= self.next_check:
+                    self.next_check = now + 0.2
+                    self.check_ranks(now)
+                failing.ok()
+            except Exception as exc:  # noqa: BLE001 - reported; the loop must go on
+                failing.failed(exc)
+                busy = False
             if busy:
                 backoff.reset()
             else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import faulthandler
 import os
+import resource
 import signal
 import socket
 import sys
@@ -118,6 +119,15 @@ def _check_srun(world_size: int) -> None:
         os._exit(2)
 
 
+def _raise_fd_limit() -> None:
+    """The soft limit on open files up to the hard one: a rank holds MPI's descriptors, Serve's
+    connections and the user's files, and a low soft limit (1024 is common) is easy to exhaust."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard and (hard == resource.RLIM_INFINITY or soft < hard):
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def _bound_startup(timeout: float) -> None:
     """MPI_Init and the start-up collectives wait for every rank; if one never comes (it died
     in MPI_Init, the launcher lost it), end this rank after ``timeout`` seconds instead of
@@ -210,6 +220,7 @@ def _join(overrides: dict, num_cpus: int | None) -> Job:
     if not embedded and not under_mpi_launcher() and not _interactive():
         _check_srun(1)
         _relaunch(num_cpus or os.cpu_count() or 1)
+    _raise_fd_limit()
     defaults = slurm.config_defaults()
     early = config_mod.load(defaults)  # the environment's settings, before the head's overrides
     _bound_startup(early.init_timeout)

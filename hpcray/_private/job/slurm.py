@@ -7,8 +7,10 @@ as Slurm states them; hpcray's GPU resources come from device discovery, not fro
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -21,6 +23,7 @@ __all__ = [
     "in_allocation",
     "job_info",
     "node_info",
+    "private_dir",
     "rank_info",
     "state_dir",
     "step_tasks",
@@ -263,6 +266,30 @@ def node_info(rank: dict | None) -> dict | None:
     if rank is None:
         return None
     return {k: rank[k] for k in ("node_name", "node_index", "cpus_on_node", "gpus_on_node")}
+
+
+def private_dir(path: str) -> str:
+    """Creates path (mode 0700) if missing, and refuses a directory another user could have
+    planted or can change: one that is a symlink, is owned by someone else, or is writable
+    by group or others. Whatever hpcray reads back from it (checkpoints, pickles) is then the
+    job owner's own."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o700)
+    info = os.lstat(path)
+    problem = ""
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        problem = "is not a directory (a symlink or a file)"
+    elif info.st_uid != os.getuid():
+        problem = f"belongs to uid {info.st_uid}, not to you (uid {os.getuid()})"
+    elif info.st_mode & 0o022:
+        problem = f"is writable by others (mode {stat.S_IMODE(info.st_mode):o})"
+    if problem:
+        raise PermissionError(
+            f"hpcray: the job's state directory {path} {problem}, so what is in it cannot be "
+            f"trusted. Remove it, or chmod go-w it if it is yours, or set HPCRAY_STATE_DIR to "
+            f"a directory of your own.")
+    return path
 
 
 def state_dir(job_id: str, explicit: str = "", cwd: str | None = None,
