@@ -7,6 +7,7 @@ Under mpiexec/srun the job's ranks are the cluster. A plain ``python script.py``
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import faulthandler
 import os
 import resource
@@ -334,9 +335,18 @@ def worker_stop(job: Job, status: int, clean: bool, head_pid: int = 0) -> None:
             deadline = time.monotonic() + 5
             while head_pid and not process_gone(head_pid) and time.monotonic() < deadline:
                 time.sleep(0.005)
+            _libc_exit(status)
         except MPI.Exception as exc:
             print(f"hpcray: a worker's MPI shutdown failed: {exc}", file=sys.__stderr__)
     os._exit(status)
+
+
+def _libc_exit(status: int) -> None:
+    """Leaves through the C library's exit(), which runs the MPI library's exit handlers:
+    MPICH's tells Hydra that this rank finalized (os._exit skips it, and Hydra then kills
+    ranks still in their post-finalize wait: 'Killed (signal 9)' on clean runs). Python's
+    own interpreter shutdown is still skipped, as with os._exit."""
+    ctypes.CDLL(None).exit(status)
 
 
 def head_finalize(head: HeadRuntime) -> None:
