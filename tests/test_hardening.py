@@ -3,9 +3,16 @@ run out of file descriptors at a low soft limit."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import subprocess
 import sys
+import time
 
+import psutil
+import pytest
 from conftest import mpiexec, run_process
 
 CLEAN_JOB = """
@@ -63,3 +70,57 @@ def test_ranks_raise_a_low_soft_fd_limit(tmp_path) -> None:
     result = json.loads(line[len("RESULT "):])
     for soft, hard in [result["driver"], *result["workers"]]:
         assert soft == hard and soft > 256, result
+
+
+ORPHAN_JOB = """
+import time
+
+import hpcray
+
+hpcray.init()
+print("STARTED", flush=True)
+time.sleep(300)
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGHUP])
+def test_the_job_dies_with_its_launcher(tmp_path, sig) -> None:
+    """SIGKILL or SIGHUP (a closed terminal) to `hpcray run`: no rank, no mpiexec is left
+    (before, all 5 processes were still running 30 s later)."""
+    script = tmp_path / f"orphan_{sig.name}.py"
+    script.write_text(ORPHAN_JOB)
+    out = open(tmp_path / "out.txt", "w")  # noqa: SIM115 - the launcher writes it
+    launcher = subprocess.Popen([sys.executable, "-m", "hpcray", "run", "-n", "3", str(script)],
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                cwd=str(tmp_path))
+    try:
+        deadline = time.monotonic() + 60
+        while "STARTED" not in (tmp_path / "out.txt").read_text():
+            assert launcher.poll() is None and time.monotonic() < deadline, (
+                (tmp_path / "out.txt").read_text())
+            time.sleep(0.1)
+        assert len(_census(str(script))) >= 3  # the ranks and mpiexec run
+        launcher.send_signal(sig)
+        launcher.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while _census(str(script)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left = _census(str(script))
+        assert not left, [p.info["cmdline"] for p in left]
+    finally:
+        out.close()
+        for proc in _census(str(script)):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(launcher.pid, signal.SIGKILL)
+
+
+def _census(marker: str) -> list:
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline", "status"]):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if proc.info["status"] != psutil.STATUS_ZOMBIE and any(
+                    marker in arg for arg in proc.info["cmdline"] or []):
+                found.append(proc)
+    return found

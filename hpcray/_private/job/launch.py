@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import os
 import shutil
@@ -163,21 +164,37 @@ def child_pythonpath() -> str | None:
     return os.pathsep.join([root, *parts])
 
 
+def _parent_death_signal():
+    """A function for the launcher's child, resolved before the fork (no loading after it):
+    SIGTERM when the launcher dies, however it dies (SIGKILL included), so the job never
+    outlives it. None where there is no prctl (not Linux): the forwarding below only."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    return functools.partial(prctl, 1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+
+
 def run_job(cmd: list[str], env: dict[str, str]) -> int:
-    """Run ``cmd`` in its own process group, forwarding SIGINT/SIGTERM; return its exit code."""
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    """Run ``cmd`` in its own process group, forwarding SIGINT, SIGTERM, SIGHUP (as SIGTERM:
+    a closed terminal ends the job cleanly) and SIGQUIT; return its exit code. The job also
+    gets SIGTERM if this launcher is killed outright."""
+    # the child only calls prctl before exec (resolved here, in the parent)
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True,
+                            preexec_fn=_parent_death_signal())
     received: list[int] = []
 
     def forward(signum: int, _frame: object) -> None:
         received.append(signum)
         # Third signal: the job is not going away politely, kill it outright.
-        sig = signal.SIGKILL if len(received) >= 3 else signum
+        sig = signal.SIGTERM if signum == signal.SIGHUP else signum
+        sig = signal.SIGKILL if len(received) >= 3 else sig
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
             pass
 
-    forwarded = (signal.SIGINT, signal.SIGTERM)
+    forwarded = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
     previous = {s: signal.signal(s, forward) for s in forwarded}
     try:
         while True:
