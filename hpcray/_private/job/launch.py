@@ -180,8 +180,8 @@ def run_job(cmd: list[str], env: dict[str, str]) -> int:
     a closed terminal ends the job cleanly) and SIGQUIT; return its exit code. The job also
     gets SIGTERM if this launcher is killed outright."""
     # the child only calls prctl before exec (resolved here, in the parent)
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True,
-                            preexec_fn=_parent_death_signal())
+    death = _parent_death_signal()
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=death)  # noqa: PLW1509
     received: list[int] = []
 
     def forward(signum: int, _frame: object) -> None:
