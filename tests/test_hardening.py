@@ -124,3 +124,39 @@ def _census(marker: str) -> list:
                     marker in arg for arg in proc.info["cmdline"] or []):
                 found.append(proc)
     return found
+
+
+def test_a_one_node_job_opens_no_port_of_its_own(tmp_path) -> None:
+    """`hpcray run` on one node: no rank listens on a TCP port of its own (the MPICH wheel's UCX
+    made every rank listen on two, one on the external address). What remains is Hydra's own
+    PMI port, opened by mpiexec (and inherited, unused, by the ranks): docs/porting.md."""
+    script = tmp_path / "ports.py"
+    script.write_text(ORPHAN_JOB)
+    out = open(tmp_path / "out.txt", "w")  # noqa: SIM115 - the launcher writes it
+    env = {k: v for k, v in os.environ.items() if k != "UCX_TLS"}
+    launcher = subprocess.Popen([sys.executable, "-m", "hpcray", "run", "-n", "3", str(script)],
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                cwd=str(tmp_path), env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while "STARTED" not in (tmp_path / "out.txt").read_text():
+            assert launcher.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        procs = _census(str(script))
+        ranks = {p.pid for p in procs if "mpiexec" not in " ".join(p.info["cmdline"])}
+        launchers = {p.pid for p in procs} - ranks
+        assert len(ranks) >= 3
+        def listening(pid: int) -> set:
+            return {c.laddr for c in psutil.Process(pid).net_connections(kind="inet")
+                    if c.status == psutil.CONN_LISTEN}
+
+        hydra = set().union(*(listening(pid) for pid in launchers))
+        for pid in ranks:
+            assert listening(pid) <= hydra, (pid, listening(pid) - hydra)
+    finally:
+        out.close()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(launcher.pid, signal.SIGKILL)
+        for proc in _census(str(script)):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()

@@ -91,6 +91,15 @@ def _is_root() -> bool:
     return geteuid is not None and geteuid() == 0
 
 
+def single_node(environ: dict[str, str] | None = None) -> bool:
+    """Whether the job mpiexec starts here stays on this node: no multi-node Slurm
+    allocation, no host file (Hydra, PBS, LSF)."""
+    env = os.environ if environ is None else environ
+    nodes = env.get("SLURM_JOB_NUM_NODES") or env.get("SLURM_NNODES") or "1"
+    hostfiles = ("HYDRA_HOST_FILE", "PBS_NODEFILE", "LSB_HOSTS", "LSB_MCPU_HOSTS")
+    return nodes.strip() in ("", "1") and not any(env.get(v) for v in hostfiles)
+
+
 def mpiexec_command(
     n: int,
     argv: list[str],
@@ -110,6 +119,10 @@ def mpiexec_command(
         # Hydra normally kills the whole job when one rank dies; hpcray detects dead
         # worker ranks itself and carries on, so keep the surviving ranks alive.
         cmd.append("-disable-auto-cleanup")
+        if single_node() and "UCX_TLS" not in os.environ:
+            # ranks of one node talk through shared memory; UCX's network transports would
+            # make every rank listen on TCP ports (one on the external address)
+            env["UCX_TLS"] = "self,sm"
     elif flavor == "openmpi":
         # Allow more ranks than cores/slots (head + one worker per core is the default).
         cmd.append("--oversubscribe")
