@@ -46,7 +46,10 @@ class TaskError(HpcrayError):
             return self
         try:
             cls = _dual_class(cause_cls)
-            err = cls.__new__(cls)
+            try:
+                err = cls.__new__(cls)
+            except TypeError:  # a built-in base with an allocator of its own (MemoryError)
+                err = BaseException.__new__(cls)
             err.__dict__.update(getattr(self.cause, "__dict__", {}))
             TaskError.__init__(err, self.function_name, self.traceback_str, self.cause, self.rank,
                                self.host, self.pid)
@@ -101,6 +104,10 @@ RayActorError = ActorDiedError
 
 class ObjectLostError(HpcrayError):
     """Every copy of the object was on ranks that died."""
+
+
+class DeserializationError(HpcrayError):
+    """An object's value could not be unpickled where it was read (its cause is chained)."""
 
 
 class ObjectFreedError(HpcrayError):

@@ -18,7 +18,13 @@ import traceback
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from ...exceptions import GetTimeoutError, ObjectLostError, TaskError
+from ...exceptions import (
+    DeserializationError,
+    GetTimeoutError,
+    HpcrayError,
+    ObjectLostError,
+    TaskError,
+)
 from ...object_ref import ObjectRef
 from . import hooks
 from . import protocol as P
@@ -387,7 +393,17 @@ class Runtime:
 
     def value_of(self, object_id: int):
         stored = self.store.objects[object_id]
-        value = stored.value()
+        try:
+            value = stored.value()
+        except HpcrayError:
+            raise
+        except Exception as exc:
+            raise DeserializationError(
+                f"object {object_id:016x} could not be unpickled on rank {self.rank} "
+                f"({self.host}): {type(exc).__name__}: {exc}. Values must unpickle on every "
+                "rank that reads them: define their classes in a module every rank can import "
+                "(not only inside a task), and keep __reduce__/__setstate__ working there."
+            ) from exc
         if stored.error:
             if isinstance(value, TaskError):
                 raise value.as_instanceof_cause()

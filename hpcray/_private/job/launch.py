@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import os
@@ -188,11 +189,59 @@ def _parent_death_signal():
     return functools.partial(prctl, 1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
 
 
+_SHM = "/dev/shm"
+_MPICH_SEGMENT = "mpich_shm_"
+
+
+def _segments() -> set[str]:
+    """MPICH's shared-memory segments of this user on this node."""
+    try:
+        names = os.listdir(_SHM)
+    except OSError:
+        return set()
+    uid = os.getuid()
+    found = set()
+    for name in names:
+        if name.startswith(_MPICH_SEGMENT):
+            with contextlib.suppress(OSError):
+                if os.stat(os.path.join(_SHM, name)).st_uid == uid:
+                    found.add(name)
+    return found
+
+
+def _mapped_segments() -> set[str]:
+    """Segments some live process of this user still maps (another job's, say)."""
+    mapped = set()
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/maps") as maps:
+            for line in maps:
+                if _MPICH_SEGMENT in line:
+                    mapped.add(os.path.basename(line.split()[-1]))
+    return mapped
+
+
+def remove_stale_segments(before: set[str]) -> list[str]:
+    """After a job that did not end cleanly: removes the MPICH segments that appeared during
+    it and that no live process maps (MPICH leaves them behind when a rank is killed)."""
+    new = _segments() - before
+    if not new:
+        return []
+    removed = []
+    for name in sorted(new - _mapped_segments()):
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(_SHM, name))
+            removed.append(name)
+    return removed
+
+
 def run_job(cmd: list[str], env: dict[str, str]) -> int:
     """Run ``cmd`` in its own process group, forwarding SIGINT, SIGTERM, SIGHUP (as SIGTERM:
     a closed terminal ends the job cleanly) and SIGQUIT; return its exit code. The job also
     gets SIGTERM if this launcher is killed outright."""
     # the child only calls prctl before exec (resolved here, in the parent)
+    segments = _segments()
     death = _parent_death_signal()
     proc = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=death)  # noqa: PLW1509
     received: list[int] = []
@@ -219,6 +268,8 @@ def run_job(cmd: list[str], env: dict[str, str]) -> int:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+    if code != 0:
+        remove_stale_segments(segments)
     if code < 0:
         return 128 - code  # killed by a signal: shell convention
     return code
