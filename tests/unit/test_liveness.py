@@ -72,3 +72,29 @@ def test_the_head_keeps_serving_when_a_step_raises() -> None:
         assert calls["n"] >= 5, "the progress loop stopped after a failing step"
         assert head.thread.is_alive()
         assert hpcray.get([add.remote(i, i) for i in range(50)]) == [2 * i for i in range(50)]
+
+
+def test_one_signal_handler_whatever_the_number_of_sessions() -> None:
+    """Each init() used to wrap the previous SIGUSR1 handler (and set an Event inside it):
+    after many sessions the chain deadlocked or hit RecursionError. Now one handler stays,
+    and it calls the current session's callback only."""
+    import signal
+
+    from hpcray._private.job import bootstrap
+
+    previous = signal.getsignal(signal.SIGUSR1)
+    calls: list[int] = []
+    try:
+        for session in range(2000):
+            bootstrap._survive_peer_failure(lambda s=session: calls.append(s))
+        handler = signal.getsignal(signal.SIGUSR1)
+        bootstrap._survive_peer_failure(lambda: calls.append(-1))
+        assert signal.getsignal(signal.SIGUSR1) is handler
+        os.kill(os.getpid(), signal.SIGUSR1)
+        deadline = time.monotonic() + 10
+        while not calls and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert calls == [-1]
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+        bootstrap._peer_failure.update(installed=False, callback=None)

@@ -164,9 +164,9 @@ class HeadRuntime(Runtime):
         self.ranks[src].last_seen = time.monotonic() + quiet
 
     def check_soon(self) -> None:
-        """Signal-safe: makes the progress loop check rank liveness now."""
+        """Signal-safe (one attribute store, no lock): the progress loop checks rank liveness
+        at its next turn (it sleeps at most HPCRAY_BACKOFF_MAX)."""
         self.next_check = 0.0
-        self.backoff.kick()
 
     def flush(self) -> None:
         """Sends the FREE messages batched while handling."""

@@ -170,21 +170,28 @@ def _relaunch(workers: int) -> None:
     os._exit(run_job(cmd, env))
 
 
+_peer_failure: dict[str, Any] = {"installed": False, "callback": None}
+
+
 def _survive_peer_failure(on_failure) -> None:
     """Hydra tells surviving ranks that a rank died with SIGUSR1, whose default action kills.
 
-    Catching it keeps the job alive so the head can fail or retry the lost work.
+    Catching it keeps the job alive so the head can fail or retry the lost work. One handler,
+    installed once per process whatever the number of init() calls; it only calls the current
+    session's callback, which must be signal-safe (no locks: HeadRuntime.check_soon).
     """
     if threading.current_thread() is not threading.main_thread():
         return
-    previous = signal.getsignal(signal.SIGUSR1)
+    _peer_failure["callback"] = on_failure
+    if not _peer_failure["installed"]:
+        signal.signal(signal.SIGUSR1, _on_peer_failure)
+        _peer_failure["installed"] = True
 
-    def handler(signum, frame):
-        on_failure()
-        if callable(previous):
-            previous(signum, frame)
 
-    signal.signal(signal.SIGUSR1, handler)
+def _on_peer_failure(signum, frame) -> None:
+    callback = _peer_failure["callback"]
+    if callback is not None:
+        callback()
 
 
 @dataclass(eq=False)
