@@ -205,6 +205,7 @@ class Job:
     ranks: list[RankInfo]
     identity: dict            # job id (Slurm's, kept across requeues), allocation, state dir
     transport: Transport
+    visible_before: str | None = None  # the driver's CUDA_VISIBLE_DEVICES, restored at stop
 
     @property
     def rank(self) -> int:
@@ -253,11 +254,12 @@ def _join(overrides: dict, num_cpus: int | None) -> Job:
     overrides = comm.bcast(overrides, root=0)
     config = config_mod.load(defaults, **overrides)
     identity = comm.bcast(_job_identity(config) if comm.Get_rank() == 0 else None, root=0)
+    visible_before = os.environ.get("CUDA_VISIBLE_DEVICES")
     ranks = _describe(comm, config)
     faulthandler.cancel_dump_traceback_later()  # start-up is over
     from ..transport.mpi import Transport  # imports mpi4py.MPI: only once MPI is set up
 
-    return Job(MPI, comm, spawned, config, ranks, identity, Transport(comm))
+    return Job(MPI, comm, spawned, config, ranks, identity, Transport(comm), visible_before)
 
 
 def head_start(job: Job) -> HeadRuntime:
@@ -306,8 +308,14 @@ def worker_start(job: Job) -> None:
 
 
 def head_stop(head: HeadRuntime) -> None:
-    """Stops the workers; with a dead rank the job ends here with status 1."""
+    """Stops the workers (and gives the driver back the CUDA_VISIBLE_DEVICES it had); with a
+    dead rank the job ends here with status 1."""
     head.shutdown()
+    before = head.mpi_job.visible_before
+    if before is None:
+        os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+    else:
+        os.environ["CUDA_VISIBLE_DEVICES"] = before
     if head.dead_ranks:
         print(f"hpcray: ranks {head.dead_ranks} died during the job; exiting with status 1",
               file=sys.stderr, flush=True)
