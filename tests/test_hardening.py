@@ -252,27 +252,3 @@ def test_a_crashed_job_leaves_no_mpich_segment(tmp_path) -> None:
     assert proc.returncode != 0
     left = launch._segments() - before - launch._mapped_segments()
     assert not left, left
-
-
-GPU_ENV_JOB = """
-import json
-import os
-
-import hpcray
-
-before = os.environ.get("CUDA_VISIBLE_DEVICES")
-hpcray.init(num_gpus=1)
-during = os.environ.get("CUDA_VISIBLE_DEVICES")
-hpcray.shutdown()
-print("RESULT " + json.dumps([before, during, os.environ.get("CUDA_VISIBLE_DEVICES")]))
-"""
-
-
-def test_shutdown_gives_back_the_drivers_gpu_environment(run_job) -> None:
-    """init(num_gpus=1) narrows CUDA_VISIBLE_DEVICES for the session only."""
-    for env in ({}, {"CUDA_VISIBLE_DEVICES": "3,1"}):
-        proc = run_job(GPU_ENV_JOB, n=2, timeout=90, env=env)
-        assert proc.returncode == 0, proc.stderr
-        line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
-        before, during, after = json.loads(line[len("RESULT "):])
-        assert after == before and during is not None, (before, during, after)

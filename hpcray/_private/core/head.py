@@ -152,10 +152,11 @@ class HeadRuntime(Runtime):
     def may_poll(self) -> bool:
         return True
 
-    def await_local(self, ids: list[int], deadline: float | None, need: int) -> bool:
+    def await_local(self, ids: list[int], deadline: float | None, need: int,
+                    until_error: bool = False) -> bool:
         self.add_poller(1)
         try:
-            return super().await_local(ids, deadline, need)
+            return super().await_local(ids, deadline, need, until_error)
         finally:
             self.add_poller(-1)
 

@@ -63,10 +63,11 @@ class Stored:
 class Waiter:
     """Counts arrivals of the ids a get/wait is waiting for (O(1) per arrival)."""
 
-    __slots__ = ("arrived", "callback")
+    __slots__ = ("arrived", "callback", "failed")
 
     def __init__(self, callback=None):
         self.arrived = 0
+        self.failed = False  # an error arrived among them
         self.callback = callback  # run by Runtime.run_fired once the rank lock is released
 
 
@@ -108,6 +109,8 @@ class LocalStore:
         if waiting is not None:
             for waiter in waiting:
                 waiter.arrived += 1
+                if stored.error:
+                    waiter.failed = True
                 if waiter.callback is not None:
                     self.fired.append(waiter.callback)
             with self.cond:

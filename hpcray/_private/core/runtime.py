@@ -318,8 +318,10 @@ class Runtime:
                             f"{exc}") from exc
         return self._store_put(header, buffers, contained)
 
-    def _wait_local(self, ids: list[int], deadline: float | None, count: int | None = None) -> bool:
-        """Asks the head for ids and waits until ``count`` of them (default all) are local."""
+    def _wait_local(self, ids: list[int], deadline: float | None, count: int | None = None,
+                    until_error: bool = False) -> bool:
+        """Asks the head for ids and waits until ``count`` of them (default all) are local
+        (or, with until_error, until one that arrives is an error)."""
         objects = self.store.objects
         missing = [i for i in dict.fromkeys(ids) if i not in objects]
         if not missing:
@@ -332,13 +334,15 @@ class Runtime:
         if task:
             self.to_head((P.BLOCKED, task, True))
         try:
-            return self.await_local(missing, deadline, need)
+            return self.await_local(missing, deadline, need, until_error)
         finally:
             if task:
                 self.to_head((P.BLOCKED, task, False))
 
-    def await_local(self, ids: list[int], deadline: float | None, need: int) -> bool:
-        """Waits until ``need`` of ids (absent when called) arrive locally; False on deadline."""
+    def await_local(self, ids: list[int], deadline: float | None, need: int,
+                    until_error: bool = False) -> bool:
+        """Waits until ``need`` of ids (absent when called) arrive locally, or with until_error
+        one of them arrives as an error; False on deadline."""
         with self.lock:
             objects = self.store.objects
             absent = [i for i in ids if i not in objects]
@@ -349,7 +353,7 @@ class Runtime:
         try:
             if self.may_poll():
                 backoff = Backoff(self.config.spin_time, self.config.backoff_max)
-                while waiter.arrived < need:
+                while waiter.arrived < need and not (until_error and waiter.failed):
                     if deadline is not None and time.monotonic() >= deadline:
                         return False
                     if self.progress_once():
@@ -359,7 +363,7 @@ class Runtime:
                 return True
             cond = self.store.cond
             with cond:
-                while waiter.arrived < need:
+                while waiter.arrived < need and not (until_error and waiter.failed):
                     remaining = None if deadline is None else deadline - time.monotonic()
                     if remaining is not None and remaining <= 0:
                         return False
@@ -384,12 +388,24 @@ class Runtime:
                 raise TypeError(f"get() expects ObjectRefs, got an element of type {type(r).__name__}")
             ids.append(r.id)
         deadline = None if timeout is None else time.monotonic() + timeout
-        if not self._wait_local(ids, deadline):
+        # a failed task's error as soon as it is known, as Ray does
+        self._raise_first_error(ids)
+        complete = self._wait_local(ids, deadline, until_error=True)
+        self._raise_first_error(ids)
+        if not complete:
             missing = sum(1 for i in set(ids) if i not in self.store.objects)
             raise GetTimeoutError(f"get() timed out after {timeout} s: {missing} of {len(set(ids))} "
                                   "objects not ready")
         values = [self.value_of(i) for i in ids]
         return values[0] if single else values
+
+    def _raise_first_error(self, ids: list[int]) -> None:
+        """Raises the error of the first id (in the caller's order) that is a local error."""
+        objects = self.store.objects
+        for i in ids:
+            stored = objects.get(i)
+            if stored is not None and stored.error:
+                self.value_of(i)
 
     def value_of(self, object_id: int):
         stored = self.store.objects[object_id]

@@ -1,0 +1,94 @@
+"""Ray's semantics where hpcray differed (each test failed before its fix)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from conftest import mpiexec, run_process
+
+GET_FIRST_ERROR_JOB = """
+import json
+import os
+import time
+
+import hpcray
+
+hpcray.init()
+
+
+@hpcray.remote
+def fail():
+    raise ValueError("first")
+
+
+@hpcray.remote
+def until(path):
+    while not os.path.exists(path):
+        time.sleep(0.01)
+    return 1
+
+
+R = {}
+slow = until.remote("release")
+bad = fail.remote()
+try:
+    hpcray.get([slow, bad], timeout=60)
+    R["got"] = "no error"
+except ValueError as exc:
+    R["got"] = ["ValueError", str(exc)]
+except hpcray.exceptions.GetTimeoutError:
+    R["got"] = "timeout"
+open("release", "w").close()
+R["after"] = hpcray.get(slow)
+print("RESULT " + json.dumps(R))
+"""
+
+
+def _result(proc) -> dict:
+    assert proc.returncode == 0, proc.stderr
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
+    return json.loads(line[len("RESULT "):])
+
+
+def test_get_raises_the_first_error_without_waiting_for_the_rest(run_job) -> None:
+    """get([never_finishing, failed]) raises the failure at once (it waited for every ref;
+    here the first ref only finishes after get returned, so waiting would time out)."""
+    r = _result(run_job(GET_FIRST_ERROR_JOB, n=3, timeout=120))
+    assert r["got"][0] == "ValueError" and "first" in r["got"][1]
+    assert r["after"] == 1
+
+
+def test_init_and_shutdown_from_python_c(tmp_path) -> None:
+    """mpiexec -n 4 python -c "...init(); shutdown()" exits 0 (it was killed by signal 9)."""
+    from hpcray._private.job.launch import mpiexec_command
+
+    code = "import hpcray as ray; ray.init(); ray.shutdown(); print('BYE')"
+    cmd, env = mpiexec_command(4, [sys.executable, "-c", code], mpiexec=mpiexec())
+    for _ in range(3):
+        proc = run_process(cmd, 60, env=env, cwd=str(tmp_path))
+        assert proc.returncode == 0 and "BYE" in proc.stdout, proc.stderr
+
+
+GPU_ENV_JOB = """
+import json
+import os
+
+import hpcray
+
+before = os.environ.get("CUDA_VISIBLE_DEVICES")
+hpcray.init(num_gpus=1)
+during = os.environ.get("CUDA_VISIBLE_DEVICES")
+hpcray.shutdown()
+print("RESULT " + json.dumps([before, during, os.environ.get("CUDA_VISIBLE_DEVICES")]))
+"""
+
+
+def test_shutdown_gives_back_the_drivers_gpu_environment(run_job) -> None:
+    """init(num_gpus=1) narrows CUDA_VISIBLE_DEVICES for the session only."""
+    for env in ({}, {"CUDA_VISIBLE_DEVICES": "3,1"}):
+        proc = run_job(GPU_ENV_JOB, n=2, timeout=90, env=env)
+        assert proc.returncode == 0, proc.stderr
+        line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
+        before, during, after = json.loads(line[len("RESULT "):])
+        assert after == before and during is not None, (before, during, after)
