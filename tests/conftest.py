@@ -46,7 +46,8 @@ def run_process(cmd: list[str], timeout: float, env: dict | None = None,
         if "PYTHONPATH" in env:  # the caller's paths first, then the suite's
             full_env["PYTHONPATH"] = env.pop("PYTHONPATH") + os.pathsep + full_env["PYTHONPATH"]
         full_env.update(env)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
                             env=full_env, cwd=cwd, start_new_session=True)
     try:
         out, err = proc.communicate(timeout=timeout)

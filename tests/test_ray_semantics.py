@@ -92,3 +92,39 @@ def test_shutdown_gives_back_the_drivers_gpu_environment(run_job) -> None:
         line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
         before, during, after = json.loads(line[len("RESULT "):])
         assert after == before and during is not None, (before, during, after)
+
+
+REINIT_SCRIPT = """
+import os
+import time
+
+import psutil
+
+import hpcray
+
+pid = hpcray.remote(lambda: os.getpid())
+sessions = []
+for _ in range(3):
+    hpcray.init(num_cpus=2)
+    workers = set(hpcray.get([pid.remote() for _ in range(8)]))
+    hpcray.shutdown()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and any(
+            psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+            for p in workers):
+        time.sleep(0.05)
+    sessions.append(sorted(p for p in workers if psutil.pid_exists(p)
+                           and psutil.Process(p).status() != psutil.STATUS_ZOMBIE))
+print("LEFT", sessions, flush=True)
+"""
+
+
+def test_interactive_init_shutdown_init(tmp_path) -> None:
+    """In an interactive interpreter (python -i, notebooks), init(); shutdown() ends that
+    session's workers at once, and init() works again, any number of times (the process was
+    SIGKILLed ~30 s after the second init: the first session's workers never finalized)."""
+    script = tmp_path / "reinit.py"
+    script.write_text(REINIT_SCRIPT)
+    proc = run_process([sys.executable, "-i", str(script)], 180, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "LEFT [[], [], []]" in proc.stdout, proc.stdout + proc.stderr

@@ -206,6 +206,7 @@ class Job:
     identity: dict            # job id (Slurm's, kept across requeues), allocation, state dir
     transport: Transport
     visible_before: str | None = None  # the driver's CUDA_VISIBLE_DEVICES, restored at stop
+    released: bool = False    # the head met the workers' last barrier
 
     @property
     def rank(self) -> int:
@@ -311,7 +312,20 @@ def head_stop(head: HeadRuntime) -> None:
     """Stops the workers (and gives the driver back the CUDA_VISIBLE_DEVICES it had); with a
     dead rank the job ends here with status 1."""
     head.shutdown()
-    before = head.mpi_job.visible_before
+    job = head.mpi_job
+    if job.spawned is not None and not head.dead_ranks:
+        # a session of an interactive process: its spawned workers leave now (they would wait
+        # for the interpreter's exit, and Hydra kills a session whose ranks outlive their
+        # watchdog), and MPI stays up for the next init()
+        watchdog = threading.Timer(10, os._exit, args=(1,))
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            _release_workers(job)
+        except job.MPI.Exception as exc:
+            print(f"hpcray: the session's workers did not leave cleanly: {exc}", file=sys.stderr)
+        watchdog.cancel()
+    before = job.visible_before
     if before is None:
         os.environ.pop("CUDA_VISIBLE_DEVICES", None)
     else:
@@ -344,11 +358,13 @@ def worker_stop(job: Job, status: int, clean: bool, head_pid: int = 0) -> None:
                     os._exit(status)
                 time.sleep(0.01)
             # no comm.Free(): it fails while unread messages (late results) are pending
+            _drain(job)
             if job.spawned is not None:
                 job.spawned.Disconnect()
             MPI.Finalize()
             deadline = time.monotonic() + 5
-            while head_pid and not process_gone(head_pid) and time.monotonic() < deadline:
+            while (head_pid and job.spawned is None and not process_gone(head_pid)
+                   and time.monotonic() < deadline):
                 time.sleep(0.005)
             _libc_exit(status)
         except MPI.Exception as exc:
@@ -367,19 +383,40 @@ def _libc_exit(status: int) -> None:
 def head_finalize(head: HeadRuntime) -> None:
     """At interpreter exit on rank 0: MPI_Finalize together with the workers (bounded in time)."""
     job = head.mpi_job
-    MPI = job.MPI
-    head.transport.close()
     watchdog = threading.Timer(10, os._exit, args=(1,))
     watchdog.daemon = True
     watchdog.start()
     try:
-        job.comm.Ibarrier().Wait()  # matches the workers' Ibarrier (blocking ones would not)
-        if job.spawned is not None:
-            job.spawned.Disconnect()
-        MPI.Finalize()
-    except MPI.Exception as exc:
+        _release_workers(job)
+        job.MPI.Finalize()
+    except job.MPI.Exception as exc:
         print(f"hpcray: MPI shutdown failed on rank 0: {exc}", file=sys.stderr)
     watchdog.cancel()
+
+
+def _release_workers(job: Job) -> None:
+    """The head's half of the workers' last barrier (they leave after it), once per session."""
+    if job.released:
+        return
+    job.released = True
+    job.transport.close()
+    job.comm.Ibarrier().Wait()  # matches the workers' Ibarrier (blocking ones would not)
+    _drain(job)
+    if job.spawned is not None:
+        job.spawned.Disconnect()
+
+
+def _drain(job: Job) -> None:
+    """Receives and drops what peers sent that was never read (a last heartbeat, a late
+    result): after the last barrier nothing more comes, and MPI warns about unmatched messages
+    left behind at disconnect or finalize."""
+    MPI = job.MPI
+    status = MPI.Status()
+    while True:
+        message = job.comm.improbe(MPI.ANY_SOURCE, MPI.ANY_TAG, status)
+        if message is None:
+            return
+        message.Recv([bytearray(status.Get_count(MPI.BYTE)), MPI.BYTE])
 
 
 class _ExitHook:
