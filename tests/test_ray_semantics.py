@@ -128,3 +128,61 @@ def test_interactive_init_shutdown_init(tmp_path) -> None:
     proc = run_process([sys.executable, "-i", str(script)], 180, cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "LEFT [[], [], []]" in proc.stdout, proc.stdout + proc.stderr
+
+
+STALE_SCRIPT = """
+import json
+
+import hpcray
+
+
+@hpcray.remote
+class Box:
+    def __init__(self, v):
+        self.v = v
+
+    def get(self):
+        return self.v
+
+
+R = {}
+hpcray.init(num_cpus=2)
+old_ref = hpcray.put("session one")
+old_actor = Box.remote("actor one")
+hpcray.get(old_actor.get.remote())
+hpcray.shutdown()
+
+hpcray.init(num_cpus=2)
+new_ref = hpcray.put("session two")  # the same position in the new session's counter
+new_actor = Box.remote("actor two")
+hpcray.get(new_actor.get.remote())
+try:
+    hpcray.get(old_ref, timeout=30)
+    R["stale_get"] = "no error"
+except ValueError as exc:
+    R["stale_get"] = str(exc)
+hpcray.kill(old_actor)  # touches nothing of this session
+try:
+    hpcray.get(old_actor.get.remote(), timeout=30)
+    R["stale_call"] = "no error"
+except hpcray.exceptions.ActorDiedError as exc:
+    R["stale_call"] = "ActorDiedError"
+del old_ref  # its release must not free the new session's object
+R["new"] = [hpcray.get(new_ref), hpcray.get(new_actor.get.remote())]
+hpcray.shutdown()
+print("STALE " + json.dumps(R), flush=True)
+"""
+
+
+def test_refs_from_an_earlier_session_touch_nothing(tmp_path) -> None:
+    """Ids restarted at 1 in every session: a ref or handle kept from before shutdown() freed
+    or killed the object or actor with the same id in the next session."""
+    script = tmp_path / "stale.py"
+    script.write_text(STALE_SCRIPT)
+    proc = run_process([sys.executable, "-i", str(script)], 180, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("STALE "))
+    r = json.loads(line[len("STALE "):])
+    assert "earlier hpcray session" in r["stale_get"]
+    assert r["stale_call"] == "ActorDiedError"
+    assert r["new"] == ["session two", "actor two"]

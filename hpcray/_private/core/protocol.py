@@ -248,18 +248,24 @@ MESSAGES: tuple[type, ...] = (Submit, Done, DoneMany, Refs, Want, Request, Put, 
 NORMAL, ACTOR_CREATE, ACTOR_CALL = 0, 1, 2
 
 
-class Ids:
-    """Unique ids: the creating rank in the high bits, a counter in the low ones."""
+SESSION_SHIFT, RANK_SHIFT = 56, 40
 
-    def __init__(self, rank: int):
-        self._counter = itertools.count((rank << 40) + 1)
+
+class Ids:
+    """Unique ids: the session in the highest bits (unique per init() in a process), the
+    creating rank below it, a counter in the low bits. A ref kept from an earlier session can
+    therefore never name an object or actor of a later one."""
+
+    def __init__(self, rank: int, session: int = 0):
+        self.session = session
+        self._counter = itertools.count((session << SESSION_SHIFT) + (rank << RANK_SHIFT) + 1)
 
     def next(self) -> int:
         return next(self._counter)
 
 
-def id_rank(any_id: int) -> int:
-    return any_id >> 40
+def session_of(any_id: int) -> int:
+    return any_id >> SESSION_SHIFT
 
 
 @dataclass(slots=True)

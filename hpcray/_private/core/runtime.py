@@ -75,7 +75,8 @@ class RankInfo:
 class Runtime:
     """State and client operations shared by the head and the workers."""
 
-    def __init__(self, transport: Transport, config: Config, ranks: list[RankInfo], job_id: str):
+    def __init__(self, transport: Transport, config: Config, ranks: list[RankInfo], job_id: str,
+                 session: int = 0):
         self.transport = transport
         self.lock = transport.lock
         self.config = config
@@ -84,7 +85,8 @@ class Runtime:
         self.job_id = job_id
         self.host = socket.gethostname()
         self.pid = os.getpid()
-        self.ids = P.Ids(self.rank)
+        self.ids = P.Ids(self.rank, session)
+        self.session = session
         self.store = LocalStore()
         self.refs = RefTracker()
         self.backoff = Backoff(config.spin_time, config.backoff_max)
@@ -387,6 +389,7 @@ class Runtime:
             if not isinstance(r, ObjectRef):
                 raise TypeError(f"get() expects ObjectRefs, got an element of type {type(r).__name__}")
             ids.append(r.id)
+        self.check_session(ids)
         deadline = None if timeout is None else time.monotonic() + timeout
         # a failed task's error as soon as it is known, as Ray does
         self._raise_first_error(ids)
@@ -398,6 +401,15 @@ class Runtime:
                                   "objects not ready")
         values = [self.value_of(i) for i in ids]
         return values[0] if single else values
+
+    def check_session(self, ids: list[int]) -> None:
+        """Refs kept from before shutdown() name nothing now: say so (touching nothing)."""
+        session = self.session
+        for i in ids:
+            if P.session_of(i) != session:
+                raise ValueError(f"ObjectRef({i:x}) belongs to an earlier hpcray session (before "
+                                 "shutdown()); its object is gone with that session. Make the "
+                                 "object again in this session.")
 
     def _raise_first_error(self, ids: list[int]) -> None:
         """Raises the error of the first id (in the caller's order) that is a local error."""
@@ -437,6 +449,7 @@ class Runtime:
             return [], []
         if len({r.id for r in refs}) != len(refs):
             raise ValueError("wait() got duplicate ObjectRefs")
+        self.check_session([r.id for r in refs])
         if not 0 <= num_returns <= len(refs):
             raise ValueError(f"num_returns must be between 0 and {len(refs)}, got {num_returns}")
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import faulthandler
+import itertools
 import os
+import random
 import resource
 import signal
 import socket
@@ -105,8 +107,13 @@ def _job_identity(config) -> dict:
     and the state directory."""
     job = slurm.job_info()
     job_id = job["job_id"] if job else uuid.uuid4().hex[:8]
-    return {"job_id": job_id, "slurm": job,
+    return {"job_id": job_id, "slurm": job, "session": next(_sessions),
             "state_dir": slurm.state_dir(job_id, config.state_dir)}
+
+
+# each init() of this process is a new session (see protocol.Ids); random start: a process
+# that restarts does not reuse its predecessor's numbers
+_sessions = itertools.count(random.SystemRandom().randrange(1, 1 << 20))
 
 
 def _check_srun(world_size: int) -> None:
@@ -265,7 +272,8 @@ def _join(overrides: dict, num_cpus: int | None) -> Job:
 
 def head_start(job: Job) -> HeadRuntime:
     """Rank 0: the head's runtime, its progress thread running; the driver goes on."""
-    head = HeadRuntime(job.transport, job.config, job.ranks, job.identity["job_id"])
+    head = HeadRuntime(job.transport, job.config, job.ranks, job.identity["job_id"],
+                       job.identity["session"])
     head.job = job.identity
     head.mpi_job = job
     set_current(head)
@@ -276,7 +284,8 @@ def head_start(job: Job) -> HeadRuntime:
 
 def worker_start(job: Job) -> None:
     """Ranks 1..N-1: serve tasks until the head says stop, then leave (never returns)."""
-    worker = WorkerRuntime(job.transport, job.config, job.ranks, job.identity["job_id"])
+    worker = WorkerRuntime(job.transport, job.config, job.ranks, job.identity["job_id"],
+                           job.identity["session"])
     worker.job = job.identity
     worker.before_user_code = preload.wait
     set_current(worker)
