@@ -16,9 +16,9 @@ import hpcray
 from hpcray._private.core import protocol as P
 
 ROOT = Path(__file__).resolve().parents[2]
+NOT_OPS = ("NORMAL", "ACTOR_CREATE", "ACTOR_CALL", "SESSION_SHIFT", "RANK_SHIFT")
 OPS = {name: value for name, value in vars(P).items()
-       if name.isupper() and isinstance(value, int) and name not in ("NORMAL", "ACTOR_CREATE",
-                                                                     "ACTOR_CALL")}
+       if name.isupper() and isinstance(value, int) and name not in NOT_OPS}
 BY_OP = {m.OP: m for m in P.MESSAGES}
 
 
