@@ -186,3 +186,49 @@ def test_refs_from_an_earlier_session_touch_nothing(tmp_path) -> None:
     assert "earlier hpcray session" in r["stale_get"]
     assert r["stale_call"] == "ActorDiedError"
     assert r["new"] == ["session two", "actor two"]
+
+
+CANCEL_JOB = """
+import json
+import os
+import time
+
+import hpcray
+
+hpcray.init()
+
+
+@hpcray.remote
+def until(path):
+    while not os.path.exists(path):
+        time.sleep(0.01)
+    return 1
+
+
+@hpcray.remote
+def waits_nested(path):
+    return hpcray.get(until.remote(path))  # blocks inside the runtime, driving its progress
+
+
+outcomes = []
+for i in range(10):
+    ref = waits_nested.remote(f"never-{i}")
+    time.sleep(0.05 * (i % 4))  # cancel at different points of the nested wait
+    hpcray.cancel(ref)
+    try:
+        hpcray.get(ref, timeout=60)
+        outcomes.append("finished")
+    except hpcray.exceptions.TaskCancelledError:
+        outcomes.append("cancelled")
+    except hpcray.exceptions.GetTimeoutError:
+        outcomes.append("hung")
+    open(f"never-{i}", "w").close()  # let the inner task end
+print("RESULT " + json.dumps(outcomes))
+"""
+
+
+def test_a_cancel_reaching_a_nested_wait_is_never_lost(run_job) -> None:
+    """cancel() of a task blocked in a nested get: the exception used to fire inside the
+    progress step the task's thread was driving, which swallowed it; the task then hung."""
+    r = _result(run_job(CANCEL_JOB, n=3, timeout=240))
+    assert r == ["cancelled"] * 10, r

@@ -86,6 +86,7 @@ class Runtime:
         self.host = socket.gethostname()
         self.pid = os.getpid()
         self.ids = P.Ids(self.rank, session)
+        self.waiting_threads: set[int] = set()  # threads inside await_local
         self.session = session
         self.store = LocalStore()
         self.refs = RefTracker()
@@ -352,12 +353,15 @@ class Runtime:
             if need <= 0:
                 return True
             waiter = self.store.watch(absent)
+            ident = threading.get_ident()
+            self.waiting_threads.add(ident)  # cancel() flags these instead of interrupting
         try:
             if self.may_poll():
                 backoff = Backoff(self.config.spin_time, self.config.backoff_max)
                 while waiter.arrived < need and not (until_error and waiter.failed):
                     if deadline is not None and time.monotonic() >= deadline:
                         return False
+                    self.check_cancelled()
                     if self.progress_once():
                         backoff.reset()
                     else:
@@ -369,12 +373,18 @@ class Runtime:
                     remaining = None if deadline is None else deadline - time.monotonic()
                     if remaining is not None and remaining <= 0:
                         return False
+                    self.check_cancelled()
                     self.backoff.kick()
                     cond.wait(0.05 if remaining is None else min(remaining, 0.05))
                 return True
         finally:
             with self.lock:
                 self.store.unwatch(absent, waiter)
+                self.waiting_threads.discard(ident)
+
+    def check_cancelled(self) -> None:
+        """Raises TaskCancelledError in a task waiting for objects once cancel() reached it
+        (the worker's; the driver has no task to cancel)."""
 
     def get(self, refs, timeout: float | None = None):
         """Values of refs (a ref or a list of refs); raises the task's error if it failed."""

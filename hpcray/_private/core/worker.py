@@ -348,9 +348,21 @@ class WorkerRuntime(Runtime):
     def on_cancel(self, src: int, task_id: int, force: bool) -> None:
         self.cancelled.add(task_id)
         ident = self.running.get(task_id)
-        if ident is not None:
-            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident),
-                                                       ctypes.py_object(E.TaskCancelledError))
+        if ident is None:
+            return
+        if ident in self.waiting_threads:
+            # inside the runtime (a nested get, maybe driving this rank's progress): an
+            # exception raised there could be swallowed with a message; it checks the flag
+            with self.store.cond:
+                self.store.cond.notify_all()
+            return
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident),
+                                                   ctypes.py_object(E.TaskCancelledError))
+
+    def check_cancelled(self) -> None:
+        task_id = getattr(self.local, "task_id", 0)
+        if task_id and task_id in self.cancelled:
+            raise E.TaskCancelledError(f"task {task_id:x} was cancelled while it waited")
 
     def on_kill_actor(self, src: int, actor_id: int) -> None:
         host = self.actors.pop(actor_id, None)
