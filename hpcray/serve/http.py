@@ -7,6 +7,7 @@ import copyreg
 import inspect
 import itertools
 import json
+import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,6 +75,7 @@ class ResponseData:
     headers: list
     body: bytes = b""
     stream_id: int | None = None
+    detail: str | None = None     # an error's details, for the job's log (and debug_errors)
 
 
 def _json_default(value: Any) -> Any:
@@ -109,11 +111,37 @@ def as_asgi(value: Any):
     return StreamingResponse(value, media_type="text/plain")
 
 
-def error_response(status: int, message: str, extra: list | None = None) -> ResponseData:
+def error_response(status: int, message: str, extra: list | None = None,
+                   detail: str | None = None) -> ResponseData:
     body = (message.rstrip("\n") + "\n").encode()
     return ResponseData(status, [(b"content-type", b"text/plain; charset=utf-8"),
                                  (b"content-length", str(len(body)).encode()), *(extra or [])],
-                        body)
+                        body, detail=detail)
+
+
+REQUEST_ID = b"x-request-id"
+_ID_CHARS = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
+def request_id(headers: list) -> str:
+    """The client's X-Request-Id when it is short and plain, else a new random one."""
+    for name, value in headers:
+        if name == REQUEST_ID and 0 < len(value) <= 64 and _ID_CHARS.issuperset(value):
+            return value.decode()
+    return secrets.token_hex(8)
+
+
+def with_request_id(headers: list, rid: str) -> list:
+    """headers with X-Request-Id set to rid (the client's own dropped)."""
+    return [(k, v) for k, v in headers if k != REQUEST_ID] + [(REQUEST_ID, rid.encode())]
+
+
+def internal_error(rid: str, status: int = 500, what: str = "Internal Server Error",
+                   detail: str | None = None) -> ResponseData:
+    """What a client sees of a failure: no message, rank, host or traceback, only an id to
+    find the details in the job's log."""
+    return error_response(status, f"{what} (request id {rid}; the details are in the job's "
+                                  "log)", detail=detail)
 
 
 class Streams:
