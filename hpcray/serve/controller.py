@@ -24,6 +24,9 @@ from .replica import Replica
 STARTING, RUNNING, STOPPING = "STARTING", "RUNNING", "STOPPING"
 HEALTHY, UPDATING, DEPLOY_FAILED = "HEALTHY", "UPDATING", "DEPLOY_FAILED"
 MAX_START_FAILURES = 3
+# Replica-set versions grow across controllers: handles on worker ranks outlive a
+# serve.shutdown() and must take the sets of the next controller, not ignore them as old.
+_VERSIONS = itertools.count(1)
 
 
 @dataclass
@@ -76,7 +79,7 @@ class Controller:
         self.lock = threading.RLock()
         self.apps: dict[str, AppState] = {}
         self.route_table: dict[str, tuple[str, str]] = {}
-        self.versions = itertools.count(1)
+        self.versions = _VERSIONS
         self.tick_s = tick_s
         self.stopping = threading.Event()
         self.died: list[tuple[str, str, str]] = []

@@ -58,6 +58,13 @@ class Ingress:
                 [(b"www-authenticate", b"Bearer")]))
             return
         path = scope["path"]
+        head = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"") + \
+            sum(len(k) + len(v) + 4 for k, v in scope["headers"])
+        if head > self.options.max_header_bytes:
+            await reply(error_response(431, "Request Header Fields Too Large: the limit is "
+                                            f"{self.options.max_header_bytes} bytes",
+                                       [(b"connection", b"close")]))
+            return
         if path.startswith("/-/"):
             await self._builtin(path, reply)
             return
