@@ -8,6 +8,8 @@ import inspect
 import itertools
 import json
 import secrets
+import sys
+import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -154,14 +156,21 @@ class Streams:
     async def run(self, app, req: RequestData) -> ResponseData:
         """Runs ``app`` on req; a body sent in several messages becomes a stream."""
         queue: asyncio.Queue = asyncio.Queue()
+        started = False
 
         async def send(message: dict) -> None:
+            nonlocal started
+            started = True
             await queue.put(message)
 
         async def call() -> None:
             try:
                 await app(req.scope(), req.receive(), send)
             except BaseException as exc:  # noqa: BLE001 - delivered to the reader
+                if started and isinstance(exc, Exception):  # e.g. FastAPI answered 500 itself
+                    print(f"hpcray serve: request {request_id(req.headers)} failed after its "
+                          f"response started:\n{traceback.format_exc()}", file=sys.stderr,
+                          flush=True)
                 await queue.put({"type": "hpcray.error", "error": exc})
                 return
             await queue.put({"type": "hpcray.end"})

@@ -88,7 +88,8 @@ class Ingress:
         state = handles.state_for(app, deployment)
         response, call = await self._call(state, req, method, deployment, rid)
         if response.detail is not None and self.options.debug_errors:
-            response = error_response(response.status, response.detail)
+            response = error_response(response.status, response.detail,
+                                      [h for h in response.headers if h[0] == b"retry-after"])
         await reply(response, more=response.stream_id is not None)
         self.metrics.observe(app, deployment, response.status, time.perf_counter() - start)
         if response.stream_id is not None:
@@ -282,11 +283,15 @@ def max_connections(options: HTTPOptions) -> int:
     return max(8, min(1024, soft // 2))
 
 
-_BUSY = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n"
-         b"content-length: 35\r\nretry-after: 1\r\nconnection: close\r\n\r\n"
-         b"Service Unavailable: too many conns")
-_TOO_BIG = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\n"
-            b"connection: close\r\n\r\n")
+def _raw(status: str, body: bytes = b"", extra: bytes = b"") -> bytes:
+    """A whole HTTP/1.1 response that closes the connection, for the protocol level."""
+    return (f"HTTP/1.1 {status}\r\ncontent-type: text/plain\r\ncontent-length: {len(body)}\r\n"
+            "connection: close\r\n").encode() + extra + b"\r\n" + body
+
+
+_BUSY = _raw("503 Service Unavailable", b"Service Unavailable: too many connections\n",
+             b"retry-after: 1\r\n")
+_TOO_BIG = _raw("431 Request Header Fields Too Large")
 
 
 def guarded(base: type, options: HTTPOptions, limit: int) -> type:

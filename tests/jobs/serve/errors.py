@@ -72,6 +72,24 @@ serve.run(Outer.bind(Inner.bind()), name="app", route_prefix="/app", port=0)
 R["direct"] = http("/app/direct")
 R["composed"] = http("/app/composed", {"X-Request-Id": "client-id-123"})
 
+try:
+    from fastapi import FastAPI
+except ImportError:
+    R["fastapi"] = None
+else:
+    api = FastAPI()
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0.25})
+    @serve.ingress(api)
+    class Api:
+        @api.get("/boom")
+        def boom(self):
+            raise KeyError(f"api key {SECRET}")
+
+    serve.run(Api.bind(), name="api", route_prefix="/api")
+    R["fastapi"] = http("/api/boom")
+    serve.delete("api")
+
 handle = serve.run(Slow.bind(), name="slow", route_prefix="/slow")
 codes = asyncio.run(burst("/slow", 60))
 R["burst"] = {str(c): codes.count(c) for c in sorted(set(codes))}
