@@ -47,6 +47,7 @@ class _Run:
     decision: str
     after_stop: str = TERMINATED
     last_time: float = 0.0
+    before: str = PENDING  # the trial's state before this start (back to it if the runner fails)
 
 
 def resources_of(trainable: Any) -> dict[str, float]:
@@ -238,9 +239,9 @@ class TuneController:
             trial.iteration = _iteration(trial.checkpoint)
         else:
             trial.iteration = 0
+        run = _Run(trial, actor, "start", last_time=time.time(), before=trial.status)
         trial.status = RUNNING
         trial.extra["since_restore"] = 0
-        run = _Run(trial, actor, "start", last_time=time.time())
         if actor not in self.answered:  # a new runner: first see that it came up at all
             run.decision = "ping"
             self.in_flight[actor.ping.remote()] = run
@@ -295,7 +296,7 @@ class TuneController:
         if self.runner_failures >= MAX_RUNNER_FAILURES:
             raise TuneError(f"could not start a trial runner actor ({self.runner_failures} "
                             f"tries): {exc}") from exc
-        run.trial.status = PENDING  # it never started: not its failure
+        run.trial.status = run.before  # it never started: not its failure
 
     def _on_result(self, run: _Run, metrics: dict) -> None:
         trial = run.trial
