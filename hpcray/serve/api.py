@@ -62,10 +62,16 @@ def start(http_options: HTTPOptions | dict | None = None, **kwargs) -> None:
         from .controller import HeadProbe
         from .proxy import HTTPServer, Ingress, address
 
+        token_file = _write_token(options.token) if options.token else None
         probe = HeadProbe(controller)
         ingress = Ingress(options, controller.routes, controller.status, probe)
-        server = HTTPServer(options, ingress)
-        token_file = _write_token(options.token) if options.token else None
+        try:
+            server = HTTPServer(options, ingress)
+        except BaseException:
+            if token_file is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(token_file)
+            raise
         _state.update(http=server, ingress=ingress, options=options, probe=probe,
                       token_file=token_file)
         where = address(options, server.port)
