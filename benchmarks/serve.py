@@ -42,8 +42,10 @@ def parse_wrk(text: str) -> dict:
     return out
 
 
-def wrk(url: str, seconds: float, connections: int) -> dict:
+def wrk(url: str, seconds: float, connections: int, token: str | None = None) -> dict:
     cmd = ["wrk", "-t2", f"-c{connections}", f"-d{round(seconds)}s", "--latency", url]
+    if token:
+        cmd[1:1] = ["-H", f"Authorization: Bearer {token}"]
     text = subprocess.run(cmd, capture_output=True, text=True, check=True,
                           timeout=seconds + 60).stdout
     return parse_wrk(text)
@@ -79,8 +81,9 @@ def internal(system: str, seconds: float, connections: int) -> None:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(Trivial.bind(), route_prefix="/")
     url = f"http://127.0.0.1:{port}/"
-    wrk(url, 3, connections)  # warm-up
-    result = wrk(url, seconds, connections)
+    token = serve.http_token() if system == "hpcray" else None
+    wrk(url, 3, connections, token)  # warm-up
+    result = wrk(url, seconds, connections, token)
     result["system"] = system
     print(TAG + json.dumps(result), flush=True)
     serve.shutdown()

@@ -53,7 +53,8 @@ def query(url: str, n: int) -> tuple[float, list[int], float]:
 
     def one(row):
         req = urllib.request.Request(url, data=json.dumps({"pixels": row.tolist()}).encode(),
-                                     headers={"Content-Type": "application/json"})
+                                     headers={"Content-Type": "application/json",
+                                              "Authorization": f"Bearer {serve.http_token()}"})
         with urllib.request.urlopen(req, timeout=60) as r:
             return json.loads(r.read())
 

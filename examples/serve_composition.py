@@ -55,7 +55,8 @@ def main() -> None:
     serve.run(app, port=0)
     url = serve.status().http_address + "/"
     for values in ([10, 12, 14], [4, 6, 8]):
-        req = urllib.request.Request(url, data=json.dumps({"values": values}).encode())
+        req = urllib.request.Request(url, data=json.dumps({"values": values}).encode(),
+                                     headers={"Authorization": f"Bearer {serve.http_token()}"})
         with urllib.request.urlopen(req, timeout=30) as r:
             print(values, "->", json.loads(r.read()))
     print(serve.status())

@@ -46,7 +46,8 @@ def main() -> int:
         return 0
     serve.run(GpuModel.bind(), port=0)
     url = serve.status().http_address + "/"
-    req = urllib.request.Request(url, data=json.dumps({"x": [0.1] * 8}).encode())
+    req = urllib.request.Request(url, data=json.dumps({"x": [0.1] * 8}).encode(),
+                                 headers={"Authorization": f"Bearer {serve.http_token()}"})
     with urllib.request.urlopen(req, timeout=60) as r:
         print(json.loads(r.read()))
     serve.shutdown()

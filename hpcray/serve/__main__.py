@@ -20,6 +20,12 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hpcray serve",
                                 description="Serve an application (module:attribute) over HTTP.")
     add_serve_options(p)
+    if not any(a.dest == "require_token" for a in p._actions):
+        p.add_argument("--no-token", dest="require_token", action="store_false",
+                       help="serve loopback without a bearer token (any local user can call it)")
+    if not any(a.dest == "debug_errors" for a in p._actions):
+        p.add_argument("--debug-errors", action="store_true",
+                       help="show replicas' errors (message, rank, traceback) to HTTP clients")
     return p
 
 
@@ -60,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     serve.run(app, name=ns.name, route_prefix=ns.route_prefix, host=ns.host, port=ns.port,
-              max_body_bytes=ns.max_body_bytes)
+              max_body_bytes=ns.max_body_bytes, require_token=ns.require_token,
+              debug_errors=ns.debug_errors)
     where = serve.status().http_address
     print(f"hpcray serve: application {ns.name!r} ready at {where}{ns.route_prefix}",
           flush=True)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import hpcray
@@ -17,7 +18,8 @@ from .controller import Controller
 from .deployment import Application
 from .handle import DeploymentHandle
 
-_state: dict[str, Any] = {"controller": None, "http": None, "ingress": None, "options": None}
+_state: dict[str, Any] = {"controller": None, "http": None, "ingress": None, "options": None,
+                          "probe": None, "token_file": None}
 _lock = threading.RLock()
 DEPLOY_TIMEOUT_S = float(os.environ.get("HPCRAY_SERVE_DEPLOY_TIMEOUT", "300"))
 
@@ -37,8 +39,9 @@ def _controller() -> Controller:
 def start(http_options: HTTPOptions | dict | None = None, **kwargs) -> None:
     """Starts the controller and the HTTP ingress (``serve.run`` does it when needed).
 
-    Binding beyond loopback needs a bearer token: ``token=`` or HPCRAY_SERVE_TOKEN, else one
-    is generated and printed once.
+    Every request must send ``Authorization: Bearer <token>``: ``token=`` or
+    HPCRAY_SERVE_TOKEN, else one is generated and printed once; it is also written to
+    ``<state dir>/serve-token`` (mode 0600). ``require_token=False`` serves loopback without.
     """
     with _lock:
         controller = _controller()
@@ -48,46 +51,90 @@ def start(http_options: HTTPOptions | dict | None = None, **kwargs) -> None:
             given.update({k: v for k, v in kwargs.items() if v is not None})
             current = _state["options"]
             differ = sorted(k for k, v in given.items()
-                            if getattr(current, k, None) != v and not (k == "port" and v == 0))
+                            if getattr(current, k, None) != v and not (k == "port" and v == 0)
+                            and not (k == "token" and v is None))
             if differ:
                 raise RuntimeError(f"serve is already listening on {current.host}:"
                                    f"{_state['http'].port} ({', '.join(differ)} differ); call "
                                    "serve.shutdown() before starting it with other HTTP options")
             return
-        options = _options(http_options, kwargs)
+        options, generated = _options(http_options, kwargs)
+        from .controller import HeadProbe
         from .proxy import HTTPServer, Ingress, address
 
-        ingress = Ingress(options, controller.routes, controller.status)
-        server = HTTPServer(options, ingress)
-        _state.update(http=server, ingress=ingress, options=options)
+        token_file = _write_token(options.token) if options.token else None
+        probe = HeadProbe(controller)
+        ingress = Ingress(options, controller.routes, controller.status, probe)
+        try:
+            server = HTTPServer(options, ingress)
+        except BaseException:
+            if token_file is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(token_file)
+            raise
+        _state.update(http=server, ingress=ingress, options=options, probe=probe,
+                      token_file=token_file)
         where = address(options, server.port)
-        print(f"hpcray serve: listening on {where} (node {_node()})", file=sys.stderr)
+        print(f"hpcray serve: listening on {where} (node {_node()}; at most "
+              f"{server.max_connections} connections)", file=sys.stderr)
+        if generated:
+            print(f"hpcray serve: every request must send 'Authorization: Bearer "
+                  f"{options.token}' (shown once; also in {token_file}, readable by you only; "
+                  "set HPCRAY_SERVE_TOKEN to choose it)", file=sys.stderr)
+        elif token_file:
+            print(f"hpcray serve: every request must send 'Authorization: Bearer <token>' "
+                  f"(the token given; also in {token_file})", file=sys.stderr)
+        else:
+            print("hpcray serve: require_token=False: any local user can call this ingress",
+                  file=sys.stderr)
         if options.loopback:
             print(f"hpcray serve: loopback only; from a login node: ssh -L {server.port}:"
                   f"127.0.0.1:{server.port} {_node()}", file=sys.stderr)
 
 
-def _options(http_options, kwargs) -> HTTPOptions:
+def _options(http_options, kwargs) -> tuple[HTTPOptions, bool]:
+    """The options, with the token to require filled in; True when it was generated."""
     if isinstance(http_options, HTTPOptions):
         if kwargs:
             raise TypeError("pass either http_options or keyword options, not both")
         options = http_options
     else:
         merged = {**(http_options or {}), **{k: v for k, v in kwargs.items() if v is not None}}
-        known = {"host", "port", "token", "max_body_bytes", "request_timeout_s", "root_path"}
+        known = {f.name for f in fields(HTTPOptions)}
         unknown = sorted(set(merged) - known)
         if unknown:
             raise TypeError(f"unknown HTTP option(s) {unknown}; known: {sorted(known)}")
         options = HTTPOptions(**merged)
-    if options.token is None and not options.loopback:
+    generated = False
+    if options.token is None and (options.require_token or not options.loopback):
         token = os.environ.get("HPCRAY_SERVE_TOKEN")
         if token is None:
-            token = secrets.token_urlsafe(24)
-            print(f"hpcray serve: listening beyond loopback on {options.host}; every request "
-                  f"must send 'Authorization: Bearer {token}' (shown once; set "
-                  "HPCRAY_SERVE_TOKEN to choose it)", file=sys.stderr)
-        options = HTTPOptions(**{**options.__dict__, "token": token})
-    return options
+            token, generated = secrets.token_urlsafe(24), True
+        options = replace(options, token=token)
+    return options, generated
+
+
+TOKEN_FILE = "serve-token"
+
+
+def _write_token(token: str) -> str:
+    """Writes the token to the job's state directory, readable by this user only."""
+    folder = hpcray.get_runtime_context().get_state_dir()
+    path = os.path.join(folder, TOKEN_FILE)
+    tmp = os.path.join(folder, f".{TOKEN_FILE}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        os.write(fd, token.encode() + b"\n")
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)  # a file planted at path is replaced, never written through
+    return path
+
+
+def http_token() -> str | None:
+    """The bearer token the ingress requires (None before it started, or without one)."""
+    options = _state["options"]
+    return options.token if options is not None else None
 
 
 def _node() -> str:
@@ -149,9 +196,16 @@ def shutdown() -> None:
     """Removes every application and stops the HTTP ingress."""
     with _lock:
         controller, server = _state["controller"], _state["http"]
-        _state.update(controller=None, http=None, ingress=None, options=None)
+        probe, token_file = _state.get("probe"), _state.get("token_file")
+        _state.update(controller=None, http=None, ingress=None, options=None, probe=None,
+                      token_file=None)
     if server is not None:
         server.stop()
+    if probe is not None:
+        probe.close()
+    if token_file is not None:
+        with contextlib.suppress(OSError):
+            os.unlink(token_file)
     if controller is not None:
         controller.shutdown()
 

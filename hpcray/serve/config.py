@@ -8,6 +8,7 @@ from typing import Any
 
 DEFAULT_MAX_ONGOING = 5
 DEFAULT_MAX_BODY = 10 * 1024 * 1024
+DEFAULT_MAX_HEADER = 32 * 1024
 
 
 def _number(name: str, value: Any, low: float = 0.0, integer: bool = False,
@@ -78,7 +79,7 @@ class DeploymentConfig:
 
     num_replicas: int = 1
     max_ongoing_requests: int = DEFAULT_MAX_ONGOING
-    max_queued_requests: int = -1            # -1: no limit, as in Ray
+    max_queued_requests: int | None = None   # None: bounded for HTTP (router.queue_limit)
     autoscaling_config: AutoscalingConfig | None = None
     health_check_period_s: float = 10.0
     health_check_timeout_s: float = 30.0
@@ -98,7 +99,8 @@ class DeploymentConfig:
                                    AutoscalingConfig(min_replicas=1, max_replicas=100))
         _number("num_replicas", self.num_replicas, 0, integer=True)
         _number("max_ongoing_requests", self.max_ongoing_requests, 1, integer=True)
-        _number("max_queued_requests", self.max_queued_requests, -1, integer=True)
+        _number("max_queued_requests", self.max_queued_requests, -1, integer=True,
+                allow_none=True)
         _number("health_check_period_s", self.health_check_period_s, 0, strict=True)
         _number("health_check_timeout_s", self.health_check_timeout_s, 0, strict=True)
         _number("graceful_shutdown_timeout_s", self.graceful_shutdown_timeout_s)
@@ -145,7 +147,15 @@ class DeploymentConfig:
 
 @dataclass(frozen=True)
 class HTTPOptions:
-    """Where and how the HTTP ingress listens."""
+    """Where and how the HTTP ingress listens, and what it lets through.
+
+    Every request must send ``Authorization: Bearer <token>`` (``token=``, else
+    HPCRAY_SERVE_TOKEN, else one is generated); ``require_token=False`` drops that on
+    loopback. ``debug_errors=True`` shows replicas' errors to clients (else a 500 with a
+    request id, details in the job's log). ``max_connections`` (None: half the open-file
+    limit, at most 1024), ``max_header_bytes``, ``keep_alive_timeout_s`` and
+    ``incomplete_request_timeout_s`` bound what clients can hold.
+    """
 
     host: str = "127.0.0.1"
     port: int = 8000
@@ -153,6 +163,12 @@ class HTTPOptions:
     max_body_bytes: int = DEFAULT_MAX_BODY
     request_timeout_s: float | None = None
     root_path: str = ""
+    require_token: bool = True
+    debug_errors: bool = False
+    max_connections: int | None = None
+    max_header_bytes: int = DEFAULT_MAX_HEADER
+    keep_alive_timeout_s: float = 5.0
+    incomplete_request_timeout_s: float = 10.0
 
     def __post_init__(self):
         if not isinstance(self.host, str) or not self.host:
@@ -162,6 +178,14 @@ class HTTPOptions:
             raise ValueError(f"port must be at most 65535, got {self.port}")
         _number("max_body_bytes", self.max_body_bytes, 0, integer=True)
         _number("request_timeout_s", self.request_timeout_s, 0, strict=True, allow_none=True)
+        _number("max_connections", self.max_connections, 1, integer=True, allow_none=True)
+        _number("max_header_bytes", self.max_header_bytes, 1024, integer=True)
+        _number("keep_alive_timeout_s", self.keep_alive_timeout_s, 0, strict=True)
+        _number("incomplete_request_timeout_s", self.incomplete_request_timeout_s, 0,
+                strict=True)
+        for name in ("require_token", "debug_errors"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.token is not None and (not isinstance(self.token, str) or len(self.token) < 16):
             raise ValueError("token must be a string of at least 16 characters")
 

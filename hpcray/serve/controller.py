@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
+import math
 import sys
 import threading
 import time
@@ -22,6 +24,9 @@ from .replica import Replica
 STARTING, RUNNING, STOPPING = "STARTING", "RUNNING", "STOPPING"
 HEALTHY, UPDATING, DEPLOY_FAILED = "HEALTHY", "UPDATING", "DEPLOY_FAILED"
 MAX_START_FAILURES = 3
+# Replica-set versions grow across controllers: handles on worker ranks outlive a
+# serve.shutdown() and must take the sets of the next controller, not ignore them as old.
+_VERSIONS = itertools.count(1)
 
 
 @dataclass
@@ -74,10 +79,11 @@ class Controller:
         self.lock = threading.RLock()
         self.apps: dict[str, AppState] = {}
         self.route_table: dict[str, tuple[str, str]] = {}
-        self.versions = itertools.count(1)
+        self.versions = _VERSIONS
         self.tick_s = tick_s
         self.stopping = threading.Event()
         self.died: list[tuple[str, str, str]] = []
+        self.last_tick = time.monotonic()
         handles.replica_died_hook.append(self._replica_died)
         self.thread = threading.Thread(target=self._loop, daemon=True, name="hpcray-serve")
         self.thread.start()
@@ -160,7 +166,7 @@ class Controller:
     def _loop(self) -> None:
         while not self.stopping.wait(self.tick_s):
             try:
-                now = time.monotonic()
+                now = self.last_tick = time.monotonic()
                 with self.lock:
                     self._handle_died()
                     for app in list(self.apps.values()):
@@ -346,6 +352,62 @@ class Controller:
     def _update_routes(self) -> None:
         self.route_table = {a.route_prefix: (a.name, a.ingress) for a in self.apps.values()
                             if a.route_prefix is not None}
+
+
+class _Echo:
+    """A CPU-less actor on a worker rank that /-/healthz calls to see the head make progress."""
+
+    def ping(self) -> bool:
+        return True
+
+
+class HeadProbe:
+    """Whether the head still makes progress: the controller's loop runs, and a call to a
+    worker rank and back (through the head's progress loop) completes within timeout_s.
+    Concurrent checks share one call in flight; a pass holds for ``fresh_s``."""
+
+    def __init__(self, controller: Controller, timeout_s: float = 5.0, fresh_s: float = 0.5):
+        self.controller = controller
+        self.timeout_s = timeout_s
+        self.fresh_s = fresh_s
+        self.actor: Any = None
+        self.pending: Any = None        # concurrent future of the ping in flight
+        self.passed = -math.inf
+
+    async def __call__(self) -> str | None:
+        """None when healthy, else why not."""
+        c = self.controller
+        if not c.thread.is_alive():
+            return "the serve controller's thread ended"
+        stalled = time.monotonic() - c.last_tick
+        if stalled > self.timeout_s:
+            return f"the serve controller has not run for {stalled:.0f} s"
+        if time.monotonic() - self.passed < self.fresh_s:
+            return None
+        for attempt in range(2):
+            try:
+                if self.pending is None or self.pending.done():
+                    if self.actor is None:
+                        self.actor = hpcray.remote(_Echo).options(num_cpus=0).remote()
+                    self.pending = self.actor.ping.remote().future()
+                await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(self.pending)),
+                                       self.timeout_s)
+            except asyncio.TimeoutError:
+                return (f"the head did not complete a call to a worker rank and back within "
+                        f"{self.timeout_s} s")
+            except Exception as exc:  # noqa: BLE001 - the probe's rank died: a new probe
+                self.actor = self.pending = None
+                if attempt:
+                    return f"no call to a worker rank succeeds: {_describe(exc)}"
+                continue
+            self.passed = time.monotonic()
+            return None
+        return None
+
+    def close(self) -> None:
+        if self.actor is not None:
+            _kill(self.actor)
+            self.actor = None
 
 
 def _collect(app: Application) -> dict[str, Application]:

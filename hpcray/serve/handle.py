@@ -99,7 +99,7 @@ class RouterState:
         with self.lock:
             if self.unavailable:
                 raise DeploymentUnavailableError(self.unavailable)
-            rid = self.router.acquire(call)
+            rid = self.router.acquire(call, http=call.notify is not None)
         if rid is not None:
             self.send(call, rid)
 
@@ -133,7 +133,7 @@ class RouterState:
             if retry:
                 call.retries -= 1
                 try:
-                    again = self.router.acquire(call)
+                    again = self.router.acquire(call, http=call.notify is not None)
                 except BackPressureError:
                     again, retry = None, False
             ready = self.router.take_ready()

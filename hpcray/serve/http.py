@@ -7,6 +7,9 @@ import copyreg
 import inspect
 import itertools
 import json
+import secrets
+import sys
+import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,6 +77,7 @@ class ResponseData:
     headers: list
     body: bytes = b""
     stream_id: int | None = None
+    detail: str | None = None     # an error's details, for the job's log (and debug_errors)
 
 
 def _json_default(value: Any) -> Any:
@@ -109,11 +113,37 @@ def as_asgi(value: Any):
     return StreamingResponse(value, media_type="text/plain")
 
 
-def error_response(status: int, message: str, extra: list | None = None) -> ResponseData:
+def error_response(status: int, message: str, extra: list | None = None,
+                   detail: str | None = None) -> ResponseData:
     body = (message.rstrip("\n") + "\n").encode()
     return ResponseData(status, [(b"content-type", b"text/plain; charset=utf-8"),
                                  (b"content-length", str(len(body)).encode()), *(extra or [])],
-                        body)
+                        body, detail=detail)
+
+
+REQUEST_ID = b"x-request-id"
+_ID_CHARS = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
+def request_id(headers: list) -> str:
+    """The client's X-Request-Id when it is short and plain, else a new random one."""
+    for name, value in headers:
+        if name == REQUEST_ID and 0 < len(value) <= 64 and _ID_CHARS.issuperset(value):
+            return value.decode()
+    return secrets.token_hex(8)
+
+
+def with_request_id(headers: list, rid: str) -> list:
+    """headers with X-Request-Id set to rid (the client's own dropped)."""
+    return [(k, v) for k, v in headers if k != REQUEST_ID] + [(REQUEST_ID, rid.encode())]
+
+
+def internal_error(rid: str, status: int = 500, what: str = "Internal Server Error",
+                   detail: str | None = None) -> ResponseData:
+    """What a client sees of a failure: no message, rank, host or traceback, only an id to
+    find the details in the job's log."""
+    return error_response(status, f"{what} (request id {rid}; the details are in the job's "
+                                  "log)", detail=detail)
 
 
 class Streams:
@@ -126,14 +156,21 @@ class Streams:
     async def run(self, app, req: RequestData) -> ResponseData:
         """Runs ``app`` on req; a body sent in several messages becomes a stream."""
         queue: asyncio.Queue = asyncio.Queue()
+        started = False
 
         async def send(message: dict) -> None:
+            nonlocal started
+            started = True
             await queue.put(message)
 
         async def call() -> None:
             try:
                 await app(req.scope(), req.receive(), send)
             except BaseException as exc:  # noqa: BLE001 - delivered to the reader
+                if started and isinstance(exc, Exception):  # e.g. FastAPI answered 500 itself
+                    print(f"hpcray serve: request {request_id(req.headers)} failed after its "
+                          f"response started:\n{traceback.format_exc()}", file=sys.stderr,
+                          flush=True)
                 await queue.put({"type": "hpcray.error", "error": exc})
                 return
             await queue.put({"type": "hpcray.end"})

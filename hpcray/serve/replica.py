@@ -14,7 +14,7 @@ import hpcray
 
 from . import handle as handles
 from .batching import batch_sizes
-from .http import RequestData, Streams, as_asgi, error_response, plain_response
+from .http import RequestData, Streams, as_asgi, internal_error, plain_response, request_id
 
 
 @dataclass(frozen=True)
@@ -103,11 +103,12 @@ class Replica:
     async def handle_http(self, fields: tuple) -> tuple:
         """An HTTP request from the proxy, as RequestData fields; answers ResponseData fields.
 
-        User errors become a 500 naming this replica.
+        A user error becomes a bare 500 with the request id; its details go to this rank's
+        log and back to the proxy (which shows them only with debug_errors).
         """
         self.ongoing += 1
+        req = RequestData(*fields)
         try:
-            req = RequestData(*fields)
             if self.asgi is not None:
                 response = await self.streams.run(self.asgi, req)
             else:
@@ -118,13 +119,16 @@ class Replica:
                 if response is None:
                     response = await self.streams.run(as_asgi(result), req)
         except Exception as exc:  # noqa: BLE001 - user code: the client gets a 500
-            traceback.print_exc(file=sys.stderr)
-            response = error_response(500, f"Internal Server Error: {type(exc).__name__}: {exc} "
-                                           f"(replica {self.name}, {self.where})")
+            rid = request_id(req.headers)
+            detail = (f"{type(exc).__name__}: {exc} (replica {self.name}, {self.where})\n"
+                      f"{traceback.format_exc()}")
+            print(f"hpcray serve: request {rid} failed: {detail}", file=sys.stderr, flush=True)
+            response = internal_error(rid, detail=detail)
         finally:
             self.ongoing -= 1
             self.served += 1
-        return (response.status, response.headers, response.body, response.stream_id)
+        return (response.status, response.headers, response.body, response.stream_id,
+                response.detail)
 
     async def stream_next(self, stream_id: int) -> tuple[bytes, bool]:
         return await self.streams.next(stream_id)

@@ -10,15 +10,31 @@ import random
 from collections.abc import Hashable
 from typing import Any
 
+#: With max_queued_requests=None (the default), HTTP requests queue up to this many times what
+#: the running replicas take at once (max_ongoing_requests each), and at least HTTP_QUEUE_MIN;
+#: handle calls queue without bound, as in Ray. An HTTP client past that gets a 503 at once.
+HTTP_QUEUE_FACTOR = 4
+HTTP_QUEUE_MIN = 16
+
 
 class BackPressureError(Exception):
     """Every replica is at max_ongoing_requests and the queue holds max_queued_requests."""
 
 
+def queue_limit(max_queued: int | None, max_ongoing: int, replicas: int, http: bool) -> int:
+    """How many requests may wait in a caller's queue (-1: no limit)."""
+    if max_queued is not None:
+        return max_queued
+    if not http:
+        return -1
+    return max(HTTP_QUEUE_MIN, HTTP_QUEUE_FACTOR * max_ongoing * replicas)
+
+
 class Router:
     """Tracks this process's ongoing requests per replica and queues what cannot go yet."""
 
-    def __init__(self, max_ongoing: int, max_queued: int = -1, rng: random.Random | None = None):
+    def __init__(self, max_ongoing: int, max_queued: int | None = -1,
+                 rng: random.Random | None = None):
         self.max_ongoing = max_ongoing
         self.max_queued = max_queued
         self.ongoing: dict[Hashable, int] = {}
@@ -42,17 +58,21 @@ class Router:
         a, b = self.rng.sample(free, 2)
         return a if self.ongoing[a] <= self.ongoing[b] else b
 
-    def acquire(self, item: Any) -> Hashable | None:
-        """The replica for item now, or None when it was queued; raises BackPressureError."""
+    def acquire(self, item: Any, http: bool = False) -> Hashable | None:
+        """The replica for item now, or None when it was queued; raises BackPressureError.
+
+        http: the item is an HTTP request (bounded by default, see queue_limit)."""
         if not self.queue:
             replica = self.choose()
             if replica is not None:
                 self.ongoing[replica] += 1
                 return replica
-        if 0 <= self.max_queued <= len(self.queue):
+        limit = queue_limit(self.max_queued, self.max_ongoing, len(self.ongoing), http)
+        if 0 <= limit <= len(self.queue):
             raise BackPressureError(
                 f"{len(self.ongoing)} replica(s) each at max_ongoing_requests={self.max_ongoing} "
-                f"and max_queued_requests={self.max_queued} requests queued")
+                f"and {len(self.queue)} requests queued (max_queued_requests="
+                f"{self.max_queued if self.max_queued is not None else f'None: {limit} for HTTP'})")
         self.queue.append(item)
         return None
 

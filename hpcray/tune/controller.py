@@ -4,6 +4,7 @@ decisions at every report. Uses only hpcray's public API."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -33,6 +34,8 @@ _STATE_EVERY_S = 1.0
 PREEMPT_DRAIN_S = 10.0
 #: How long the preemption callback waits for the driver's loop to save.
 PREEMPT_SAVE_S = 30.0
+#: New runner actors in a row that may die before answering once before fit() gives up.
+MAX_RUNNER_FAILURES = 3
 
 
 @dataclass
@@ -44,6 +47,7 @@ class _Run:
     decision: str
     after_stop: str = TERMINATED
     last_time: float = 0.0
+    before: str = PENDING  # the trial's state before this start (back to it if the runner fails)
 
 
 def resources_of(trainable: Any) -> dict[str, float]:
@@ -88,6 +92,7 @@ class TuneController:
         self.in_flight: dict[Any, _Run] = {}
         self.actors: set[Any] = set()  # every live runner, killed when the run ends
         self.answered: set[Any] = set()  # runners that answered once (so were created fine)
+        self.runner_failures = 0  # runners in a row that died before coming up
         self.reporter = ProgressReporter(run_config.verbose, run_config.progress_interval_s)
         self._state_saved = 0.0
         self._fatal: BaseException | None = None
@@ -124,6 +129,7 @@ class TuneController:
                     self._wind_down()
                 if self._over_budget():
                     self._stop_all()
+                self.max_slots = self._capacity()  # ranks come and go
                 self._launch()
                 if not self.in_flight and self._nothing_left():
                     break
@@ -180,6 +186,8 @@ class TuneController:
         if self._over_budget() or self._preempting.is_set():
             return
         while len(self.in_flight) < self.max_slots:
+            if not self.idle and len(self.actors) >= self.max_slots:
+                return  # a new runner would wait for a CPU that a runner holds: wait for that one
             trial = self._next_trial()
             if trial is None:
                 return
@@ -231,25 +239,37 @@ class TuneController:
             trial.iteration = _iteration(trial.checkpoint)
         else:
             trial.iteration = 0
+        run = _Run(trial, actor, "start", last_time=time.time(), before=trial.status)
         trial.status = RUNNING
         trial.extra["since_restore"] = 0
-        ref = actor.start.remote(trial.trial_id, trial.config, trial.local_path, trial.checkpoint,
-                                 trial.iteration)
-        self.in_flight[ref] = _Run(trial, actor, "start", last_time=time.time())
+        if actor not in self.answered:  # a new runner: first see that it came up at all
+            run.decision = "ping"
+            self.in_flight[actor.ping.remote()] = run
+        else:
+            self._send_start(run)
+
+    def _send_start(self, run: _Run) -> None:
+        trial = run.trial
+        run.decision = "start"
+        ref = run.actor.start.remote(trial.trial_id, trial.config, trial.local_path,
+                                     trial.checkpoint, trial.iteration)
+        self.in_flight[ref] = run
 
     # -- events from the runners ----------------------------------------------------------------
 
     def _handle(self, ref: Any) -> None:
         run = self.in_flight.pop(ref)
         try:
-            kind, payload, path = hpcray.get(ref)
+            answer = hpcray.get(ref)
         except hpcray.exceptions.ActorDiedError as exc:
-            self.actors.discard(run.actor)
-            if run.actor not in self.answered:
-                raise TuneError(f"could not start a trial runner actor: {exc}") from exc
-            self._on_error(run, f"the trial's actor died: {exc}", actor_lost=True)
+            self._runner_died(run, exc)
             return
         self.answered.add(run.actor)
+        if run.decision == "ping":
+            self.runner_failures = 0
+            self._send_start(run)
+            return
+        kind, payload, path = answer
         if path:
             self._add_checkpoint(run.trial, path)
         if kind == "result":
@@ -258,6 +278,25 @@ class TuneController:
             self._on_error(run, payload)
         else:  # "done" (function returned) or "stopped" (after a stop or pause decision)
             self._finish(run, TERMINATED if kind == "done" else run.after_stop)
+
+    def _runner_died(self, run: _Run, exc: BaseException) -> None:
+        """The runner's process died under the trial (os._exit, a signal, the OOM killer, a
+        lost rank): the trial failed and is retried or ends in ERROR per FailureConfig; the
+        sweep goes on. A runner that never came up at all is tried again a few times."""
+        self.actors.discard(run.actor)
+        # idle runners may have shared the dead process: new ones are made when needed
+        for idle in self.idle:
+            self.actors.discard(idle)
+            _kill(idle)
+        self.idle.clear()
+        if run.decision != "ping":
+            self._on_error(run, f"the trial's process died: {exc}", actor_lost=True)
+            return
+        self.runner_failures += 1
+        if self.runner_failures >= MAX_RUNNER_FAILURES:
+            raise TuneError(f"could not start a trial runner actor ({self.runner_failures} "
+                            f"tries): {exc}") from exc
+        run.trial.status = run.before  # it never started: not its failure
 
     def _on_result(self, run: _Run, metrics: dict) -> None:
         trial = run.trial
@@ -386,7 +425,7 @@ class TuneController:
         if self.tc.reuse_actors:
             self.idle.append(actor)
         else:
-            hpcray.kill(actor)
+            _kill(actor)
             self.actors.discard(actor)
 
     def _add_checkpoint(self, trial: Trial, path: str) -> None:
@@ -455,7 +494,7 @@ class TuneController:
 
     def _release_actors(self) -> None:
         for actor in self.actors:
-            hpcray.kill(actor)
+            _kill(actor)
         self.actors.clear()
         self.idle.clear()
         self.in_flight.clear()
@@ -466,6 +505,11 @@ class TuneController:
 
 
 _running: list[TuneController] = []  # the controllers in a fit() now (normally one)
+
+
+def _kill(actor: Any) -> None:
+    with contextlib.suppress(Exception):  # already dead with its rank
+        hpcray.kill(actor)
 
 
 def on_preempt() -> None:

@@ -339,3 +339,124 @@ def test_fastapi_routes_on_methods_are_bound_to_the_instance():
     assert _asgi_call(app_a, path="/add/notanint")[0] == 422
     with pytest.raises(TypeError, match="decorates a class"):
         ingress(api)(lambda: None)
+
+
+# -- hardening: queue bounds, request ids, tokens, connection guards, health --------------------
+def test_default_queue_is_bounded_for_http_only():
+    from hpcray.serve.router import HTTP_QUEUE_FACTOR, HTTP_QUEUE_MIN, queue_limit
+
+    rng = random.Random(5)
+    for _ in range(200):
+        ongoing, replicas = rng.randint(1, 50), rng.randint(0, 8)
+        want = max(HTTP_QUEUE_MIN, HTTP_QUEUE_FACTOR * ongoing * replicas)
+        assert queue_limit(None, ongoing, replicas, http=True) == want
+        assert queue_limit(None, ongoing, replicas, http=False) == -1
+        explicit = rng.randint(-1, 100)
+        assert queue_limit(explicit, ongoing, replicas, http=True) == explicit
+    router = Router(max_ongoing=2, max_queued=None, rng=random.Random(1))
+    router.set_replicas(["r1", "r2"])
+    limit = queue_limit(None, 2, 2, http=True)
+    for i in range(4 + limit):
+        router.acquire(i, http=True)
+    with pytest.raises(BackPressureError, match="for HTTP"):
+        router.acquire("one more", http=True)
+    for i in range(1000):  # handle calls: no bound, as in Ray
+        router.acquire(("handle", i))
+    assert router.num_queued == limit + 1000
+    assert DeploymentConfig().max_queued_requests is None
+    with pytest.raises(ValueError, match="max_queued_requests"):
+        DeploymentConfig(max_queued_requests=-2)
+
+
+def test_request_ids_are_kept_when_plain_and_replaced_otherwise():
+    from hpcray.serve.http import REQUEST_ID, internal_error, request_id, with_request_id
+
+    assert request_id([(REQUEST_ID, b"abc-123_x.y")]) == "abc-123_x.y"
+    for bad in (b"", b"a" * 65, b"a b", b"<script>", "é".encode()):
+        rid = request_id([(REQUEST_ID, bad)])
+        assert rid != bad.decode(errors="replace") and len(rid) == 16
+    assert request_id([]) != request_id([])
+    headers = with_request_id([(b"a", b"1"), (REQUEST_ID, b"old")], "new")
+    assert headers == [(b"a", b"1"), (REQUEST_ID, b"new")]
+    response = internal_error("r1", detail="ValueError: secret\nTraceback ...")
+    assert response.status == 500 and b"r1" in response.body and b"secret" not in response.body
+
+
+def test_token_is_required_by_default_on_every_address():
+    from hpcray.serve.api import _options
+
+    options, generated = _options(None, {})
+    assert options.loopback and generated and len(options.token) >= 16
+    options, generated = _options(None, {"token": "t" * 20})
+    assert options.token == "t" * 20 and not generated
+    options, _ = _options(None, {"require_token": False})
+    assert options.token is None                       # the old open loopback, on request
+    options, generated = _options(None, {"require_token": False, "host": "0.0.0.0"})
+    assert options.token and generated                 # beyond loopback: never without
+    with pytest.raises(TypeError, match="unknown HTTP option"):
+        _options(None, {"require_tokens": False})
+    with pytest.raises(TypeError, match="require_token"):
+        HTTPOptions(require_token="no")
+
+
+def test_ingress_refuses_large_heads_and_echoes_request_ids():
+    app = _ingress(max_header_bytes=2048)
+    status, headers, _ = _asgi_call(app, path="/api/x", headers=[(b"x-big", b"a" * 3000)])
+    assert status == 431 and headers[b"connection"] == b"close"
+    status, headers, _ = _asgi_call(app, path="/-/routes", headers=[(b"x-request-id", b"me")])
+    assert status == 200 and headers[b"x-request-id"] == b"me"
+
+
+def _serve_in_thread(**options):
+    from hpcray.serve.proxy import HTTPServer, Ingress
+
+    opts = HTTPOptions(host="127.0.0.1", port=0, require_token=False, **options)
+    return HTTPServer(opts, Ingress(opts, dict, dict))
+
+
+def _closed(sock, timeout=30) -> bool:
+    sock.settimeout(timeout)
+    try:
+        while sock.recv(4096):
+            pass
+    except TimeoutError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def test_connection_guard_evicts_idle_and_times_out_incomplete_requests():
+    import socket
+    import urllib.request
+
+    server = _serve_in_thread(max_connections=4, incomplete_request_timeout_s=1.0)
+    socks = []
+    try:
+        for _ in range(4):  # the limit, each with an unfinished request
+            s = socket.create_connection(("127.0.0.1", server.port))
+            s.sendall(b"GET /-/routes HTTP/1.1\r\nHost: x\r\n")
+            socks.append(s)
+        url = f"http://127.0.0.1:{server.port}/-/routes"
+        with urllib.request.urlopen(url, timeout=30) as r:   # evicts the longest-waiting one
+            assert r.status == 200 and json.loads(r.read()) == {}
+        assert all(_closed(s) for s in socks)                # the rest: after the timeout
+        s = socket.create_connection(("127.0.0.1", server.port))
+        socks.append(s)
+        s.sendall(b"GET /-/routes HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 100_000)
+        assert _closed(s)                                    # an endless head is cut off
+    finally:
+        for s in socks:
+            s.close()
+        server.stop()
+
+
+def test_health_reflects_the_controller_loop():
+    from hpcray.serve.controller import Controller, HeadProbe
+
+    controller = Controller(tick_s=0.01)
+    probe = HeadProbe(controller, timeout_s=5.0)
+    controller.last_tick -= 60
+    assert "has not run for" in asyncio.run(probe())
+    controller.shutdown()
+    assert "thread ended" in asyncio.run(probe())
