@@ -74,12 +74,17 @@ def _build_parser() -> argparse.ArgumentParser:
 def add_serve_options(p: argparse.ArgumentParser) -> None:
     """The options of ``hpcray serve`` and ``python -m hpcray.serve``."""
     p.add_argument("--host", default="127.0.0.1",
-                   help="address to bind (default 127.0.0.1; others need a bearer token)")
+                   help="address to bind (default 127.0.0.1; every address needs the bearer "
+                        "token)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free)")
     p.add_argument("--name", default="default", help="application name (default 'default')")
     p.add_argument("--route-prefix", default="/", help="route prefix (default /)")
     p.add_argument("--max-body-bytes", type=int, default=None,
                    help="larger request bodies get 413 (default 10 MiB)")
+    p.add_argument("--no-token", dest="require_token", action="store_false",
+                   help="serve loopback without a bearer token (any local user can call it)")
+    p.add_argument("--debug-errors", action="store_true",
+                   help="show replicas' errors (message, rank, traceback) to HTTP clients")
     p.add_argument("target", metavar="module:app",
                    help="an Application (Deployment.bind(...)) or Deployment, by import path")
 
@@ -139,6 +144,10 @@ def _cmd_serve(ns: argparse.Namespace) -> int:
             "--name", ns.name, "--route-prefix", ns.route_prefix, ns.target]
     if ns.max_body_bytes is not None:
         argv[-1:-1] = ["--max-body-bytes", str(ns.max_body_bytes)]
+    if not ns.require_token:
+        argv[-1:-1] = ["--no-token"]
+    if ns.debug_errors:
+        argv[-1:-1] = ["--debug-errors"]
     return _launch(ns, argv, "hpcray serve")
 
 

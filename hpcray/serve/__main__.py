@@ -20,12 +20,6 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hpcray serve",
                                 description="Serve an application (module:attribute) over HTTP.")
     add_serve_options(p)
-    if not any(a.dest == "require_token" for a in p._actions):
-        p.add_argument("--no-token", dest="require_token", action="store_false",
-                       help="serve loopback without a bearer token (any local user can call it)")
-    if not any(a.dest == "debug_errors" for a in p._actions):
-        p.add_argument("--debug-errors", action="store_true",
-                       help="show replicas' errors (message, rank, traceback) to HTTP clients")
     return p
 
 
