@@ -49,7 +49,7 @@ class HeldJob:
     """hold.py under mpiexec in its own process group, with the open-file limit lowered."""
 
     def __init__(self, tmp: Path, args: list[str], fd_limit: int | None = None):
-        from hpcray._private.launch import mpiexec_command
+        from hpcray._private.job.launch import mpiexec_command
 
         self.tmp = tmp
         cmd, launcher_env = mpiexec_command(3, [sys.executable, str(JOBS / "hold.py"), *args],
@@ -218,7 +218,7 @@ def test_half_finished_connections_cannot_exhaust_the_head(held) -> None:
 
 
 def _run_script(name: str, n: int = 3, timeout: float = 240) -> tuple[dict, str]:
-    from hpcray._private.launch import mpiexec_command
+    from hpcray._private.job.launch import mpiexec_command
 
     cmd, env = mpiexec_command(n, [sys.executable, str(JOBS / name)], mpiexec=mpiexec())
     proc = run_process(cmd, timeout, env=env, cwd=str(JOBS))

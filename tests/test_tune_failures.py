@@ -13,7 +13,7 @@ JOBS = ROOT / "tests" / "jobs" / "tune"
 
 
 def _job(tmp_path, name: str, *args: str):
-    from hpcray._private.launch import mpiexec_command
+    from hpcray._private.job.launch import mpiexec_command
 
     cmd, env = mpiexec_command(3, [sys.executable, str(JOBS / name), *args], mpiexec=mpiexec())
     proc = run_process(cmd, 120, env=env, cwd=str(tmp_path))  # a hang fails here
