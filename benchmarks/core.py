@@ -265,7 +265,7 @@ def bench_get_small(rt: ModuleType, cfg: Config) -> float:
 
 
 def bench_arg_large(rt: ModuleType, cfg: Config) -> tuple[float, dict[str, Any]]:
-    """``get(f.remote(arr))`` with a ``arg_mib`` MiB array; best GB/s (1e9 B/s)."""
+    """``get(f.remote(arr))`` with a ``arg_mib`` MiB array; median GB/s (1e9 B/s)."""
     f = rt.remote(nbytes)
     rt.get(f.remote(np.zeros(16, dtype=np.uint8)))
     arr = np.random.default_rng(0).integers(0, 256, size=cfg.arg_mib * MIB, dtype=np.uint8)
@@ -276,7 +276,8 @@ def bench_arg_large(rt: ModuleType, cfg: Config) -> tuple[float, dict[str, Any]]
         times.append(time.perf_counter() - t0)
         assert out == arr.nbytes, out
     gbps = [arr.nbytes / t / 1e9 for t in times]
-    return max(gbps), {"median_gbps": statistics.median(gbps), "reps": cfg.arg_reps}
+    return statistics.median(gbps), {"min_gbps": min(gbps), "max_gbps": max(gbps),
+                                     "reps": cfg.arg_reps}
 
 
 def bench_chain(rt: ModuleType, cfg: Config) -> float:
@@ -375,6 +376,8 @@ def run_all(rt: ModuleType, cfg: Config, system: str) -> None:
             fn()
         except Exception as exc:  # noqa: BLE001 - one broken row must not hide the rest
             print(f"[{system}] {name} failed: {exc!r}", file=sys.stderr, flush=True)
+            # the table shows the row as failed rather than dropping it
+            print(json.dumps({"system": system, "name": name, "failed": repr(exc)}), flush=True)
 
     # RSS first, so earlier rows (e.g. the 100 MiB argument) do not dominate the peaks.
     def rss() -> None:
@@ -492,8 +495,9 @@ def run_collect(
             rec = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if isinstance(rec, dict) and {"system", "name", "value", "unit"} <= rec.keys():
-            rows.append(rec)
+        if isinstance(rec, dict) and {"system", "name"} <= rec.keys() and (
+                {"value", "unit"} <= rec.keys() or "failed" in rec):
+            rows.extend(_expand_failed(rec))
     if not ok or not rows:
         log(
             f"[{system}] exit code {proc.returncode}; stderr tail:\n"
@@ -503,7 +507,24 @@ def run_collect(
         for line in err.splitlines():
             if "failed:" in line:
                 log(line)
+    if not ok:  # the rows this run never got to are failures, not gaps
+        seen = {r["name"] for r in rows}
+        rows += [{"system": system, "name": name, "failed": f"exit code {proc.returncode}"}
+                 for name, _ in ROWS if name not in seen and name != "launch_to_first_result"
+                 and not name.startswith("rss_")]
     return rows, ok and bool(rows)
+
+
+#: rows measured together: a failure of the group fails each of them
+GROUPS = {"actors": ["actor_calls_sync", "actor_calls_async"],
+          "rss": ["rss_1mib_tasks", "rss_driver_before", "rss_driver_peak",
+                  "rss_worker_max_before", "rss_worker_max_peak"]}
+
+
+def _expand_failed(rec: dict[str, Any]) -> list[dict[str, Any]]:
+    if "failed" not in rec or rec["name"] not in GROUPS:
+        return [rec]
+    return [{**rec, "name": name} for name in GROUPS[rec["name"]]]
 
 
 LAUNCH_CODE = {
@@ -662,27 +683,70 @@ def evaluate(
     return ratio, target, status
 
 
+def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (system, row): the median over rounds and its min..max; per row: the median of the
+    rounds' ratios (each round runs both systems back to back, so a slow phase of the machine
+    hits both). Rows a system failed in any round say so."""
+    by: dict[tuple[str, str], dict[int, Any]] = {}
+    for r in rows:
+        by.setdefault((r["system"], r["name"]), {})[r.get("round", 0)] = r
+    out = []
+    for name, unit in ROWS:
+        rec: dict[str, Any] = {"name": name, "unit": unit}
+        for system in ("hpcray", "ray"):
+            got = by.get((system, name), {})
+            values = [float(g["value"]) for g in got.values() if "value" in g]
+            failed = [g["failed"] for g in got.values() if "failed" in g]
+            rec[system] = {"median": statistics.median(values) if values else None,
+                           "min": min(values, default=None), "max": max(values, default=None),
+                           "n": len(values), "failed": failed}
+        higher_better = unit.endswith("/s")
+        ratios = []
+        for rnd, h in by.get(("hpcray", name), {}).items():
+            r = by.get(("ray", name), {}).get(rnd)
+            if r and "value" in h and "value" in r and h["value"] > 0 and r["value"] > 0:
+                ratios.append(h["value"] / r["value"] if higher_better
+                              else r["value"] / h["value"])
+        rec["ratio"] = statistics.median(ratios) if ratios else None
+        rec["ratios"] = ratios
+        if rec["hpcray"]["n"] or rec["ray"]["n"] or rec["hpcray"]["failed"] or rec["ray"]["failed"]:
+            out.append(rec)
+    return out
+
+
+def _cell(stats: dict[str, Any]) -> str:
+    if stats["failed"] and not stats["n"]:
+        return "FAILED"
+    if stats["median"] is None:
+        return "-"
+    text = _fmt(stats["median"])
+    if stats["n"] > 1:
+        text += f" ({_fmt(stats['min'])}..{_fmt(stats['max'])})"
+    if stats["failed"]:
+        text += f", failed {len(stats['failed'])}x"
+    return text
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     """Comparison table: row | unit | hpcray | ray | ratio | target | status."""
-    vals: dict[tuple[str, str], float] = {(r["system"], r["name"]): float(r["value"]) for r in rows}
-    header = ["row", "unit", "hpcray", "ray", "ratio", "target", "status"]
+    header = ["row", "unit", "hpcray median (min..max)", "ray median (min..max)",
+              "ratio (median of rounds)", "target", "status"]
     body = []
-    for name, unit in ROWS:
-        h, r = vals.get(("hpcray", name)), vals.get(("ray", name))
-        if h is None and r is None:
-            continue
-        ratio, target, status = evaluate(name, unit, h, r)
-        body.append(
-            [
-                name,
-                unit,
-                _fmt(h),
-                _fmt(r),
-                "-" if ratio is None else f"{ratio:.2f}x",
-                target,
-                status,
-            ]
-        )
+    rounds = max((r.get("round", 0) for r in rows), default=0) + 1
+    for rec in summarize(rows):
+        h, r = rec["hpcray"]["median"], rec["ray"]["median"]
+        _, target, status = evaluate(rec["name"], rec["unit"], h, r)
+        if rec["ratio"] is not None and rec["name"] not in ("arg_100mib",
+                                                           "launch_to_first_result"):
+            status = ("" if not status or status == "n/a" else
+                      ("PASS" if rec["ratio"] >= THROUGHPUT_TARGET_X else "MISS"))
+        if rec["hpcray"]["failed"] or rec["ray"]["failed"]:
+            status = "FAILED"
+        ratio = "-" if rec["ratio"] is None else f"{rec['ratio']:.2f}x"
+        if len(rec["ratios"]) > 1:
+            ratio += f" ({min(rec['ratios']):.2f}..{max(rec['ratios']):.2f})"
+        body.append([rec["name"], rec["unit"], _cell(rec["hpcray"]), _cell(rec["ray"]), ratio,
+                     target, status])
     widths = [max(len(x) for x in col) for col in zip(header, *body, strict=True)]
     lines = [
         " | ".join(c.ljust(w) for c, w in zip(line, widths, strict=True))
@@ -690,9 +754,11 @@ def table(rows: list[dict[str, Any]]) -> str:
     ]
     lines.insert(1, "-+-".join("-" * w for w in widths))
     notes = (
-        "ratio: hpcray/ray for throughputs, ray/hpcray for times and MiB "
-        "(>1 = hpcray better); launch is the median of fresh launches; "
-        "Ray's RSS rows cover driver and worker processes only (not raylet/plasma)"
+        f"{rounds} round(s), the systems alternating first within each round; every cell is "
+        "the median over rounds (min..max); ratio: the median of the rounds' ratios, "
+        "hpcray/ray for throughputs, ray/hpcray for times and MiB (>1 = hpcray better); "
+        "launch is the median of fresh launches per round; Ray's RSS rows cover driver and "
+        "worker processes only (not raylet/plasma)"
     )
     return "\n".join(lines) + "\n" + notes
 
@@ -702,21 +768,13 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def parent(args: argparse.Namespace) -> int:
-    """Launch all sub-runs, print JSON lines and the table."""
+def run_system(system: str, args: argparse.Namespace, passthrough: list[str], launch_reps: int,
+               ray_python: str | None) -> tuple[list[dict[str, Any]], bool]:
+    """One round of one system: its in-job rows and its launch row."""
     rows: list[dict[str, Any]] = []
     ok = True
-    passthrough = ["--workers", str(args.workers)]
-    if args.quick:
-        passthrough.append("--quick")
-    if args.no_rss:
-        passthrough.append("--no-rss")
-    if args.rss_tasks:
-        passthrough += ["--rss-tasks", str(args.rss_tasks)]
-    launch_reps = 1 if args.quick else args.launch_reps
     nranks = str(args.workers + 1)
-
-    if not args.skip_hpcray:
+    if system == "hpcray":
         mpiexec = [
             find_mpiexec(args.mpiexec),
             *shlex.split(args.mpiexec_args),
@@ -744,10 +802,9 @@ def parent(args: argparse.Namespace) -> int:
             args.launch_timeout,
         )
         ok &= launch is not None
-        rows += [launch] if launch else []
-
-    ray_python = None if args.skip_ray else find_ray_python(args.ray_python)
-    if ray_python:
+        rows += [launch] if launch else [{"system": "hpcray", "name": "launch_to_first_result",
+                                          "failed": "no result"}]
+    else:
         ncpu = args.ray_num_cpus or args.workers
         got, good = run_collect(
             [
@@ -767,9 +824,35 @@ def parent(args: argparse.Namespace) -> int:
         code = LAUNCH_CODE["ray"].replace("{num_cpus}", str(ncpu))
         launch = measure_launch([ray_python, "-c", code], "ray", launch_reps, args.launch_timeout)
         ok &= launch is not None
-        rows += [launch] if launch else []
-    elif not args.skip_ray:
+        rows += [launch] if launch else [{"system": "ray", "name": "launch_to_first_result",
+                                          "failed": "no result"}]
+    return rows, ok
+
+
+def parent(args: argparse.Namespace) -> int:
+    """Launch all sub-runs, print JSON lines and the table."""
+    rows: list[dict[str, Any]] = []
+    ok = True
+    passthrough = ["--workers", str(args.workers)]
+    if args.quick:
+        passthrough.append("--quick")
+    if args.no_rss:
+        passthrough.append("--no-rss")
+    if args.rss_tasks:
+        passthrough += ["--rss-tasks", str(args.rss_tasks)]
+    launch_reps = 1 if args.quick else args.launch_reps
+
+    ray_python = None if args.skip_ray else find_ray_python(args.ray_python)
+    if not ray_python and not args.skip_ray:
         log("no Ray interpreter found (--ray-python); Ray half skipped")
+    systems = [s for s, on in (("hpcray", not args.skip_hpcray), ("ray", bool(ray_python))) if on]
+    for rnd in range(args.rounds):
+        order = systems if rnd % 2 == 0 else systems[::-1]
+        for system in order:
+            log(f"round {rnd + 1}/{args.rounds}: {system}")
+            got, good = run_system(system, args, passthrough, launch_reps, ray_python)
+            rows += [{**rec, "round": rnd} for rec in got]
+            ok &= good
 
     for rec in rows:
         print(json.dumps(rec), flush=True)
@@ -797,6 +880,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-rss", action="store_true", help="skip the 1 MiB-returns RSS row")
     p.add_argument("--rss-tasks", type=int, default=0, help="tasks in the RSS row (default 10000)")
     p.add_argument("--launch-reps", type=int, default=3, help="fresh launches per system (median)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="rounds of both systems, alternating which runs first (default 3)")
     p.add_argument("--mpiexec", help="mpiexec to use (default: beside sys.executable, else PATH)")
     p.add_argument("--mpiexec-args", default="", help="extra mpiexec arguments, shell-quoted")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds per benchmark sub-run")
