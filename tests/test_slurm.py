@@ -70,6 +70,9 @@ def _cluster_problem() -> str | None:
 @pytest.fixture(scope="module")
 def slurm_env() -> dict[str, str]:
     problem = _cluster_problem()
+    if problem and os.environ.get("HPCRAY_REQUIRE_SLURM") == "1":
+        # .ci/run started the cluster: a broken one is a failure, not a reason to skip
+        pytest.fail(f"HPCRAY_REQUIRE_SLURM=1 but {problem}")
     if problem:
         pytest.skip(problem)
     return _slurm_env()
@@ -157,32 +160,29 @@ class Jobs:
 #: variable, failed the same way), alone they pass. Not hpcray's to fix: a test that hits it
 #: runs again with MPICH's OFI netmod (2 short puts in all, no UCX business cards).
 PMI_FLAKE = ("mpi/pmi2: value not properly terminated", "mpi/pmi2: invalid client request")
-PMI_FLAKE_ENV = [{"MPIR_CVAR_CH4_NETMOD": "ofi"}]
+PMI_RUNS = 3
 
 
 def retry_pmi_flake(test):
-    """Runs the test again (from a clean directory) while it fails on PMI_FLAKE, each time with
-    the next PMI_FLAKE_ENV added to the jobs' environment."""
+    """Runs the test again, from a clean directory and in the very same configuration, when
+    it failed on Slurm 22.05's pmi2 plugin misreading a rank's MPI_Init (PMI_FLAKE: it comes in
+    bursts under load, outside hpcray); any other failure fails at once. A pass is always a
+    pass of the configuration the test names."""
 
     @functools.wraps(test)
     def run(jobs, *args, **kwargs):
-        base = dict(jobs.env)
-        try:
-            for extra in [{}, *PMI_FLAKE_ENV]:
-                jobs.env = dict(base, **extra)
-                try:
-                    return test(jobs, *args, **kwargs)
-                except (AssertionError, pytest.fail.Exception) as exc:
-                    if extra is PMI_FLAKE_ENV[-1] or not any(f in str(exc) for f in PMI_FLAKE):
-                        raise
-                print(f"MPI_Init failed in Slurm's pmi2 plugin ({PMI_FLAKE[0]!r}); running "
-                      "again with a changed environment")
-                jobs.cancel_all()
-                kill_all(_processes(str(jobs.workdir)))
-                for path in list(jobs.workdir.iterdir()):
-                    shutil.rmtree(path) if path.is_dir() else path.unlink()
-        finally:
-            jobs.env = base
+        for attempt in range(1, PMI_RUNS + 1):
+            try:
+                return test(jobs, *args, **kwargs)
+            except (AssertionError, pytest.fail.Exception) as exc:
+                if attempt == PMI_RUNS or not any(f in str(exc) for f in PMI_FLAKE):
+                    raise
+            print(f"MPI_Init failed in Slurm's pmi2 plugin ({PMI_FLAKE[0]!r}); running again "
+                  f"(attempt {attempt + 1} of {PMI_RUNS}, same configuration)")
+            jobs.cancel_all()
+            kill_all(_processes(str(jobs.workdir)))
+            for path in list(jobs.workdir.iterdir()):
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
         return None
 
     return run
