@@ -1,6 +1,5 @@
 """The objects job of tests/test_core.py."""
 
-import time
 
 from jobkit import digest, emit, make_arrays, regenerate_array
 
@@ -90,7 +89,9 @@ keeper = Keeper.remote()
 kept = hpcray.put(arrays["mib"] * 2)
 hpcray.get(keeper.keep.remote([kept]))
 del kept
-time.sleep(0.2)
+# Ordering, not waiting, makes this a real check: the drop reaches the head with the next call,
+# and any FREE it causes is sent to the keeper's rank before the call after that.
+hpcray.get(keeper.read.remote(), timeout=30)
 R["kept_by_actor"] = hpcray.get(keeper.read.remote(), timeout=30)
 
 # worker -> worker: produced on one rank, consumed on the other (two one-CPU bundles)
