@@ -24,13 +24,16 @@ def method(num_returns: int | None = None, **options):
     return wrap
 
 
-def _class_info(cls) -> tuple[str, dict[str, dict]]:
-    methods = {}
+def _class_info(cls) -> tuple[str, dict[str, dict], dict[str, opts.CallShape]]:
+    """(name, {method: its call options}, {method: its CallShape}), sent with every handle."""
+    methods, shapes = {}, {}
     for name, member in inspect.getmembers(cls, callable):
         if name.startswith("__") and name not in ("__call__",):
             continue
         methods[name] = dict(getattr(member, "__hpcray_options__", {}))
-    return cls.__name__, methods
+        bound = isinstance(inspect.getattr_static(cls, name), (staticmethod, classmethod))
+        shapes[name] = opts.CallShape(member, drop_first=not bound)
+    return cls.__name__, methods, shapes
 
 
 class ActorClass:
@@ -40,6 +43,7 @@ class ActorClass:
         self._cls = cls
         self._options = opts.validate(dict(options), opts.ACTOR, f"actor {cls.__qualname__}")
         self._cache = cache or CodeCache(cls)
+        self._info: tuple | None = None
         self.__name__ = cls.__name__
         self.__doc__ = cls.__doc__
 
@@ -61,7 +65,11 @@ class ActorClass:
                 return get_actor(name)
             except ValueError:
                 pass
-        info = _class_info(self._cls)
+        if self._info is None:
+            self._info = _class_info(self._cls)
+            self._init_shape = opts.CallShape(self._cls.__init__, drop_first=True)
+        info = self._info
+        self._init_shape.check(args, kwargs, f"{self.__name__}.__init__")
         packed, deps, contained, big = runtime.pack_args(args, kwargs, f"{self.__name__}.__init__")
         fn_id, blob = self._cache.id_and_blob(runtime)
         explicit = o.get("num_cpus") is not None
@@ -88,7 +96,8 @@ class ActorHandle:
     def __init__(self, actor_id: int, handle_ref: ObjectRef, class_info: tuple):
         self._actor_id = actor_id
         self._handle_ref = handle_ref
-        self._class_name, self._methods = class_info
+        self._class_name, self._methods = class_info[0], class_info[1]
+        self._shapes = class_info[2] if len(class_info) > 2 else {}
 
     def __getattr__(self, name: str) -> ActorMethod:
         methods = self.__dict__.get("_methods", {})
@@ -97,7 +106,8 @@ class ActorHandle:
         raise AttributeError(f"actor {self.__dict__.get('_class_name', '?')} has no method {name!r}")
 
     def __reduce__(self):
-        return (ActorHandle, (self._actor_id, self._handle_ref, (self._class_name, self._methods)))
+        return (ActorHandle, (self._actor_id, self._handle_ref,
+                              (self._class_name, self._methods, self._shapes)))
 
     def __repr__(self) -> str:
         return f"Actor({self._class_name}, {self._actor_id:016x})"
@@ -129,6 +139,9 @@ class ActorMethod:
         runtime = context.runtime()
         handle = self._handle
         name = f"{handle._class_name}.{self._name}"
+        shape = handle._shapes.get(self._name)
+        if shape is not None:
+            shape.check(args, kwargs, name)
         packed, deps, contained, big = runtime.pack_args(args, kwargs, name)
         spec = P.TaskSpec(task_id=runtime.ids.next(), kind=P.ACTOR_CALL, name=name, args=packed,
                           deps=deps, contained=contained, actor_id=handle._actor_id,

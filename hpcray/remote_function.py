@@ -45,6 +45,7 @@ class RemoteFunction:
         self._function = function
         self._options = opts.validate(dict(options), opts.TASK, f"task {function.__qualname__}")
         self._cache = cache or CodeCache(function)
+        self._shape = opts.CallShape(function)
         self.__name__ = getattr(function, "__name__", "task")
         self.__doc__ = function.__doc__
 
@@ -61,6 +62,7 @@ class RemoteFunction:
         runtime = context.runtime()
         o = self._options
         name = o.get("name") or self._function.__qualname__
+        self._shape.check(args, kwargs, name)
         packed, deps, contained, big = runtime.pack_args(args, kwargs, name)
         fn_id, blob = self._cache.id_and_blob(runtime)
         retry = o.get("retry_exceptions", False)

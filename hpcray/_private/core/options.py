@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any
 
@@ -83,3 +84,60 @@ def strategy_of(options: dict[str, Any]):
         return NodeAffinity(strategy.node_id, strategy.soft)
     raise ValueError(f"unknown scheduling_strategy {strategy!r}: use 'DEFAULT', 'SPREAD', a "
                      "PlacementGroupSchedulingStrategy or a NodeAffinitySchedulingStrategy")
+
+
+class CallShape:
+    """The arguments a function or method accepts, as plain data (it travels with actor
+    handles): ``.remote()`` checks a call against it and raises TypeError at the call site, as
+    Ray does, instead of the task failing later on a worker."""
+
+    __slots__ = ("kwonly", "lo", "positional", "posonly", "required_kw", "varargs", "varkw")
+
+    def __init__(self, fn: Any, drop_first: bool = False):
+        self.positional: list[tuple[str, bool]] = []  # (name, has a default)
+        self.posonly: set[str] = set()
+        self.kwonly: dict[str, bool] = {}
+        self.varargs = self.varkw = True  # unknown signature (a builtin): accept anything
+        try:
+            params = list(inspect.signature(fn).parameters.values())
+        except (TypeError, ValueError):
+            self.lo, self.required_kw = 0, False
+            return
+        self.varargs = self.varkw = False
+        for p in params[1:] if drop_first else params:
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+                self.positional.append((p.name, p.default is not p.empty))
+                if p.kind is p.POSITIONAL_ONLY:
+                    self.posonly.add(p.name)
+            elif p.kind is p.VAR_POSITIONAL:
+                self.varargs = True
+            elif p.kind is p.KEYWORD_ONLY:
+                self.kwonly[p.name] = p.default is not p.empty
+            else:
+                self.varkw = True
+        self.lo = sum(1 for _, has_default in self.positional if not has_default)
+        self.required_kw = not all(self.kwonly.values())
+
+    def check(self, args: tuple, kwargs: dict, what: str) -> None:
+        n = len(args)
+        if not kwargs and not self.required_kw and self.lo <= n and (
+                self.varargs or n <= len(self.positional)):
+            return  # the common case, without building anything
+        if n > len(self.positional) and not self.varargs:
+            raise TypeError(f"{what}() takes {len(self.positional)} positional argument(s) but "
+                            f"{n} were given")
+        given = {name for name, _ in self.positional[:n]}
+        for key in kwargs:
+            if key in given and key not in self.posonly:
+                raise TypeError(f"{what}() got multiple values for argument {key!r}")
+            known = key in self.kwonly or (key not in self.posonly and any(
+                key == name for name, _ in self.positional))
+            if not known and not self.varkw:
+                raise TypeError(f"{what}() got an unexpected keyword argument {key!r}")
+        missing = [name for name, has_default in self.positional[n:]
+                   if not has_default and (name not in kwargs or name in self.posonly)]
+        missing += [name for name, has_default in self.kwonly.items()
+                    if not has_default and name not in kwargs]
+        if missing:
+            raise TypeError(f"{what}() missing required argument(s): "
+                            f"{', '.join(repr(m) for m in missing)}")
