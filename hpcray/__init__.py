@@ -21,6 +21,8 @@ from .api import (
                   wait,
 )
 from .object_ref import ObjectRef
+
+ObjectID = ObjectRef  # Ray still exports the old name
 from .remote_function import RemoteFunction
 
 __version__ = "0.1.0"
@@ -28,6 +30,7 @@ __version__ = "0.1.0"
 __all__ = [
                   "ActorClass",
                   "ActorHandle",
+                  "ObjectID",
                   "ObjectRef",
                   "RemoteFunction",
                   "__version__",

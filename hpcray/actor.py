@@ -8,6 +8,7 @@ from typing import Any
 from ._private.core import context
 from ._private.core import options as opts
 from ._private.core import protocol as P
+from ._private.core.worker import exit_actor as _exit_actor
 from .object_ref import ObjectRef
 from .remote_function import CodeCache
 
@@ -33,7 +34,19 @@ def _class_info(cls) -> tuple[str, dict[str, dict], dict[str, opts.CallShape]]:
         methods[name] = dict(getattr(member, "__hpcray_options__", {}))
         bound = isinstance(inspect.getattr_static(cls, name), (staticmethod, classmethod))
         shapes[name] = opts.CallShape(member, drop_first=not bound)
+    for name in ("__ray_ready__", "__ray_terminate__"):  # every actor has Ray's built-in ones
+        methods[name], shapes[name] = {}, opts.CallShape(_no_arguments)
     return cls.__name__, methods, shapes
+
+
+def _no_arguments() -> None:
+    """The signature of the built-in actor methods."""
+
+
+def exit_actor() -> None:
+    """Ends the calling actor from inside one of its methods (Ray's ``exit_actor``): pending
+    and later calls raise ActorDiedError; the method does not return."""
+    _exit_actor()
 
 
 class ActorClass:
@@ -47,6 +60,12 @@ class ActorClass:
         self.__name__ = cls.__name__
         self.__doc__ = cls.__doc__
 
+    def __getattr__(self, name: str) -> Any:
+        """The class's own attributes (constants, static helpers), as Ray's ActorClass."""
+        if name.startswith("__") or name == "_cls":
+            raise AttributeError(name)
+        return getattr(self._cls, name)
+
     def __call__(self, *args, **kwargs):
         raise TypeError(f"actor class {self.__name__} cannot be instantiated directly: use "
                         f"{self.__name__}.remote(...)")
@@ -54,6 +73,11 @@ class ActorClass:
     def options(self, **options) -> ActorClass:
         """A copy with these options changed (name, lifetime, num_cpus, max_concurrency, ...)."""
         return ActorClass(self._cls, {**self._options, **options}, self._cache)
+
+    def _remote(self, args: tuple | None = None, kwargs: dict | None = None,
+                **options) -> ActorHandle:
+        """Ray's internal spelling, which Ray's own libraries call: options and arguments."""
+        return self.options(**options).remote(*(args or ()), **(kwargs or {}))
 
     def remote(self, *args, **kwargs) -> ActorHandle:
         """Creates the actor on some rank; returns its handle at once."""

@@ -57,6 +57,10 @@ class RemoteFunction:
         """A copy with these options changed (num_cpus, num_returns, scheduling_strategy, ...)."""
         return RemoteFunction(self._function, {**self._options, **options}, self._cache)
 
+    def _remote(self, args: tuple | None = None, kwargs: dict | None = None, **options):
+        """Ray's internal spelling, which Ray's own libraries call: options and arguments."""
+        return self.options(**options).remote(*(args or ()), **(kwargs or {}))
+
     def remote(self, *args, **kwargs):
         """Submits the task; returns an ObjectRef (a list of them when num_returns > 1)."""
         runtime = context.runtime()

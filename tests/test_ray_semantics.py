@@ -232,3 +232,69 @@ def test_a_cancel_reaching_a_nested_wait_is_never_lost(run_job) -> None:
     progress step the task's thread was driving, which swallowed it; the task then hung."""
     r = _result(run_job(CANCEL_JOB, n=3, timeout=240))
     assert r == ["cancelled"] * 10, r
+
+
+ACTOR_API_JOB = """
+import json
+
+import hpcray
+from hpcray.actor import exit_actor
+
+hpcray.init()
+
+
+@hpcray.remote
+class Worker:
+    LIMIT = 3
+
+    def __init__(self):
+        self.n = 0
+
+    def step(self):
+        self.n += 1
+        return self.n
+
+    def quit(self):
+        try:
+            exit_actor()
+        except Exception:  # exit_actor is not an Exception: this must not stop it
+            return "caught"
+
+
+def outcome(ref):
+    try:
+        return ["ok", hpcray.get(ref, timeout=60)]
+    except hpcray.exceptions.ActorDiedError as exc:
+        return ["ActorDiedError", str(exc)]
+
+
+R = {"class_attr": Worker.LIMIT}
+a = Worker.remote()
+R["ready"] = hpcray.get(a.__ray_ready__.remote())
+R["steps"] = hpcray.get([a.step.remote() for _ in range(3)])
+R["quit"] = outcome(a.quit.remote())
+R["after_quit"] = outcome(a.step.remote())
+b = Worker._remote(args=(), kwargs={}, name="b")
+calls = [b.step.remote() for _ in range(2)]
+b.__ray_terminate__.remote()  # after the calls queued before it
+R["before_terminate"] = [outcome(r) for r in calls]
+R["after_terminate"] = outcome(b.step.remote())
+try:
+    exit_actor()
+    R["driver_exit"] = "no error"
+except TypeError as exc:
+    R["driver_exit"] = str(exc)
+print("RESULT " + json.dumps(R))
+"""
+
+
+def test_actor_api(run_job) -> None:
+    """exit_actor(), __ray_ready__, __ray_terminate__ (after the calls queued before it), class
+    attributes through the actor class, ActorClass._remote, as Ray has them."""
+    r = _result(run_job(ACTOR_API_JOB, n=3, timeout=120))
+    assert r["class_attr"] == 3 and r["ready"] is True and r["steps"] == [1, 2, 3]
+    assert r["quit"][0] == "ActorDiedError" and "exit_actor" in r["quit"][1]
+    assert r["after_quit"][0] == "ActorDiedError" and "exit_actor" in r["after_quit"][1]
+    assert r["before_terminate"] == [["ok", 1], ["ok", 2]]
+    assert r["after_terminate"][0] == "ActorDiedError"
+    assert "inside an actor" in r["driver_exit"]

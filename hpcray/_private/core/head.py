@@ -450,10 +450,11 @@ class HeadRuntime(Runtime):
             service = self.services[path] = getattr(importlib.import_module(module), name)()
         return service.call(action, *args)
 
-    def op_kill(self, src: int, actor_id: int) -> None:
+    def op_kill(self, src: int, actor_id: int,
+                cause: str = "it was killed with hpcray.kill()") -> None:
         actor = self.actors.get(actor_id)
         if actor is not None:
-            self.end_actor(actor, "it was killed with hpcray.kill()")
+            self.end_actor(actor, cause)
 
     def op_cancel(self, src: int, object_id: int, force: bool) -> bool:
         entry = self.objects.get(object_id)

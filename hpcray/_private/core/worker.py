@@ -20,6 +20,7 @@ import traceback
 from typing import Any
 
 from ... import exceptions as E
+from . import context
 from . import protocol as P
 from .objects import Stored
 from .procs import process_gone
@@ -50,6 +51,28 @@ class Executor:
             fn(*args)
             with self.lock:
                 self.idle += 1
+
+
+class ActorExit(BaseException):
+    """Unwinds an actor's method after exit_actor() (a BaseException: user code's
+    ``except Exception`` does not stop it)."""
+
+
+def exit_actor() -> None:
+    """Ends the calling actor, as Ray's ``ray.actor.exit_actor()``: the head marks it dead
+    (pending and later calls raise ActorDiedError saying it exited) and its rank drops it."""
+    worker = context.current()
+    actor_id = getattr(worker.local, "actor_id", 0) if worker is not None else 0
+    if not actor_id:
+        raise TypeError("exit_actor() ends the calling actor: call it inside an actor's method")
+    with worker.lock:  # the results of the calls before this one reach the head first
+        worker.flush_done()
+    worker.request("kill", actor_id, "it called exit_actor()")
+    raise ActorExit
+
+
+def _ready() -> bool:
+    return True
 
 
 class ActorHost:
@@ -115,15 +138,23 @@ class ActorHost:
             if item is None:
                 return
             spec, inline = item
-            worker.execute(spec, inline, functools.partial(getattr, self.instance, spec.method),
+            worker.execute(spec, inline, functools.partial(self.method, spec.method),
                            copy=True, more=not calls.empty())
+
+    def method(self, name: str):
+        """The bound method a call names; Ray's built-in ones included."""
+        if name == "__ray_ready__":
+            return _ready
+        if name == "__ray_terminate__":
+            return exit_actor
+        return getattr(self.instance, name)
 
     async def run_async(self, spec: P.TaskSpec, inline: dict) -> None:
         worker = self.worker
         async with self.semaphore:
             start = time.time()
             try:
-                method = getattr(self.instance, spec.method)
+                method = self.method(spec.method)
                 args, kwargs = worker.resolve_args(spec, inline)
                 result = method(*args, **kwargs)
                 if inspect.isawaitable(result):
