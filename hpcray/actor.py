@@ -84,9 +84,12 @@ class ActorClass:
         runtime = context.runtime()
         o = self._options
         name = o.get("name")
+        namespace = o.get("namespace")
+        if namespace is None:
+            namespace = runtime.config.namespace
         if name is not None and o.get("get_if_exists"):
             try:
-                return get_actor(name)
+                return get_actor(name, namespace)
             except ValueError:
                 pass
         if self._info is None:
@@ -103,7 +106,8 @@ class ActorClass:
             task_id=runtime.ids.next(), kind=P.ACTOR_CREATE, name=f"{self.__name__}.__init__",
             fn_id=fn_id, fn_blob=blob, args=packed, deps=deps, contained=contained,
             resources=placement, strategy=opts.strategy_of(o), actor_id=runtime.ids.next(),
-            options={"name": name, "lifetime": o.get("lifetime"), "class_info": info,
+            options={"name": name, "namespace": namespace, "lifetime": o.get("lifetime"),
+                     "class_info": info,
                      "max_concurrency": o.get("max_concurrency"), "lifetime_resources": lifetime})
         try:
             handle_ref = runtime.submit(spec, 1)[0]
@@ -179,6 +183,10 @@ class ActorMethod:
 
 
 def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
-    """The handle of the live actor created with ``.options(name=name)``."""
-    actor_id, handle_id, info = context.runtime().request("get_actor", name)
+    """The handle of the live actor created with ``.options(name=name)``, in ``namespace``
+    (default: the job's, from ``init(namespace=...)``)."""
+    runtime = context.runtime()
+    if namespace is None:
+        namespace = runtime.config.namespace
+    actor_id, handle_id, info = runtime.request("get_actor", name, namespace)
     return ActorHandle(actor_id, ObjectRef(handle_id), info)

@@ -28,14 +28,14 @@ _init_lock = threading.RLock()
 
 def init(num_cpus: int | None = None, resources: dict[str, float] | None = None, *,
          num_gpus: int | None = None, ignore_reinit_error: bool = False,
-         log_to_driver: bool = True, **kwargs) -> dict:
+         log_to_driver: bool = True, namespace: str | None = None, **kwargs) -> dict:
     """Starts hpcray. Collective: on every rank but 0 it runs the worker and never returns.
 
     Under mpiexec/srun the job's ranks are used. Run plainly (one process), it spawns
     ``num_cpus`` local worker ranks (default: one per core). GPUs are found with NVML;
     ``num_gpus`` caps how many per node are used (or declares GPUs NVML cannot see).
     """
-    ignored = {"address", "namespace", "runtime_env", "logging_level", "include_dashboard",
+    ignored = {"address", "runtime_env", "logging_level", "include_dashboard",
                "configure_logging", "local_mode", "object_store_memory",
                "_temp_dir", "dashboard_host", "job_config", "_system_config"}
     unknown = sorted(set(kwargs) - ignored)
@@ -50,11 +50,13 @@ def init(num_cpus: int | None = None, resources: dict[str, float] | None = None,
         if _state["spmd_done"]:
             raise RuntimeError("this MPI job's workers already exited after shutdown(); an "
                                "mpiexec/srun job can call init() only once")
-        if num_cpus is not None and (not isinstance(num_cpus, int) or num_cpus < 1):
-            raise ValueError(f"num_cpus must be a positive int, got {num_cpus!r}")
+        if num_cpus is not None and (not isinstance(num_cpus, int) or num_cpus < 0):
+            raise ValueError(f"num_cpus must be an int >= 0 (0: a driver-only session), got "
+                             f"{num_cpus!r}")
         if num_gpus is not None and (not isinstance(num_gpus, int) or num_gpus < 0):
             raise ValueError(f"num_gpus must be an int >= 0 (GPUs per node), got {num_gpus!r}")
-        overrides = {"log_to_driver": log_to_driver, "num_gpus": num_gpus}
+        overrides = {"log_to_driver": log_to_driver, "num_gpus": num_gpus,
+                     "namespace": namespace}
         if resources:
             overrides["resources"] = dict(resources)
         head = bootstrap.start(overrides, num_cpus)
@@ -195,7 +197,8 @@ def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
 
 
 def available_resources() -> dict[str, float]:
-    return _runtime().request("available_resources")
+    """What is free now; resources with nothing free are left out, as Ray does."""
+    return {k: v for k, v in _runtime().request("available_resources").items() if v > 0}
 
 
 def cluster_resources() -> dict[str, float]:

@@ -99,7 +99,8 @@ class RuntimeContext:
 
     @property
     def namespace(self) -> str:
-        return "default"
+        """The job's namespace of named actors (``init(namespace=...)``)."""
+        return self._rt.config.namespace
 
     @property
     def was_current_actor_reconstructed(self) -> bool:

@@ -298,3 +298,78 @@ def test_actor_api(run_job) -> None:
     assert r["before_terminate"] == [["ok", 1], ["ok", 2]]
     assert r["after_terminate"][0] == "ActorDiedError"
     assert "inside an actor" in r["driver_exit"]
+
+
+MISC_JOB = """
+import json
+import sys
+
+import hpcray
+
+hpcray.init(namespace="team-a")
+
+
+@hpcray.remote
+class Named:
+    def where(self):
+        return hpcray.get_runtime_context().namespace
+
+
+@hpcray.remote(max_retries=0)
+def leaves():
+    sys.exit(3)
+
+
+R = {}
+a = Named.options(name="svc").remote()
+b = Named.options(name="svc", namespace="team-b").remote()  # the same name elsewhere: fine
+R["same_ns"] = hpcray.get(hpcray.get_actor("svc").where.remote())
+R["other_ns"] = hpcray.get(hpcray.get_actor("svc", namespace="team-b").where.remote())
+try:
+    hpcray.get_actor("svc", namespace="team-c")
+    R["missing"] = "found"
+except ValueError as exc:
+    R["missing"] = str(exc)
+try:
+    Named.options(name="svc").remote()
+    R["taken"] = "created"
+except ValueError as exc:
+    R["taken"] = str(exc)
+R["available"] = hpcray.available_resources()
+try:
+    hpcray.get(leaves.remote())
+    R["exit"] = "no error"
+except hpcray.exceptions.WorkerCrashedError as exc:
+    R["exit"] = ["WorkerCrashedError", str(exc)]
+except Exception as exc:
+    R["exit"] = [type(exc).__name__, str(exc)]
+print("RESULT " + json.dumps(R))
+"""
+
+
+def test_namespaces_resources_and_sys_exit(run_job) -> None:
+    """Named actors live in namespaces (init(namespace=), options(namespace=),
+    get_actor(namespace=)); available_resources() leaves out what is at zero; sys.exit() in a
+    task is a worker failure (WorkerCrashedError), not a TaskError of SystemExit."""
+    r = _result(run_job(MISC_JOB, n=3, timeout=120))
+    assert r["same_ns"] == "team-a"  # the actor's rank runs in the job's namespace
+    assert r["other_ns"] == "team-a"
+    assert "team-c" in r["missing"] and "already exists" in r["taken"]
+    assert all(v > 0 for v in r["available"].values()) and r["available"].get("CPU", 0) > 0
+    assert r["exit"][0] == "WorkerCrashedError" and "sys.exit(3)" in r["exit"][1]
+
+
+def test_a_driver_only_session(tmp_path) -> None:
+    """init(num_cpus=0): the driver alone; puts work, a task says why it cannot run."""
+    script = tmp_path / "alone.py"
+    script.write_text(
+        "import hpcray\n"
+        "hpcray.init(num_cpus=0)\n"
+        "print('PUT', hpcray.get(hpcray.put(41)) + 1)\n"
+        "try:\n"
+        "    hpcray.get(hpcray.remote(lambda: 1).remote(), timeout=30)\n"
+        "except hpcray.exceptions.InfeasibleError as exc:\n"
+        "    print('TASK InfeasibleError', exc)\n")
+    proc = run_process([sys.executable, str(script)], 120, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert "PUT 42" in proc.stdout and "TASK InfeasibleError" in proc.stdout, proc.stdout

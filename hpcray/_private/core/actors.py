@@ -26,6 +26,7 @@ class Actor:
         "inflight",
         "lifetime",
         "name",
+        "namespace",
         "orphaned",
         "queue",
         "rank",
@@ -39,6 +40,7 @@ class Actor:
         self.dead = False
         self.cause = ""
         self.name = spec.options.get("name")
+        self.namespace = spec.options.get("namespace") or ""
         self.detached = spec.options.get("lifetime") == "detached"
         self.queue: collections.deque = collections.deque()   # calls not sent yet
         self.inflight: set[int] = set()                        # ids of calls sent
@@ -62,7 +64,7 @@ class ActorTable:
     def __init__(self, send: Callable[[int, tuple], None]):
         self.send = send
         self.actors: dict[int, Actor] = {}
-        self.named: dict[str, int] = {}
+        self.named: dict[tuple[str, str], int] = {}  # (namespace, name) -> actor id
 
     def get(self, actor_id: int) -> Actor | None:
         return self.actors.get(actor_id)
@@ -74,19 +76,21 @@ class ActorTable:
         """A new actor from its creation task; ValueError if its name is taken by a live one."""
         actor = Actor(create)
         if actor.name:
-            taken = self.named.get(actor.name)
+            key = (actor.namespace, actor.name)
+            taken = self.named.get(key)
             if taken is not None and not self.actors[taken].dead:
-                raise ValueError(f"an actor named {actor.name!r} already exists; pick another name "
-                                 "or use get_actor()/options(get_if_exists=True)")
-            self.named[actor.name] = actor.actor_id
+                raise ValueError(f"an actor named {actor.name!r} already exists"
+                                 f"{_in(actor.namespace)}; pick another name or use "
+                                 "get_actor()/options(get_if_exists=True)")
+            self.named[key] = actor.actor_id
         self.actors[actor.actor_id] = actor
         return actor
 
-    def by_name(self, name: str) -> Actor:
-        actor_id = self.named.get(name)
+    def by_name(self, name: str, namespace: str = "") -> Actor:
+        actor_id = self.named.get((namespace, name))
         actor = self.actors.get(actor_id) if actor_id is not None else None
         if actor is None or actor.dead:
-            raise ValueError(f"no live actor named {name!r}")
+            raise ValueError(f"no live actor named {name!r}{_in(namespace)}")
         return actor
 
     def next_calls(self, actor: Actor, pending: Callable[[Any], bool]) -> list:
@@ -109,8 +113,9 @@ class ActorTable:
         of the calls it was running and the calls still queued, for the head to fail."""
         actor.dead = True
         actor.cause = cause
-        if actor.name and self.named.get(actor.name) == actor.actor_id:
-            del self.named[actor.name]
+        key = (actor.namespace, actor.name)
+        if actor.name and self.named.get(key) == actor.actor_id:
+            del self.named[key]
         if notify and actor.rank is not None:
             self.send(actor.rank, (P.KILL_ACTOR, actor.actor_id))
         inflight, queued = set(actor.inflight), list(actor.queue)
@@ -136,3 +141,7 @@ class ActorTable:
 
     def on_rank(self, rank: int) -> list[Actor]:
         return [actor for actor in self.actors.values() if actor.rank == rank]
+
+
+def _in(namespace: str) -> str:
+    return f" in namespace {namespace!r}" if namespace else ""

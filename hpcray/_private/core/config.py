@@ -63,6 +63,8 @@ class Config:
     preempt_grace: float = 30.0
     #: task events each rank keeps for hpcray.timeline() (the oldest are dropped)
     timeline_events: int = 100_000
+    #: the namespace of named actors created or looked up without one (init(namespace=...))
+    namespace: str = ""
 
 
 #: variables read where they act (the launcher, a library), not by the runtime's Config

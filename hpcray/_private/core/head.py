@@ -433,8 +433,8 @@ class HeadRuntime(Runtime):
         except Exception as exc:  # noqa: BLE001 - the error is the reply
             self.transport.send(src, (P.REPLY, req_id, False, exc))
 
-    def op_get_actor(self, src: int, name: str):
-        actor = self.actor_table.by_name(name)
+    def op_get_actor(self, src: int, name: str, namespace: str = ""):
+        actor = self.actor_table.by_name(name, namespace)
         spec = actor.create.spec
         return actor.actor_id, spec.return_ids[0], spec.options.get("class_info")
 

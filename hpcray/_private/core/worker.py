@@ -480,6 +480,12 @@ class WorkerRuntime(Runtime):
         if isinstance(exc, E.TaskCancelledError) or spec.task_id in self.cancelled:
             error: BaseException = E.TaskCancelledError(f"{spec.name} was cancelled")
             retryable = False
+        elif isinstance(exc, SystemExit):
+            # Ray: sys.exit()/exit() in a task ends its worker, a system failure (retried with
+            # max_retries); here the rank lives on, and the task fails the same way
+            error = E.WorkerCrashedError(f"{spec.name} called sys.exit({exc.code!r}) on rank "
+                                         f"{self.rank} ({self.host}): its worker exited")
+            retryable = True
         else:
             tb = exc.__traceback__
             while tb is not None and tb.tb_frame.f_code.co_filename == __file__:

@@ -236,7 +236,7 @@ def _join(overrides: dict, num_cpus: int | None) -> Job:
     embedded = os.environ.get("HPCRAY_EMBEDDED") == "1"
     if not embedded and not under_mpi_launcher() and not _interactive():
         _check_srun(1)
-        _relaunch(num_cpus or os.cpu_count() or 1)
+        _relaunch(num_cpus if num_cpus is not None else (os.cpu_count() or 1))
     _raise_fd_limit()
     defaults = slurm.config_defaults()
     early = config_mod.load(defaults)  # the environment's settings, before the head's overrides
@@ -253,8 +253,11 @@ def _join(overrides: dict, num_cpus: int | None) -> Job:
         comm = parent.Merge(high=True)
         spawned = parent
     elif world.Get_size() == 1 and not embedded:
-        count = num_cpus if num_cpus else (os.cpu_count() or 1)
-        spawned, comm = _spawn_workers(MPI, count)
+        count = num_cpus if num_cpus is not None else (os.cpu_count() or 1)
+        if count:
+            spawned, comm = _spawn_workers(MPI, count)
+        else:  # init(num_cpus=0): a driver-only session
+            comm = MPI.COMM_SELF.Dup()
     else:
         comm = world.Dup()
     if comm.Get_rank() != 0:
