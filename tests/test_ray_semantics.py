@@ -373,3 +373,51 @@ def test_a_driver_only_session(tmp_path) -> None:
     proc = run_process([sys.executable, str(script)], 120, cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stderr
     assert "PUT 42" in proc.stdout and "TASK InfeasibleError" in proc.stdout, proc.stdout
+
+
+RETRY_AFTER_RANK_DEATH_JOB = """
+import json
+import os
+
+import hpcray
+
+hpcray.init()
+marker = os.path.abspath("died-once")
+
+
+@hpcray.remote(max_retries=1)
+def dies_once(path):
+    if not os.path.exists(path):
+        open(path, "w").write(str(hpcray.get_runtime_context().get_rank()))
+        os._exit(1)  # the rank dies while running the task
+    return hpcray.get_runtime_context().get_rank()
+
+
+@hpcray.remote(max_retries=0)
+def dies_always(path):
+    os._exit(1)
+
+
+R = {"retried_on": hpcray.get(dies_once.remote(marker), timeout=60)}
+R["died_on"] = int(open(marker).read())
+try:
+    hpcray.get(dies_always.remote(marker), timeout=60)
+    R["no_retry"] = "no error"
+except hpcray.exceptions.WorkerCrashedError as exc:
+    R["no_retry"] = "WorkerCrashedError"
+print("RESULT " + json.dumps(R), flush=True)
+"""
+
+
+def test_a_task_is_retried_after_its_rank_dies(run_job) -> None:
+    """A rank that dies running a task (here by exiting, which MPICH's Hydra survives with
+    -disable-auto-cleanup): the task runs again on a live rank (max_retries), and a task
+    without retries left fails with WorkerCrashedError. The job then exits non-zero (ranks
+    died), after the driver had its results."""
+    proc = run_job(RETRY_AFTER_RANK_DEATH_JOB, n=4, timeout=120)
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+    assert line, proc.stdout + proc.stderr
+    r = json.loads(line[len("RESULT "):])
+    assert r["retried_on"] != r["died_on"] and r["retried_on"] in (1, 2, 3), r
+    assert r["no_retry"] == "WorkerCrashedError", r
+    assert proc.returncode != 0
