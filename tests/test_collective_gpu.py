@@ -349,3 +349,19 @@ def test_nccl_path_on_a_stand_in_nccl(run_job) -> None:
     assert r["nccl_calls"] == ["allGather", "allReduce", "broadcast", "reduce", "reduceScatter"]
     assert r["numpy"][0] == "err" and "numpy array: backend 'nccl'" in r["numpy"][2], r["numpy"]
     assert r["destroyed"] is False
+
+
+@pytest.mark.parametrize("members", [2, 3])
+def test_every_op_on_the_nccl_path_of_a_stand_in_nccl(run_job, members: int) -> None:
+    """Members on distinct (fake) GPUs take the NCCL path; tests/stand_ins' NCCL reduces across
+    them with NCCL's semantics (numpy), so op codes, dtype codes, counts, AVG as a sum and a
+    division, reduce's root and reducescatter's parts are checked against numpy off the GPU."""
+    from conftest import ROOT
+
+    stand_in = f"{ROOT}:{ROOT / 'tests' / 'stand_ins'}"
+    r, _ = run(run_job, FAKE_DEVICE + GPU_OPS_JOB, n=members + 1, args=[str(members)],
+               timeout=300, env={"HPCRAY_NUM_GPUS": str(members), "PYTHONPATH": stand_in})
+    for rank, (got_rank, size, path, line) in enumerate(r["join"]):
+        assert (got_rank, size, path) == (rank, members, "nccl"), line
+    assert r["failures"] == []
+    assert r["barrier"] == list(range(members))
