@@ -1,4 +1,8 @@
-"""A head and its workers as threads of this process, over the loopback transport."""
+"""A head and its workers as threads of this process, over the loopback transport.
+
+One limit: ObjectRef events are per process (hpcray.object_ref), so here every runtime drains
+the same ones and reference counts are the process's, not each rank's: tests of freeing belong
+in real jobs."""
 
 from __future__ import annotations
 

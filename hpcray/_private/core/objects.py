@@ -32,8 +32,11 @@ class RefTracker:
         changes = []
         counts = self.counts
         pop = ref_events.popleft
-        while ref_events:
-            object_id, event = pop()
+        while True:
+            try:
+                object_id, event = pop()
+            except IndexError:  # empty (another thread may have drained it meanwhile)
+                break
             before = counts.get(object_id, 0)
             after = before + (1 if event == CREATED else event)
             if after:
