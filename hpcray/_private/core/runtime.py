@@ -399,16 +399,18 @@ class Runtime:
             if not isinstance(r, ObjectRef):
                 raise TypeError(f"get() expects ObjectRefs, got an element of type {type(r).__name__}")
             ids.append(r.id)
-        self.check_session(ids)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        # a failed task's error as soon as it is known, as Ray does
-        self._raise_first_error(ids)
-        complete = self._wait_local(ids, deadline, until_error=True)
-        self._raise_first_error(ids)
-        if not complete:
-            missing = sum(1 for i in set(ids) if i not in self.store.objects)
-            raise GetTimeoutError(f"get() timed out after {timeout} s: {missing} of {len(set(ids))} "
-                                  "objects not ready")
+        objects = self.store.objects
+        if not all(map(objects.__contains__, ids)):  # else: all here; errors raise in order below
+            self.check_session(ids)  # (a stale id is never here)
+            deadline = None if timeout is None else time.monotonic() + timeout
+            # a failed task's error as soon as it is known, as Ray does
+            self._raise_first_error(ids)
+            complete = self._wait_local(ids, deadline, until_error=True)
+            self._raise_first_error(ids)
+            if not complete:
+                missing = sum(1 for i in set(ids) if i not in objects)
+                raise GetTimeoutError(f"get() timed out after {timeout} s: {missing} of "
+                                      f"{len(set(ids))} objects not ready")
         values = [self.value_of(i) for i in ids]
         return values[0] if single else values
 
