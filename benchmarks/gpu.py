@@ -190,8 +190,8 @@ def main() -> int:
     print(f"{'what':<58}{'GB/s':>10}{'ms':>10}")
     rows = [("raw CUDA IPC device-to-device copy", raw.get("ipc_s"), {}),
             ("raw D2H + MPI Send + H2D (pinned, not pipelined)", raw.get("staged_s"), {}),
-            ("hpcray, same GPU, mapped (default): at the receiver", auto.get("transfer_s"),
-             auto.get("phases", {})),
+            ("hpcray, same GPU, mapped (default): at the receiver (maps, copies nothing)",
+             auto.get("transfer_s"), auto.get("phases", {})),
             ("hpcray, same GPU, mapped (default): whole call", auto.get("e2e_s"), {}),
             ("hpcray, same GPU, copied (HPCRAY_IPC_MAP=0): at the receiver",
              copied.get("transfer_s"), copied.get("phases", {})),
@@ -208,12 +208,19 @@ def main() -> int:
         for phase, took in phases.items():
             print(f"    of which {phase[:-2]:<46}{'':>10}{took * 1e3:>10.3f}")
     if raw and auto and copied and staged:
-        print(f"\nmapped transfer / raw IPC copy (time ratio):   "
-              f"{raw['ipc_s'] / auto['transfer_s']:6.2f}  (target >= 0.50)")
-        print(f"copied transfer / raw IPC copy:                "
-              f"{raw['ipc_s'] / copied['transfer_s']:6.2f}")
-        print(f"staged / raw D2H+MPI+H2D:                      "
-              f"{raw['staged_s'] / staged['transfer_s']:6.2f}  (target >= 0.80)")
+        # like with like: hpcray's whole call (driver to result) against the raw operation
+        # timed from its start; a mapped array moves no bytes, so its 'at the receiver' row
+        # is no bandwidth and is not compared
+        print("\nspeed relative to the raw operation (raw time / hpcray whole-call time; "
+              ">1: hpcray faster):")
+        print(f"  mapped (no copy) vs raw IPC device copy:     "
+              f"{raw['ipc_s'] / auto['e2e_s']:6.2f}  (target >= 0.50)")
+        print(f"  copied vs raw IPC device copy:               "
+              f"{raw['ipc_s'] / copied['e2e_s']:6.2f}")
+        print(f"  staged vs raw D2H + MPI + H2D:               "
+              f"{raw['staged_s'] / staged['e2e_s']:6.2f}  (target >= 0.80)")
+        print("The whole call's latency is hpcray's figure to improve: most of it is waking "
+              "idle ranks and the runtime's messages, not moving the array.")
     return status
 
 
