@@ -11,6 +11,7 @@ import pickle
 import queue
 import re
 import shutil
+import stat
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -203,7 +204,9 @@ class ExperimentStorage:
 
 
     def read_pickle(self, name: str) -> Any:
-        with open(os.path.join(self.path, name), "rb") as f:
+        path = os.path.join(self.path, name)
+        trusted(self.path, path)
+        with open(path, "rb") as f:
             return pickle.load(f)
 
     def load_trials(self) -> list[Trial]:
@@ -221,6 +224,7 @@ class ExperimentStorage:
             params = os.path.join(folder, "params.pkl")
             if not os.path.exists(params):
                 continue
+            trusted(self.path, folder, params)
             with open(params, "rb") as f:
                 saved = pickle.load(f)
             state = os.path.join(folder, TRIAL_STATE)
@@ -333,3 +337,22 @@ def _close_results(trial: Trial) -> None:
     if files is not None:
         files[0].close()
         files[1].close()
+
+
+def trusted(*paths: str) -> None:
+    """Refuses to unpickle from what another user owns or may change: unpickling runs code, so
+    a planted experiment folder or file would run theirs inside this job."""
+    me = os.getuid()
+    for path in paths:
+        info = os.lstat(path)
+        if stat.S_ISLNK(info.st_mode):
+            problem = "is a symlink"
+        elif info.st_uid != me:
+            problem = f"belongs to uid {info.st_uid}, not to you (uid {me})"
+        elif info.st_mode & stat.S_IWOTH:
+            problem = "is writable by every user"
+        else:
+            continue
+        raise PermissionError(f"hpcray.tune: {path} {problem}, so its pickles could run someone "
+                              "else's code; restore only from an experiment folder of your own "
+                              "(chmod o-w it if it is yours)")
