@@ -55,3 +55,14 @@ __all__ = [
                   "util",
                   "wait",
 ]
+
+_LIBRARIES = ("collective", "data", "rllib", "serve", "train", "tune")
+
+
+def __getattr__(name: str):
+    """``hpcray.data`` and the other libraries without importing them first, as ``ray.data``."""
+    if name in _LIBRARIES:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
