@@ -223,6 +223,8 @@ class Dataset:
         return Dataset(self._plan.then(op))
 
     def _bundles(self) -> Iterator[Bundle]:
+        if isinstance(self._plan.source, list) and not self._plan.ops:
+            return iter(self._plan.source)  # materialized: its stats stay those that made it
         self._last_stats = DatasetStats()
         return execute(self._plan, self._last_stats)
 
