@@ -8,7 +8,6 @@ straight to the consumer's rank.
 
 from __future__ import annotations
 
-import time
 from collections import deque
 from collections.abc import Iterator
 from typing import Any
@@ -49,6 +48,9 @@ class SplitCoordinator:
         self.queues: list[deque] = []
         self.totals: list[int] = []
         self.target: int | None = None
+        # the ref last handed to each consumer stays referenced here until its next call, by
+        # when the consumer has fetched it
+        self.handed: dict[int, Any] = {}
 
     def _start(self, epoch: int) -> None:
         self.epoch = epoch
@@ -79,6 +81,7 @@ class SplitCoordinator:
 
     def next(self, i: int, epoch: int) -> tuple:
         """("block", ref, rows) or ("end", rows this consumer may use in total, or None)."""
+        self.handed.pop(i, None)
         if epoch > self.epoch:
             self._start(epoch)
         elif epoch < self.epoch:
@@ -88,6 +91,7 @@ class SplitCoordinator:
                 break
         if self.queues[i]:
             ref, rows = self.queues[i].popleft()
+            self.handed[i] = ref
             return ("block", ref, rows)
         return ("end", self.target)
 
@@ -114,15 +118,16 @@ class SplitIterator(DataIterator):
             msg = hpcray.get(self._coord.next.remote(self._index, epoch))
             if msg[0] == "end":
                 if held is not None:
-                    block = hpcray.get(held[0])
+                    block, rows = held
                     limit = msg[1]
                     if limit is not None and used > limit:
-                        block = slice_block(block, 0, held[1] - (used - limit))
+                        block = slice_block(block, 0, rows - (used - limit))
                     yield block
                 return
+            block = hpcray.get(msg[1])
             if held is not None:
-                yield hpcray.get(held[0])
-            held = (msg[1], msg[2])
+                yield held[0]
+            held = (block, msg[2])
             used += msg[2]
 
 
@@ -131,7 +136,3 @@ def streaming_split(ds: Dataset, n: int, equal: bool) -> list[DataIterator]:
         raise ValueError(f"n must be >= 1, got {n}")
     coord = remote_class(SplitCoordinator, max_concurrency=1).remote(ds, n, equal)
     return [SplitIterator(coord, i, n, equal) for i in range(n)]
-
-
-def _now() -> float:
-    return time.perf_counter()
