@@ -144,8 +144,7 @@ class DataIterator:
         """Batches of batch_size rows (None: one per block) in batch_format; the next
         prefetch_batches blocks are fetched while the current batch is used."""
         batcher = Batcher(batch_size, drop_last, local_shuffle_buffer_size, local_shuffle_seed)
-        prefetch = max(1, prefetch_batches * (batch_size or 1) // 1)
-        for batch in batcher.batches(self._blocks(min(prefetch, 8))):
+        for batch in batcher.batches(self._blocks(max(1, prefetch_batches))):
             out = to_batch(batch, batch_format)
             yield _collate_fn(out) if _collate_fn is not None else out
 

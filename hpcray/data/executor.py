@@ -312,6 +312,7 @@ class _Stage:
         self.preserve_order = preserve_order
         self.stopped = False
         self.chain_ref = None
+        self.first_wave = max(1, job_cpus())
 
     def held_bytes(self) -> float:
         return self.out_bytes + len(self.inflight) * self.avg_bytes
@@ -336,7 +337,16 @@ class _Stage:
     def can_submit(self) -> bool:
         if self.stopped or not self.has_input() or len(self.inflight) >= self.max_inflight:
             return False
-        return (not self.inflight and not self.outputs) or self.held_bytes() < self.budget
+        if not self.inflight and not self.outputs:
+            return True
+        if self.stats.tasks == 0:  # block sizes unknown until the first task ends
+            return len(self.inflight) < self.first_wave and self._next_size() < self.budget
+        return self.held_bytes() + self.avg_bytes <= self.budget
+
+    def _next_size(self) -> float:
+        item = self.pending[0] if self.pending else None
+        size = item.nbytes if isinstance(item, ReadTask) and item.nbytes else 0
+        return (len(self.inflight) + 1) * size
 
     def take(self) -> Bundle:
         bundle = self.outputs.popleft()
