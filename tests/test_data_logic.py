@@ -4,6 +4,7 @@ aggregation, row arithmetic and read planning, on random data against numpy/pand
 from __future__ import annotations
 
 import importlib.util
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -114,7 +115,7 @@ def test_range_partition_splits_by_quantile_bounds(descending: bool) -> None:
     parts = B.range_partition({"k": col}, "k", bounds, descending)
     assert sum(len(p["k"]) for p in parts) == 1000
     order = parts[::-1] if descending else parts
-    for lo, hi in zip(order, order[1:]):
+    for lo, hi in itertools.pairwise(order):
         if len(lo["k"]) and len(hi["k"]):
             assert lo["k"].max() < hi["k"].min()
     assert all(len(p["k"]) > 100 for p in parts)  # quantiles: parts of similar size
@@ -168,7 +169,7 @@ def test_row_pieces_cover_each_output_range_exactly(seed: int) -> None:
     cuts = sorted({0, total, *r.integers(0, total + 1, 4).tolist()})
     flat = np.arange(total)
     starts = np.concatenate([[0], np.cumsum(rows)])
-    for (a, b), pieces in zip(zip(cuts, cuts[1:]), row_pieces(rows, cuts)):
+    for (a, b), pieces in zip(itertools.pairwise(cuts), row_pieces(rows, cuts)):
         got = np.concatenate([flat[starts[i] + s: starts[i] + e] for i, s, e in pieces]
                              or [np.array([], int)])
         assert (got == flat[a:b]).all()
@@ -180,7 +181,7 @@ def test_equal_split_assignment_keeps_totals_within_one_row() -> None:
     for _ in range(200):
         rows = int(r.integers(0, 50))
         bounds = [rows * i // 3 for i in range(4)]
-        sizes = [b - a for a, b in zip(bounds, bounds[1:])]
+        sizes = [b - a for a, b in itertools.pairwise(bounds)]
         owners = assign_parts(sizes, totals)
         assert sorted(owners) == [0, 1, 2]
         assert max(totals) - min(totals) <= 1

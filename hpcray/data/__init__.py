@@ -17,7 +17,6 @@ import numpy as np
 
 from . import datasource as _src
 from .aggregate import AggregateFn, Count, Max, Mean, Min, Std, Sum
-
 from .block import from_batch as _from_batch
 from .context import DataContext, ExecutionOptions, ExecutionResources
 from .dataset import (
@@ -33,11 +32,37 @@ from .dataset import (
 from .executor import DatasetStats, Plan, UserCodeException
 
 __all__ = [
-    "AggregateFn", "Count", "DataContext", "DataIterator", "Dataset", "DatasetStats",
-    "ExecutionOptions", "ExecutionResources", "GroupedData", "Max", "MaterializedDataset", "Mean",
-    "Min", "Schema", "Std", "Sum", "UserCodeException", "from_arrow", "from_items", "from_numpy",
-    "from_pandas", "range", "range_tensor", "read_binary_files", "read_csv", "read_hdf5",
-    "read_images", "read_json", "read_numpy", "read_parquet", "read_text",
+    "AggregateFn",
+    "Count",
+    "DataContext",
+    "DataIterator",
+    "Dataset",
+    "DatasetStats",
+    "ExecutionOptions",
+    "ExecutionResources",
+    "GroupedData",
+    "MaterializedDataset",
+    "Max",
+    "Mean",
+    "Min",
+    "Schema",
+    "Std",
+    "Sum",
+    "UserCodeException",
+    "from_arrow",
+    "from_items",
+    "from_numpy",
+    "from_pandas",
+    "range",
+    "range_tensor",
+    "read_binary_files",
+    "read_csv",
+    "read_hdf5",
+    "read_images",
+    "read_json",
+    "read_numpy",
+    "read_parquet",
+    "read_text",
 ]
 
 
@@ -45,7 +70,7 @@ def _ds(source, override_num_blocks: int | None) -> Dataset:
     return Dataset(Plan(source, [], override_num_blocks))
 
 
-def range(n: int, *, override_num_blocks: int | None = None, **kwargs) -> Dataset:  # noqa: A001
+def range(n: int, *, override_num_blocks: int | None = None, **kwargs) -> Dataset:
     """Rows {"id": 0..n-1}."""
     return _ds(_src.range_source(int(n), None, default_min_blocks), override_num_blocks)
 

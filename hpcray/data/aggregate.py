@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -150,7 +151,7 @@ class Min(_Vector):
 
     def vector(self, col, starts):
         if col.dtype == object:
-            return _as_column([min(col[a:b]) for a, b in zip(starts[:-1], starts[1:])])
+            return _as_column([min(col[a:b]) for a, b in itertools.pairwise(starts)])
         return np.minimum.reduceat(col, starts[:-1])
 
 
@@ -162,7 +163,7 @@ class Max(_Vector):
 
     def vector(self, col, starts):
         if col.dtype == object:
-            return _as_column([max(col[a:b]) for a, b in zip(starts[:-1], starts[1:])])
+            return _as_column([max(col[a:b]) for a, b in itertools.pairwise(starts)])
         return np.maximum.reduceat(col, starts[:-1])
 
 

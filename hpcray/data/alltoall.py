@@ -3,6 +3,7 @@ into parts, reduce tasks combine part i of every block. Parts move rank to rank 
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -33,7 +34,7 @@ def row_pieces(rows: list[int], cuts: list[int]) -> list[list[tuple[int, int, in
     the (input index, start, stop) pieces that make each output."""
     starts = np.concatenate([[0], np.cumsum(rows)]).astype(int)
     out = []
-    for a, b in zip(cuts[:-1], cuts[1:]):
+    for a, b in itertools.pairwise(cuts):
         pieces = []
         for i, n in enumerate(rows):
             lo, hi = max(a, starts[i]), min(b, starts[i] + n)
@@ -202,7 +203,7 @@ def _map_groups_reduce(keys: list[str], fn: Callable, fmt: str, fn_args: tuple, 
     block = sort_block(concat(parts), keys)
     starts = group_bounds(block, keys)
     outs = [from_batch(fn(to_batch(slice_block(block, a, b), fmt), *fn_args, **fn_kwargs))
-            for a, b in zip(starts[:-1], starts[1:])] if num_rows(block) else []
+            for a, b in itertools.pairwise(starts)] if num_rows(block) else []
     out = concat(outs)
     return out, _meta(out, t0, "map_groups")
 

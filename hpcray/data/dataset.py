@@ -16,8 +16,8 @@ import hpcray
 from . import alltoall
 from .aggregate import AggregateFn, Count, Max, Mean, Min, Std, Sum
 from .block import (
-    Block,
     Batcher,
+    Block,
     batches_of,
     column,
     concat,
@@ -537,14 +537,14 @@ class Dataset:
 
     def split_at_indices(self, indices: list[int]) -> list[MaterializedDataset]:
         """Parts [0, i0), [i0, i1), ..., [ik, end) of the rows."""
-        if any(b < a for a, b in zip(indices, indices[1:])) or any(i < 0 for i in indices):
+        if any(b < a for a, b in itertools.pairwise(indices)) or any(i < 0 for i in indices):
             raise ValueError(f"indices must be sorted and >= 0, got {indices}")
         bundles = self._all_bundles()
         rows = [m["rows"] for _, m in bundles]
         total = sum(rows)
         cuts = [0, *[min(i, total) for i in indices], total]
         return [MaterializedDataset(Plan(_rows_between(bundles, rows, a, b)))
-                for a, b in zip(cuts[:-1], cuts[1:])]
+                for a, b in itertools.pairwise(cuts)]
 
     def split_proportionately(self, proportions: list[float]) -> list[MaterializedDataset]:
         if any(p <= 0 for p in proportions) or sum(proportions) >= 1:
@@ -556,7 +556,7 @@ class Dataset:
             cuts.append(int(total * acc))
         return self.split_at_indices(cuts)
 
-    def train_test_split(self, test_size: float | int, *, shuffle: bool = False,
+    def train_test_split(self, test_size: float, *, shuffle: bool = False,
                          seed: int | None = None) -> tuple[MaterializedDataset,
                                                            MaterializedDataset]:
         """(train, test); test_size is a fraction of the rows or a row count."""
@@ -695,7 +695,7 @@ def default_min_blocks() -> int:
 def items_to_blocks(items: list, n: int | None) -> list[Block]:
     k = max(1, min(len(items), n or min(len(items), default_min_blocks())))
     bounds = [len(items) * i // k for i in range(k + 1)]
-    return [from_rows(items[a:b]) for a, b in zip(bounds[:-1], bounds[1:])] or [{}]
+    return [from_rows(items[a:b]) for a, b in itertools.pairwise(bounds)] or [{}]
 
 
 def _rows_between(bundles: list[Bundle], rows: list[int], a: int, b: int) -> list[Bundle]:

@@ -7,6 +7,7 @@ reads its own rows, so data never passes through the driver.
 from __future__ import annotations
 
 import glob
+import itertools
 import math
 import os
 from collections.abc import Callable
@@ -61,8 +62,7 @@ def expand_paths(paths: str | list[str], extensions: tuple[str, ...] | None = No
     out: list[str] = []
     for p in paths:
         p = os.fspath(p)
-        if p.startswith("local://"):
-            p = p[len("local://"):]
+        p = p.removeprefix("local://")
         if any(c in p for c in "*?["):
             found = sorted(glob.glob(p, recursive=True))
             if not found:
@@ -96,7 +96,7 @@ def row_ranges(total: int, num_blocks: int, align: int = 1) -> list[tuple[int, i
     units = math.ceil(total / align)
     num_blocks = min(num_blocks, units)
     cuts = [min(total, (units * i // num_blocks) * align) for i in range(num_blocks + 1)]
-    return [(a, b) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
+    return [(a, b) for a, b in itertools.pairwise(cuts) if b > a]
 
 
 def blocks_for(nbytes: int, rows: int, num_blocks: int | None, min_blocks: int,
@@ -206,9 +206,7 @@ def hdf5_source(paths, datasets: str | list[str] | None, num_blocks: int | None,
         with h5py.File(f, "r") as h:
             names = datasets
             if names is None:
-                names = []
-                h.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset)
-                             and o.ndim >= 1 else None)
+                names = [n for n in _list_datasets(h) if h[n].ndim >= 1]
                 if not names:
                     raise ValueError(f"{f} has no datasets to read")
             elif isinstance(names, str):
@@ -310,11 +308,12 @@ def _read_csv(path: str, options: dict) -> Block:
 
 
 def _read_json(path: str, options: dict) -> Block:
+    import pyarrow as pa
     import pyarrow.json as pjson
 
     try:
         return from_batch(pjson.read_json(path, **options))
-    except Exception:  # a JSON array, not JSON lines
+    except pa.ArrowInvalid:  # a JSON array, not JSON lines
         import json
 
         with open(path) as fh:

@@ -8,6 +8,7 @@ submitting (backpressure) and memory stays flat however large the dataset is.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from collections import deque
@@ -89,9 +90,7 @@ class Plan:
                 return None
             if isinstance(op, Limit):
                 rows = min(rows, op.n)
-            elif isinstance(op, MapSpec) and op.keeps_rows:
-                continue
-            elif isinstance(op, AllToAll) and op.name in ("RandomShuffle", "Sort", "Repartition",
+            elif isinstance(op, MapSpec) and op.keeps_rows or isinstance(op, AllToAll) and op.name in ("RandomShuffle", "Sort", "Repartition",
                                                           "RandomizeBlockOrder"):
                 continue
             else:
@@ -196,12 +195,11 @@ def job_cpus() -> int:
 
 
 def job_memory() -> float:
-    try:
+    mem = None
+    with contextlib.suppress(Exception):  # inside a worker without a head view
         mem = hpcray.cluster_resources().get("memory")
-        if mem:
-            return float(mem)
-    except Exception:  # noqa: BLE001
-        pass
+    if mem:
+        return float(mem)
     import psutil
 
     return float(psutil.virtual_memory().total)
@@ -436,10 +434,8 @@ class _ActorStage(_Stage):
 
     def close(self) -> None:
         for a in self.actors:
-            try:
+            with contextlib.suppress(Exception):  # already gone
                 hpcray.kill(a)
-            except Exception:  # noqa: BLE001 - already gone
-                pass
         self.actors = []
 
 

@@ -8,6 +8,7 @@ straight to the consumer's rank.
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from collections.abc import Iterator
 from typing import Any
@@ -71,7 +72,7 @@ class SplitCoordinator:
             self.totals[requester] += rows
             return True
         bounds = [rows * i // self.n for i in range(self.n + 1)]
-        sizes = [b - a for a, b in zip(bounds[:-1], bounds[1:])]
+        sizes = [b - a for a, b in itertools.pairwise(bounds)]
         parts = remote(_split_block, num_returns=self.n).remote(ref, self.n)
         parts = [parts] if self.n == 1 else parts
         for part, size, owner in zip(parts, sizes, assign_parts(sizes, self.totals)):
