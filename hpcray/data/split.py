@@ -9,6 +9,7 @@ straight to the consumer's rank.
 from __future__ import annotations
 
 import itertools
+import time
 from collections import deque
 from collections.abc import Iterator
 from typing import Any
@@ -52,6 +53,8 @@ class SplitCoordinator:
         # the ref last handed to each consumer stays referenced here until its next call, by
         # when the consumer has fetched it
         self.handed: dict[int, Any] = {}
+        self.finished: set[int] = set()
+        self.epoch_of: dict[int, int] = {}
 
     def _start(self, epoch: int) -> None:
         self.epoch = epoch
@@ -59,6 +62,7 @@ class SplitCoordinator:
         self.queues = [deque() for _ in range(self.n)]
         self.totals = [0] * self.n
         self.target = None
+        self.finished: set[int] = set()
 
     def _pull(self, requester: int) -> bool:
         try:
@@ -80,10 +84,18 @@ class SplitCoordinator:
                 self.queues[owner].append((part, size))
         return True
 
+    def begin(self, i: int) -> int:
+        """The epoch consumer i starts now: the one after its last (a restarted training
+        worker's fresh iterator joins where its predecessor was)."""
+        self.epoch_of[i] = self.epoch_of.get(i, -1) + 1
+        return self.epoch_of[i]
+
     def next(self, i: int, epoch: int) -> tuple:
         """("block", ref, rows) or ("end", rows this consumer may use in total, or None)."""
         self.handed.pop(i, None)
         if epoch > self.epoch:
+            if self.epoch >= 0 and len(self.finished) < self.n:
+                return ("wait",)  # the others are still in the last epoch
             self._start(epoch)
         elif epoch < self.epoch:
             return ("end", 0)
@@ -94,6 +106,7 @@ class SplitCoordinator:
             ref, rows = self.queues[i].popleft()
             self.handed[i] = ref
             return ("block", ref, rows)
+        self.finished.add(i)
         return ("end", self.target)
 
 
@@ -105,18 +118,19 @@ class SplitIterator(DataIterator):
         self._index = index
         self._n = n
         self._equal = equal
-        self._epoch = -1
 
     def __reduce__(self):
         return (SplitIterator, (self._coord, self._index, self._n, self._equal))
 
     def _blocks(self, prefetch: int) -> Iterator[Block]:
-        self._epoch += 1
-        epoch = self._epoch
+        epoch = hpcray.get(self._coord.begin.remote(self._index))
         used = 0
         held: tuple | None = None  # one block held back, so the end can trim it
         while True:
             msg = hpcray.get(self._coord.next.remote(self._index, epoch))
+            if msg[0] == "wait":
+                time.sleep(0.005)
+                continue
             if msg[0] == "end":
                 if held is not None:
                     block, rows = held
