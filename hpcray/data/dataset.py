@@ -168,7 +168,9 @@ class DataIterator:
             out = {}
             for k, v in batch.items():
                 dt = dtypes.get(k) if isinstance(dtypes, dict) else dtypes
-                t = torch.as_tensor(np.ascontiguousarray(v), dtype=dt)
+                if not (v.flags.writeable and v.flags.c_contiguous):
+                    v = np.array(v, order="C")  # torch wants writable memory
+                t = torch.as_tensor(v, dtype=dt)
                 out[k] = t.to(dev) if dev is not None else t
             return out
 
