@@ -194,7 +194,7 @@ def test_row_ranges_are_aligned_and_cover_everything() -> None:
         assert all(a == pb for (a, _), (_, pb) in zip(rr[1:], rr))
         assert all(a % align == 0 for a, _ in rr) and len(rr) <= n
     assert S.row_ranges(0, 4) == []
-    assert S.blocks_for(10 * 2**30, 10**6, None, 4) == 80  # ~128 MiB blocks
+    assert S.blocks_for(10 * 2**30, 10**6, None, 4) == 1280  # ~8 MiB blocks
     assert S.blocks_for(1000, 10, None, 4) == 4 and S.blocks_for(1000, 3, None, 4) == 3
     with pytest.raises(ValueError, match="override_num_blocks"):
         S.blocks_for(1, 1, 0, 1)

@@ -19,6 +19,9 @@ import numpy as np
 from .block import Block, column, from_batch, num_rows
 
 DEFAULT_TARGET_BLOCK_BYTES = 128 * 1024 * 1024
+# Reads cut data into blocks of about this size: small enough that tasks pipeline and stay in
+# cache (measured on 2 ranks: 8 MiB blocks stream 2-4x faster than 64-128 MiB ones)
+DEFAULT_READ_BLOCK_BYTES = 8 * 1024 * 1024
 
 
 @dataclass
@@ -100,7 +103,7 @@ def row_ranges(total: int, num_blocks: int, align: int = 1) -> list[tuple[int, i
 
 
 def blocks_for(nbytes: int, rows: int, num_blocks: int | None, min_blocks: int,
-               target_bytes: int = DEFAULT_TARGET_BLOCK_BYTES) -> int:
+               target_bytes: int = DEFAULT_READ_BLOCK_BYTES) -> int:
     """How many blocks to cut rows into: as asked, else enough for the target block size and
     at least min_blocks (so every worker has work)."""
     if num_blocks is not None:

@@ -1,0 +1,238 @@
+"""Data benchmark: hpcray.data vs Ray Data 2.60, side by side, alternating rounds.
+
+    python benchmarks/data.py                      # defaults sized for a shared 2-core box
+    python benchmarks/data.py --gib 4 --rows 2000000 --rounds 5   # the issue's sizes
+
+Workloads (2 workers each: ``hpcray.init(num_cpus=2)``, ``ray.init(num_cpus=2)``):
+  stream_npy    .npy files -> read_numpy -> map_batches(normalize) -> iter_batches(1024): GB/s
+  stream_hdf5   the same array as one HDF5 dataset -> read_hdf5 (hpcray only: Ray has no HDF5
+                reader); baselines: np.load / h5py plus the same normalize and batching in one
+                process with no runtime
+  inference     a callable class holding a scikit-learn model, map_batches on 2 actors: rows/s
+  shuffle       random_shuffle of an array -> materialize: GB/s
+  groupby_mean  groupby(key).mean() over rows of (key, value): rows/s
+The parent imports neither system: every round runs ``python benchmarks/data.py --internal
+hpcray`` and ``RAY_PYTHON benchmarks/data.py --internal ray`` (order alternating), each printing
+one JSON line; the table has medians, [min-max] and hpcray/Ray ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_RAY_PYTHON = "/work/rayvenv/bin/python"
+TAG = "DATA_BENCH "
+FILES = 8
+
+
+def normalize(batch: dict) -> dict:
+    x = batch["data"]
+    return {"data": (x - 0.5) * 2.0}
+
+
+class Model:
+    """A scikit-learn model built once per actor."""
+
+    def __init__(self, seed: int = 0):
+        import numpy as np
+        from sklearn.linear_model import LogisticRegression
+
+        rng = np.random.default_rng(seed)
+        x = rng.normal(size=(2000, 16))
+        self.model = LogisticRegression().fit(x, (x[:, 0] > 0).astype(int))
+
+    def __call__(self, batch: dict) -> dict:
+        return {"pred": self.model.predict(batch["x"])}
+
+
+def make_data(d: str, gib: float, rows: int) -> None:
+    import h5py
+    import numpy as np
+
+    n_cols = 256
+    total_rows = int(gib * 2**30 / (4 * n_cols))
+    per = total_rows // FILES
+    rng = np.random.default_rng(0)
+    os.makedirs(f"{d}/npy", exist_ok=True)
+    with h5py.File(f"{d}/data.h5", "w") as f:
+        ds = f.create_dataset("data", shape=(per * FILES, n_cols), dtype=np.float32,
+                              chunks=(4096, n_cols))
+        for i in range(FILES):
+            block = rng.random((per, n_cols), dtype=np.float32)
+            np.save(f"{d}/npy/part_{i:02d}.npy", block)
+            ds[i * per:(i + 1) * per] = block
+    np.save(f"{d}/infer.npy", rng.normal(size=(rows, 16)))
+    np.save(f"{d}/keys.npy", rng.integers(0, 1000, rows * 5))
+    np.save(f"{d}/vals.npy", rng.normal(size=rows * 5))
+
+
+def drain(ds) -> int:
+    n = 0
+    for batch in ds.iter_batches(batch_size=1024):
+        n += batch["data"].nbytes
+    return n
+
+
+def internal(system: str, d: str, workers: int) -> None:
+    import numpy as np
+
+    out = {}
+    if system == "hpcray":
+        import hpcray as rt
+        import hpcray.data as data
+        from hpcray.data import DataContext
+
+        rt.init(num_cpus=workers)
+    else:
+        import ray as rt
+        import ray.data as data
+        from ray.data import DataContext
+
+        rt.init(address="local", num_cpus=workers, include_dashboard=False,
+                log_to_driver=False)
+    DataContext.get_current().enable_progress_bars = False
+
+    def timed(fn) -> tuple[float, object]:
+        t = time.perf_counter()
+        res = fn()
+        return time.perf_counter() - t, res
+
+    files = sorted(str(p) for p in Path(d, "npy").glob("*.npy"))
+    sec, nbytes = timed(lambda: drain(data.read_numpy(files).map_batches(normalize)))
+    out["stream_npy"] = nbytes / sec / 1e9
+    if system == "hpcray":
+        sec, nbytes = timed(lambda: drain(data.read_hdf5(f"{d}/data.h5", "data").map_batches(
+            normalize)))
+        out["stream_hdf5"] = nbytes / sec / 1e9
+
+    x = np.load(f"{d}/infer.npy")
+    ds = data.from_numpy(np.array_split(x, 16)).map_batches(lambda b: {"x": b["data"]})
+    ds = ds.materialize()
+    sec, n = timed(lambda: ds.map_batches(Model, concurrency=workers, batch_size=8192).count())
+    out["inference"] = n / sec
+
+    shuffle_src = data.read_numpy(files[: max(1, FILES // 2)]).materialize()
+    size = sum(os.path.getsize(f) for f in files[: max(1, FILES // 2)])
+    sec, _ = timed(lambda: shuffle_src.random_shuffle(seed=1).materialize())
+    out["shuffle"] = size / sec / 1e9
+
+    keys, vals = np.load(f"{d}/keys.npy"), np.load(f"{d}/vals.npy")
+    gds = data.from_numpy(np.array_split(keys, 16)).zip(
+        data.from_numpy(np.array_split(vals, 16))).rename_columns(["k", "v"]).materialize()
+    sec, res = timed(lambda: gds.groupby("k").mean("v").take_all())
+    out["groupby_mean"] = len(keys) / sec
+    assert len(res) == len(np.unique(keys))
+    print(TAG + json.dumps(out), flush=True)
+    rt.shutdown()
+
+
+def baseline(d: str) -> dict:
+    """One process, no runtime: np.load / h5py, the same normalize, 1024-row batches."""
+    import h5py
+    import numpy as np
+
+    out = {}
+    files = sorted(Path(d, "npy").glob("*.npy"))
+    t = time.perf_counter()
+    n = 0
+    for f in files:
+        arr = np.load(f)
+        for s in range(0, len(arr), 1024):
+            n += normalize({"data": arr[s:s + 1024]})["data"].nbytes
+    out["stream_npy"] = n / (time.perf_counter() - t) / 1e9
+    t = time.perf_counter()
+    n = 0
+    with h5py.File(f"{d}/data.h5", "r") as h:
+        ds = h["data"]
+        step = 65536
+        for s in range(0, ds.shape[0], step):
+            arr = ds[s:s + step]
+            for b in range(0, len(arr), 1024):
+                n += normalize({"data": arr[b:b + 1024]})["data"].nbytes
+    out["stream_hdf5"] = n / (time.perf_counter() - t) / 1e9
+    return out
+
+
+def run(cmd: list[str], timeout: float) -> dict | None:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
+                              start_new_session=True)
+    except subprocess.TimeoutExpired:
+        print(f"  timed out: {' '.join(cmd)}", file=sys.stderr)
+        return None
+    for line in proc.stdout.splitlines():
+        if line.startswith(TAG):
+            return json.loads(line[len(TAG):])
+    print(f"  failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-2000:]}",
+          file=sys.stderr)
+    return None
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gib", type=float, default=1.0, help="size of the streamed array")
+    parser.add_argument("--rows", type=int, default=500_000,
+                        help="inference rows (groupby: 5x as many)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--ray-python", default=DEFAULT_RAY_PYTHON)
+    parser.add_argument("--dir", help="where to make the data (default: a temporary folder)")
+    parser.add_argument("--internal", choices=("hpcray", "ray"))
+    args = parser.parse_args()
+    if args.internal:
+        internal(args.internal, args.dir, args.workers)
+        return 0
+    tmp = tempfile.TemporaryDirectory(dir=args.dir)
+    d = tmp.name
+    print(f"making {args.gib:g} GiB of float32 (.npy x{FILES} and HDF5) and "
+          f"{args.rows} inference rows in {d}", flush=True)
+    make_data(d, args.gib, args.rows)
+    me = [sys.executable, str(Path(__file__).resolve()), "--dir", d, "--workers",
+          str(args.workers), "--internal"]
+    ray = [args.ray_python, str(Path(__file__).resolve()), "--dir", d, "--workers",
+           str(args.workers), "--internal"]
+    results: dict[str, list[dict]] = {"hpcray": [], "ray": [], "baseline": []}
+    for r in range(args.rounds):
+        order = [("hpcray", me), ("ray", ray)]
+        for name, cmd in order if r % 2 == 0 else order[::-1]:
+            res = run([*cmd, name], 900)
+            if res:
+                results[name].append(res)
+                print(f"round {r + 1} {name}: " + ", ".join(f"{k}={v:.3g}"
+                                                            for k, v in res.items()), flush=True)
+        results["baseline"].append(baseline(d))
+    units = {"stream_npy": "GB/s", "stream_hdf5": "GB/s", "inference": "rows/s",
+             "shuffle": "GB/s", "groupby_mean": "rows/s"}
+
+    def cell(name: str, key: str) -> tuple[str, float | None]:
+        vals = [r[key] for r in results[name] if key in r]
+        if not vals:
+            return "-", None
+        med = statistics.median(vals)
+        return f"{med:.3g} [{min(vals):.3g}-{max(vals):.3g}]", med
+
+    print(f"\n{'workload':14} {'unit':7} {'hpcray':24} {'Ray Data 2.60':24} "
+          f"{'hpcray/Ray':10} {'1 process':24} {'hpcray/1 proc':13}")
+    for key, unit in units.items():
+        h, hm = cell("hpcray", key)
+        y, ym = cell("ray", key)
+        b, bm = cell("baseline", key)
+        ratio = f"{hm / ym:.2f}x" if hm and ym else "-"
+        bratio = f"{hm / bm:.2f}" if hm and bm else "-"
+        print(f"{key:14} {unit:7} {h:24} {y:24} {ratio:10} {b:24} {bratio:13}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
