@@ -88,13 +88,13 @@ def internal(system: str, d: str, workers: int) -> None:
     out = {}
     if system == "hpcray":
         import hpcray as rt
-        import hpcray.data as data
+        from hpcray import data
         from hpcray.data import DataContext
 
         rt.init(num_cpus=workers)
     else:
         import ray as rt
-        import ray.data as data
+        from ray import data
         from ray.data import DataContext
 
         rt.init(address="local", num_cpus=workers, include_dashboard=False,
@@ -167,6 +167,7 @@ def run(cmd: list[str], timeout: float) -> dict | None:
     env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
+                              check=False,
                               start_new_session=True)
     except subprocess.TimeoutExpired:
         print(f"  timed out: {' '.join(cmd)}", file=sys.stderr)
