@@ -53,6 +53,11 @@ def test_trainer_workers_stream_equal_disjoint_shards(tmp_path: Path) -> None:
     assert oks(out) == ["train shards"], out
 
 
+def test_shard_resumes_mid_epoch_on_a_different_number_of_consumers(tmp_path: Path) -> None:
+    out = job("resume.py", 3, tmp_path)
+    assert oks(out) == ["resume"], out
+
+
 def test_memory_stays_flat_when_the_dataset_is_far_bigger_than_the_budget(tmp_path: Path
                                                                             ) -> None:
     out = job("backpressure.py", 3, tmp_path, timeout=200)

@@ -14,7 +14,7 @@ from hpcray.data import aggregate as agg
 from hpcray.data import block as B
 from hpcray.data import datasource as S
 from hpcray.data.alltoall import row_pieces
-from hpcray.data.split import assign_parts
+from hpcray.data.split import _deal, part_sizes
 
 pd = pytest.importorskip("pandas")
 rng = np.random.default_rng(0)
@@ -175,16 +175,22 @@ def test_row_pieces_cover_each_output_range_exactly(seed: int) -> None:
         assert (got == flat[a:b]).all()
 
 
-def test_equal_split_assignment_keeps_totals_within_one_row() -> None:
-    r = np.random.default_rng(1)
-    totals = [0, 0, 0]
-    for _ in range(200):
-        rows = int(r.integers(0, 50))
-        bounds = [rows * i // 3 for i in range(4)]
-        sizes = [b - a for a, b in itertools.pairwise(bounds)]
-        owners = assign_parts(sizes, totals)
-        assert sorted(owners) == [0, 1, 2]
-        assert max(totals) - min(totals) <= 1
+@pytest.mark.parametrize("n, chunk", [(1, 5), (2, 16), (3, 7)])
+def test_dealt_chunks_go_round_robin_whatever_the_block_sizes(n: int, chunk: int) -> None:
+    r = np.random.default_rng(n)
+    rows = r.integers(0, 40, 20).tolist()
+    start, got = 0, [[] for _ in range(n)]
+    for k in rows:
+        block = {"i": np.arange(start, start + k)}
+        parts = _deal(block, start, n, chunk)
+        parts = [parts] if n == 1 else parts
+        assert [len(p["i"]) for p in parts] == part_sizes(start, k, n, chunk)
+        for c, p in enumerate(parts):
+            got[c].extend(p["i"].tolist())
+        start += k
+    for c in range(n):  # consumer c's batch j is chunk j*n + c of the stream
+        expect = [i for i in range(start) if (i // chunk) % n == c]
+        assert got[c] == expect
 
 
 def test_row_ranges_are_aligned_and_cover_everything() -> None:

@@ -178,14 +178,18 @@ tr, te = ds.train_test_split(100, shuffle=True, seed=1)
 same_multiset(pd.concat([frame(tr), frame(te)]), df)
 ok("random_sample, split, split_at_indices, train_test_split")
 
-# streaming_split: every row exactly once over the consumers; equal sizes
+# streaming_split: every row at most once over the consumers; equal sizes; rows are dealt in
+# chunks of the batch size, so under one chunk per consumer is dropped at the end
 its = ds.streaming_split(2, equal=True)
-got = [np.concatenate([b["y"] for b in it.iter_batches(batch_size=None)]) for it in its]
-assert len(got[0]) == len(got[1]) == N // 2
+got = [np.concatenate([b["y"] for b in it.iter_batches(batch_size=100)]) for it in its]
+assert len(got[0]) == len(got[1]) == N // 2  # 2000 rows: 10 chunks each
 assert sorted(np.concatenate(got)) == sorted(df["y"])
 odd = rd.range(1001, override_num_blocks=6).streaming_split(3, equal=True)
-lens = [sum(len(b["id"]) for b in it.iter_batches(batch_size=None)) for it in odd]
-assert lens == [333, 333, 333]
+ids = [np.concatenate([b["id"] for b in it.iter_batches(batch_size=50)]) for it in odd]
+assert len(ids[0]) == len(ids[1]) == len(ids[2]) and 3 * len(ids[0]) > 1001 - 3 * 50
+every = np.concatenate(ids)
+assert len(np.unique(every)) == len(every) and set(every) <= set(range(1001))
+assert (ids[1][:50] == np.arange(50, 100)).all()  # consumer 1's first batch is chunk 1
 ok("streaming_split")
 
 # materialize, to_numpy_refs, stats
