@@ -75,6 +75,21 @@ bins = rd.read_binary_files(f"{d}/t.txt", include_paths=True).take_all()
 assert bins[0]["bytes"] == b"alpha\nbeta\n\ngamma\n" and bins[0]["path"].endswith("t.txt")
 ok("read_parquet, read_csv, read_json, read_text, read_binary_files")
 
+try:
+    from PIL import Image
+except ImportError:
+    print("OK read_images (skipped: no Pillow)", flush=True)
+else:
+    os.makedirs(f"{d}/img")
+    pics = [rng.integers(0, 255, (12, 10, 3), dtype=np.uint8) for _ in range(3)]
+    for i, p in enumerate(pics):
+        Image.fromarray(p).save(f"{d}/img/{i}.png")
+    imgs = rd.read_images(f"{d}/img").take_batch(3)["image"]
+    assert imgs.shape == (3, 12, 10, 3) and all((imgs[i] == pics[i]).all() for i in range(3))
+    small = rd.read_images(f"{d}/img", size=(6, 5), mode="L").take_batch(3)["image"]
+    assert small.shape == (3, 6, 5)
+    ok("read_images")
+
 # writes, read back
 src = rd.from_pandas(df).repartition(3)
 for fmt, reader in (("parquet", rd.read_parquet), ("csv", rd.read_csv), ("json", rd.read_json)):
