@@ -261,3 +261,20 @@ def test_parquet_plan_groups_row_groups_and_rejects_schema_mismatch(tmp_path: Pa
     pd.DataFrame({"a": ["s"]}).to_parquet(tmp_path / "y.parquet")
     with pytest.raises(ValueError, match="different schemas"):
         S.parquet_source(str(tmp_path), None, None, lambda: 2)
+
+
+def test_progress_prints_a_line_per_operator_only_when_asked(monkeypatch, capsys) -> None:
+    from hpcray.data.executor import DatasetStats, _Progress
+
+    stats = DatasetStats()
+    read = stats.add("ReadHDF5->MapBatches(f)")
+    read.tasks, read.rows, read.bytes, read.expected, read.start = 3, 300, 3 * 2**20, 8, 0.0
+    stats.add("MapBatches(Model)")
+    monkeypatch.setenv("HPCRAY_DATA_PROGRESS", "1")
+    _Progress(stats).update(force=True)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2 and "ReadHDF5->MapBatches(f): 3/8 blocks, 300 rows, 3.0 MiB" in lines[0]
+    monkeypatch.setenv("HPCRAY_DATA_PROGRESS", "0")
+    _Progress(stats).update(force=True)
+    assert capsys.readouterr().err == ""  # not a terminal here
+    assert "Operator 0: ReadHDF5->MapBatches(f): 3 tasks, 300 rows, 3.0 MiB" in stats.to_string()

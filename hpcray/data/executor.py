@@ -9,6 +9,7 @@ submitting (backpressure) and memory stays flat however large the dataset is.
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import time
 from collections import deque
@@ -216,6 +217,7 @@ class OpStats:
     task_wall: float = 0.0
     start: float | None = None
     end: float | None = None
+    expected: int | None = None  # blocks, where known ahead
 
     def line(self) -> str:
         wall = (self.end or time.perf_counter()) - (self.start or time.perf_counter())
@@ -255,12 +257,19 @@ class DatasetStats:
     __str__ = to_string
 
 
+# A plain ``python script.py`` run re-executes the driver under mpiexec, whose output is a pipe:
+# whether the user's terminal is there is noted when hpcray.data is first imported (before
+# hpcray.init) and inherited through the environment. HPCRAY_DATA_PROGRESS=1/0 forces it.
+os.environ.setdefault("HPCRAY_DATA_PROGRESS", "1" if sys.stderr.isatty() else "0")
+
+
 class _Progress:
     """A line per operator on stderr while executing, only on a terminal."""
 
     def __init__(self, stats: DatasetStats):
         ctx = DataContext.get_current()
-        self.on = ctx.enable_progress_bars and sys.stderr.isatty()
+        self.on = ctx.enable_progress_bars and (
+            sys.stderr.isatty() or os.environ.get("HPCRAY_DATA_PROGRESS") == "1")
         self.stats = stats
         self.last = 0.0
         self.lines = 0
@@ -278,7 +287,8 @@ class _Progress:
         for op in self.stats.ops:
             wall = now - (op.start or now)
             rate = op.rows / wall if wall > 0 else 0
-            out.write(f"\x1b[2K- {op.name}: {op.tasks} blocks, {op.rows} rows, "
+            blocks = f"{op.tasks}/{op.expected}" if op.expected else f"{op.tasks}"
+            out.write(f"\x1b[2K- {op.name}: {blocks} blocks, {op.rows} rows, "
                       f"{_fmt_bytes(op.bytes)}, {rate:,.0f} rows/s\n")
         self.lines = len(self.stats.ops)
         out.flush()
@@ -298,6 +308,8 @@ class _Stage:
         self.stats = stats
         self.max_inflight, self.budget = limits
         self.pending: deque = deque(reads or bundles or [])
+        if reads or bundles:
+            stats.expected = len(self.pending)
         self.upstream = upstream
         self.inflight: dict[int, tuple[int, Any, Any]] = {}  # meta ref id -> (seq, block, meta)
         self.done: dict[int, Bundle] = {}
