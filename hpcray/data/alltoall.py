@@ -26,7 +26,7 @@ from .block import (
     take_rows,
     to_batch,
 )
-from .executor import Bundle, _meta, remote
+from .executor import Bundle, _meta, job_cpus, remote
 
 
 def row_pieces(rows: list[int], cuts: list[int]) -> list[list[tuple[int, int, int]]]:
@@ -120,11 +120,18 @@ def _reduce_all(map_outs: list, parts: int, reducer: Callable, args: Callable[[i
     return _resolve(outs)
 
 
+def shuffle_parts(bundles: list[Bundle], target: int = 32 * 2**20) -> int:
+    """Reduce tasks of an all-to-all: one per input block, but no more than make ~32 MiB
+    outputs (at least twice the CPUs): parts = maps x reduces objects, each with its cost."""
+    nbytes = sum(m["bytes"] for _, m in bundles)
+    return max(1, min(len(bundles), max(2 * job_cpus(), -(-nbytes // target))))
+
+
 def random_shuffle(bundles: list[Bundle], seed: int | None, num_blocks: int | None
                    ) -> list[Bundle]:
     if not bundles:
         return []
-    parts = num_blocks or len(bundles)
+    parts = num_blocks or shuffle_parts(bundles)
     base = seed if seed is not None else int(np.random.SeedSequence().entropy % 2**63)
     maps = [remote(_shuffle_map, num_returns=parts).remote(ref, parts, (base, 0, i))
             for i, (ref, _) in enumerate(bundles)]
@@ -172,7 +179,7 @@ def _range_parts(bundles: list[Bundle], keys: list[str], desc: list[bool], reduc
     bundles = [b for b in bundles if b[1]["rows"]]
     if not bundles:
         return []
-    parts = len(bundles)
+    parts = shuffle_parts(bundles)
     samples = hpcray.get([remote(_sample).remote(ref, keys[0], 32) for ref, _ in bundles])
     bounds = quantile_bounds(np.concatenate(samples), parts)
     bounds = np.unique(bounds)
