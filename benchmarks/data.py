@@ -3,7 +3,7 @@
     python benchmarks/data.py                      # defaults sized for a shared 2-core box
     python benchmarks/data.py --gib 4 --rows 2000000 --rounds 5   # the issue's sizes
 
-Workloads (2 workers each: ``hpcray.init(num_cpus=2)``, ``ray.init(num_cpus=2)``):
+Workloads (2 workers: ``hpcray.init(num_cpus=2)``, ``ray.init(num_cpus=2)``; 3 for train_ingest):
   stream_npy    .npy files -> read_numpy -> map_batches(normalize) -> iter_batches(1024): GB/s
   stream_hdf5   the same array as one HDF5 dataset -> read_hdf5 (hpcray only: Ray has no HDF5
                 reader); baselines: np.load / h5py plus the same normalize and batching in one
@@ -11,6 +11,9 @@ Workloads (2 workers each: ``hpcray.init(num_cpus=2)``, ``ray.init(num_cpus=2)``
   inference     a callable class holding a scikit-learn model, map_batches on 2 actors: rows/s
   shuffle       random_shuffle of an array -> materialize: GB/s
   groupby_mean  groupby(key).mean() over rows of (key, value): rows/s
+  train_ingest  TorchTrainer, 2 workers, each iterating get_dataset_shard("train") in torch
+                batches of 1024 over the .npy data (a third CPU for the reads in both
+                systems): samples/s over both workers, timed inside the loop
 The parent imports neither system: every round runs ``python benchmarks/data.py --internal
 hpcray`` and ``RAY_PYTHON benchmarks/data.py --internal ray`` (order alternating), each printing
 one JSON line; the table has medians, [min-max] and hpcray/Ray ratios.
@@ -75,6 +78,43 @@ def make_data(d: str, gib: float, rows: int) -> None:
     np.save(f"{d}/vals.npy", rng.normal(size=rows * 5))
 
 
+def ingest_loop(config: dict) -> None:
+    import time
+
+    shard = config["shard"]("train")
+    t = time.perf_counter()
+    rows = 0
+    for batch in shard.iter_torch_batches(batch_size=1024):
+        rows += len(batch["data"])
+    seconds = time.perf_counter() - t
+    # a file per worker: Ray Train 2.60's Result.metrics is None without a checkpoint
+    rank = config["context"]().get_world_rank()
+    with open(os.path.join(config["out"], f"ingest_{rank}.json"), "w") as f:
+        json.dump({"rows": rows, "seconds": seconds}, f)
+
+
+def train_ingest(system: str, ds, workers: int, d: str) -> float:
+    if system == "hpcray":
+        from hpcray import train
+        from hpcray.train import ScalingConfig
+        from hpcray.train.torch import TorchTrainer
+    else:
+        from ray import train
+        from ray.train import ScalingConfig
+        from ray.train.torch import TorchTrainer
+    out = tempfile.mkdtemp(dir=d)
+    config = {"shard": train.get_dataset_shard, "context": train.get_context, "out": out}
+    TorchTrainer(ingest_loop, train_loop_config=config,
+                 scaling_config=ScalingConfig(num_workers=workers),
+                 datasets={"train": ds}).fit()
+    rates = []
+    for i in range(workers):
+        with open(os.path.join(out, f"ingest_{i}.json")) as f:
+            m = json.load(f)
+        rates.append(m["rows"] / m["seconds"])
+    return sum(rates)
+
+
 def drain(ds) -> int:
     n = 0
     for batch in ds.iter_batches(batch_size=1024):
@@ -82,22 +122,23 @@ def drain(ds) -> int:
     return n
 
 
-def internal(system: str, d: str, workers: int) -> None:
+def internal(system: str, d: str, workers: int, part: str) -> None:
     import numpy as np
 
     out = {}
+    cpus = workers + 1 if part == "train" else workers  # the trainer's reads need a CPU
     if system == "hpcray":
         import hpcray as rt
         from hpcray import data
         from hpcray.data import DataContext
 
-        rt.init(num_cpus=workers)
+        rt.init(num_cpus=cpus)
     else:
         import ray as rt
         from ray import data
         from ray.data import DataContext
 
-        rt.init(address="local", num_cpus=workers, include_dashboard=False,
+        rt.init(address="local", num_cpus=cpus, include_dashboard=False,
                 log_to_driver=False)
     DataContext.get_current().enable_progress_bars = False
 
@@ -107,6 +148,11 @@ def internal(system: str, d: str, workers: int) -> None:
         return time.perf_counter() - t, res
 
     files = sorted(str(p) for p in Path(d, "npy").glob("*.npy"))
+    if part == "train":
+        out["train_ingest"] = train_ingest(system, data.read_numpy(files), workers, d)
+        print(TAG + json.dumps(out), flush=True)
+        rt.shutdown()
+        return
     sec, nbytes = timed(lambda: drain(data.read_numpy(files).map_batches(normalize)))
     out["stream_npy"] = nbytes / sec / 1e9
     if system == "hpcray":
@@ -190,9 +236,11 @@ def main() -> int:
     parser.add_argument("--ray-python", default=DEFAULT_RAY_PYTHON)
     parser.add_argument("--dir", help="where to make the data (default: a temporary folder)")
     parser.add_argument("--internal", choices=("hpcray", "ray"))
+    parser.add_argument("--part", choices=("core", "train"), default="core")
+    parser.add_argument("--no-train", action="store_true", help="skip train_ingest")
     args = parser.parse_args()
     if args.internal:
-        internal(args.internal, args.dir, args.workers)
+        internal(args.internal, args.dir, args.workers, args.part)
         return 0
     tmp = tempfile.TemporaryDirectory(dir=args.dir)
     d = tmp.name
@@ -208,13 +256,16 @@ def main() -> int:
         order = [("hpcray", me), ("ray", ray)]
         for name, cmd in order if r % 2 == 0 else order[::-1]:
             res = run([*cmd, name], 900)
+            if res and not args.no_train:
+                more = run([*cmd, name, "--part", "train"], 900)
+                res.update(more or {})
             if res:
                 results[name].append(res)
                 print(f"round {r + 1} {name}: " + ", ".join(f"{k}={v:.3g}"
                                                             for k, v in res.items()), flush=True)
         results["baseline"].append(baseline(d))
     units = {"stream_npy": "GB/s", "stream_hdf5": "GB/s", "inference": "rows/s",
-             "shuffle": "GB/s", "groupby_mean": "rows/s"}
+             "shuffle": "GB/s", "groupby_mean": "rows/s", "train_ingest": "rows/s"}
 
     def cell(name: str, key: str) -> tuple[str, float | None]:
         vals = [r[key] for r in results[name] if key in r]
