@@ -11,6 +11,9 @@ Workloads (2 workers: ``hpcray.init(num_cpus=2)``, ``ray.init(num_cpus=2)``; 3 f
   inference     a callable class holding a scikit-learn model, map_batches on 2 actors: rows/s
   shuffle       random_shuffle of an array -> materialize: GB/s
   groupby_mean  groupby(key).mean() over rows of (key, value): rows/s
+  big           --big-gib of .npy files on disk -> map_batches -> iter_batches(1024) (0: skip):
+                GB/s and the peak memory of the whole job (PSS summed over every process of
+                the run, sampled by the parent), to show it stays flat while Ray Data spills
   train_ingest  TorchTrainer, 2 workers, each iterating get_dataset_shard("train") in torch
                 batches of 1024 over the .npy data (a third CPU for the reads in both
                 systems): samples/s over both workers, timed inside the loop
@@ -55,6 +58,22 @@ class Model:
 
     def __call__(self, batch: dict) -> dict:
         return {"pred": self.model.predict(batch["x"])}
+
+
+def make_big(d: str, gib: float) -> None:
+    """gib of float32 in 256 MiB .npy files, written a slice at a time (flat memory)."""
+    import numpy as np
+
+    os.makedirs(f"{d}/big", exist_ok=True)
+    rows, cols = 2**18, 256  # 256 MiB a file
+    rng = np.random.default_rng(1)
+    for i in range(max(1, int(gib * 4))):
+        arr = np.lib.format.open_memmap(f"{d}/big/part_{i:03d}.npy", mode="w+",
+                                        dtype=np.float32, shape=(rows, cols))
+        for s in range(0, rows, 2**15):
+            arr[s:s + 2**15] = rng.random((2**15, cols), dtype=np.float32)
+        arr.flush()
+        del arr
 
 
 def make_data(d: str, gib: float, rows: int) -> None:
@@ -148,6 +167,12 @@ def internal(system: str, d: str, workers: int, part: str) -> None:
         return time.perf_counter() - t, res
 
     files = sorted(str(p) for p in Path(d, "npy").glob("*.npy"))
+    if part == "big":
+        big = sorted(str(p) for p in Path(d, "big").glob("*.npy"))
+        sec, nbytes = timed(lambda: drain(data.read_numpy(big).map_batches(normalize)))
+        print(TAG + json.dumps({"big": nbytes / sec / 1e9}), flush=True)
+        rt.shutdown()
+        return
     if part == "train":
         out["train_ingest"] = train_ingest(system, data.read_numpy(files), workers, d)
         print(TAG + json.dumps(out), flush=True)
@@ -208,21 +233,58 @@ def baseline(d: str) -> dict:
     return out
 
 
-def run(cmd: list[str], timeout: float) -> dict | None:
+def _tree_pss(root) -> int:
+    """Proportional set size of a process and all its descendants (shared memory, such as
+    Ray's object store, counted once)."""
+    import psutil
+
+    total = 0
+    for p in [root, *root.children(recursive=True)]:
+        try:
+            total += p.memory_full_info().pss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return total
+
+
+def run(cmd: list[str], timeout: float, sample: bool = False) -> dict | None:
+    """Runs one internal measurement; with sample, adds the run's peak memory (GiB)."""
+    import threading
+
+    import psutil
+
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, start_new_session=True)
+    peak = [0]
+    done = threading.Event()
+
+    def sampler() -> None:
+        root = psutil.Process(proc.pid)
+        while not done.wait(0.25):
+            try:
+                peak[0] = max(peak[0], _tree_pss(root))
+            except psutil.NoSuchProcess:
+                return
+
+    if sample:
+        threading.Thread(target=sampler, daemon=True).start()
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
-                              check=False,
-                              start_new_session=True)
+        out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
         print(f"  timed out: {' '.join(cmd)}", file=sys.stderr)
         return None
-    for line in proc.stdout.splitlines():
+    finally:
+        done.set()
+    for line in out.splitlines():
         if line.startswith(TAG):
-            return json.loads(line[len(TAG):])
-    print(f"  failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-2000:]}",
-          file=sys.stderr)
+            res = json.loads(line[len(TAG):])
+            if sample:
+                res["big_peak"] = peak[0] / 2**30
+            return res
+    print(f"  failed ({proc.returncode}): {' '.join(cmd)}\n{err[-2000:]}", file=sys.stderr)
     return None
 
 
@@ -236,7 +298,9 @@ def main() -> int:
     parser.add_argument("--ray-python", default=DEFAULT_RAY_PYTHON)
     parser.add_argument("--dir", help="where to make the data (default: a temporary folder)")
     parser.add_argument("--internal", choices=("hpcray", "ray"))
-    parser.add_argument("--part", choices=("core", "train"), default="core")
+    parser.add_argument("--part", choices=("core", "train", "big"), default="core")
+    parser.add_argument("--big-gib", type=float, default=0.0,
+                        help="size of the bigger-than-the-budget stream (0: skip it)")
     parser.add_argument("--no-train", action="store_true", help="skip train_ingest")
     args = parser.parse_args()
     if args.internal:
@@ -247,6 +311,8 @@ def main() -> int:
     print(f"making {args.gib:g} GiB of float32 (.npy x{FILES} and HDF5) and "
           f"{args.rows} inference rows in {d}", flush=True)
     make_data(d, args.gib, args.rows)
+    if args.big_gib:
+        make_big(d, args.big_gib)
     me = [sys.executable, str(Path(__file__).resolve()), "--dir", d, "--workers",
           str(args.workers), "--internal"]
     ray = [args.ray_python, str(Path(__file__).resolve()), "--dir", d, "--workers",
@@ -257,15 +323,17 @@ def main() -> int:
         for name, cmd in order if r % 2 == 0 else order[::-1]:
             res = run([*cmd, name], 900)
             if res and not args.no_train:
-                more = run([*cmd, name, "--part", "train"], 900)
-                res.update(more or {})
+                res.update(run([*cmd, name, "--part", "train"], 900) or {})
+            if res and args.big_gib:
+                res.update(run([*cmd, name, "--part", "big"], 1800, sample=True) or {})
             if res:
                 results[name].append(res)
                 print(f"round {r + 1} {name}: " + ", ".join(f"{k}={v:.3g}"
                                                             for k, v in res.items()), flush=True)
         results["baseline"].append(baseline(d))
     units = {"stream_npy": "GB/s", "stream_hdf5": "GB/s", "inference": "rows/s",
-             "shuffle": "GB/s", "groupby_mean": "rows/s", "train_ingest": "rows/s"}
+             "shuffle": "GB/s", "groupby_mean": "rows/s", "train_ingest": "rows/s",
+             "big": "GB/s", "big_peak": "GiB"}
 
     def cell(name: str, key: str) -> tuple[str, float | None]:
         vals = [r[key] for r in results[name] if key in r]
@@ -281,6 +349,8 @@ def main() -> int:
         y, ym = cell("ray", key)
         b, bm = cell("baseline", key)
         ratio = f"{hm / ym:.2f}x" if hm and ym else "-"
+        if key == "big_peak":  # lower is better: Ray's peak over hpcray's
+            ratio = f"{ym / hm:.2f}x less" if hm and ym else "-"
         bratio = f"{hm / bm:.2f}" if hm and bm else "-"
         print(f"{key:14} {unit:7} {h:24} {y:24} {ratio:10} {b:24} {bratio:13}")
     return 0

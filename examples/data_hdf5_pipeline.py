@@ -72,7 +72,8 @@ def main() -> None:
                                datasets={"train": ds})
         result = trainer.fit()
     print("final metrics:", result.metrics)
-    assert result.metrics["rows"] == 10_000 and result.metrics["accuracy"] > 0.9
+    # each worker: half the rows, less under one batch (the equal split drops the remainder)
+    assert 10_000 - 256 < result.metrics["rows"] <= 10_000 and result.metrics["accuracy"] > 0.9
     hpcray.shutdown()
 
 

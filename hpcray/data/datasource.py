@@ -138,7 +138,9 @@ def range_source(n: int, shape: tuple | None, min_blocks: Callable[[], int]) -> 
 
 def _read_npy(path: str, start: int, stop: int, column_name: str) -> Block:
     arr = np.load(path, mmap_mode="r")
-    return {column_name: np.array(arr[start:stop])}
+    # a view of the mapped file: the map after the read makes the first copy (pages are read
+    # as it touches them); a block sent on as is gets copied by its serialization
+    return {column_name: arr[start:stop].view(np.ndarray)}
 
 
 def _read_npz(path: str, _start: int, _stop: int, column_name: str) -> Block:
