@@ -52,6 +52,7 @@ __all__ = [
     "from_arrow",
     "from_items",
     "from_numpy",
+    "from_numpy_refs",
     "from_pandas",
     "range",
     "range_tensor",

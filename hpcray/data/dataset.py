@@ -250,7 +250,7 @@ class Dataset:
 
     # ---------------------------------------------------------------- transforms
 
-    def map_batches(self, fn: Any, *, batch_size: int | None | str = "default",
+    def map_batches(self, fn: Any, *, batch_size: int | None | str = None,
                     batch_format: str | None = "default", zero_copy_batch: bool = False,
                     fn_args: tuple = (), fn_kwargs: dict | None = None,
                     fn_constructor_args: tuple = (), fn_constructor_kwargs: dict | None = None,
@@ -259,7 +259,8 @@ class Dataset:
                     **ray_remote_args) -> Dataset:
         """fn applied to batches (a dict of numpy arrays, a pandas DataFrame or a pyarrow Table,
         per batch_format). A callable class runs on a pool of ``concurrency`` actors, each
-        building it once (with fn_constructor_args/kwargs)."""
+        building it once (with fn_constructor_args/kwargs). batch_size=None (the default, as
+        in Ray 2.60) passes each block whole; "default" means 1024."""
         if batch_size == "default":
             batch_size = DEFAULT_BATCH_SIZE
         if batch_format not in (None, "default", "numpy", "pandas", "pyarrow"):
@@ -472,9 +473,12 @@ class Dataset:
         return sum(m["rows"] for _, m in self._bundles())
 
     def schema(self) -> Schema | None:
-        for _, meta in self.limit(1)._bundles() if not isinstance(self._plan.source, list) or \
-                self._plan.ops else self._plan.source:
-            if meta["rows"] or meta["schema"]:
+        """Column names and types, from the first block (executing as little as that needs)."""
+        plan = self._plan
+        bundles = plan.source if isinstance(plan.source, list) and not plan.ops \
+            else self.limit(1)._bundles()
+        for _, meta in bundles:
+            if meta["schema"]:
                 return Schema(meta["schema"])
         return None
 

@@ -169,6 +169,9 @@ class SplitIterator(DataIterator):
         used, if every consumer took as many batches as this one (as data-parallel training
         does). Save it in the checkpoint; ``load_state_dict`` on the restored run's
         iterators (any number of them) resumes with no row repeated or skipped."""
+        if not self._equal:
+            raise ValueError("state_dict() needs the iterators of streaming_split(n, "
+                             "equal=True): only then is the consumers' position a row count")
         p = self._position
         return {"epoch": p["epoch"],
                 "rows": p["rows"] + self._batches * self._n * (self._chunk or DEFAULT_CHUNK),
