@@ -64,6 +64,12 @@ def test_memory_stays_flat_when_the_dataset_is_far_bigger_than_the_budget(tmp_pa
     assert oks(out) == ["backpressure"], out
 
 
+def test_ray_data_quickstart_runs_by_changing_its_import(tmp_path: Path) -> None:
+    proc = run_process([sys.executable, str(JOBS / "quickstart.py"), str(tmp_path)], 150,
+                       cwd=str(tmp_path))
+    assert proc.returncode == 0 and "OK quickstart" in proc.stdout, proc.stderr
+
+
 @pytest.mark.parametrize("example", ["data_batch_inference.py", "data_hdf5_pipeline.py"])
 def test_examples_run(tmp_path: Path, example: str) -> None:
     if example == "data_hdf5_pipeline.py" and importlib.util.find_spec("torch") is None:

@@ -164,8 +164,10 @@ def from_rows(rows: list) -> Block:
 
 
 def iter_rows(block: Block) -> Iterator[dict]:
+    """Rows as dicts; numbers of 1-d columns as Python scalars (as Ray's rows)."""
     keys = list(block)
-    cols = [block[k] for k in keys]
+    cols = [block[k].tolist() if block[k].ndim == 1 and block[k].dtype != object else block[k]
+            for k in keys]
     for i in range(num_rows(block)):
         yield {k: c[i] for k, c in zip(keys, cols)}
 

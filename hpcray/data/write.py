@@ -58,6 +58,7 @@ def _write_block(block: Block, fmt: str, path: str, name: str, kwargs: dict) -> 
 
 
 def _write_all(ds, fmt: str, path: str, kwargs: dict) -> list[tuple[str, dict]]:
+    path = os.fspath(path).removeprefix("local://")
     os.makedirs(path, exist_ok=True)
     prefix = uuid.uuid4().hex[:12]
     pending: list = []
@@ -83,6 +84,7 @@ def write_files(ds, fmt: str, path: str, kwargs: dict) -> None:
 def write_hdf5(ds, path: str) -> None:
     import h5py
 
+    path = os.fspath(path).removeprefix("local://")
     parts_dir = path + ".parts"
     written = _write_all(ds, "h5", parts_dir, {})
     if not written:
