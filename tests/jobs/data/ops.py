@@ -1,5 +1,6 @@
 """Every hpcray.data operator on random data, checked against numpy/pandas; prints OK lines."""
 
+import importlib.util
 import sys
 
 import numpy as np
@@ -104,7 +105,17 @@ ys = np.concatenate([b["y"] for b in ds.iter_batches(batch_size=128,
 assert sorted(ys) == sorted(df["y"]) and (ys != df["y"].to_numpy()).any()
 rows = list(ds.iter_rows())
 assert len(rows) == N and rows[5]["y"] == df["y"][5]
-ok("iter_batches, iter_rows")
+for fmt, kind in (("pandas", pd.DataFrame), ("numpy", dict)):
+    assert all(isinstance(b, kind) for b in ds.iter_batches(batch_size=500, batch_format=fmt))
+if importlib.util.find_spec("torch") is not None:
+    import torch
+
+    tb = list(ds.iter_torch_batches(batch_size=512, dtypes={"x": torch.float32}))
+    assert tb[0]["x"].dtype == torch.float32 and tb[0]["y"].dtype == torch.int64
+    assert np.allclose(torch.cat([b["x"] for b in tb]).numpy(), df["x"], atol=1e-6)
+    sizes = [len(b) for b in ds.iter_torch_batches(batch_size=512, collate_fn=lambda b: b["y"])]
+    assert sizes == [512, 512, 512, 464]
+ok("iter_batches, iter_rows, iter_torch_batches")
 
 # global aggregates
 assert ds.sum("y") == df["y"].sum() and ds.min("x") == df["x"].min()
