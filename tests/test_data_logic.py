@@ -278,3 +278,11 @@ def test_progress_prints_a_line_per_operator_only_when_asked(monkeypatch, capsys
     _Progress(stats).update(force=True)
     assert capsys.readouterr().err == ""  # not a terminal here
     assert "Operator 0: ReadHDF5->MapBatches(f): 3 tasks, 300 rows, 3.0 MiB" in stats.to_string()
+
+
+def test_csv_files_with_different_columns_fail_at_creation(tmp_path: Path) -> None:
+    (tmp_path / "a.csv").write_text("x,y\n1,2\n")
+    (tmp_path / "b.csv").write_text("x,z\n1,2\n")
+    assert len(S.csv_source(str(tmp_path / "a.csv"), {}).plan(None)) == 1
+    with pytest.raises(ValueError, match="b.csv has 'x,z'"):
+        S.csv_source(str(tmp_path), {})

@@ -374,7 +374,19 @@ def file_source(name: str, paths, extensions: tuple[str, ...] | None,
 
 
 def csv_source(paths, options: dict) -> Datasource:
-    return file_source("ReadCSV", paths, (".csv",), _read_csv, (options,))
+    src = file_source("ReadCSV", paths, (".csv",), _read_csv, (options,))
+    if not options:  # files with different header lines fail now, naming them
+        first = None
+        for f in src.plan(None):
+            with open(f.args[0], encoding="utf-8", errors="replace") as fh:
+                header = fh.readline().strip()
+            if first is None:
+                first = (f.args[0], header)
+            elif header != first[1]:
+                raise ValueError(f"the CSV files have different columns: {first[0]} has "
+                                 f"{first[1]!r} but {f.args[0]} has {header!r}; read them "
+                                 "separately and union")
+    return src
 
 
 def json_source(paths, options: dict) -> Datasource:
