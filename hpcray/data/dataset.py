@@ -270,9 +270,11 @@ class Dataset:
                                   fmt=batch_format or "default", args=tuple(fn_args),
                                   kwargs=dict(fn_kwargs or {}))
         name = f"MapBatches({getattr(fn, '__name__', type(fn).__name__)})"
-        return self._map(name, apply, fn, fn_constructor_args=fn_constructor_args,
-                         fn_constructor_kwargs=fn_constructor_kwargs, concurrency=concurrency,
-                         num_cpus=num_cpus, num_gpus=num_gpus)
+        out = self._map(name, apply, fn, fn_constructor_args=fn_constructor_args,
+                        fn_constructor_kwargs=fn_constructor_kwargs, concurrency=concurrency,
+                        num_cpus=num_cpus, num_gpus=num_gpus)
+        out._plan.ops[-1].min_rows = batch_size
+        return out
 
     def _row_op(self, kind: str, apply: Callable, fn: Any, fn_args, fn_kwargs, **kw) -> Dataset:
         name = f"{kind}({getattr(fn, '__name__', type(fn).__name__)})"

@@ -48,6 +48,7 @@ class MapSpec:
     num_cpus: float | None = None
     num_gpus: float | None = None
     keeps_rows: bool = False
+    min_rows: int | None = None  # map_batches' batch_size: small input blocks are bundled
 
     def make_udf(self) -> Any:
         if self.compute == "actors":
@@ -135,15 +136,15 @@ def _read(task: ReadTask, op: str, retries: int) -> Block:
     raise AssertionError("unreachable")
 
 
-def run_task(src: Any, chain: list[MapSpec], op: str, desc: str, retries: int
+def run_task(chain: list[MapSpec], op: str, desc: str, retries: int, *srcs: Any
              ) -> tuple[Block, dict]:
-    """One task of a fused stage: read (or take the input block), then apply the chain."""
+    """One task of a fused stage: read (or take the input blocks), then apply the chain."""
     t0 = time.perf_counter()
-    if isinstance(src, ReadTask):
-        block = _read(src, op, retries)
-        desc = src.desc
+    if len(srcs) == 1 and isinstance(srcs[0], ReadTask):
+        block = _read(srcs[0], op, retries)
+        desc = srcs[0].desc
     else:
-        block = src
+        block = concat(srcs)
     block = apply_chain(block, chain, [s.make_udf() for s in chain], desc)
     return block, _meta(block, t0, desc)
 
@@ -155,9 +156,9 @@ class MapWorker:
         self.chain = chain
         self.udfs = [s.make_udf() for s in chain]
 
-    def run(self, block: Block, desc: str) -> tuple[Block, dict]:
+    def run(self, desc: str, *blocks: Block) -> tuple[Block, dict]:
         t0 = time.perf_counter()
-        block = apply_chain(block, self.chain, self.udfs, desc)
+        block = apply_chain(concat(blocks), self.chain, self.udfs, desc)
         return block, _meta(block, t0, desc)
 
     def ready(self) -> bool:
@@ -323,6 +324,7 @@ class _Stage:
         self.stopped = False
         self.chain_ref = None
         self.first_wave = max(1, job_cpus())
+        self.min_rows = chain[0].min_rows if chain and not reads else None
 
     def held_bytes(self) -> float:
         return self.out_bytes + len(self.inflight) * self.avg_bytes
@@ -334,15 +336,42 @@ class _Stage:
         return self.stopped or (self.input_exhausted() and not self.inflight and not self.done
                                 and not self.outputs)
 
-    def next_input(self) -> Any | None:
+    def _pop(self) -> Any | None:
         if self.pending:
             return self.pending.popleft()
         if self.upstream is not None and self.upstream.outputs:
             return self.upstream.take()
         return None
 
-    def has_input(self) -> bool:
+    def next_input(self) -> Any | None:
+        """A read task, or the input bundles of one task: enough for min_rows."""
+        item = self._pop()
+        if isinstance(item, ReadTask) or not self.min_rows or item is None:
+            return item
+        items = [item]
+        rows = item[1]["rows"]
+        while rows < self.min_rows and self._any_queued():
+            nxt = self._pop()
+            items.append(nxt)
+            rows += nxt[1]["rows"]
+        return items
+
+    def _any_queued(self) -> bool:
         return bool(self.pending) or (self.upstream is not None and bool(self.upstream.outputs))
+
+    def _upstream_done(self) -> bool:
+        up = self.upstream
+        return up is None or up.stopped or (up.input_exhausted() and not up.inflight
+                                            and not up.done)
+
+    def has_input(self) -> bool:
+        if not self._any_queued():
+            return False
+        if not self.min_rows or (self.pending and isinstance(self.pending[0], ReadTask)):
+            return True
+        rows = sum(m["rows"] for _, m in self.pending)
+        rows += sum(m["rows"] for _, m in self.upstream.outputs) if self.upstream else 0
+        return rows >= self.min_rows or self._upstream_done()
 
     def can_submit(self) -> bool:
         if self.stopped or not self.has_input() or len(self.inflight) >= self.max_inflight:
@@ -371,16 +400,17 @@ class _Stage:
             self.stats.start = time.perf_counter()
         if isinstance(item, ReadTask):
             desc = item.desc
-            src = item
+            srcs = [item]
         else:
-            rows = item[1]["rows"]
+            items = item if isinstance(item, list) else [item]
+            rows = sum(m["rows"] for _, m in items)
             desc = f"block {seq} (rows {self.rows_in}-{self.rows_in + rows} of its input)"
             self.rows_in += rows
-            src = item[0]
-        block_ref, meta_ref = self.launch(src, desc)
+            srcs = [ref for ref, _ in items]
+        block_ref, meta_ref = self.launch(srcs, desc)
         self.inflight[meta_ref.id] = (seq, block_ref, meta_ref)
 
-    def launch(self, src: Any, desc: str) -> tuple[Any, Any]:
+    def launch(self, srcs: list, desc: str) -> tuple[Any, Any]:
         if self.chain_ref is None:
             self.chain_ref = hpcray.put(self.chain)
         cpus = max((s.num_cpus for s in self.chain if s.num_cpus is not None), default=1)
@@ -388,8 +418,9 @@ class _Stage:
         opts = {"num_returns": 2, "num_cpus": cpus, "name": self.name}
         if gpus:
             opts["num_gpus"] = gpus
-        return remote(run_task, **opts).remote(src, self.chain_ref, self.name, desc,
-                                               DataContext.get_current().read_max_retries)
+        return remote(run_task, **opts).remote(self.chain_ref, self.name, desc,
+                                               DataContext.get_current().read_max_retries,
+                                               *srcs)
 
     def complete(self, meta_id: int, meta: dict) -> None:
         seq, block_ref, _ = self.inflight.pop(meta_id)
@@ -433,10 +464,10 @@ class _ActorStage(_Stage):
         self.owner: dict[int, int] = {}
         self.max_inflight = min(self.max_inflight, 2 * pool_size)
 
-    def launch(self, src: Any, desc: str) -> tuple[Any, Any]:
+    def launch(self, srcs: list, desc: str) -> tuple[Any, Any]:
         i = min(self.load, key=self.load.get)
         self.load[i] += 1
-        block_ref, meta_ref = self.actors[i].run.options(num_returns=2).remote(src, desc)
+        block_ref, meta_ref = self.actors[i].run.options(num_returns=2).remote(desc, *srcs)
         self.owner[meta_ref.id] = i
         return block_ref, meta_ref
 
@@ -547,6 +578,12 @@ def execute(plan: Plan, stats: DatasetStats | None = None) -> Iterator[Bundle]:
     stats.end = time.perf_counter()
 
 
+def _fuses(op: Any, chain: list[MapSpec]) -> bool:
+    """Whether op runs in the same task as chain: task maps do, but one with a batch_size
+    starts a stage of its own (which bundles small blocks) unless it comes first."""
+    return isinstance(op, MapSpec) and op.compute == "tasks" and not (op.min_rows and chain)
+
+
 def _stream(source: Datasource | list, ops: list, num_blocks: int | None,
             stats: DatasetStats) -> Iterator[Bundle]:
     ctx = DataContext.get_current()
@@ -556,7 +593,7 @@ def _stream(source: Datasource | list, ops: list, num_blocks: int | None,
     i = 0
     if isinstance(source, Datasource):
         chain = []
-        while i < len(ops) and isinstance(ops[i], MapSpec) and ops[i].compute == "tasks":
+        while i < len(ops) and _fuses(ops[i], chain):
             chain.append(ops[i])
             i += 1
         name = "->".join([source.name, *(s.name for s in chain)])
@@ -565,7 +602,7 @@ def _stream(source: Datasource | list, ops: list, num_blocks: int | None,
     else:
         bundles = list(source)
         chain = []
-        while i < len(ops) and isinstance(ops[i], MapSpec) and ops[i].compute == "tasks":
+        while i < len(ops) and _fuses(ops[i], chain):
             chain.append(ops[i])
             i += 1
         if chain:
@@ -584,7 +621,7 @@ def _stream(source: Datasource | list, ops: list, num_blocks: int | None,
             continue
         chain = [op]
         i += 1
-        while i < len(ops) and isinstance(ops[i], MapSpec) and ops[i].compute == "tasks":
+        while i < len(ops) and _fuses(ops[i], chain):
             chain.append(ops[i])
             i += 1
         name = "->".join(s.name for s in chain)

@@ -76,6 +76,12 @@ assert np.allclose(out["x"], df["x"] * 2 + 1.5)
 out = frame(ds.map_batches(Affine, fn_constructor_args=(1.0,), concurrency=(1, 2),
                            batch_size=None))
 assert np.allclose(out["x"], df["x"])
+small = rd.from_items(items, override_num_blocks=40)  # blocks of 50 rows
+for d in (small, small.map_batches(Affine, fn_constructor_args=(1.0,), concurrency=1)):
+    out = frame(d.map_batches(lambda b: {"n": np.full(len(b["x"]), len(b["x"])), "x": b["x"]},
+                              batch_size=128))
+    assert np.allclose(out["x"], df["x"])
+    assert out["n"].iloc[0] == 128 and out["n"].max() == 128  # small blocks are bundled
 ok("map_batches with a callable class on actors")
 
 # columns
