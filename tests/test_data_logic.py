@@ -286,3 +286,22 @@ def test_csv_files_with_different_columns_fail_at_creation(tmp_path: Path) -> No
     assert len(S.csv_source(str(tmp_path / "a.csv"), {}).plan(None)) == 1
     with pytest.raises(ValueError, match="b.csv has 'x,z'"):
         S.csv_source(str(tmp_path), {})
+
+
+def _flaky(state: dict) -> dict:
+    state["calls"] += 1
+    if state["calls"] < 3:
+        raise OSError("stale NFS handle")
+    return {"a": np.arange(3)}
+
+
+def test_transient_read_errors_are_retried_then_named() -> None:
+    from hpcray.data.executor import UserCodeException, _read
+
+    state = {"calls": 0}
+    assert _read(S.ReadTask(_flaky, (state,), "file f.h5 rows 0-3"), "ReadHDF5", 3)["a"].size == 3
+    assert state["calls"] == 3
+    state = {"calls": -10}
+    with pytest.raises(UserCodeException, match="ReadHDF5 failed to read file f.h5 rows 0-3"):
+        _read(S.ReadTask(_flaky, (state,), "file f.h5 rows 0-3"), "ReadHDF5", 2)
+    assert state["calls"] == -7  # 1 try + 2 retries
