@@ -305,3 +305,31 @@ def test_transient_read_errors_are_retried_then_named() -> None:
     with pytest.raises(UserCodeException, match="ReadHDF5 failed to read file f.h5 rows 0-3"):
         _read(S.ReadTask(_flaky, (state,), "file f.h5 rows 0-3"), "ReadHDF5", 2)
     assert state["calls"] == -7  # 1 try + 2 retries
+
+
+@pytest.mark.skipif(importlib.util.find_spec("zarr") is None, reason="needs zarr")
+def test_zarr_plan_reads_chunk_aligned_blocks_of_arrays_and_groups(tmp_path: Path) -> None:
+    import zarr
+
+    a = rng.normal(size=(1000, 3))
+    z = zarr.open(str(tmp_path / "a.zarr"), mode="w", shape=a.shape, chunks=(64, 3),
+                  dtype="f8")
+    z[:] = a
+    src = S.zarr_source(str(tmp_path / "a.zarr"), None, None, lambda: 4)
+    tasks = src.plan(5)
+    assert all(t.args[3] % 64 == 0 for t in tasks) and src.num_rows() == 1000
+    assert np.array_equal(B.concat([t() for t in tasks])["data"], a)
+    g = zarr.open_group(str(tmp_path / "g.zarr"), mode="w")
+    x = g.create_array("x", shape=(500, 2), chunks=(100, 2), dtype="f8") \
+        if hasattr(g, "create_array") else g.create_dataset("x", shape=(500, 2), chunks=(100, 2))
+    x[:] = a[:500, :2]
+    y = g.create_array("y", shape=(500,), chunks=(50,), dtype="i8") \
+        if hasattr(g, "create_array") else g.create_dataset("y", shape=(500,), chunks=(50,))
+    y[:] = np.arange(500)
+    got = B.concat([t() for t in S.zarr_source(str(tmp_path / "g.zarr"), None, 3,
+                                               lambda: 2).plan(3)])
+    assert list(got) == ["x", "y"] and np.array_equal(got["x"], a[:500, :2])
+    with pytest.raises(KeyError, match="no array 'z'"):
+        S.zarr_source(str(tmp_path / "g.zarr"), ["z"], None, lambda: 2)
+    with pytest.raises(FileNotFoundError, match="no such Zarr store"):
+        S.zarr_source(str(tmp_path / "none.zarr"), None, None, lambda: 2)

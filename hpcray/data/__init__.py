@@ -64,6 +64,7 @@ __all__ = [
     "read_numpy",
     "read_parquet",
     "read_text",
+    "read_zarr",
 ]
 
 
@@ -123,6 +124,14 @@ def read_hdf5(paths: str | list[str], datasets: str | list[str] | None = None, *
     """HDF5 datasets of equal length as columns (None: every array in the file). Each read
     task opens the file itself and reads its own hyperslab of rows, cut at chunk boundaries."""
     return _ds(_src.hdf5_source(paths, datasets, override_num_blocks, default_min_blocks),
+               override_num_blocks)
+
+
+def read_zarr(paths: str | list[str], arrays: str | list[str] | None = None, *,
+              override_num_blocks: int | None = None, **kwargs) -> Dataset:
+    """Zarr stores: an array becomes the column "data"; a group's arrays (all, or those
+    named) become columns. Blocks are cut at chunk boundaries; each task opens the store."""
+    return _ds(_src.zarr_source(paths, arrays, override_num_blocks, default_min_blocks),
                override_num_blocks)
 
 

@@ -257,6 +257,64 @@ def _list_datasets(h) -> list[str]:
     return names
 
 
+# ------------------------------------------------------------------------------ Zarr
+
+def _read_zarr(store: str, names: list[str] | None, columns: list[str], start: int,
+               stop: int) -> Block:
+    import zarr
+
+    root = zarr.open(store, mode="r")
+    arrays = [root] if names is None else [root[n] for n in names]
+    return {c: np.asarray(a[start:stop]) for c, a in zip(columns, arrays)}
+
+
+def zarr_source(paths, arrays: str | list[str] | None, num_blocks: int | None,
+                min_blocks: Callable[[], int]) -> Datasource:
+    """Zarr stores (directories): an array (column "data"), or arrays of a group as columns;
+    blocks are cut at chunk boundaries, and each read task opens the store itself."""
+    import zarr
+
+    stores = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    plans = []
+    for store in stores:
+        store = os.fspath(store).removeprefix("local://")
+        if not os.path.exists(store):
+            raise FileNotFoundError(f"no such Zarr store: {store!r}")
+        root = zarr.open(store, mode="r")
+        if isinstance(root, zarr.Array):
+            names, arrs = None, [root]
+        else:
+            names = [arrays] if isinstance(arrays, str) else list(arrays or sorted(
+                k for k, v in root.arrays() if v.ndim >= 1))
+            missing = [n for n in names if n not in root]
+            if missing:
+                raise KeyError(f"Zarr store {store} has no array {missing[0]!r}; it has "
+                               f"{sorted(k for k, _ in root.arrays())}")
+            arrs = [root[n] for n in names]
+        lengths = {getattr(a, "path", "data") or "data": a.shape[0] for a in arrs}
+        if len(set(lengths.values())) > 1:
+            raise ValueError(f"the arrays read together from {store} must have equal lengths "
+                             f"(the rows), got {lengths}")
+        row_bytes = sum(int(np.prod(a.shape[1:])) * a.dtype.itemsize for a in arrs)
+        chunk = max(a.chunks[0] for a in arrs)
+        plans.append((store, names, arrs[0].shape[0], chunk, row_bytes))
+    columns = ["data"] if plans[0][1] is None else [n.strip("/") for n in plans[0][1]]
+    total = sum(p[2] for p in plans)
+
+    def planner(nb):
+        k = blocks_for(sum(p[2] * p[4] for p in plans), max(1, total), nb, min_blocks())
+        tasks = []
+        for store, names, rows, chunk, row_bytes in plans:
+            share = max(1, round(k * rows / max(1, total)))
+            for a, b in row_ranges(rows, share, chunk):
+                tasks.append(ReadTask(_read_zarr, (store, names, columns, a, b),
+                                      f"Zarr store {store} rows {a}-{b}", b - a,
+                                      (b - a) * row_bytes))
+        return tasks
+
+    return Datasource("ReadZarr", planner, lambda: total)
+
+
 # ------------------------------------------------------------------------------ arrow formats
 
 def _read_parquet(path: str, row_groups: list[int] | None, columns: list[str] | None) -> Block:

@@ -51,6 +51,19 @@ ds2 = rd.read_hdf5([f"{d}/data.h5", f"{d}/data.h5"], datasets="grp/y")
 assert ds2.count() == 5000 and ds2.sum("grp/y") == 2 * y.sum()
 ok("read_hdf5")
 
+try:
+    import zarr
+except ImportError:
+    print("OK read_zarr (skipped: no zarr)", flush=True)
+else:
+    z = zarr.open(f"{d}/x.zarr", mode="w", shape=x.shape, chunks=(128, 3, 2), dtype="f8")
+    z[:] = x
+    zs = rd.read_zarr(f"{d}/x.zarr", override_num_blocks=4).map_batches(
+        lambda bt: {"s": bt["data"].sum(axis=(1, 2))})
+    assert np.allclose(np.concatenate([bt["s"] for bt in zs.iter_batches(batch_size=None)]),
+                       x.sum(axis=(1, 2)))
+    ok("read_zarr")
+
 # parquet, csv, json, text, binary
 df = pd.DataFrame({"i": rng.integers(0, 100, 500), "f": rng.normal(size=500),
                    "s": [f"s{i}" for i in range(500)]})
