@@ -22,6 +22,7 @@ import numpy as np
 import hpcray
 
 from .block import Block, slice_block, take_rows
+from .context import DataContext
 from .dataset import DataIterator, Dataset
 from .executor import execute, remote, remote_class, slice_task
 
@@ -46,7 +47,9 @@ def _deal(block: Block, start: int, n: int, chunk: int) -> Any:
 class SplitCoordinator:
     """Runs the dataset once per epoch and hands each consumer its blocks."""
 
-    def __init__(self, ds: Dataset, n: int, equal: bool):
+    def __init__(self, ds: Dataset, n: int, equal: bool, ctx: DataContext | None = None):
+        if ctx is not None:  # the driver's settings (budgets, order) hold in this actor too
+            DataContext._current = ctx
         self.ds = ds
         self.n = n
         self.equal = equal
@@ -228,5 +231,6 @@ def _counting(it: SplitIterator, batches: Iterator[Any]) -> Iterator[Any]:
 def streaming_split(ds: Dataset, n: int, equal: bool) -> list[DataIterator]:
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
-    coord = remote_class(SplitCoordinator, max_concurrency=1).remote(ds, n, equal)
+    coord = remote_class(SplitCoordinator, max_concurrency=1).remote(
+        ds, n, equal, DataContext.get_current())
     return [SplitIterator(coord, i, n, equal) for i in range(n)]
