@@ -194,10 +194,12 @@ class SplitIterator(DataIterator):
         chunk = self._chunk or DEFAULT_CHUNK
         held: deque = deque()  # the last blocks, >= one chunk of rows, so the end can trim
         held_rows = 0
+        ask = self._coord.next.remote(self._index, epoch)
         while True:
-            msg = hpcray.get(self._coord.next.remote(self._index, epoch))
+            msg = hpcray.get(ask)
             if msg[0] == "wait":
                 time.sleep(0.005)
+                ask = self._coord.next.remote(self._index, epoch)
                 continue
             if msg[0] == "end":
                 limit = msg[1]
@@ -214,6 +216,9 @@ class SplitIterator(DataIterator):
                 self._batches = 0
                 return
             block = hpcray.get(msg[1])
+            # ask for the next block while this one is used (fetched already, so the
+            # coordinator may let go of it)
+            ask = self._coord.next.remote(self._index, epoch)
             held.append((block, msg[2]))
             held_rows += msg[2]
             used += msg[2]
