@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .datasource import DEFAULT_TARGET_BLOCK_BYTES
+from .datasource import DEFAULT_READ_BLOCK_BYTES
 
 
 @dataclass
@@ -27,7 +27,7 @@ class ExecutionOptions:
 class DataContext:
     """Settings read when a dataset executes; change them on ``DataContext.get_current()``."""
 
-    target_max_block_size: int = DEFAULT_TARGET_BLOCK_BYTES
+    read_block_size: int = DEFAULT_READ_BLOCK_BYTES  # what reads aim at, without override
     execution_options: ExecutionOptions = field(default_factory=ExecutionOptions)
     enable_progress_bars: bool = True
     # in-flight tasks per operator; None: twice the job's CPUs

@@ -18,7 +18,6 @@ import numpy as np
 
 from .block import Block, column, from_batch, num_rows
 
-DEFAULT_TARGET_BLOCK_BYTES = 128 * 1024 * 1024
 # Reads cut data into blocks of about this size: small enough that tasks pipeline and stay in
 # cache (measured on 2 ranks: 8 MiB blocks stream 2-4x faster than 64-128 MiB ones)
 DEFAULT_READ_BLOCK_BYTES = 8 * 1024 * 1024
@@ -103,9 +102,13 @@ def row_ranges(total: int, num_blocks: int, align: int = 1) -> list[tuple[int, i
 
 
 def blocks_for(nbytes: int, rows: int, num_blocks: int | None, min_blocks: int,
-               target_bytes: int = DEFAULT_READ_BLOCK_BYTES) -> int:
-    """How many blocks to cut rows into: as asked, else enough for the target block size and
-    at least min_blocks (so every worker has work)."""
+               target_bytes: int | None = None) -> int:
+    """How many blocks to cut rows into: as asked, else enough for the target block size
+    (DataContext.read_block_size) and at least min_blocks (so every worker has work)."""
+    if target_bytes is None:
+        from .context import DataContext
+
+        target_bytes = DataContext.get_current().read_block_size
     if num_blocks is not None:
         if num_blocks < 1:
             raise ValueError(f"override_num_blocks must be >= 1, got {num_blocks}")
@@ -462,14 +465,3 @@ def binary_source(paths, include_paths: bool) -> Datasource:
 def image_source(paths, size, mode, include_paths: bool) -> Datasource:
     exts = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif")
     return file_source("ReadImage", paths, exts, _read_image, (size, mode, include_paths))
-
-
-def check_rows(block: Block, task: ReadTask) -> Block:
-    if task.rows is not None and num_rows(block) != task.rows:
-        raise OSError(f"read {num_rows(block)} rows from {task.desc}, expected {task.rows}: "
-                      "the file changed while reading")
-    return block
-
-
-def any_value(x: Any) -> Any:
-    return x
