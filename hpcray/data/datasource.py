@@ -12,11 +12,10 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
-from .block import Block, column, from_batch, num_rows
+from .block import Block, column, from_batch
 
 # Reads cut data into blocks of about this size: small enough that tasks pipeline and stay in
 # cache (measured on 2 ranks: 8 MiB blocks stream 2-4x faster than 64-128 MiB ones)
