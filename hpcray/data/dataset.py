@@ -592,8 +592,9 @@ class Dataset:
 
     def shard(self, count: int, index: int) -> DataIterator:
         """Worker index's part of count (what a trainer's datasets= hands each worker): the
-        streaming_split(count, equal=True) iterators, made once per count."""
-        if count not in self._splits:
+        iterators of one streaming_split(count, equal=True), made anew when worker 0's part is
+        asked for (each fit() attempt gets its own coordinator)."""
+        if index == 0 or count not in self._splits:
             self._splits[count] = self.streaming_split(count, equal=True)
         return self._splits[count][index]
 
