@@ -53,6 +53,12 @@ def test_trainer_workers_stream_equal_disjoint_shards(tmp_path: Path) -> None:
     assert oks(out) == ["train shards"], out
 
 
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="needs torch")
+def test_training_resumes_mid_epoch_from_a_checkpoint_on_fewer_workers(tmp_path: Path) -> None:
+    out = job("train_resume.py", 4, tmp_path, str(tmp_path))
+    assert oks(out) == ["train resume"], out
+
+
 def test_shard_resumes_mid_epoch_on_a_different_number_of_consumers(tmp_path: Path) -> None:
     out = job("resume.py", 3, tmp_path)
     assert oks(out) == ["resume"], out
