@@ -47,13 +47,11 @@ def test_errors_name_operator_file_and_rows(tmp_path: Path) -> None:
     assert len(oks(out)) == 4, out
 
 
-@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="needs torch")
 def test_trainer_workers_stream_equal_disjoint_shards(tmp_path: Path) -> None:
     out = job("train.py", 4, tmp_path, str(tmp_path))
     assert oks(out) == ["train shards"], out
 
 
-@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="needs torch")
 def test_training_resumes_mid_epoch_from_a_checkpoint_on_fewer_workers(tmp_path: Path) -> None:
     out = job("train_resume.py", 4, tmp_path, str(tmp_path))
     assert oks(out) == ["train resume"], out
