@@ -5,7 +5,7 @@
 
 Workloads (2 workers: ``hpcray.init(num_cpus=2)``, ``ray.init(num_cpus=2)``; 3 for train_ingest):
   stream_npy    .npy files -> read_numpy -> map_batches(normalize) -> iter_batches(1024): GB/s
-  stream_hdf5   the same array as one HDF5 dataset -> read_hdf5 (hpcray only: Ray has no HDF5
+  stream_hdf5   the same array as one HDF5 dataset (h5py's default contiguous layout) -> read_hdf5 (hpcray only: Ray has no HDF5
                 reader); baselines: np.load / h5py plus the same normalize and batching in one
                 process with no runtime
   inference     a callable class holding a scikit-learn model, map_batches on 2 actors: rows/s
@@ -86,8 +86,7 @@ def make_data(d: str, gib: float, rows: int) -> None:
     rng = np.random.default_rng(0)
     os.makedirs(f"{d}/npy", exist_ok=True)
     with h5py.File(f"{d}/data.h5", "w") as f:
-        ds = f.create_dataset("data", shape=(per * FILES, n_cols), dtype=np.float32,
-                              chunks=(4096, n_cols))
+        ds = f.create_dataset("data", shape=(per * FILES, n_cols), dtype=np.float32)
         for i in range(FILES):
             block = rng.random((per, n_cols), dtype=np.float32)
             np.save(f"{d}/npy/part_{i:02d}.npy", block)

@@ -234,6 +234,11 @@ def test_hdf5_plan_reads_hyperslabs_at_chunk_boundaries(tmp_path: Path) -> None:
     got = B.concat([t() for t in tasks])
     assert np.array_equal(got["x"], x) and np.array_equal(got["y"], np.arange(1000))
     assert "rows 0-" in tasks[0].desc and "f.h5" in tasks[0].desc
+    with h5py.File(tmp_path / "c.h5", "w") as f:  # contiguous: read as a mapped view
+        f.create_dataset("be", data=x.astype(">f8"))
+    [only] = S.hdf5_source(str(tmp_path / "c.h5"), "be", 1, lambda: 1).plan(1)
+    got = only()["be"]
+    assert np.array_equal(got, x) and got.dtype == np.dtype(">f8") and not got.flags.owndata
     with pytest.raises(ValueError, match="equal lengths"):
         S.hdf5_source(str(tmp_path / "f.h5"), ["x", "short"], None, lambda: 4)
     with pytest.raises(KeyError, match="no dataset 'z'"):

@@ -193,6 +193,10 @@ def _read_hdf5(path: str, names: list[str], columns: list[str], start: int, stop
     with h5py.File(path, "r") as f:
         for name, col in zip(names, columns):
             ds = f[name]
+            view = _mapped_rows(path, ds, start, stop)
+            if view is not None:
+                out[col] = view
+                continue
             arr = np.empty((stop - start, *ds.shape[1:]), dtype=ds.dtype)
             if stop > start:
                 ds.read_direct(arr, np.s_[start:stop])
@@ -201,6 +205,21 @@ def _read_hdf5(path: str, names: list[str], columns: list[str], start: int, stop
                                dtype=object)
             out[col] = arr
     return out
+
+
+def _mapped_rows(path: str, ds, start: int, stop: int) -> np.ndarray | None:
+    """Rows of a contiguous, unfiltered numeric dataset as a view of the memory-mapped file
+    (as read_numpy: no copy until the map after the read touches them); else None."""
+    if ds.chunks is not None or ds.compression is not None or ds.dtype.kind not in "biuf" \
+            or ds.external or stop <= start:
+        return None
+    offset = ds.id.get_offset()
+    if offset is None:  # not allocated yet: all fill values
+        return None
+    row = int(np.prod(ds.shape[1:], dtype=np.int64)) * ds.dtype.itemsize
+    mm = np.memmap(path, dtype=ds.dtype, mode="r", offset=offset + start * row,
+                   shape=(stop - start, *ds.shape[1:]))
+    return mm.view(np.ndarray)
 
 
 def hdf5_source(paths, datasets: str | list[str] | None, num_blocks: int | None,
