@@ -58,9 +58,10 @@ class SplitCoordinator:
         self.queues: list[deque] = []
         self.totals: list[int] = []
         self.target: int | None = None
-        # the ref last handed to each consumer stays referenced here until its next call, by
-        # when the consumer has fetched it
-        self.handed: dict[int, Any] = {}
+        # the last two refs handed to each consumer stay referenced here: a consumer asks for
+        # block k+1 while it fetches block k, and has fetched k before asking for k+2 (or
+        # before beginning its next epoch)
+        self.handed: dict[int, deque] = {}
         self.finished: set[int] = set()
         self.epoch_of: dict[int, int] = {}
         self.resume: tuple[int, int] | None = None  # (epoch, rows of it already used)
@@ -78,6 +79,7 @@ class SplitCoordinator:
     def begin(self, i: int, chunk: int | None) -> tuple[int, int]:
         """(epoch, rows skipped at its start) for consumer i starting its next epoch; a
         restarted worker's fresh iterator joins where its predecessor was."""
+        self.handed.pop(i, None)
         first = self.resume[0] if self.resume else 0
         self.epoch_of[i] = self.epoch_of[i] + 1 if i in self.epoch_of else first
         if chunk:
@@ -126,7 +128,6 @@ class SplitCoordinator:
 
     def next(self, i: int, epoch: int) -> tuple:
         """("block", ref, rows), ("wait",) or ("end", rows consumer i may use in all)."""
-        self.handed.pop(i, None)
         if epoch > self.epoch or self.gen is None:
             if self.epoch >= 0 and self.gen is not None and len(self.finished) < self.n:
                 return ("wait",)  # the others are still in the last epoch
@@ -138,7 +139,7 @@ class SplitCoordinator:
                 break
         if self.queues[i]:
             ref, rows = self.queues[i].popleft()
-            self.handed[i] = ref
+            self.handed.setdefault(i, deque(maxlen=2)).append(ref)
             return ("block", ref, rows)
         self.finished.add(i)
         return ("end", self.target)
@@ -215,10 +216,11 @@ class SplitIterator(DataIterator):
                 self._position = {"epoch": epoch, "rows": 0, "done": True}
                 self._batches = 0
                 return
-            block = hpcray.get(msg[1])
-            # ask for the next block while this one is used (fetched already, so the
-            # coordinator may let go of it)
+            fetch = msg[1].future()
+            # ask for the next block while this one comes (the coordinator keeps it until
+            # the request after that)
             ask = self._coord.next.remote(self._index, epoch)
+            block = fetch.result()
             held.append((block, msg[2]))
             held_rows += msg[2]
             used += msg[2]
