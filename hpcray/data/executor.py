@@ -451,18 +451,34 @@ class _Stage:
 class _ActorStage(_Stage):
     """A map_batches stage on a pool of actors, each building the user's class once."""
 
-    def __init__(self, *args, pool_size: int, **kwargs):
+    def __init__(self, *args, pool_size: tuple[int, int], **kwargs):
         super().__init__(*args, **kwargs)
         spec = self.chain[0]
         # without num_cpus an actor holds no CPU while alive, so reads upstream still run
         opts = {"num_cpus": spec.num_cpus} if spec.num_cpus is not None else {}
         if spec.num_gpus:
             opts["num_gpus"] = spec.num_gpus
-        worker = remote_class(MapWorker, **opts)
-        self.actors = [worker.remote(self.chain) for _ in range(pool_size)]
-        self.load = {i: 0 for i in range(pool_size)}
+        self.worker = remote_class(MapWorker, **opts)
+        self.actors: list = []
+        self.load: dict[int, int] = {}
         self.owner: dict[int, int] = {}
-        self.max_inflight = min(self.max_inflight, 2 * pool_size)
+        self.low, self.high = pool_size
+        self.task_cap = self.max_inflight
+        for _ in range(self.low):
+            self._grow()
+
+    def _grow(self) -> None:
+        self.load[len(self.actors)] = 0
+        self.actors.append(self.worker.remote(self.chain))
+        self.max_inflight = min(self.task_cap, 2 * len(self.actors))
+
+    def can_submit(self) -> bool:
+        # (min, max): another actor joins while every actor has two calls queued and input
+        # is waiting
+        if len(self.actors) < self.high and self.has_input() and \
+                all(n >= 2 for n in self.load.values()):
+            self._grow()
+        return super().can_submit()
 
     def launch(self, srcs: list, desc: str) -> tuple[Any, Any]:
         i = min(self.load, key=self.load.get)
@@ -547,13 +563,15 @@ def _limits(ctx: DataContext) -> tuple[int, float]:
     return inflight, budget
 
 
-def pool_size(spec: MapSpec) -> int:
+def pool_size(spec: MapSpec) -> tuple[int, int]:
+    """(actors to start, most actors) of a map_batches pool."""
     c = spec.concurrency
     if c is None:
-        return job_cpus()
+        n = job_cpus()
+        return n, n
     if isinstance(c, tuple):
-        return int(c[1])
-    return int(c)
+        return max(1, int(c[0])), max(1, int(c[1]))
+    return int(c), int(c)
 
 
 def execute(plan: Plan, stats: DatasetStats | None = None) -> Iterator[Bundle]:

@@ -1,6 +1,7 @@
 """Every hpcray.data operator on random data, checked against numpy/pandas; prints OK lines."""
 
 import importlib.util
+import os
 import sys
 
 import numpy as np
@@ -76,6 +77,15 @@ assert np.allclose(out["x"], df["x"] * 2 + 1.5)
 out = frame(ds.map_batches(Affine, fn_constructor_args=(1.0,), concurrency=(1, 2),
                            batch_size=None))
 assert np.allclose(out["x"], df["x"])
+
+
+class Who:
+    def __call__(self, batch):
+        return {"who": np.full(len(batch["x"]), f"{os.getpid()}-{id(self)}", dtype=object)}
+
+
+who = frame(rd.from_items(items, override_num_blocks=20).map_batches(Who, concurrency=(1, 3)))
+assert len(set(who["who"])) == 3 and len(who) == N  # the pool grew from 1 to 3 actors
 small = rd.from_items(items, override_num_blocks=40)  # blocks of 50 rows
 for d in (small, small.map_batches(Affine, fn_constructor_args=(1.0,), concurrency=1)):
     out = frame(d.map_batches(lambda b: {"n": np.full(len(b["x"]), len(b["x"])), "x": b["x"]},
