@@ -1,0 +1,716 @@
+"""Dataset: a lazy plan of blocks with Ray Data's transforms, consumption and writes."""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import types
+import zlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+import hpcray
+
+from . import alltoall
+from .aggregate import AggregateFn, Count, Max, Mean, Min, Std, Sum
+from .block import (
+    Batcher,
+    Block,
+    batches_of,
+    column,
+    concat,
+    from_batch,
+    from_rows,
+    iter_rows,
+    num_rows,
+    take_rows,
+    to_batch,
+)
+from .context import DataContext
+from .executor import (
+    AllToAll,
+    Bundle,
+    DatasetStats,
+    Limit,
+    MapSpec,
+    Plan,
+    execute,
+    job_cpus,
+    remote,
+)
+
+DEFAULT_BATCH_SIZE = 1024
+
+
+# ------------------------------------------------------------------------------ per-block UDFs
+
+def _map_batches_apply(block: Block, udf: Any, batch_size: int | None, fmt: str, args: tuple,
+                       kwargs: dict) -> Block:
+    if num_rows(block) == 0:
+        return block
+    outs = []
+    for b in batches_of(block, batch_size):
+        res = udf(to_batch(b, fmt), *args, **kwargs)
+        if isinstance(res, (types.GeneratorType, Iterator)):
+            outs.extend(from_batch(r) for r in res)
+        else:
+            outs.append(from_batch(res))
+    return concat(outs)
+
+
+def _map_apply(block: Block, udf: Any, args: tuple, kwargs: dict) -> Block:
+    return from_rows([udf(row, *args, **kwargs) for row in iter_rows(block)])
+
+
+def _flat_map_apply(block: Block, udf: Any, args: tuple, kwargs: dict) -> Block:
+    return from_rows([out for row in iter_rows(block) for out in udf(row, *args, **kwargs)])
+
+
+def _filter_apply(block: Block, udf: Any, args: tuple, kwargs: dict) -> Block:
+    keep = np.fromiter((bool(udf(row, *args, **kwargs)) for row in iter_rows(block)), dtype=bool,
+                       count=num_rows(block))
+    return take_rows(block, np.nonzero(keep)[0])
+
+
+def _add_column_apply(block: Block, udf: Any, col: str, fmt: str) -> Block:
+    out = dict(block)
+    out[col] = column(udf(to_batch(block, fmt)))
+    if len(out[col]) != num_rows(block):
+        raise ValueError(f"add_column's function returned {len(out[col])} values for a batch of "
+                         f"{num_rows(block)} rows")
+    return out
+
+
+def _select_apply(block: Block, _udf: Any, cols: list[str], drop: bool) -> Block:
+    missing = [c for c in cols if c not in block]
+    if missing and num_rows(block):
+        raise KeyError(f"no column(s) {missing}; the columns are {list(block)}")
+    if drop:
+        return {k: v for k, v in block.items() if k not in cols}
+    return {k: block[k] for k in cols if k in block}
+
+
+def _rename_apply(block: Block, _udf: Any, names: dict) -> Block:
+    return {names.get(k, k): v for k, v in block.items()}
+
+
+def _sample_apply(block: Block, _udf: Any, fraction: float, seed: int | None) -> Block:
+    n = num_rows(block)
+    if seed is None:
+        rng = np.random.default_rng()
+    else:
+        first = next(iter(block.values()), np.zeros(0))
+        salt = zlib.crc32(np.ascontiguousarray(first[:16]).tobytes()) if first.dtype != object \
+            else zlib.crc32(repr(list(first[:16])).encode())
+        rng = np.random.default_rng([seed, salt, n])
+    return take_rows(block, np.nonzero(rng.random(n) < fraction)[0])
+
+
+def _is_class(fn: Any) -> bool:
+    return isinstance(fn, type)
+
+
+class Schema:
+    """Column names and types (Ray Data's ``Schema``)."""
+
+    def __init__(self, schema: dict[str, str]):
+        self.names = list(schema)
+        self.types = list(schema.values())
+
+    def __repr__(self) -> str:
+        cols = "\n".join(f"{n}: {t}" for n, t in zip(self.names, self.types))
+        return f"Column  Type\n------  ----\n{cols}"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Schema) and (self.names, self.types) == (other.names,
+                                                                          other.types)
+
+
+# ------------------------------------------------------------------------------ iteration
+
+class DataIterator:
+    """Iterates batches or rows of a dataset (or of one split of it)."""
+
+    def _blocks(self, prefetch: int) -> Iterator[Block]:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def iter_batches(self, *, prefetch_batches: int = 1, batch_size: int | None = 256,
+                     batch_format: str | None = "default", drop_last: bool = False,
+                     local_shuffle_buffer_size: int | None = None,
+                     local_shuffle_seed: int | None = None,
+                     _collate_fn: Callable | None = None) -> Iterator[Any]:
+        """Batches of batch_size rows (None: one per block) in batch_format; the next
+        prefetch_batches blocks are fetched while the current batch is used."""
+        batcher = Batcher(batch_size, drop_last, local_shuffle_buffer_size, local_shuffle_seed)
+        for batch in batcher.batches(self._blocks(max(1, prefetch_batches))):
+            out = to_batch(batch, batch_format)
+            yield _collate_fn(out) if _collate_fn is not None else out
+
+    def iter_rows(self) -> Iterator[dict]:
+        for block in self._blocks(2):
+            yield from iter_rows(block)
+
+    def iter_torch_batches(self, *, prefetch_batches: int = 1, batch_size: int | None = 256,
+                           dtypes: Any = None, device: str = "auto",
+                           collate_fn: Callable | None = None, drop_last: bool = False,
+                           local_shuffle_buffer_size: int | None = None,
+                           local_shuffle_seed: int | None = None) -> Iterator[Any]:
+        """Batches as dicts of torch tensors (or what collate_fn makes of numpy batches)."""
+        import torch
+
+        dev = None if device in ("auto", None, "cpu") else torch.device(device)
+
+        def convert(batch: dict) -> Any:
+            if collate_fn is not None:
+                return collate_fn(batch)
+            out = {}
+            for k, v in batch.items():
+                dt = dtypes.get(k) if isinstance(dtypes, dict) else dtypes
+                if not (v.flags.writeable and v.flags.c_contiguous):
+                    v = np.array(v, order="C")  # torch wants writable memory
+                t = torch.as_tensor(v, dtype=dt)
+                out[k] = t.to(dev) if dev is not None else t
+            return out
+
+        yield from self.iter_batches(prefetch_batches=prefetch_batches, batch_size=batch_size,
+                                     batch_format="numpy", drop_last=drop_last,
+                                     local_shuffle_buffer_size=local_shuffle_buffer_size,
+                                     local_shuffle_seed=local_shuffle_seed, _collate_fn=convert)
+
+    def to_blocks(self) -> list[Block]:
+        return list(self._blocks(2))
+
+
+def _prefetched(bundles: Iterator[Bundle], depth: int) -> Iterator[Block]:
+    """Blocks fetched to this rank depth ahead of their use (through ref.future())."""
+    window: list = []
+    for ref, _meta in bundles:
+        window.append(ref.future())
+        if len(window) > depth:
+            yield window.pop(0).result()
+    for fut in window:
+        yield fut.result()
+
+
+class _DatasetIterator(DataIterator):
+    def __init__(self, ds: Dataset):
+        self._ds = ds
+
+    def _blocks(self, prefetch: int) -> Iterator[Block]:
+        return _prefetched(self._ds._bundles(), prefetch)
+
+    def stats(self) -> str:
+        return self._ds.stats()
+
+
+# ------------------------------------------------------------------------------ Dataset
+
+class Dataset:
+    """A lazy, distributed dataset: a plan of blocks made by tasks on the job's ranks."""
+
+    def __init__(self, plan: Plan):
+        self._plan = plan
+        self._last_stats: DatasetStats | None = None
+        self._splits: dict[int, list] = {}
+
+    def __repr__(self) -> str:
+        return f"Dataset(plan={self._plan.describe()})"
+
+    # ---------------------------------------------------------------- plumbing
+
+    def _then(self, op) -> Dataset:
+        return Dataset(self._plan.then(op))
+
+    def _bundles(self) -> Iterator[Bundle]:
+        if isinstance(self._plan.source, list) and not self._plan.ops:
+            return iter(self._plan.source)  # materialized: its stats stay those that made it
+        self._last_stats = DatasetStats()
+        return execute(self._plan, self._last_stats)
+
+    def _all_bundles(self) -> list[Bundle]:
+        return list(self._bundles())
+
+    def _map(self, name: str, apply: Callable, fn: Any = None, *, keeps_rows: bool = False,
+             fn_constructor_args: tuple = (), fn_constructor_kwargs: dict | None = None,
+             concurrency: int | tuple | None = None, num_cpus: float | None = None,
+             num_gpus: float | None = None, compute: Any = None) -> Dataset:
+        actors = _is_class(fn)
+        if not actors and (fn_constructor_args or fn_constructor_kwargs):
+            raise ValueError("fn_constructor_args/kwargs are only for callable classes")
+        if isinstance(concurrency, tuple) and (len(concurrency) != 2 or
+                                               concurrency[0] > concurrency[1]):
+            raise ValueError(f"concurrency must be n or (min, max), got {concurrency}")
+        spec = MapSpec(name=name, apply=apply, fn=fn, ctor_args=tuple(fn_constructor_args),
+                       ctor_kwargs=dict(fn_constructor_kwargs or {}),
+                       compute="actors" if actors else "tasks", concurrency=concurrency,
+                       num_cpus=num_cpus, num_gpus=num_gpus, keeps_rows=keeps_rows)
+        return self._then(spec)
+
+    # ---------------------------------------------------------------- transforms
+
+    def map_batches(self, fn: Any, *, batch_size: int | None | str = None,
+                    batch_format: str | None = "default", zero_copy_batch: bool = False,
+                    fn_args: tuple = (), fn_kwargs: dict | None = None,
+                    fn_constructor_args: tuple = (), fn_constructor_kwargs: dict | None = None,
+                    concurrency: int | tuple | None = None, num_cpus: float | None = None,
+                    num_gpus: float | None = None, compute: Any = None,
+                    **ray_remote_args) -> Dataset:
+        """fn applied to batches (a dict of numpy arrays, a pandas DataFrame or a pyarrow Table,
+        per batch_format). A callable class runs on a pool of ``concurrency`` actors, each
+        building it once (with fn_constructor_args/kwargs). batch_size=None (the default, as
+        in Ray 2.60) passes each block whole; "default" means 1024."""
+        if batch_size == "default":
+            batch_size = DEFAULT_BATCH_SIZE
+        if batch_format not in (None, "default", "numpy", "pandas", "pyarrow"):
+            raise ValueError(f"batch_format must be 'default', 'numpy', 'pandas' or 'pyarrow', "
+                             f"got {batch_format!r}")
+        apply = functools.partial(_map_batches_apply, batch_size=batch_size,
+                                  fmt=batch_format or "default", args=tuple(fn_args),
+                                  kwargs=dict(fn_kwargs or {}))
+        name = f"MapBatches({getattr(fn, '__name__', type(fn).__name__)})"
+        out = self._map(name, apply, fn, fn_constructor_args=fn_constructor_args,
+                        fn_constructor_kwargs=fn_constructor_kwargs, concurrency=concurrency,
+                        num_cpus=num_cpus, num_gpus=num_gpus)
+        out._plan.ops[-1].min_rows = batch_size
+        return out
+
+    def _row_op(self, kind: str, apply: Callable, fn: Any, fn_args, fn_kwargs, **kw) -> Dataset:
+        name = f"{kind}({getattr(fn, '__name__', type(fn).__name__)})"
+        return self._map(name, functools.partial(apply, args=tuple(fn_args),
+                                                 kwargs=dict(fn_kwargs or {})), fn, **kw)
+
+    def map(self, fn: Any, *, fn_args: tuple = (), fn_kwargs: dict | None = None,
+            fn_constructor_args: tuple = (), fn_constructor_kwargs: dict | None = None,
+            concurrency: int | tuple | None = None, num_cpus: float | None = None,
+            num_gpus: float | None = None, **ray_remote_args) -> Dataset:
+        """fn applied to each row (a dict), returning a dict."""
+        return self._row_op("Map", _map_apply, fn, fn_args, fn_kwargs, keeps_rows=True,
+                            fn_constructor_args=fn_constructor_args,
+                            fn_constructor_kwargs=fn_constructor_kwargs,
+                            concurrency=concurrency, num_cpus=num_cpus, num_gpus=num_gpus)
+
+    def flat_map(self, fn: Any, *, fn_args: tuple = (), fn_kwargs: dict | None = None,
+                 fn_constructor_args: tuple = (), fn_constructor_kwargs: dict | None = None,
+                 concurrency: int | tuple | None = None, num_cpus: float | None = None,
+                 num_gpus: float | None = None, **ray_remote_args) -> Dataset:
+        """fn applied to each row, returning a list of rows."""
+        return self._row_op("FlatMap", _flat_map_apply, fn, fn_args, fn_kwargs,
+                            fn_constructor_args=fn_constructor_args,
+                            fn_constructor_kwargs=fn_constructor_kwargs,
+                            concurrency=concurrency, num_cpus=num_cpus, num_gpus=num_gpus)
+
+    def filter(self, fn: Any, *, fn_args: tuple = (), fn_kwargs: dict | None = None,
+               fn_constructor_args: tuple = (), fn_constructor_kwargs: dict | None = None,
+               concurrency: int | tuple | None = None, num_cpus: float | None = None,
+               num_gpus: float | None = None, **ray_remote_args) -> Dataset:
+        """The rows for which fn(row) is true."""
+        return self._row_op("Filter", _filter_apply, fn, fn_args, fn_kwargs,
+                            fn_constructor_args=fn_constructor_args,
+                            fn_constructor_kwargs=fn_constructor_kwargs,
+                            concurrency=concurrency, num_cpus=num_cpus, num_gpus=num_gpus)
+
+    def add_column(self, col: str, fn: Callable, *, batch_format: str = "pandas",
+                   **kwargs) -> Dataset:
+        """A new column col = fn(batch), computed per block."""
+        return self._map(f"AddColumn({col})", functools.partial(_add_column_apply, col=col,
+                                                                fmt=batch_format), fn,
+                         keeps_rows=True)
+
+    def drop_columns(self, cols: list[str] | str, **kwargs) -> Dataset:
+        cols = [cols] if isinstance(cols, str) else list(cols)
+        return self._map("DropColumns", functools.partial(_select_apply, cols=cols, drop=True),
+                         keeps_rows=True)
+
+    def select_columns(self, cols: list[str] | str, **kwargs) -> Dataset:
+        cols = [cols] if isinstance(cols, str) else list(cols)
+        return self._map("SelectColumns", functools.partial(_select_apply, cols=cols,
+                                                            drop=False), keeps_rows=True)
+
+    def rename_columns(self, names: dict[str, str] | list[str], **kwargs) -> Dataset:
+        """Renames columns by a {old: new} dict (or a list of new names in order)."""
+        if isinstance(names, list):
+            old = self.columns()
+            if len(old) != len(names):
+                raise ValueError(f"rename_columns got {len(names)} names for {len(old)} columns")
+            names = dict(zip(old, names))
+        return self._map("RenameColumns", functools.partial(_rename_apply, names=dict(names)),
+                         keeps_rows=True)
+
+    def random_sample(self, fraction: float, *, seed: int | None = None) -> Dataset:
+        """Each row kept with probability fraction."""
+        if not 0 <= fraction <= 1:
+            raise ValueError(f"fraction must be in [0, 1], got {fraction}")
+        return self._map("RandomSample", functools.partial(_sample_apply, fraction=fraction,
+                                                           seed=seed))
+
+    def limit(self, limit: int) -> Dataset:
+        """The first limit rows; upstream work stops once they are made."""
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+        return self._then(Limit(int(limit)))
+
+    # ---------------------------------------------------------------- all-to-all
+
+    def random_shuffle(self, *, seed: int | None = None, num_blocks: int | None = None,
+                       **kwargs) -> Dataset:
+        """Rows in a random order (the same order for the same seed)."""
+        return self._then(AllToAll("RandomShuffle", functools.partial(
+            alltoall.random_shuffle, seed=seed, num_blocks=num_blocks)))
+
+    def randomize_block_order(self, *, seed: int | None = None) -> Dataset:
+        return self._then(AllToAll("RandomizeBlockOrder", functools.partial(
+            alltoall.randomize_block_order, seed=seed)))
+
+    def sort(self, key: str | list[str], descending: bool | list[bool] = False) -> Dataset:
+        """Rows sorted by key(s) (stable), range-partitioned across blocks."""
+        keys = [key] if isinstance(key, str) else list(key)
+        desc = descending if isinstance(descending, list) else [descending] * len(keys)
+        if len(desc) != len(keys):
+            raise ValueError("give one descending flag per key")
+        return self._then(AllToAll("Sort", functools.partial(alltoall.sort, keys=keys,
+                                                             descending=desc)))
+
+    def groupby(self, key: str | list[str] | None) -> GroupedData:
+        return GroupedData(self, key)
+
+    def repartition(self, num_blocks: int, *, shuffle: bool = False, **kwargs) -> Dataset:
+        """num_blocks blocks of about equal rows (shuffle=True: through a random shuffle)."""
+        if num_blocks < 1:
+            raise ValueError(f"num_blocks must be >= 1, got {num_blocks}")
+        if shuffle:
+            return self.random_shuffle(num_blocks=num_blocks)
+        return self._then(AllToAll("Repartition", functools.partial(alltoall.repartition,
+                                                                    n=num_blocks)))
+
+    def union(self, *others: Dataset) -> Dataset:
+        """This dataset's rows followed by the others'."""
+        plans = [o._plan for o in others]
+
+        def combine(bundles: list[Bundle]) -> list[Bundle]:
+            return bundles + [b for p in plans for b in execute(p)]
+
+        return self._then(AllToAll("Union", combine))
+
+    def zip(self, other: Dataset) -> Dataset:
+        """Columns of both side by side, row by row (equal row counts; clashing names of
+        other get a suffix _1)."""
+        plan = other._plan
+
+        def combine(bundles: list[Bundle]) -> list[Bundle]:
+            return alltoall.zip_bundles(bundles, list(execute(plan)))
+
+        return self._then(AllToAll("Zip", combine))
+
+    # ---------------------------------------------------------------- aggregates
+
+    def aggregate(self, *aggs: AggregateFn) -> dict:
+        return alltoall.global_aggregate(self._all_bundles(), list(aggs))
+
+    def _agg1(self, agg_cls, on, **kw):
+        if isinstance(on, list):
+            return {f"{agg_cls.kind}({c})": v for c, v in zip(
+                on, self.aggregate(*[agg_cls(c, **kw) for c in on]).values())}
+        return next(iter(self.aggregate(agg_cls(on, **kw)).values()))
+
+    def sum(self, on: str | list[str] | None = None, ignore_nulls: bool = True) -> Any:
+        return self._agg1(Sum, on, ignore_nulls=ignore_nulls)
+
+    def min(self, on: str | list[str] | None = None, ignore_nulls: bool = True) -> Any:
+        return self._agg1(Min, on, ignore_nulls=ignore_nulls)
+
+    def max(self, on: str | list[str] | None = None, ignore_nulls: bool = True) -> Any:
+        return self._agg1(Max, on, ignore_nulls=ignore_nulls)
+
+    def mean(self, on: str | list[str] | None = None, ignore_nulls: bool = True) -> Any:
+        return self._agg1(Mean, on, ignore_nulls=ignore_nulls)
+
+    def std(self, on: str | list[str] | None = None, ddof: int = 1,
+            ignore_nulls: bool = True) -> Any:
+        return self._agg1(Std, on, ddof=ddof, ignore_nulls=ignore_nulls)
+
+    def unique(self, column: str) -> list:
+        return list(self.select_columns([column]).groupby(column).count().to_pandas()[column])
+
+    # ---------------------------------------------------------------- consumption
+
+    def iterator(self) -> DataIterator:
+        return _DatasetIterator(self)
+
+    def iter_batches(self, **kwargs) -> Iterator[Any]:
+        return self.iterator().iter_batches(**kwargs)
+
+    def iter_torch_batches(self, **kwargs) -> Iterator[Any]:
+        return self.iterator().iter_torch_batches(**kwargs)
+
+    def iter_rows(self) -> Iterator[dict]:
+        return self.iterator().iter_rows()
+
+    iter_batches.__doc__ = DataIterator.iter_batches.__doc__
+
+    def take(self, limit: int = 20) -> list[dict]:
+        return list(itertools.islice(self.limit(limit).iter_rows(), limit))
+
+    def take_batch(self, batch_size: int = 20, *, batch_format: str | None = "default") -> Any:
+        blocks = self.limit(batch_size).iterator().to_blocks()
+        return to_batch(concat(blocks), batch_format)
+
+    def take_all(self, limit: int | None = None) -> list[dict]:
+        rows = list(self.iter_rows())
+        if limit is not None and len(rows) > limit:
+            raise ValueError(f"the dataset has more than {limit} rows")
+        return rows
+
+    def show(self, limit: int = 20) -> None:
+        for row in self.take(limit):
+            print(row)
+
+    def count(self) -> int:
+        """Rows; from metadata alone when the plan allows, else by executing (no block
+        comes to the driver)."""
+        rows = self._plan.known_rows()
+        if rows is not None:
+            return rows
+        return sum(m["rows"] for _, m in self._bundles())
+
+    def schema(self) -> Schema | None:
+        """Column names and types, from the first block (executing as little as that needs)."""
+        plan = self._plan
+        bundles = plan.source if isinstance(plan.source, list) and not plan.ops \
+            else self.limit(1)._bundles()
+        for _, meta in bundles:
+            if meta["schema"]:
+                return Schema(meta["schema"])
+        return None
+
+    def columns(self) -> list[str]:
+        schema = self.schema()
+        return schema.names if schema else []
+
+    def materialize(self) -> MaterializedDataset:
+        """Executes the plan once; the blocks stay on the ranks that made them."""
+        bundles = self._all_bundles()
+        out = MaterializedDataset(Plan(bundles))
+        out._last_stats = self._last_stats
+        return out
+
+    def stats(self) -> str:
+        """Per-operator wall time, rows and bytes of the last execution."""
+        return (self._last_stats or DatasetStats()).to_string()
+
+    def to_pandas(self, limit: int | None = None) -> Any:
+        import pandas as pd
+
+        ds = self.limit(limit) if limit is not None else self
+        block = concat(ds.iterator().to_blocks())
+        return to_batch(block, "pandas") if block else pd.DataFrame()
+
+    def to_numpy_refs(self, *, column: str | None = None) -> list:
+        """One ref per block: a dict of arrays, or the array of column."""
+        return [remote(_to_numpy).remote(ref, column) for ref, _ in self._bundles()]
+
+    def get_internal_block_refs(self) -> list:
+        return [ref for ref, _ in self._bundles()]
+
+    def num_blocks(self) -> int:
+        return len(self._all_bundles())
+
+    def size_bytes(self) -> int:
+        return sum(m["bytes"] for _, m in self._bundles())
+
+    def input_files(self) -> list[str]:
+        src = self._plan.source
+        if isinstance(src, list):
+            return []
+        return sorted({t.args[0] for t in src.plan(self._plan.num_blocks)
+                       if t.args and isinstance(t.args[0], str)})
+
+    # ---------------------------------------------------------------- splits
+
+    def split(self, n: int, *, equal: bool = False, locality_hints: Any = None
+              ) -> list[MaterializedDataset]:
+        """n materialized parts: whole blocks each (equal=True: exactly equal rows, the
+        remainder dropped)."""
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        bundles = self._all_bundles()
+        if equal:
+            total = sum(m["rows"] for _, m in bundles)
+            per = total // n
+            parts = alltoall.gather(bundles, [per * k for k in range(n + 1)])
+            return [MaterializedDataset(Plan([p])) for p in parts]
+        groups = np.array_split(np.arange(len(bundles)), n)
+        return [MaterializedDataset(Plan([bundles[i] for i in g])) for g in groups]
+
+    def split_at_indices(self, indices: list[int]) -> list[MaterializedDataset]:
+        """Parts [0, i0), [i0, i1), ..., [ik, end) of the rows."""
+        if any(b < a for a, b in itertools.pairwise(indices)) or any(i < 0 for i in indices):
+            raise ValueError(f"indices must be sorted and >= 0, got {indices}")
+        bundles = self._all_bundles()
+        rows = [m["rows"] for _, m in bundles]
+        total = sum(rows)
+        cuts = [0, *[min(i, total) for i in indices], total]
+        return [MaterializedDataset(Plan(_rows_between(bundles, rows, a, b)))
+                for a, b in itertools.pairwise(cuts)]
+
+    def split_proportionately(self, proportions: list[float]) -> list[MaterializedDataset]:
+        if any(p <= 0 for p in proportions) or sum(proportions) >= 1:
+            raise ValueError("proportions must be > 0 and sum to less than 1")
+        total = self.count()
+        cuts, acc = [], 0.0
+        for p in proportions:
+            acc += p
+            cuts.append(int(total * acc))
+        return self.split_at_indices(cuts)
+
+    def train_test_split(self, test_size: float, *, shuffle: bool = False,
+                         seed: int | None = None) -> tuple[MaterializedDataset,
+                                                           MaterializedDataset]:
+        """(train, test); test_size is a fraction of the rows or a row count."""
+        ds = self.random_shuffle(seed=seed) if shuffle else self
+        ds = ds.materialize()
+        total = ds.count()
+        if isinstance(test_size, float):
+            if not 0 < test_size < 1:
+                raise ValueError(f"a float test_size must be in (0, 1), got {test_size}")
+            n_test = int(np.ceil(total * test_size))
+        else:
+            if not 0 < test_size < total:
+                raise ValueError(f"an int test_size must be in (0, {total}), got {test_size}")
+            n_test = test_size
+        train, test = ds.split_at_indices([total - n_test])
+        return train, test
+
+    def streaming_split(self, n: int, *, equal: bool = False, locality_hints: Any = None
+                        ) -> list[DataIterator]:
+        """n iterators, one per consumer (e.g. training workers), fed by one execution of the
+        dataset per epoch; with equal=True every consumer gets exactly as many rows."""
+        from .split import streaming_split
+
+        return streaming_split(self, n, equal)
+
+    def shard(self, count: int, index: int) -> DataIterator:
+        """Worker index's part of count (what a trainer's datasets= hands each worker): the
+        iterators of one streaming_split(count, equal=True), made anew when worker 0's part is
+        asked for (each fit() attempt gets its own coordinator)."""
+        if index == 0 or count not in self._splits:
+            self._splits[count] = self.streaming_split(count, equal=True)
+        return self._splits[count][index]
+
+    # ---------------------------------------------------------------- writes
+
+    def write_parquet(self, path: str, **kwargs) -> None:
+        self._write("parquet", path, kwargs)
+
+    def write_csv(self, path: str, **kwargs) -> None:
+        self._write("csv", path, kwargs)
+
+    def write_json(self, path: str, **kwargs) -> None:
+        self._write("json", path, kwargs)
+
+    def write_numpy(self, path: str, *, column: str | None = None, **kwargs) -> None:
+        self._write("npy", path, {"column": column})
+
+    def write_hdf5(self, path: str, **kwargs) -> None:
+        """One HDF5 file at path with a dataset per column: each block is written by its own
+        task to path's .parts folder, and path joins them as virtual datasets (no copy)."""
+        from .write import write_hdf5
+
+        write_hdf5(self, path)
+
+    def _write(self, fmt: str, path: str, kwargs: dict) -> None:
+        from .write import write_files
+
+        write_files(self, fmt, path, kwargs)
+
+
+def _to_numpy(block: Block, column_name: str | None) -> Any:
+    return block[column_name] if column_name is not None else block
+
+
+class MaterializedDataset(Dataset):
+    """A dataset whose blocks exist (on the ranks that made them)."""
+
+    def __repr__(self) -> str:
+        return f"MaterializedDataset(num_blocks={len(self._plan.source)})"
+
+    def num_blocks(self) -> int:
+        return len(self._plan.source) if not self._plan.ops else super().num_blocks()
+
+
+class GroupedData:
+    """``ds.groupby(key)``: aggregations per group (sorted by key), or map_groups."""
+
+    def __init__(self, ds: Dataset, key: str | list[str] | None):
+        self._ds = ds
+        self._keys = [] if key is None else ([key] if isinstance(key, str) else list(key))
+
+    def aggregate(self, *aggs: AggregateFn) -> Dataset:
+        if not self._keys:
+            row = self._ds.aggregate(*aggs)
+            return from_blocks_local([{k: column([v]) for k, v in row.items()}])
+        return self._ds._then(AllToAll("Aggregate", functools.partial(
+            alltoall.groupby_aggregate, keys=self._keys, aggs=list(aggs))))
+
+    def _one(self, cls, on, **kw) -> Dataset:
+        cols = on if isinstance(on, list) else [on]
+        return self.aggregate(*[cls(c, **kw) for c in cols])
+
+    def count(self) -> Dataset:
+        return self.aggregate(Count())
+
+    def sum(self, on: str | list[str] | None = None, ignore_nulls: bool = True) -> Dataset:
+        return self._one(Sum, on, ignore_nulls=ignore_nulls)
+
+    def min(self, on: str | list[str] | None = None, ignore_nulls: bool = True) -> Dataset:
+        return self._one(Min, on, ignore_nulls=ignore_nulls)
+
+    def max(self, on: str | list[str] | None = None, ignore_nulls: bool = True) -> Dataset:
+        return self._one(Max, on, ignore_nulls=ignore_nulls)
+
+    def mean(self, on: str | list[str] | None = None, ignore_nulls: bool = True) -> Dataset:
+        return self._one(Mean, on, ignore_nulls=ignore_nulls)
+
+    def std(self, on: str | list[str] | None = None, ddof: int = 1,
+            ignore_nulls: bool = True) -> Dataset:
+        return self._one(Std, on, ddof=ddof, ignore_nulls=ignore_nulls)
+
+    def map_groups(self, fn: Callable, *, batch_format: str | None = "default",
+                   fn_args: tuple = (), fn_kwargs: dict | None = None, **kwargs) -> Dataset:
+        """fn applied to each group as one batch; groups in key order."""
+        if not self._keys:
+            raise ValueError("map_groups needs a key: ds.groupby('col').map_groups(fn)")
+        return self._ds._then(AllToAll("MapGroups", functools.partial(
+            alltoall.map_groups, keys=self._keys, fn=fn, fmt=batch_format or "default",
+            fn_args=tuple(fn_args), fn_kwargs=dict(fn_kwargs or {}))))
+
+
+def from_blocks_local(blocks: list[Block]) -> MaterializedDataset:
+    """Blocks made on this process, put into the object store."""
+    from .executor import _meta
+
+    bundles = []
+    for b in blocks:
+        bundles.append((hpcray.put(b), _meta(b, 0.0, "from driver")))
+    return MaterializedDataset(Plan(bundles))
+
+
+def default_min_blocks() -> int:
+    ctx = DataContext.get_current()
+    return ctx.min_num_blocks or 2 * job_cpus()
+
+
+def items_to_blocks(items: list, n: int | None) -> list[Block]:
+    k = max(1, min(len(items), n or min(len(items), default_min_blocks())))
+    bounds = [len(items) * i // k for i in range(k + 1)]
+    return [from_rows(items[a:b]) for a, b in itertools.pairwise(bounds)] or [{}]
+
+
+def _rows_between(bundles: list[Bundle], rows: list[int], a: int, b: int) -> list[Bundle]:
+    """Bundles holding rows [a, b): whole blocks kept, the blocks at the edges cut."""
+    out = []
+    for i, s, e in alltoall.row_pieces(rows, [a, b])[0]:
+        out.append(bundles[i] if (s, e) == (0, rows[i]) else
+                   alltoall.gather([bundles[i]], [s, e])[0])
+    return out
