@@ -19,7 +19,7 @@ pytestmark = pytest.mark.skipif(any(importlib.util.find_spec(m) is None for m in
 def job(script: str, n: int, tmp_path: Path, *args: str, timeout: float = 150) -> str:
     from conftest import mpiexec
 
-    from hpcray._private.launch import mpiexec_command
+    from hpcray._private.job.launch import mpiexec_command
 
     argv = [sys.executable, str(JOBS / script), *args]
     cmd, env = mpiexec_command(n, argv, mpiexec=mpiexec())

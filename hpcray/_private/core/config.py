@@ -80,6 +80,8 @@ ELSEWHERE: dict[str, str] = {
     "HPCRAY_SERVE_TOKEN": "the bearer token of Serve's HTTP ingress (default: generated)",
     "HPCRAY_SERVE_DEPLOY_TIMEOUT": "seconds `serve.run` waits for replicas to start (300)",
     "HPCRAY_TUNE_STORAGE": "where Tune keeps results (default: ~/hpcray_results)",
+    "HPCRAY_DATA_PROGRESS": "1 or 0: hpcray.data's progress lines on or off (default: on when "
+                            "the driver's stderr is a terminal)",
 }
 
 
