@@ -382,7 +382,7 @@ def test_queued_tasks_all_finish_and_resources_come_back(scheduling):
     assert {r[0] for r in results} == {1, 2}
     assert all(_disjoint_per_rank(results).values()), results   # one CPU per rank
     assert queue["before"]["CPU"] == 2.0
-    assert queue["during"]["CPU"] == 0.0
+    assert "CPU" not in queue["during"]  # nothing free: left out, as Ray does
     assert queue["after"] == queue["before"]
 
 

@@ -156,13 +156,20 @@ def test_mpi_flavor_openmpi_and_unknown(fake_openmpi: str, tmp_path: Path) -> No
     assert mpi_flavor(str(tmp_path / "missing")) == "unknown"
 
 
-def test_mpiexec_command_mpich() -> None:
+def test_mpiexec_command_mpich(monkeypatch: pytest.MonkeyPatch) -> None:
     exe = find_mpiexec()
+    for var in ("UCX_TLS", "SLURM_JOB_NUM_NODES", "SLURM_NNODES", "HYDRA_HOST_FILE"):
+        monkeypatch.delenv(var, raising=False)
     cmd, env = mpiexec_command(3, ["python", "x.py"], mpiexec=exe, extra=["-ppn", "3"])
     assert cmd[:3] == [exe, "-n", "3"]
     assert "-disable-auto-cleanup" in cmd
     assert cmd[-4:] == ["-ppn", "3", "python", "x.py"]
-    assert env == {}
+    assert env == {"UCX_TLS": "self,sm"}  # one node: shared memory only, no listening ports
+    monkeypatch.setenv("SLURM_JOB_NUM_NODES", "2")  # several nodes: the network transport
+    assert mpiexec_command(3, ["python", "x.py"], mpiexec=exe)[1] == {}
+    monkeypatch.delenv("SLURM_JOB_NUM_NODES")
+    monkeypatch.setenv("UCX_TLS", "tcp")  # the user's choice stands
+    assert mpiexec_command(3, ["python", "x.py"], mpiexec=exe)[1] == {}
 
 
 def test_mpiexec_command_openmpi(
@@ -238,6 +245,8 @@ def test_cli_dry_run(tmp_path: Path) -> None:
     )
     assert res.returncode == 0, res.stderr
     words = shlex.split(res.stdout)
+    if words[0].startswith("UCX_TLS="):  # one node: the environment it sets is shown too
+        words = words[1:]
     assert words[0] == find_mpiexec()
     assert words[1:3] == ["-n", "5"]
     assert "-disable-auto-cleanup" in words
