@@ -254,20 +254,29 @@ def hdf5_source(paths, datasets: str | list[str] | None, num_blocks: int | None,
                                  f"(the rows), got {lengths}")
             plans.append((f, list(names), next(iter(lengths.values())), chunk, row_bytes))
     columns = [n.strip("/") for n in plans[0][1]]
+    return _chunked_rows("ReadHDF5", plans, columns, _read_hdf5, "file", False, min_blocks)
+
+
+def _chunked_rows(name: str, plans: list, columns: list, read: Callable, what: str,
+                  strict_chunks: bool, min_blocks: Callable[[], int]) -> Datasource:
+    """Read tasks over row ranges of chunked arrays: plans are (source, names, rows, chunk,
+    bytes per row); each source gets blocks in proportion to its rows, cut at chunk
+    boundaries (with strict_chunks=False, only where a block holds a chunk or more)."""
     total = sum(p[2] for p in plans)
 
     def planner(nb):
         k = blocks_for(sum(p[2] * p[4] for p in plans), max(1, total), nb, min_blocks())
         tasks = []
-        for f, names, rows, chunk, row_bytes in plans:
+        for source, names, rows, chunk, row_bytes in plans:
             share = max(1, round(k * rows / max(1, total)))
-            align = chunk if rows // max(1, share) >= chunk else 1
+            align = chunk if strict_chunks or rows // max(1, share) >= chunk else 1
             for a, b in row_ranges(rows, share, align):
-                tasks.append(ReadTask(_read_hdf5, (f, names, columns, a, b),
-                                      f"file {f} rows {a}-{b}", b - a, (b - a) * row_bytes))
+                tasks.append(ReadTask(read, (source, names, columns, a, b),
+                                      f"{what} {source} rows {a}-{b}", b - a,
+                                      (b - a) * row_bytes))
         return tasks
 
-    return Datasource("ReadHDF5", planner, lambda: total)
+    return Datasource(name, planner, lambda: total)
 
 
 def _list_datasets(h) -> list[str]:
@@ -320,20 +329,8 @@ def zarr_source(paths, arrays: str | list[str] | None, num_blocks: int | None,
         chunk = max(a.chunks[0] for a in arrs)
         plans.append((store, names, arrs[0].shape[0], chunk, row_bytes))
     columns = ["data"] if plans[0][1] is None else [n.strip("/") for n in plans[0][1]]
-    total = sum(p[2] for p in plans)
-
-    def planner(nb):
-        k = blocks_for(sum(p[2] * p[4] for p in plans), max(1, total), nb, min_blocks())
-        tasks = []
-        for store, names, rows, chunk, row_bytes in plans:
-            share = max(1, round(k * rows / max(1, total)))
-            for a, b in row_ranges(rows, share, chunk):
-                tasks.append(ReadTask(_read_zarr, (store, names, columns, a, b),
-                                      f"Zarr store {store} rows {a}-{b}", b - a,
-                                      (b - a) * row_bytes))
-        return tasks
-
-    return Datasource("ReadZarr", planner, lambda: total)
+    return _chunked_rows("ReadZarr", plans, columns, _read_zarr, "Zarr store", True,
+                         min_blocks)
 
 
 # ------------------------------------------------------------------------------ arrow formats

@@ -180,13 +180,14 @@ def concat_task(*blocks: Block) -> tuple[Block, dict]:
 _remote_cache: dict[str, Any] = {}
 
 
-def remote(fn: Callable, **options) -> Any:
-    """fn as a hpcray task (made once per process) with these options."""
-    key = fn.__qualname__
-    rf = _remote_cache.get(key)
-    if rf is None:
-        rf = _remote_cache[key] = hpcray.remote(fn)
-    return rf.options(**options) if options else rf
+def remote(target: Callable, **options) -> Any:
+    """A function as a hpcray task, or a class as an actor class (made once per process),
+    with these options."""
+    key = f"{target.__module__}.{target.__qualname__}"
+    made = _remote_cache.get(key)
+    if made is None:
+        made = _remote_cache[key] = hpcray.remote(target)
+    return made.options(**options) if options else made
 
 
 def job_cpus() -> int:
@@ -458,7 +459,7 @@ class _ActorStage(_Stage):
         opts = {"num_cpus": spec.num_cpus} if spec.num_cpus is not None else {}
         if spec.num_gpus:
             opts["num_gpus"] = spec.num_gpus
-        self.worker = remote_class(MapWorker, **opts)
+        self.worker = remote(MapWorker, **opts)
         self.actors: list = []
         self.load: dict[int, int] = {}
         self.owner: dict[int, int] = {}
@@ -540,17 +541,6 @@ class _LimitStage(_Stage):
     def finished(self) -> bool:
         return (self.left == 0 or self.input_exhausted()) and not self.inflight and \
             not self.outputs and not self.done
-
-
-_class_cache: dict[str, Any] = {}
-
-
-def remote_class(cls: type, **options) -> Any:
-    key = cls.__qualname__
-    ac = _class_cache.get(key)
-    if ac is None:
-        ac = _class_cache[key] = hpcray.remote(cls)
-    return ac.options(**options) if options else ac
 
 
 # ---------------------------------------------------------------------------------- executor

@@ -24,7 +24,7 @@ import hpcray
 from .block import Block, slice_block, take_rows
 from .context import DataContext
 from .dataset import DataIterator, Dataset
-from .executor import execute, remote, remote_class, slice_task
+from .executor import execute, remote, slice_task
 
 DEFAULT_CHUNK = 256
 
@@ -238,6 +238,6 @@ def _counting(it: SplitIterator, batches: Iterator[Any]) -> Iterator[Any]:
 def streaming_split(ds: Dataset, n: int, equal: bool) -> list[DataIterator]:
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
-    coord = remote_class(SplitCoordinator, max_concurrency=1).remote(
+    coord = remote(SplitCoordinator, max_concurrency=1).remote(
         ds, n, equal, DataContext.get_current())
     return [SplitIterator(coord, i, n, equal) for i in range(n)]
