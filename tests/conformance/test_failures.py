@@ -21,6 +21,15 @@ class CustomError(Exception):
         self.detail = detail
 
 
+def _bump(path: str) -> int:
+    """Counts a run in the file at path; returns the new count."""
+    with open(path) as f:
+        n = int(f.read()) + 1
+    with open(path, "w") as f:
+        f.write(str(n))
+    return n
+
+
 def test_task_exception_type_and_traceback(ray_start_regular_shared):
     @ray.remote
     def thrower():
@@ -108,8 +117,7 @@ def test_retry_exceptions_true(ray_start_regular_shared, tmp_path):
 
     @ray.remote(max_retries=3, retry_exceptions=True)
     def flaky(path):
-        n = int(open(path).read()) + 1
-        open(path, "w").write(str(n))
+        n = _bump(path)
         if n < 3:
             raise ValueError("again")
         return n
@@ -123,8 +131,7 @@ def test_retry_exceptions_list_only_retries_listed(ray_start_regular_shared, tmp
 
     @ray.remote(max_retries=3, retry_exceptions=[KeyError])
     def wrong_kind(path):
-        n = int(open(path).read()) + 1
-        open(path, "w").write(str(n))
+        _bump(path)
         raise ValueError("not retried")
 
     with pytest.raises(ValueError):
@@ -138,8 +145,7 @@ def test_exceptions_not_retried_by_default(ray_start_regular_shared, tmp_path):
 
     @ray.remote(max_retries=3)
     def once(path):
-        n = int(open(path).read()) + 1
-        open(path, "w").write(str(n))
+        _bump(path)
         raise ValueError("app error")
 
     with pytest.raises(ValueError):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 
 import hpcray as ray
@@ -25,10 +27,8 @@ def _remove_leftover_groups():
     yield
     while _created:
         pg = _created.pop()
-        try:
+        with contextlib.suppress(Exception):  # removed already
             remove_placement_group(pg)
-        except Exception:  # noqa: BLE001 - removed already, or never created
-            pass
 
 
 @ray.remote(num_cpus=1)
