@@ -46,7 +46,7 @@ def test_ray_conformance(tmp_path) -> None:
     # session's workers left) gets the job SIGKILLed: an hpcray gap, listed in docs/conformance.md
     cmd = [arg for arg in cmd if arg != "-disable-auto-cleanup"]
     env = {**launcher_env, "HPCRAY_CONFORMANCE": "1", "PYTHONPATH": str(CONFORMANCE)}
-    proc = run_process(cmd, timeout=420, env=env, cwd=str(tmp_path))
+    proc = run_process(cmd, timeout=360, env=env, cwd=str(tmp_path))
     assert junit.exists(), f"no results (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
     per_module = _outcomes(str(junit))
     total = sum(per_module.values(), Counter())

@@ -68,18 +68,18 @@ def test_has_next_and_has_free(ray_start_regular_shared):
 
 def test_get_next_timeout(ray_start_regular_shared):
     pool = ActorPool([MyActor.remote()])
-    pool.submit(lambda a, v: a.slow.remote(v), 5)
+    pool.submit(lambda a, v: a.slow.remote(v), 1)
     with pytest.raises(TimeoutError):
         pool.get_next(timeout=0.1)
-    assert pool.get_next() == 5
+    assert pool.get_next() == 1
 
 
 def test_get_next_unordered_timeout(ray_start_regular_shared):
     pool = ActorPool([MyActor.remote()])
-    pool.submit(lambda a, v: a.slow.remote(v), 2)
+    pool.submit(lambda a, v: a.slow.remote(v), 1)
     with pytest.raises(TimeoutError):
         pool.get_next_unordered(timeout=0.1)
-    assert pool.get_next_unordered() == 2
+    assert pool.get_next_unordered() == 1
 
 
 def test_get_next_without_work_raises(ray_start_regular_shared):

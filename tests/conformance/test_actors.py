@@ -210,7 +210,7 @@ def test_actor_restart_after_kill_with_max_restarts(ray_start_regular_shared):
         except ray.exceptions.RayActorError:
             return False
 
-    wait_for_condition(restarted, timeout=10)
+    wait_for_condition(restarted, timeout=5)
     assert got == [1]  # the restarted actor ran __init__ again: its state starts over
 
 

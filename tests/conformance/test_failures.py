@@ -3,7 +3,6 @@ behaviour: application errors, retries, and worker deaths (the latter in drivers
 
 from __future__ import annotations
 
-import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -256,7 +255,3 @@ def test_force_cancel(deaths):
     assert result["after"] == 1
     assert code == 0 or result["error"] == WorkerCrashedError.__name__, out
 
-
-def test_os_exit_helper_is_not_run_in_process():
-    """The deaths above run in drivers/, never in this process (it would end the session)."""
-    assert os.path.isfile(os.path.join(os.path.dirname(__file__), "drivers", "worker_death.py"))

@@ -221,7 +221,7 @@ def test_get_non_ref_raises(ray_start_regular_shared):
         ray.get([ray.put(1), 2])
 
 
-def test_put_of_ref_raises_or_nests(ray_start_regular_shared):
+def test_put_of_ref_raises(ray_start_regular_shared):
     ref = ray.put(1)
     with pytest.raises(TypeError):  # Ray: "Calling 'put' on an ray.ObjectRef is not allowed"
         ray.put(ref)

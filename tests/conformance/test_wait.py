@@ -104,4 +104,4 @@ def test_wait_many_numpy_objects(ray_start_regular_shared):
 
     refs = [arr.remote(i) for i in range(20)]
     ready, _ = ray.wait(refs, num_returns=20)
-    assert [int(a[0]) for a in ray.get(ready)] == sorted(range(20), key=lambda i: refs.index(ready[i]))
+    assert [int(a[0]) for a in ray.get(ready)] == [refs.index(r) for r in ready]

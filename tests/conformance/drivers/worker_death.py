@@ -90,7 +90,7 @@ def actor_restart_after_crash() -> dict:
     a = Restartable.remote()
     ray.get(a.inc.remote(), timeout=60)
     died = _error_name(a.die.remote())
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         try:
             return {"died": died, "after": ray.get(a.inc.remote(), timeout=30)}
