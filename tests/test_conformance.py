@@ -45,7 +45,7 @@ def test_ray_conformance(tmp_path) -> None:
     # with Hydra's -disable-auto-cleanup, the second init() of a process (a new spawn after a
     # session's workers left) gets the job SIGKILLed: an hpcray gap, listed in docs/conformance.md
     cmd = [arg for arg in cmd if arg != "-disable-auto-cleanup"]
-    env = {**launcher_env, "HPCRAY_CONFORMANCE": "1", "PYTHONPATH": str(CONFORMANCE)}
+    env = {**launcher_env, "HPCRAY_CONFORMANCE": "1", "PYTHONPATH": str(ROOT / "tests")}
     proc = run_process(cmd, timeout=360, env=env, cwd=str(tmp_path))
     assert junit.exists(), f"no results (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
     per_module = _outcomes(str(junit))

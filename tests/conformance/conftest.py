@@ -4,7 +4,7 @@ Run as ``mpiexec -n 1 python -m pytest tests/conformance`` (see tests/test_confo
 ``init(num_cpus=2)`` then spawns the worker ranks, and init/shutdown repeat in one process.
 The modules are only collected when ``HPCRAY_CONFORMANCE=1`` (the runner sets it), so the
 main suite does not run them in its own process. Worker ranks import these modules by
-name (as Ray's workers do), so this directory must be on the job's PYTHONPATH.
+name (``conformance.test_wait``, as Ray's workers do), so tests/ must be on the job's PYTHONPATH.
 """
 
 from __future__ import annotations

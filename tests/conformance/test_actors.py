@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from ray_test_utils import wait_for_condition
 
 import hpcray as ray
+
+from .ray_test_utils import wait_for_condition
 
 
 @ray.remote

@@ -6,10 +6,11 @@ import asyncio
 import time
 
 import pytest
-from ray_test_utils import SignalActor, wait_for_condition
 
 import hpcray as ray
 from hpcray.exceptions import GetTimeoutError, RayTaskError, TaskCancelledError
+
+from .ray_test_utils import SignalActor, wait_for_condition
 
 
 @ray.remote

@@ -7,10 +7,11 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from ray_test_utils import run_driver
 
 import hpcray as ray
 from hpcray.exceptions import RayActorError, RayTaskError, TaskCancelledError, WorkerCrashedError
+
+from .ray_test_utils import run_driver
 
 
 class CustomError(Exception):

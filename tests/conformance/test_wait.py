@@ -6,9 +6,10 @@ import time
 
 import numpy as np
 import pytest
-from ray_test_utils import SignalActor
 
 import hpcray as ray
+
+from .ray_test_utils import SignalActor
 
 
 @ray.remote
