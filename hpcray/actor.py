@@ -84,6 +84,8 @@ class ActorClass:
         runtime = context.runtime()
         o = self._options
         name = o.get("name")
+        if name is not None and (not isinstance(name, str) or not name):
+            raise ValueError(f"an actor's name must be a non-empty string, got {name!r}")
         namespace = o.get("namespace")
         if namespace is None:
             namespace = runtime.config.namespace

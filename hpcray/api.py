@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import threading
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -55,8 +56,10 @@ def init(num_cpus: int | None = None, resources: dict[str, float] | None = None,
                              f"{num_cpus!r}")
         if num_gpus is not None and (not isinstance(num_gpus, int) or num_gpus < 0):
             raise ValueError(f"num_gpus must be an int >= 0 (GPUs per node), got {num_gpus!r}")
+        if namespace is None and "HPCRAY_NAMESPACE" not in os.environ:
+            namespace = str(uuid.uuid4())  # as Ray: an anonymous namespace per session
         overrides = {"log_to_driver": log_to_driver, "num_gpus": num_gpus,
-                     "namespace": namespace}
+                     "namespace": namespace, "sys_path": list(sys.path)}
         if resources:
             overrides["resources"] = dict(resources)
         head = bootstrap.start(overrides, num_cpus)

@@ -31,7 +31,7 @@ class ObjectRef:
         return f"{self.id:016x}"
 
     def binary(self) -> bytes:
-        return self.id.to_bytes(8, "big")
+        return self.id.to_bytes(16, "big")  # session, rank and counter (protocol.Ids)
 
     def __eq__(self, other) -> bool:
         return isinstance(other, ObjectRef) and other.id == self.id

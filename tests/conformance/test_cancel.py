@@ -138,8 +138,6 @@ def test_cancel_async_actor_task(ray_start_regular):
     assert ray.get(a.ping.remote()) == "pong"
 
 
-@pytest.mark.xfail(strict=True, reason="cancel(actor_call, force=True) is accepted; Ray raises "
-                   "ValueError (force-killing is only for tasks)")
 def test_cancel_actor_task_force_raises_value_error(ray_start_regular):
     @ray.remote
     class A:

@@ -67,7 +67,6 @@ def test_name_reusable_after_kill(ray_start_regular):
     assert ray.get(b.get.remote()) == 2
 
 
-@pytest.mark.xfail(strict=True, reason="an empty actor name is accepted; Ray raises ValueError")
 def test_named_actor_empty_name_raises(ray_start_regular):
     with pytest.raises(ValueError):
         Holder.options(name="").remote()
@@ -84,8 +83,6 @@ def test_init_namespace_in_runtime_context(ray_start_regular):
     assert ray.get(ns.remote()) == "ns1"
 
 
-@pytest.mark.xfail(strict=True, reason="without init(namespace=) the session's namespace is '' "
-                   "(Ray: a fresh anonymous namespace, a random UUID string, per session)")
 def test_anonymous_namespace_is_unique(ray_start_regular):
     first = ray.get_runtime_context().namespace
     assert isinstance(first, str) and first
@@ -119,8 +116,6 @@ def test_detached_actor_lifetime_accepted(ray_start_regular):
     ray.kill(a)
 
 
-@pytest.mark.xfail(strict=True, reason="hpcray.util.list_named_actors (Ray's "
-                   "ray.util.list_named_actors) is missing")
 def test_list_named_actors(ray_start_regular):
     keep = [Holder.options(name="l1").remote(), Holder.options(name="l2").remote()]  # noqa: F841
     names = ray.util.list_named_actors()

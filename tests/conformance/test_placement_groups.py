@@ -126,8 +126,6 @@ def test_invalid_strategy_raises_value_error(ray_start_regular_shared):
         placement_group([{"CPU": 1}], strategy="NOT_A_STRATEGY")
 
 
-@pytest.mark.xfail(strict=True, reason="a bundle index out of range raises "
-                   "hpcray._private.core.scheduler.Infeasible (private, not a ValueError as in Ray)")
 def test_bundle_index_out_of_range(ray_start_regular_shared):
     pg = placement_group([{"CPU": 1}])
     pg.wait(60)

@@ -227,8 +227,6 @@ def test_put_of_ref_raises(ray_start_regular_shared):
         ray.put(ref)
 
 
-@pytest.mark.xfail(strict=True, reason="ObjectRef.binary() packs the id into 8 bytes; ids that carry "
-                   "a session prefix (unique across sessions) overflow it: OverflowError")
 def test_object_ref_properties(ray_start_regular_shared):
     a, b = ray.put(1), ray.put(1)
     same = a
@@ -307,9 +305,6 @@ def test_is_initialized_and_cluster_resources(ray_start_regular_shared):
     assert len(ray.nodes()) >= 1 and all(n["Alive"] for n in ray.nodes())
 
 
-@pytest.mark.xfail(strict=True, reason="the driver's sys.path at init() does not reach the worker "
-                   "ranks (Ray passes it to every worker): a module importable only through it "
-                   "fails to unpickle in tasks; workers see only the launch's PYTHONPATH")
 def test_driver_sys_path_reaches_workers(tmp_path):
     """Ray's workers get the driver's sys.path at init: a module found there imports in tasks."""
     if ray.is_initialized():

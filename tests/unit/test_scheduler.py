@@ -236,8 +236,9 @@ def test_placement_group_feasibility():
         s.create_placement_group(3, [{"CPU": 3}], "PACK")
     assert not s.placement_group_ready(1) and s.placement_group_ranks(1) == []
     s.create_placement_group(4, [{"CPU": 1}, {"CPU": 2}], "PACK")
+    with pytest.raises(ValueError, match="out of range"):  # a wrong argument, as in Ray
+        s.check_feasible({"CPU": 3}, InPlacementGroup(4, 2))
     for strategy, match in [(InPlacementGroup(99), "does not exist"),
-                            (InPlacementGroup(4, 2), "out of range"),
                             (InPlacementGroup(4, 0), "does not fit in bundle 0"),
                             (InPlacementGroup(4, -1), "does not fit in any bundle")]:
         with pytest.raises(Infeasible, match=match):

@@ -139,6 +139,12 @@ class ActorTable:
     def remove(self, actor_id: int) -> None:
         self.actors.pop(actor_id, None)
 
+    def names(self, namespace: str | None) -> list[tuple[str, str]]:
+        """(namespace, name) of the live named actors, in one namespace or (None) all."""
+        return sorted(key for key, actor_id in self.named.items()
+                      if not self.actors[actor_id].dead
+                      and (namespace is None or key[0] == namespace))
+
     def on_rank(self, rank: int) -> list[Actor]:
         return [actor for actor in self.actors.values() if actor.rank == rank]
 

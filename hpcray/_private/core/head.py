@@ -77,6 +77,7 @@ class HeadRuntime(Runtime):
             "nodes": self.op_nodes, "pg_create": self.op_pg_create, "pg_remove": self.op_pg_remove,
             "pg_ranks": lambda src, pg_id: self.scheduler.placement_group_ranks(pg_id),
             "service": self.op_service,
+            "named_actors": lambda src, namespace: self.actor_table.names(namespace),
         }
         self.services: dict[str, Any] = {}  # see op_service
         self.mpi_job: Any = None  # the job's MPI side (job.bootstrap.Job), set at start-up
@@ -461,6 +462,9 @@ class HeadRuntime(Runtime):
         task = self.tasks.get(entry.producer) if entry is not None else None
         if task is None:
             return False
+        if force and task.spec.kind != P.NORMAL:
+            raise ValueError(f"cancel(force=True) ends a task's worker; {task.spec.name} is an "
+                             "actor call: cancel it without force, or hpcray.kill() the actor")
         task.cancelled = True
         if task.rank is None:
             if task.spec.kind == P.ACTOR_CALL:

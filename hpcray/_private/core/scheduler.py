@@ -270,10 +270,16 @@ class Scheduler:
         """Raises Infeasible if no live rank (or bundle) could ever satisfy the request.
 
         Judged by total capacity, not by what is free now. Also raises Infeasible for a hard
-        NodeAffinity to a node without live ranks and for an unknown placement group or bundle
-        index; raises ValueError for negative amounts or an unknown strategy.
+        NodeAffinity to a node without live ranks and for an unknown placement group; raises
+        ValueError for negative amounts, an unknown strategy or a bundle index outside the
+        group (as Ray: a wrong argument, not a wait that can never end).
         """
-        reason = self._infeasible_reason(_shape(resources), _checked(strategy))
+        strategy, shape = _checked(strategy), _shape(resources)
+        if isinstance(strategy, InPlacementGroup):
+            pg = self._pgs.get(strategy.pg_id)
+            if pg is not None and not -1 <= strategy.bundle_index < len(pg.bundles):
+                raise ValueError(self._bundle_reason(shape, strategy))
+        reason = self._infeasible_reason(shape, strategy)
         if reason is not None:
             raise Infeasible(reason)
 

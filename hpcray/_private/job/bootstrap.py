@@ -262,7 +262,10 @@ def _join(overrides: dict, num_cpus: int | None) -> Job:
         comm = world.Dup()
     if comm.Get_rank() != 0:
         preload.start(early.preload)
-    overrides = comm.bcast(overrides, root=0)
+    overrides = dict(comm.bcast(overrides, root=0))
+    driver_path = overrides.pop("sys_path", None) or []
+    if comm.Get_rank() != 0:  # as Ray: what the driver can import, its tasks can too
+        sys.path.extend(p for p in driver_path if p not in sys.path)
     config = config_mod.load(defaults, **overrides)
     identity = comm.bcast(_job_identity(config) if comm.Get_rank() == 0 else None, root=0)
     visible_before = os.environ.get("CUDA_VISIBLE_DEVICES")
