@@ -60,6 +60,13 @@ class ObjectRef:
         runtime.when_local(self.id, ready)
         return fut
 
+    def _on_completed(self, callback) -> None:
+        """Calls ``callback(value)`` once the object is ready (the exception instead, if its task
+        failed), from a runtime thread: keep it quick. Ray's completion callback, which Ray's own
+        libraries use."""
+        self.future().add_done_callback(
+            lambda fut: callback(fut.exception() if fut.exception() is not None else fut.result()))
+
     def __await__(self):
         import asyncio
 

@@ -112,3 +112,26 @@ def test_remote_calls_are_checked_at_the_call_site() -> None:
         with pytest.raises(TypeError, match="takes 1 positional"):
             found.add.remote(1, 2)
         assert hpcray.get(found.add.remote(1)) == 16
+
+
+def test_object_ref_completion_callbacks() -> None:
+    """ref._on_completed(callback) gets the value, or the task's exception."""
+    import threading
+
+    from loopback_job import loopback_job
+
+    import hpcray
+
+    @hpcray.remote
+    def value(x):
+        if x < 0:
+            raise ValueError("negative")
+        return x * 2
+
+    with loopback_job(workers=1):
+        got, done = [], threading.Event()
+        for x in (3, -1):
+            hpcray.get(hpcray.put(0))
+            value.remote(x)._on_completed(lambda v: (got.append(v), len(got) == 2 and done.set()))
+        assert done.wait(30)
+        assert 6 in got and any(isinstance(v, ValueError) for v in got)
