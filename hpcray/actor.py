@@ -8,7 +8,6 @@ from typing import Any
 from ._private.core import context
 from ._private.core import options as opts
 from ._private.core import protocol as P
-from ._private.core.worker import exit_actor as _exit_actor
 from .object_ref import ObjectRef
 from .remote_function import CodeCache
 
@@ -46,7 +45,9 @@ def _no_arguments() -> None:
 def exit_actor() -> None:
     """Ends the calling actor from inside one of its methods (Ray's ``exit_actor``): pending
     and later calls raise ActorDiedError; the method does not return."""
-    _exit_actor()
+    from ._private.core.worker import exit_actor as end  # worker ranks have it loaded
+
+    end()
 
 
 class ActorClass:

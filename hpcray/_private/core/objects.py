@@ -32,10 +32,10 @@ class RefTracker:
         changes = []
         counts = self.counts
         pop = ref_events.popleft
-        while True:
+        while ref_events:  # (cheap; an exception at the end of every drain was not)
             try:
                 object_id, event = pop()
-            except IndexError:  # empty (another thread may have drained it meanwhile)
+            except IndexError:  # another thread drained it meanwhile
                 break
             before = counts.get(object_id, 0)
             after = before + (1 if event == CREATED else event)

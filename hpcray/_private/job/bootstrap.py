@@ -24,16 +24,15 @@ from typing import TYPE_CHECKING, Any
 
 from ..core import config as config_mod
 from ..core.context import set_current
-from ..core.head import HeadRuntime
 from ..core.procs import process_gone
 from ..core.runtime import RankInfo
-from ..core.worker import WorkerRuntime
 from ..device import discovery as gpu_mod
 from ..device.registry import cuda_aware_mpi, set_has_gpu
 from . import preload, slurm
 from .preempt import WorkerPreemption, preempt_signal
 
 if TYPE_CHECKING:
+    from ..core.head import HeadRuntime
     from ..transport.mpi import Transport
 
 
@@ -278,6 +277,8 @@ def _join(overrides: dict, num_cpus: int | None) -> Job:
 
 def head_start(job: Job) -> HeadRuntime:
     """Rank 0: the head's runtime, its progress thread running; the driver goes on."""
+    from ..core.head import HeadRuntime  # each role imports its own half only
+
     head = HeadRuntime(job.transport, job.config, job.ranks, job.identity["job_id"],
                        job.identity["session"])
     head.job = job.identity
@@ -290,6 +291,8 @@ def head_start(job: Job) -> HeadRuntime:
 
 def worker_start(job: Job) -> None:
     """Ranks 1..N-1: serve tasks until the head says stop, then leave (never returns)."""
+    from ..core.worker import WorkerRuntime  # each role imports its own half only
+
     worker = WorkerRuntime(job.transport, job.config, job.ranks, job.identity["job_id"],
                            job.identity["session"])
     worker.job = job.identity
