@@ -1,0 +1,9 @@
+"""hpcray.rllib: RLlib's new-API-stack algorithms on hpcray (env runners as actors, learners
+over hpcray.collective). Needs the ``rllib`` extra (gymnasium, torch)."""
+
+from .algorithms.algorithm import Algorithm
+from .algorithms.algorithm_config import AlgorithmConfig
+from .core.rl_module import RLModuleSpec
+from .env.env_runner import EnvContext, register_env
+
+__all__ = ["Algorithm", "AlgorithmConfig", "EnvContext", "RLModuleSpec", "register_env"]
