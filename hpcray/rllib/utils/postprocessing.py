@@ -36,12 +36,12 @@ def vtrace(behaviour_logp: np.ndarray, target_logp: np.ndarray, rewards: np.ndar
     deltas = rho * (rewards + gamma * next_values - values)
     cont = 1.0 - dones.astype(np.float32)
     vs = np.zeros_like(values, dtype=np.float32)
-    vs_next = np.zeros_like(values, dtype=np.float32)
+    vs_next = next_values.astype(np.float32)  # the bootstrap where the chain is cut
     acc = np.zeros(values.shape[1:], dtype=np.float32)  # vs[t+1] - V(x[t+1]) of the next row
     for t in range(values.shape[0] - 1, -1, -1):
-        carried = cont[t] * acc
-        vs_next[t] = next_values[t] + carried
-        acc = deltas[t] + gamma * c[t] * carried
+        if t + 1 < values.shape[0]:
+            vs_next[t] = np.where(cont[t] > 0, vs[t + 1], next_values[t])
+        acc = deltas[t] + gamma * c[t] * cont[t] * acc
         vs[t] = values[t] + acc
     pg_adv = np.minimum(clip_pg_rho, ratio) * (rewards + gamma * vs_next - values)
     return vs, pg_adv.astype(np.float32)
