@@ -93,6 +93,7 @@ class Algorithm(tune.Trainable):
             config = config.copy()
             config.algo_class = type(self)
         config.validate()
+        config.env_creator()
         self.config = config
         self.iteration = getattr(self, "iteration", 0)
         self._stopped = False

@@ -228,7 +228,11 @@ class AlgorithmConfig:
 
     # -- derived values ----------------------------------------------------------------------
     def env_creator(self) -> Callable:
-        return resolve_env_creator(self.env)
+        """The env creator, resolved once where the config was built (so names registered in
+        the driver work on every rank)."""
+        if getattr(self, "_creator", None) is None or self._creator[0] is not self.env:
+            self._creator = (self.env, resolve_env_creator(self.env))
+        return self._creator[1]
 
     def get_rollout_fragment_length(self) -> int:
         """Steps per env per sample call: "auto" splits train_batch_size_per_learner (times

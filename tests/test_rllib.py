@@ -1,0 +1,61 @@
+"""hpcray.rllib as a user runs it: real MPI jobs (head + 2 worker ranks)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("gymnasium")
+pytest.importorskip("torch")
+
+JOBS = Path(__file__).parent / "jobs" / "rllib"
+
+
+@pytest.fixture
+def rllib_job(run_job):
+    def run(name: str, n: int = 3, timeout: float = 150) -> dict:
+        proc = run_job((JOBS / name).read_text(), n=n, timeout=timeout, args=[str(JOBS)])
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+        assert proc.returncode == 0 and lines, f"{name}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        return json.loads(lines[-1][len("RESULT "):])
+
+    return run
+
+
+def test_ppo_learns_cartpole_with_two_env_runners(rllib_job):
+    out = rllib_job("ppo_learns.py")
+    assert out["returns"][-1] >= 450, out["returns"]
+    assert out["eval"] >= 400, out
+    for key in ("env_runners", "learners", "num_env_steps_sampled_lifetime", "timers",
+                "training_iteration", "time_this_iter_s", "fault_tolerance"):
+        assert key in out["keys"]
+    for key in ("total_loss", "policy_loss", "vf_loss", "entropy", "mean_kl_loss",
+                "curr_kl_coeff"):
+        assert key in out["learner_keys"]
+    assert {"env_runner_sampling_timer", "learner_update_timer", "synch_weights"} <= set(
+        out["timers"])
+    assert "episode_return_mean" in out["runners"]
+
+
+def test_ppo_same_seed_same_curve(rllib_job):
+    a, b, c = rllib_job("ppo_determinism.py")["curves"]
+    assert a == b
+    assert a != c
+
+
+def test_checkpoint_restores_same_curve_and_onto_fewer_runners(rllib_job):
+    out = rllib_job("ppo_restore.py")
+    assert out["again"] == out["straight"]
+    assert out["fewer"]["iteration"] == 3
+    assert out["fewer"]["lifetime"] == 3 * 2000
+    assert out["fewer"]["healthy"] == 1
+
+
+def test_crashed_env_runner_is_replaced(rllib_job):
+    out = rllib_job("runner_crash.py")
+    assert out["crashed"]
+    assert out["restarts"][-1] == 1
+    assert out["healthy"] == 2
+    assert out["steps"][0] < 2000 and out["steps"][1] == 2000
