@@ -9,9 +9,9 @@ import pytest
 pytest.importorskip("gymnasium")
 torch = pytest.importorskip("torch")
 
-from hpcray.rllib.core.rl_module import TorchDist, np_log_softmax, np_sample  # noqa: E402
-from hpcray.rllib.utils.postprocessing import compute_gae, n_step_targets, vtrace  # noqa: E402
-from hpcray.rllib.utils.replay_buffers import (  # noqa: E402
+from hpcray.rllib.core.rl_module import TorchDist, np_log_softmax, np_sample
+from hpcray.rllib.utils.postprocessing import compute_gae, n_step_targets, vtrace
+from hpcray.rllib.utils.replay_buffers import (
     PrioritizedReplayBuffer,
     ReplayBuffer,
 )

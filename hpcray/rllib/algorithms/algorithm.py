@@ -184,7 +184,16 @@ class Algorithm(tune.Trainable):
         self._timers = {}
         self._iter_steps = 0
         self._iter_episodes = 0
-        learner_results = self.training_step()
+        learner_results: dict = {}
+        calls = 0
+        min_steps = self.config.min_sample_timesteps_per_iteration or 0
+        min_time = self.config.min_time_s_per_iteration or 0.0
+        while True:
+            learner_results = self.training_step() or learner_results
+            calls += 1
+            if (self._iter_steps >= min_steps
+                    and time.perf_counter() - start >= min_time):
+                break
         it_time = time.perf_counter() - start
         self._time_total += it_time
         c = self._counters
@@ -199,7 +208,7 @@ class Algorithm(tune.Trainable):
             "num_agent_steps_sampled_lifetime": c["num_agent_steps_sampled_lifetime"],
             "num_episodes_lifetime": c["num_episodes_lifetime"],
             "num_env_steps_trained_lifetime": c["num_env_steps_trained_lifetime"],
-            "num_training_step_calls_per_iteration": 1,
+            "num_training_step_calls_per_iteration": calls,
             "fault_tolerance": {"num_healthy_workers": self.env_runner_group.num_healthy(),
                                 "num_remote_worker_restarts": self.env_runner_group.num_restarts,
                                 "num_dropped_fragments": self.env_runner_group.num_dropped},

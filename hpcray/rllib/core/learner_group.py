@@ -46,8 +46,13 @@ class LearnerGroup:
         rows = len(batch["obs"]) // n * n
         shards = [{k: (v[i * rows // n:(i + 1) * rows // n] if isinstance(v, np.ndarray) else v)
                    for k, v in batch.items()} for i in range(n)]
-        return hpcray.get([r.update.remote(s, **kwargs)
-                           for r, s in zip(self.remote, shards)])[0]
+        results = hpcray.get([r.update.remote(s, **kwargs)
+                              for r, s in zip(self.remote, shards)])
+        merged = results[0]
+        if "td_error" in merged:  # per-row values (replay priorities) of every shard
+            merged["td_error"] = np.concatenate([r["td_error"] for r in results])
+            merged["rows"] = rows
+        return merged
 
     def call(self, method: str, *args: Any) -> Any:
         """method on learner 0 (all learners hold the same weights)."""

@@ -73,6 +73,32 @@ class EnvRunnerGroup:
             if fragments:
                 return fragments
 
+    def sample_async_ready(self, min_fragments: int = 1, **kwargs: Any) -> list[dict]:
+        """Asynchronous sampling (APPO/IMPALA): every runner keeps one request in flight, made
+        with the newest weights when its last one was collected; returns the fragments ready
+        now (at least min_fragments)."""
+        if self.local is not None:
+            return [self.local.sample(**kwargs)]
+        if not hasattr(self, "in_flight"):
+            self.in_flight: dict = {}
+        for i in range(len(self.remote)):
+            if i not in self.in_flight:
+                self.in_flight[i] = self.sample_async(i, **kwargs)
+        fragments: list[dict] = []
+        while len(fragments) < min_fragments:
+            by_ref = {ref: i for i, ref in self.in_flight.items()}
+            ready, _ = hpcray.wait(list(by_ref), num_returns=1)
+            ready, _ = hpcray.wait(list(by_ref), num_returns=len(by_ref), timeout=0)
+            for ref in ready:
+                i = by_ref[ref]
+                del self.in_flight[i]
+                try:
+                    fragments.append(hpcray.get(ref))
+                except Exception as exc:  # noqa: BLE001 - any runner failure is handled alike
+                    self.on_failure(i, exc)
+                self.in_flight[i] = self.sample_async(i, **kwargs)
+        return fragments
+
     def on_failure(self, index: int, exc: BaseException) -> None:
         """Replaces runner index (restart_failed_env_runners) or re-raises."""
         cfg = self.config
@@ -104,6 +130,7 @@ class EnvRunnerGroup:
         return True
 
     def stop(self) -> None:
+        self.in_flight = {}
         if self.local is not None:
             self.local.stop()
         for r in self.remote:

@@ -5,7 +5,7 @@ import sys
 import hpcray
 
 sys.path.insert(0, sys.argv[1])
-from common import cartpole_ppo, curve, emit  # noqa: E402
+from common import cartpole_ppo, curve, emit
 
 hpcray.init()
 curves = []

@@ -5,7 +5,7 @@ import sys
 import hpcray
 
 sys.path.insert(0, sys.argv[1])
-from common import cartpole_ppo, emit  # noqa: E402
+from common import cartpole_ppo, emit
 
 hpcray.init()
 algo = cartpole_ppo().evaluation(evaluation_duration=5).build_algo()

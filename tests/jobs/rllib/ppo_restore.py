@@ -8,7 +8,7 @@ import hpcray
 from hpcray.rllib import Algorithm
 
 sys.path.insert(0, sys.argv[1])
-from common import cartpole_ppo, curve, emit  # noqa: E402
+from common import cartpole_ppo, curve, emit
 
 hpcray.init()
 algo = cartpole_ppo().build_algo()

@@ -11,7 +11,7 @@ import hpcray
 from hpcray.rllib import register_env
 
 sys.path.insert(0, sys.argv[1])
-from common import cartpole_ppo, emit  # noqa: E402
+from common import cartpole_ppo, emit
 
 MARK = os.path.join(tempfile.mkdtemp(), "crashed")
 
