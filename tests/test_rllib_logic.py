@@ -230,6 +230,8 @@ def test_config_builders_dict_round_trip_and_errors():
     d = cfg.to_dict()
     assert d["lr"] == 3e-4 and d["clip_param"] == 0.2 and d["num_envs_per_env_runner"] == 8
     assert dict(cfg)["seed"] == 5 and cfg["model_config"] == {"fcnet_hiddens": [32]}
+    assert "gamma" not in dict(cfg) and "lr" in dict(cfg)
+    assert PPOConfig().update_from_dict(dict(cfg)).to_dict() == d
     other = PPOConfig().update_from_dict(d)
     assert other.to_dict() == d
     c2 = cfg.copy()

@@ -37,6 +37,13 @@ _SECTIONS = {
 }
 
 
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b) and type(a) is type(b)
+    except Exception:  # noqa: BLE001 - values that cannot be compared count as changed
+        return False
+
+
 class AlgorithmConfig:
     """Settings of an algorithm, set through chained builder methods.
 
@@ -212,10 +219,18 @@ class AlgorithmConfig:
         return _copy.deepcopy(self)
 
     def keys(self):
-        return self.to_dict().keys()
+        """The settings that differ from the algorithm's defaults: ``dict(config)`` (what
+        ``Tuner(param_space=config)`` takes) is short, and ``update_from_dict`` of it on a
+        default config gives this config back."""
+        return self._changed().keys()
 
     def items(self):
-        return self.to_dict().items()
+        return self._changed().items()
+
+    def _changed(self) -> dict:
+        base = type(self)().to_dict()
+        mine = self.to_dict()
+        return {k: v for k, v in mine.items() if k not in base or not _same(base[k], v)}
 
     def __getitem__(self, key: str) -> Any:
         return getattr(self, key)
