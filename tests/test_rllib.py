@@ -59,3 +59,21 @@ def test_crashed_env_runner_is_replaced(rllib_job):
     assert out["restarts"][-1] == 1
     assert out["healthy"] == 2
     assert out["steps"][0] < 2000 and out["steps"][1] == 2000
+
+
+def test_preempted_run_resumes_the_same_curve(run_job, tmp_path):
+    env = {"HPCRAY_STATE_DIR": str(tmp_path / "state")}
+    script = (JOBS / "preempt.py").read_text()
+
+    def iterations(mode: str, ok: bool = True) -> list:
+        proc = run_job(script, n=3, timeout=120, env=env, args=[str(JOBS), mode])
+        if ok:
+            assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "RESUMED " + ("true" if mode == "second" else "false") in proc.stdout
+        return [json.loads(ln[5:]) for ln in proc.stdout.splitlines() if ln.startswith("ITER ")]
+
+    first = iterations("first", ok=False)
+    assert len(first) == 2
+    second = iterations("second")
+    straight = iterations("straight")
+    assert first + second == straight

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
+import threading
 import time
 import weakref
 from collections import deque
@@ -97,6 +98,7 @@ class Algorithm(tune.Trainable):
         self.config = config
         self.iteration = getattr(self, "iteration", 0)
         self._stopped = False
+        self._busy = threading.Lock()  # a preemption checkpoint waits for the iteration
         self._timers: dict[str, float] = {}
         self._counters = {"num_env_steps_sampled_lifetime": 0, "num_episodes_lifetime": 0,
                           "num_env_steps_trained_lifetime": 0, "num_agent_steps_sampled_lifetime": 0}
@@ -174,7 +176,8 @@ class Algorithm(tune.Trainable):
     def step(self) -> dict:
         """One iteration: training_step(), evaluation when due; RLlib's result dict (plus its
         keys flattened, "env_runners/episode_return_mean", for Tune's metric lookup)."""
-        result = self._train_once()
+        with self._busy:
+            result = self._train_once()
         return {**result, **_flatten(result)}
 
     def _train_once(self) -> dict:
@@ -225,8 +228,9 @@ class Algorithm(tune.Trainable):
 
     def train(self) -> dict:
         """One training iteration; returns RLlib's nested result dict."""
-        result = self._train_once()
-        self.iteration += 1
+        with self._busy:
+            result = self._train_once()
+            self.iteration += 1
         return result
 
     def evaluate(self) -> dict:
@@ -327,6 +331,15 @@ class Algorithm(tune.Trainable):
         base = hpcray.get_runtime_context().get_state_dir()
         return os.path.join(base, "rllib", type(self).__name__)
 
+    def restore_from_preemption(self) -> bool:
+        """Restores the checkpoint a preempted run of this job saved, if any (call it right
+        after build_algo() in a script Slurm may requeue); True if one was restored."""
+        path = self.preemption_checkpoint_dir()
+        if not os.path.exists(os.path.join(path, STATE_FILE)):
+            return False
+        self.restore_from_path(path)
+        return True
+
     def _register_preemption(self) -> None:
         if not hpcray.is_initialized():
             return  # no job here, or inside a Tune trial (the sweep handles preemption)
@@ -334,9 +347,12 @@ class Algorithm(tune.Trainable):
 
         def _save_on_preempt() -> None:
             algo = ref()
-            if algo is not None and not algo._stopped:
-                path = algo.save_to_path(algo.preemption_checkpoint_dir())
-                print(f"hpcray.rllib: preempted, checkpoint saved to {path}", flush=True)
+            if algo is None or algo._stopped:
+                return
+            algo._busy.acquire()  # after the running iteration; kept: no iteration follows
+            path = algo.save_to_path(algo.preemption_checkpoint_dir())
+            print(f"hpcray.rllib: preempted after iteration {algo.iteration}, checkpoint "
+                  f"saved to {path}", flush=True)
 
         hpcray.on_preempt(_save_on_preempt)
 
