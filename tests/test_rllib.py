@@ -77,3 +77,17 @@ def test_preempted_run_resumes_the_same_curve(run_job, tmp_path):
     second = iterations("second")
     straight = iterations("straight")
     assert first + second == straight
+
+
+def test_two_learners_allreduce_gradients_and_stay_identical(rllib_job):
+    out = rllib_job("learners.py")
+    assert all(out["same"])
+    assert max(out["returns"]) >= 100, out["returns"]
+
+
+def test_dqn_appo_learn_and_sac_runs(rllib_job):
+    out = rllib_job("other_algorithms.py", timeout=200)
+    assert max(out["dqn"]) >= 40, out["dqn"]
+    assert max(out["appo"]) >= 100, out["appo"]
+    assert out["sac"]["finite"] and out["sac"]["alpha"] != 1.0
+    assert out["sac"]["steps"] == 600
