@@ -91,3 +91,18 @@ def test_dqn_appo_learn_and_sac_runs(rllib_job):
     assert max(out["appo"]) >= 100, out["appo"]
     assert out["sac"]["finite"] and out["sac"]["alpha"] != 1.0
     assert out["sac"]["steps"] == 600
+
+
+def test_multi_agent_ppo_trains_one_policy_per_agent(rllib_job):
+    out = rllib_job("multi_agent.py")
+    assert out["policies"] == ["p0", "p1"]
+    assert out["returns"][-1] >= 2 * out["returns"][0] and out["returns"][-1] >= 100, out
+    assert out["agent_steps"] > out["env_steps"]
+
+
+def test_tuner_runs_ppo_trials_with_pbt(rllib_job):
+    out = rllib_job("tune_pbt.py")
+    assert out["errors"] == 0
+    assert out["iterations"] == [8, 8, 8, 8]
+    assert out["perturbations"] >= 1
+    assert out["lifetime"] == 8 * 400  # an exploited trial carries on the donor's counters

@@ -5,5 +5,6 @@ from .algorithms.algorithm import Algorithm
 from .algorithms.algorithm_config import AlgorithmConfig
 from .core.rl_module import RLModuleSpec
 from .env.env_runner import EnvContext, register_env
+from .env.multi_agent_env import MultiAgentEnv
 
-__all__ = ["Algorithm", "AlgorithmConfig", "EnvContext", "RLModuleSpec", "register_env"]
+__all__ = ["Algorithm", "AlgorithmConfig", "EnvContext", "MultiAgentEnv", "RLModuleSpec", "register_env"]

@@ -20,7 +20,7 @@ from hpcray import tune
 from ..core.learner_group import LearnerGroup
 from ..core.rl_module import build_module
 from ..env.env_runner import EnvRunner
-from ..env.env_runner_group import EnvRunnerGroup
+from ..env.env_runner_group import EnvRunnerGroup, runner_class
 from .algorithm_config import AlgorithmConfig
 
 STATE_FILE = "algorithm_state.pkl"
@@ -106,9 +106,12 @@ class Algorithm(tune.Trainable):
         self._lens: deque = deque(maxlen=config.metrics_num_episodes_for_smoothing)
         self._time_total = 0.0
         self.env_runner_group = EnvRunnerGroup(config)
-        probe = self.env_runner_group.local or EnvRunner(config, 0)
-        self._obs_space = probe.single_observation_space
-        self._act_space = probe.single_action_space
+        probe = self.env_runner_group.local or runner_class(config)(config, 0)
+        if config.is_multi_agent:
+            self._obs_space, self._act_space = probe.spaces, None
+        else:
+            self._obs_space = probe.single_observation_space
+            self._act_space = probe.single_action_space
         if probe is not self.env_runner_group.local:
             probe.stop()
         self.learner_group = LearnerGroup(config, self._obs_space, self._act_space)
@@ -126,9 +129,14 @@ class Algorithm(tune.Trainable):
         return self.env_runner_group.local
 
     def get_module(self, module_id: str = "default_policy"):
-        """A copy of the trained module (torch), on this process."""
-        module = self.build_module(self.config, self._obs_space, self._act_space, None)
-        module.load_state_dict(self.learner_group.call("get_weights"))
+        """A copy of the trained module (torch) of policy module_id, on this process."""
+        weights = self.learner_group.call("get_weights")
+        if self.config.is_multi_agent:
+            module = self.build_module(self.config, *self._obs_space[module_id], None)
+            module.load_state_dict(weights[module_id])
+        else:
+            module = self.build_module(self.config, self._obs_space, self._act_space, None)
+            module.load_state_dict(weights)
         return module
 
     def _push_weights(self) -> None:
@@ -240,7 +248,7 @@ class Algorithm(tune.Trainable):
             eval_config = cfg.copy()
             eval_config.update_from_dict(cfg.evaluation_config or {})
             eval_config.num_envs_per_env_runner = 1
-            self._eval_runner = EnvRunner(eval_config, 10_000)
+            self._eval_runner = runner_class(eval_config)(eval_config, 10_000)
         weights = self.learner_group.call("get_weights")
         explore = bool((cfg.evaluation_config or {}).get("explore", False))
         by_steps = cfg.evaluation_duration_unit == "timesteps"

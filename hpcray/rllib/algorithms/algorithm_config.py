@@ -242,6 +242,13 @@ class AlgorithmConfig:
         return getattr(self, key, default)
 
     # -- derived values ----------------------------------------------------------------------
+    @property
+    def is_multi_agent(self) -> bool:
+        return self.policies is not None
+
+    def policy_ids(self) -> list[str]:
+        return sorted(self.policies) if self.policies is not None else ["default_policy"]
+
     def env_creator(self) -> Callable:
         """The env creator, resolved once where the config was built (so names registered in
         the driver work on every rank)."""
@@ -267,6 +274,15 @@ class AlgorithmConfig:
                 raise ValueError(f"{key} must be an int >= 0, got {getattr(self, key)!r}")
         if self.num_envs_per_env_runner < 1:
             raise ValueError("num_envs_per_env_runner must be >= 1")
+        if self.is_multi_agent:
+            if self.policy_mapping_fn is None:
+                if len(self.policies) != 1:
+                    raise ValueError("several policies need a policy_mapping_fn(agent_id, "
+                                     "episode, **kwargs) in .multi_agent()")
+                only = next(iter(self.policies))
+                self.policy_mapping_fn = lambda agent_id, episode, **kw: only
+            if self.num_learners > 1:
+                raise ValueError("multi-agent runs take num_learners 0 or 1 in hpcray.rllib")
 
     def build_algo(self, env: Any = None, **_: Any):
         """The algorithm of this config (a copy of it: later changes do not reach it)."""

@@ -27,8 +27,9 @@ class Learner:
         if group_name is not None:
             import hpcray.collective as col
 
-            col.init_collective_group(num_learners, learner_index, backend="mpi",
-                                      group_name=group_name)
+            if not col.is_group_initialized(group_name):
+                col.init_collective_group(num_learners, learner_index, backend="mpi",
+                                          group_name=group_name)
         self.module = config.algo_class.build_module(config, observation_space, action_space,
                                                      seed=config.seed)
         self.rng = np.random.default_rng(
@@ -109,6 +110,46 @@ class Learner:
 
     def set_extra_state(self, state: dict) -> None:
         pass
+
+
+class MultiAgentLearner:
+    """One learner of the algorithm's class per policy (the multi-agent case)."""
+
+    def __init__(self, config: Any, spaces: dict, _: Any = None, learner_index: int = 0,
+                 num_learners: int = 1, group_name: str | None = None):
+        base = config.algo_class.learner_class
+        self.learners = {pid: base(config, *spaces[pid], learner_index, num_learners, group_name)
+                         for pid in sorted(spaces)}
+        trainable = config.policies_to_train
+        self.trainable = set(self.learners) if trainable is None else set(trainable)
+
+    def ping(self) -> int:
+        return 0
+
+    def update(self, batches: dict[str, dict], **kwargs: Any) -> dict:
+        out = {}
+        for pid, batch in batches.items():
+            if pid in self.trainable and len(batch["obs"]):
+                out[pid] = self.learners[pid].update(batch, **kwargs)["default_policy"]
+        return out
+
+    def get_weights(self) -> dict:
+        return {pid: lrn.get_weights() for pid, lrn in self.learners.items()}
+
+    def set_weights(self, weights: dict) -> None:
+        for pid, w in weights.items():
+            self.learners[pid].set_weights(w)
+
+    def get_state(self) -> bytes:
+        import pickle
+
+        return pickle.dumps({pid: lrn.get_state() for pid, lrn in self.learners.items()})
+
+    def set_state(self, blob: bytes) -> None:
+        import pickle
+
+        for pid, state in pickle.loads(blob).items():
+            self.learners[pid].set_state(state)
 
 
 def to_tensors(batch: dict[str, np.ndarray], idx: np.ndarray | None = None

@@ -17,6 +17,10 @@ _groups = itertools.count()
 class LearnerGroup:
     def __init__(self, config: Any, observation_space, action_space):
         cls = config.algo_class.learner_class
+        if config.is_multi_agent:
+            from .learner import MultiAgentLearner
+
+            cls = MultiAgentLearner
         self.config = config
         self.local = None
         self.remote: list = []

@@ -11,13 +11,22 @@ import hpcray
 
 from .env_runner import EnvRunner
 
-_remote_runner: list = []
+_remote_runners: dict = {}
 
 
-def _runner_actor_class():
-    if not _remote_runner:
-        _remote_runner.append(hpcray.remote(EnvRunner))
-    return _remote_runner[0]
+def runner_class(config: Any) -> type:
+    if config.is_multi_agent:
+        from .multi_agent_env import MultiAgentEnvRunner
+
+        return MultiAgentEnvRunner
+    return EnvRunner
+
+
+def _runner_actor_class(config: Any):
+    cls = runner_class(config)
+    if cls not in _remote_runners:
+        _remote_runners[cls] = hpcray.remote(cls)
+    return _remote_runners[cls]
 
 
 class EnvRunnerGroup:
@@ -31,7 +40,7 @@ class EnvRunnerGroup:
         self.local: EnvRunner | None = None
         self.remote: list = []
         if config.num_env_runners == 0:
-            self.local = EnvRunner(config, 0, generation)
+            self.local = runner_class(config)(config, 0, generation)
         else:
             self.remote = [self._make(i + 1) for i in range(config.num_env_runners)]
             hpcray.get([r.ping.remote() for r in self.remote])
@@ -40,7 +49,7 @@ class EnvRunnerGroup:
         self.version = -1
 
     def _make(self, index: int, generation: int | None = None):
-        cls = _runner_actor_class().options(num_cpus=self.config.num_cpus_per_env_runner)
+        cls = _runner_actor_class(self.config).options(num_cpus=self.config.num_cpus_per_env_runner)
         return cls.remote(self.config, index, self.generation if generation is None
                           else generation)
 

@@ -14,6 +14,8 @@ from ...utils.postprocessing import compute_gae
 from ..algorithm import Algorithm
 from ..algorithm_config import AlgorithmConfig
 
+TRAIN_KEYS = ("obs", "actions", "action_logp", "action_dist_inputs", "advantages",
+              "value_targets", "vf_preds")
 LOSS_KEYS = ("total_loss", "policy_loss", "vf_loss", "vf_loss_unclipped", "vf_explained_var",
              "entropy", "mean_kl_loss")
 
@@ -160,12 +162,39 @@ class PPO(Algorithm):
         del b["next_obs"]
         return fragment
 
+    @staticmethod
+    def postprocess_multi_agent(modules, fragment, config):
+        """GAE along each agent's own trajectory; one flat batch per policy."""
+        out = {}
+        for pid, trajectories in fragment.pop("policies").items():
+            cols: dict[str, list] = {k: [] for k in TRAIN_KEYS}
+            for t in trajectories:
+                next_v = modules[pid](torch.from_numpy(t["next_obs"]))["vf_preds"].numpy()
+                next_v = next_v * (1.0 - t["terminateds"])
+                dones = t["terminateds"] | t["truncateds"]
+                adv, targets = compute_gae(
+                    t["rewards"][:, None].astype(np.float32), t["vf_preds"][:, None],
+                    next_v[:, None].astype(np.float32), dones[:, None], config.gamma,
+                    config.lambda_)
+                t = {**t, "advantages": adv[:, 0], "value_targets": targets[:, 0]}
+                for k in TRAIN_KEYS:
+                    cols[k].append(t[k])
+            out[pid] = {k: np.concatenate(v) if v else np.zeros(0, np.float32)
+                        for k, v in cols.items()}
+        fragment["batch_by_policy"] = out
+        return fragment
+
     def training_step(self) -> dict:
         fragments = self.sample_fragments()
-        batch = flat_fragments(fragments, ("obs", "actions", "action_logp", "action_dist_inputs",
-                                           "advantages", "value_targets", "vf_preds"))
+        if self.config.is_multi_agent:
+            batch = {pid: {k: np.concatenate([f["batch_by_policy"][pid][k] for f in fragments])
+                           for k in TRAIN_KEYS} for pid in self.config.policy_ids()}
+            rows = sum(len(b["obs"]) for b in batch.values())
+        else:
+            batch = flat_fragments(fragments, TRAIN_KEYS)
+            rows = len(batch["obs"])
         with self._timer("learner_update_timer"):
             results = self.learner_group.update(batch)
-        self._counters["num_env_steps_trained_lifetime"] += len(batch["obs"])
+        self._counters["num_env_steps_trained_lifetime"] += rows
         self._push_weights()
         return results
