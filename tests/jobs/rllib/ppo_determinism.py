@@ -11,6 +11,6 @@ hpcray.init()
 curves = []
 for seed in (11, 11, 12):
     algo = cartpole_ppo(seed=seed).build_algo()
-    curves.append(curve([algo.train() for _ in range(3)]))
+    curves.append(curve([algo.train() for _ in range(2)]))
     algo.stop()
 emit({"curves": curves})
