@@ -12,6 +12,7 @@ A module is built as ``module_class(observation_space, action_space, model_confi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +51,32 @@ def mlp(sizes: list[int], activation: str | None, out_gain: float = 1.0) -> nn.S
     return nn.Sequential(*layers)
 
 
+_NP_ACTIVATIONS = {nn.Tanh: np.tanh, nn.ReLU: lambda x: np.maximum(x, 0.0),
+                   nn.Identity: lambda x: x}
+
+
+def numpy_mlp(seq: nn.Sequential) -> Callable[[np.ndarray], np.ndarray] | None:
+    """The same function as seq in numpy (float32), or None if seq has other layer kinds.
+
+    Env runners step small batches, where numpy's per-call cost is a fraction of torch's."""
+    layers = []
+    for layer in seq:
+        if isinstance(layer, nn.Linear):
+            layers.append((layer.weight.detach().numpy().T.copy(),
+                           layer.bias.detach().numpy().copy()))
+        elif type(layer) in _NP_ACTIVATIONS:
+            layers.append(_NP_ACTIVATIONS[type(layer)])
+        else:
+            return None
+
+    def forward(x: np.ndarray) -> np.ndarray:
+        for layer in layers:
+            x = x @ layer[0] + layer[1] if isinstance(layer, tuple) else layer(x)
+        return x
+
+    return forward
+
+
 def obs_dim(space) -> int:
     return int(np.prod(space.shape))
 
@@ -78,6 +105,18 @@ class PPOTorchRLModule(nn.Module):
         self.vf = mlp([d, *sizes, 1], act, 1.0)
         if self.share:
             self.vf = nn.Linear(sizes[-1], 1)
+
+    def numpy_forward(self) -> Callable[[np.ndarray], dict] | None:
+        """forward() in numpy with the current weights (None where it cannot be)."""
+        pi, vf = numpy_mlp(self.pi), numpy_mlp(self.vf)
+        if self.share or pi is None or vf is None:
+            return None
+
+        def forward(obs: np.ndarray) -> dict[str, np.ndarray]:
+            obs = obs.reshape(obs.shape[0], -1)
+            return {"action_dist_inputs": pi(obs), "vf_preds": vf(obs)[:, 0]}
+
+        return forward
 
     def forward(self, obs: torch.Tensor) -> dict[str, torch.Tensor]:
         obs = obs.reshape(obs.shape[0], -1)

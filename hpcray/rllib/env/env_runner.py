@@ -102,6 +102,8 @@ class EnvRunner:
         if version != self.weights_version:
             self.module.load_state_dict(weights)
             self.weights_version = version
+            fast = getattr(self.module, "numpy_forward", None)
+            self.module.fast_forward = fast() if fast is not None else None
 
     def sample(self, weights: dict | None = None, version: int = 0, num_steps: int | None = None,
                explore: bool = True, num_episodes: int | None = None,

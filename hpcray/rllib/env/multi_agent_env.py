@@ -81,6 +81,8 @@ class MultiAgentEnvRunner:
         if version != self.weights_version:
             for pid, w in weights.items():
                 self.modules[pid].load_state_dict(w)
+                fast = getattr(self.modules[pid], "numpy_forward", None)
+                self.modules[pid].fast_forward = fast() if fast is not None else None
             self.weights_version = version
 
     def sample(self, weights: dict | None = None, version: int = 0, num_steps: int | None = None,

@@ -138,14 +138,17 @@ class PPO(Algorithm):
 
     @staticmethod
     def sample_actions(module, obs, rng, explore, action_space, options):
-        out = module(torch.from_numpy(np.asarray(obs, dtype=np.float32)))
-        inputs = out["action_dist_inputs"].numpy()
+        obs = np.asarray(obs, dtype=np.float32)
+        fast = getattr(module, "fast_forward", None)
+        out = fast(obs) if fast is not None else {
+            k: v.numpy() for k, v in module(torch.from_numpy(obs)).items()}
+        inputs = out["action_dist_inputs"]
         actions, logp = np_sample(inputs, hasattr(action_space, "n"), rng, explore)
         env_actions = actions
         if not hasattr(action_space, "n"):
             env_actions = np.clip(actions, action_space.low, action_space.high)
         return env_actions, actions, {"action_logp": logp, "action_dist_inputs": inputs,
-                                      "vf_preds": out["vf_preds"].numpy()}
+                                      "vf_preds": out["vf_preds"]}
 
     @staticmethod
     def postprocess_fragment(module, fragment, config):
