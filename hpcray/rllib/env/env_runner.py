@@ -8,6 +8,7 @@ ended in it.
 from __future__ import annotations
 
 import pickle
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -114,6 +115,7 @@ class EnvRunner:
         if weights is not None:
             self.set_weights(weights, version)
         options = options or {}
+        start = time.perf_counter()
         cols: dict[str, list] = {}
         returns, lens = [], []
         steps = 0
@@ -155,6 +157,7 @@ class EnvRunner:
         if num_episodes is None:
             with torch.inference_mode():
                 fragment = self.algo.postprocess_fragment(self.module, fragment, self.config)
+        fragment["sample_s"] = time.perf_counter() - start
         return fragment
 
     def get_state(self) -> bytes:
