@@ -45,12 +45,13 @@ def test_ppo_same_seed_same_curve(rllib_job):
     assert a != c
 
 
-def test_checkpoint_restores_same_curve_and_onto_fewer_runners(rllib_job):
+def test_checkpoint_restores_same_curve_and_onto_other_runner_and_learner_counts(rllib_job):
     out = rllib_job("ppo_restore.py")
     assert out["again"] == out["straight"]
     assert out["fewer"]["iteration"] == 3
     assert out["fewer"]["lifetime"] == 3 * 2000
     assert out["fewer"]["healthy"] == 1
+    assert out["learners"] == {"iteration": 3, "remote": 2}
 
 
 def test_crashed_env_runner_is_replaced(rllib_job):

@@ -245,3 +245,41 @@ def test_config_builders_dict_round_trip_and_errors():
         cfg.env_runners(lr=1)
     with pytest.raises(ValueError, match="environment"):
         PPOConfig().validate()
+
+
+def test_every_runner_and_env_gets_its_own_seed():
+    from hpcray.rllib.env.env_runner import derived_seeds
+
+    seeds = [s for runner in range(4) for s in derived_seeds(7, runner, 8)[0]]
+    assert len(set(seeds)) == 32
+    assert derived_seeds(7, 2, 8)[0] == derived_seeds(7, 2, 8)[0]
+    assert derived_seeds(7, 2, 8)[0] != derived_seeds(8, 2, 8)[0]
+    assert derived_seeds(None, 2, 8)[0] is None
+
+
+def test_env_runner_fragments_repeat_per_seed_and_bootstrap_from_final_obs():
+    from hpcray.rllib.algorithms.dqn import DQNConfig
+    from hpcray.rllib.env.env_runner import EnvRunner
+
+    cfg = DQNConfig().environment("CartPole-v1").env_runners(num_envs_per_env_runner=3)
+    cfg.debugging(seed=3)
+
+    def fragment(index):
+        runner = EnvRunner(cfg, index)
+        module = cfg.algo_class.build_module(cfg, runner.single_observation_space,
+                                             runner.single_action_space, seed=0)
+        runner.set_weights(module.state_dict(), 1)
+        return runner.sample(num_steps=60, options={"epsilon": 1.0})
+
+    a, b, c = fragment(1), fragment(1), fragment(2)
+    for key in a["transitions"]:
+        np.testing.assert_array_equal(a["transitions"][key], b["transitions"][key])
+    assert not np.array_equal(a["transitions"]["obs"], c["transitions"]["obs"])
+    t = a["transitions"]
+    obs, nxt = t["obs"].reshape(60, 3, 4), t["next_obs"].reshape(60, 3, 4)
+    done = t["terminateds"].reshape(60, 3) > 0
+    assert done.any() and a["episode_returns"]
+    for i in range(3):
+        for s in range(59):
+            same = np.array_equal(nxt[s, i], obs[s + 1, i])
+            assert same != done[s, i]  # after a termination the next row is a reset

@@ -16,6 +16,7 @@ import numpy as np
 
 import hpcray
 from hpcray import tune
+from hpcray.tune.storage import flatten
 
 from ..core.learner_group import LearnerGroup
 from ..core.rl_module import build_module
@@ -25,16 +26,6 @@ from .algorithm_config import AlgorithmConfig
 
 STATE_FILE = "algorithm_state.pkl"
 LEARNER_FILE = "learner_state.pt"
-
-
-def _flatten(result: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in result.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}/"))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def _episode_stats(returns: list[float], lens: list[int]) -> dict:
@@ -186,7 +177,7 @@ class Algorithm(tune.Trainable):
         keys flattened, "env_runners/episode_return_mean", for Tune's metric lookup)."""
         with self._busy:
             result = self._train_once()
-        return {**result, **_flatten(result)}
+        return {**result, **flatten(result)}
 
     def _train_once(self) -> dict:
         if self._stopped:

@@ -1,5 +1,6 @@
 """Checkpoint and restore: the curve continues identically on the same runner count, and
-the checkpoint restores onto a different one (and through Algorithm.from_checkpoint)."""
+the checkpoint restores onto a different one, onto two learners, and through
+Algorithm.from_checkpoint."""
 
 import sys
 import tempfile
@@ -29,4 +30,10 @@ fewer = {"iteration": res["training_iteration"],
          "lifetime": res["num_env_steps_sampled_lifetime"],
          "healthy": res["fault_tolerance"]["num_healthy_workers"]}
 one.stop()
-emit({"straight": straight, "again": again, "fewer": fewer})
+
+two = cartpole_ppo(num_env_runners=0).learners(num_learners=2).build_algo()
+two.restore_from_path(path)
+learners = {"iteration": two.train()["training_iteration"],
+            "remote": len(two.learner_group.remote)}
+two.stop()
+emit({"straight": straight, "again": again, "fewer": fewer, "learners": learners})
