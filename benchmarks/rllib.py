@@ -92,8 +92,9 @@ def internal(system: str, mode: str, seed: int) -> dict:
             ret = result["evaluation"]["env_runners"]["episode_return_mean"]
             train_ret = result["env_runners"]["episode_return_mean"]
             it += 1
+        train_s = time.perf_counter() - t0 - built
         out = {"iterations": it, "eval_return": ret, "train_return": train_ret,
-               "build_s": built, "train_s": time.perf_counter() - t0 - built}
+               "build_s": built, "train_s": train_s, "s_per_iteration": train_s / it}
         algo.stop()
         return out
     if mode == "sample":
@@ -173,8 +174,9 @@ def main() -> None:
     ap.add_argument("--internal", nargs=3, metavar=("SYSTEM", "MODE", "SEED"))
     ap.add_argument("--ray-python", default=DEFAULT_RAY_PYTHON,
                     help="interpreter with ray[rllib] 2.60 ('' to skip Ray)")
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[7, 8, 9])
+    ap.add_argument("--rounds", type=int, default=3, help="rounds per measurement (ppo450: one "
+                    "seed per round, taken in order from --seeds)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[7, 8, 9, 10, 11])
     ap.add_argument("--only", choices=["ppo450", "sample", "gym", "restore"], nargs="+")
     args = ap.parse_args()
     if args.internal:
@@ -206,13 +208,18 @@ def main() -> None:
         ratio = "n/a"
         if h and r:
             a, b = statistics.median(h), statistics.median(r)
-            ratio = f"{a / b:.2f}x" if higher_better else f"{b / a:.2f}x faster"
+            gain = a / b if higher_better else b / a
+            ratio = f"{gain:.2f}x" + ("" if higher_better else " faster" if gain >= 1 else
+                                      f" (hpcray takes {1 / gain:.2f}x as long)")
         print(f"| {label} | {spread(h)} | {spread(r)} | {ratio} |")
 
     if "ppo450" in modes:
         row("PPO CartPole to 450: wall s from process start", "ppo450", "wall_s", False)
         row("  of which training s (after build_algo)", "ppo450", "train_s", False)
         row("  iterations to 450", "ppo450", "iterations", False)
+        row("  s per iteration (sampling, update, evaluation)", "ppo450", "s_per_iteration",
+            False)
+        row("  build_algo() s", "ppo450", "build_s", False)
     if "sample" in modes:
         row("sampling env steps/s, 2 runners x 8 envs", "sample", "steps_per_s", True)
     if "gym" in modes:
