@@ -115,6 +115,7 @@ class DQN(Algorithm):
     config_class = DQNConfig
     learner_class = DQNLearner
     default_module_class = DQNTorchRLModule
+    epsilon_greedy = True
 
     @classmethod
     def build_module(cls, config, observation_space, action_space, seed):
@@ -167,7 +168,8 @@ class DQN(Algorithm):
         self._push_weights()
         results.pop("td_error", None)
         results.pop("rows", None)
-        results["default_policy"]["epsilon"] = eps
+        if self.epsilon_greedy:
+            results["default_policy"]["epsilon"] = eps
         return results
 
     def get_algorithm_state(self) -> dict:

@@ -119,7 +119,7 @@ class SACLearner(Learner):
                 "td_error": td.detach().numpy()}
 
     def extra_state(self) -> dict:
-        return {"target": self.target.state_dict(), "log_alpha": float(self.log_alpha),
+        return {"target": self.target.state_dict(), "log_alpha": float(self.log_alpha.detach()),
                 "gen": self.gen.get_state()}
 
     def set_extra_state(self, state: dict) -> None:
@@ -133,6 +133,7 @@ class SAC(DQN):
     config_class = SACConfig
     learner_class = SACLearner
     default_module_class = SACTorchRLModule
+    epsilon_greedy = False
 
     @classmethod
     def build_module(cls, config, observation_space, action_space, seed):
