@@ -144,6 +144,23 @@ class DQNTorchRLModule(nn.Module):
         else:
             self.q = mlp([d, *sizes, n], act)
 
+    def numpy_forward(self) -> Callable[[np.ndarray], dict] | None:
+        """forward() in numpy with the current weights (None where it cannot be)."""
+        if not self.dueling:
+            q = numpy_mlp(self.q)
+            return None if q is None else (
+                lambda obs: {"q_values": q(obs.reshape(obs.shape[0], -1))})
+        enc, val, adv = numpy_mlp(self.encoder), numpy_mlp(self.value), numpy_mlp(self.advantage)
+        if enc is None or val is None or adv is None:
+            return None
+
+        def forward(obs: np.ndarray) -> dict[str, np.ndarray]:
+            z = enc(obs.reshape(obs.shape[0], -1))
+            a = adv(z)
+            return {"q_values": val(z) + a - a.mean(axis=-1, keepdims=True)}
+
+        return forward
+
     def forward(self, obs: torch.Tensor) -> dict[str, torch.Tensor]:
         obs = obs.reshape(obs.shape[0], -1)
         if not self.dueling:

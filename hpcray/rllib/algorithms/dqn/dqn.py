@@ -125,7 +125,10 @@ class DQN(Algorithm):
 
     @staticmethod
     def sample_actions(module, obs, rng, explore, action_space, options):
-        q = module(torch.from_numpy(np.asarray(obs, dtype=np.float32)))["q_values"].numpy()
+        obs = np.asarray(obs, dtype=np.float32)
+        fast = getattr(module, "fast_forward", None)
+        q = (fast(obs) if fast is not None else
+             {k: v.numpy() for k, v in module(torch.from_numpy(obs)).items()})["q_values"]
         actions = q.argmax(-1)
         if explore:
             eps = options.get("epsilon", 0.0)
