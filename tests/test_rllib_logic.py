@@ -283,3 +283,36 @@ def test_env_runner_fragments_repeat_per_seed_and_bootstrap_from_final_obs():
         for s in range(59):
             same = np.array_equal(nxt[s, i], obs[s + 1, i])
             assert same != done[s, i]  # after a termination the next row is a reset
+
+
+def test_custom_torch_module_through_rl_module_spec_trains_in_process():
+    from torch import nn
+
+    from hpcray.rllib import RLModuleSpec
+    from hpcray.rllib.algorithms.ppo import PPOConfig
+
+    class Tiny(nn.Module):
+        built = 0
+
+        def __init__(self, observation_space, action_space, model_config):
+            super().__init__()
+            Tiny.built += 1
+            width = model_config["width"]
+            self.body = nn.Sequential(nn.Linear(4, width), nn.ReLU())
+            self.logits = nn.Linear(width, action_space.n)
+            self.value = nn.Linear(width, 1)
+
+        def forward(self, obs):
+            z = self.body(obs)
+            return {"action_dist_inputs": self.logits(z), "vf_preds": self.value(z)[:, 0]}
+
+    algo = (PPOConfig().environment("CartPole-v1")
+            .training(train_batch_size_per_learner=200, minibatch_size=100, num_epochs=2)
+            .rl_module(rl_module_spec=RLModuleSpec(module_class=Tiny, model_config={"width": 8}))
+            .debugging(seed=0).build_algo())
+    result = algo.train()
+    module = algo.get_module()
+    algo.stop()
+    assert isinstance(module, Tiny) and module.body[0].out_features == 8
+    assert result["num_env_steps_sampled_lifetime"] == 200
+    assert np.isfinite(result["learners"]["default_policy"]["total_loss"])
