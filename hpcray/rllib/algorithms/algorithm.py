@@ -8,7 +8,6 @@ import tempfile
 import threading
 import time
 import weakref
-from collections import deque
 from typing import Any
 
 import cloudpickle
@@ -29,6 +28,7 @@ LEARNER_FILE = "learner_state.pt"
 
 
 def _episode_stats(returns: list[float], lens: list[int]) -> dict:
+    """Mean, max, min return and mean length of a list of episodes (NaN for none)."""
     if not returns:
         return {"episode_return_mean": float("nan"), "episode_return_max": float("nan"),
                 "episode_return_min": float("nan"), "episode_len_mean": float("nan")}
@@ -93,8 +93,8 @@ class Algorithm(tune.Trainable):
         self._timers: dict[str, float] = {}
         self._counters = {"num_env_steps_sampled_lifetime": 0, "num_episodes_lifetime": 0,
                           "num_env_steps_trained_lifetime": 0, "num_agent_steps_sampled_lifetime": 0}
-        self._returns: deque = deque(maxlen=config.metrics_num_episodes_for_smoothing)
-        self._lens: deque = deque(maxlen=config.metrics_num_episodes_for_smoothing)
+        self._episodes: dict[int, list[tuple[float, int]]] = {}  # runner -> this iteration's
+        self._last_stats = _episode_stats([], [])
         self._time_total = 0.0
         self.env_runner_group = EnvRunnerGroup(config)
         probe = self.env_runner_group.local or runner_class(config)(config, 0)
@@ -165,8 +165,26 @@ class Algorithm(tune.Trainable):
         self._counters["num_episodes_lifetime"] += len(fragment["episode_returns"])
         self._iter_steps += fragment["num_env_steps"]
         self._iter_episodes += len(fragment["episode_returns"])
-        self._returns.extend(fragment["episode_returns"])
-        self._lens.extend(fragment["episode_lens"])
+        self._episodes.setdefault(fragment.get("worker_index", 0), []).extend(
+            zip(fragment["episode_returns"], fragment["episode_lens"]))
+
+    def _runner_stats(self) -> dict:
+        """RLlib 2.60's episode metrics: each runner's mean over the episodes it finished in
+        this iteration (its last ceil(metrics_num_episodes_for_smoothing / num_env_runners)),
+        averaged over the runners; the previous iteration's values if none finished."""
+        keep = -(-self.config.metrics_num_episodes_for_smoothing
+                 // max(1, self.config.num_env_runners))
+        per_runner = [eps[-keep:] for eps in self._episodes.values() if eps]
+        self._episodes = {}
+        if not per_runner:
+            return dict(self._last_stats)
+        stats = [_episode_stats([r for r, _ in eps], [n for _, n in eps]) for eps in per_runner]
+        self._last_stats = {
+            "episode_return_mean": float(np.mean([s["episode_return_mean"] for s in stats])),
+            "episode_return_max": max(s["episode_return_max"] for s in stats),
+            "episode_return_min": min(s["episode_return_min"] for s in stats),
+            "episode_len_mean": float(np.mean([s["episode_len_mean"] for s in stats]))}
+        return dict(self._last_stats)
 
     # -- training ------------------------------------------------------------------------------
     def training_step(self) -> dict:
@@ -200,7 +218,7 @@ class Algorithm(tune.Trainable):
         self._time_total += it_time
         c = self._counters
         result: dict[str, Any] = {
-            "env_runners": {**_episode_stats(list(self._returns), list(self._lens)),
+            "env_runners": {**self._runner_stats(),
                             "num_episodes": self._iter_episodes,
                             "num_env_steps_sampled": self._iter_steps,
                             "num_env_steps_sampled_lifetime": c["num_env_steps_sampled_lifetime"],
@@ -255,7 +273,7 @@ class Algorithm(tune.Trainable):
     # -- checkpoints ---------------------------------------------------------------------------
     def get_state(self) -> dict:
         return {"config": self.config, "iteration": self.iteration, "counters": self._counters,
-                "returns": list(self._returns), "lens": list(self._lens),
+                "last_stats": self._last_stats,
                 "time_total": self._time_total, "weights_version": self._weights_version,
                 "runners": self.env_runner_group.get_states(),
                 "algorithm": self.get_algorithm_state(), "class": type(self)}
@@ -291,10 +309,8 @@ class Algorithm(tune.Trainable):
         self.learner_group.call_all("set_state", blob)
         self.iteration = state["iteration"]
         self._counters = dict(state["counters"])
-        self._returns.clear()
-        self._returns.extend(state["returns"])
-        self._lens.clear()
-        self._lens.extend(state["lens"])
+        self._last_stats = dict(state["last_stats"])
+        self._episodes = {}
         self._time_total = state["time_total"]
         self._weights_version = state["weights_version"]
         same = (state["config"].num_envs_per_env_runner == self.config.num_envs_per_env_runner

@@ -158,6 +158,7 @@ class EnvRunner:
             with torch.inference_mode():
                 fragment = self.algo.postprocess_fragment(self.module, fragment, self.config)
         fragment["sample_s"] = time.perf_counter() - start
+        fragment["worker_index"] = self.worker_index
         return fragment
 
     def get_state(self) -> bytes:

@@ -155,7 +155,8 @@ class MultiAgentEnvRunner:
                                         for k, v in t.items()} for t in ts]
                                  for pid, ts in finished.items()},
                     "episode_returns": returns, "episode_lens": lens,
-                    "num_env_steps": steps * self.num_envs, "num_agent_steps": agent_steps}
+                    "num_env_steps": steps * self.num_envs, "num_agent_steps": agent_steps,
+                    "worker_index": self.worker_index}
         if num_episodes is None:
             with torch.inference_mode():
                 fragment = self.algo.postprocess_multi_agent(self.modules, fragment, self.config)
