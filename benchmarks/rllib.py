@@ -19,6 +19,8 @@ only the import differs.
 - gym: gymnasium's SyncVectorEnv of 8 CartPoles stepping random actions in one process, no
   policy, no runtime: the limit one runner could reach.
 - restore: save_to_path + restore_from_path of the ppo450 algorithm after one iteration.
+- dqn450 / sac250 (only with --only): DQN on CartPole-v1 to a training return of 450, SAC on
+  Pendulum-v1 to -250, one local env runner; BENCH_MAX_ITERS caps the iterations.
 """
 
 from __future__ import annotations
@@ -131,7 +133,52 @@ def internal(system: str, mode: str, seed: int) -> dict:
             saves.append(t1 - t0)
         algo.stop()
         return {"save_s": statistics.median(saves), "restore_s": statistics.median(restores)}
+    if mode in ("dqn450", "sac250"):
+        return off_policy(system, mode, seed)
     raise ValueError(f"unknown mode {mode!r}")
+
+
+def off_policy(system: str, mode: str, seed: int) -> dict:
+    """DQN on CartPole-v1 to a training return of 450, or SAC on Pendulum-v1 to -250 (one
+    local env runner, 1000 env steps per iteration; at most BENCH_MAX_ITERS iterations)."""
+    cap = int(os.environ.get("BENCH_MAX_ITERS", "150" if mode == "dqn450" else "40"))
+    if mode == "dqn450":
+        if system == "hpcray":
+            from hpcray.rllib.algorithms.dqn import DQNConfig as Config
+        else:
+            from ray.rllib.algorithms.dqn import DQNConfig as Config
+        config = (Config().environment("CartPole-v1")
+                  .training(lr=1e-3, n_step=3, epsilon=[(0, 1.0), (5000, 0.02)],
+                            target_network_update_freq=500)
+                  .rl_module(model_config={"fcnet_hiddens": [64], "fcnet_activation": "tanh"}))
+        env, target = "CartPole-v1", 450.0
+    else:
+        if system == "hpcray":
+            from hpcray.rllib.algorithms.sac import SACConfig as Config
+        else:
+            from ray.rllib.algorithms.sac import SACConfig as Config
+        config = (Config().environment("Pendulum-v1")
+                  .training(actor_lr=2e-4, critic_lr=8e-4, alpha_lr=9e-4, tau=0.005,
+                            train_batch_size_per_learner=256,
+                            num_steps_sampled_before_learning_starts=256,
+                            replay_buffer_config={"type": "PrioritizedEpisodeReplayBuffer",
+                                                  "capacity": 100000, "alpha": 1.0,
+                                                  "beta": 0.0})
+                  .rl_module(model_config={"fcnet_hiddens": [256, 256]}))
+        env, target = "Pendulum-v1", -250.0
+    config = (config.env_runners(num_env_runners=0, num_envs_per_env_runner=1)
+              .reporting(min_sample_timesteps_per_iteration=1000).debugging(seed=seed))
+    t0 = time.perf_counter()
+    algo = config.build_algo()
+    built = time.perf_counter() - t0
+    ret, it = float("-inf"), 0
+    while not ret >= target and it < cap:
+        ret = algo.train()["env_runners"]["episode_return_mean"]
+        it += 1
+    train_s = time.perf_counter() - t0 - built
+    algo.stop()
+    return {"env": env, "iterations": it, "return": ret, "reached": bool(ret >= target),
+            "build_s": built, "train_s": train_s, "s_per_iteration": train_s / it}
 
 
 def child(python: str, system: str, mode: str, seed: int, timeout: float) -> dict | None:
@@ -177,7 +224,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="rounds per measurement (ppo450: one "
                     "seed per round, taken in order from --seeds)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[7, 8, 9, 10, 11])
-    ap.add_argument("--only", choices=["ppo450", "sample", "gym", "restore"], nargs="+")
+    ap.add_argument("--only", nargs="+",
+                    choices=["ppo450", "sample", "gym", "restore", "dqn450", "sac250"],
+                    help="default: ppo450 sample gym restore (dqn450 and sac250 take long)")
     args = ap.parse_args()
     if args.internal:
         system, mode, seed = args.internal
@@ -224,6 +273,10 @@ def main() -> None:
         row("sampling env steps/s, 2 runners x 8 envs", "sample", "steps_per_s", True)
     if "gym" in modes:
         row("gymnasium SyncVectorEnv(8) random actions, 1 process", "gym", "steps_per_s", True)
+    for mode, label in (("dqn450", "DQN CartPole to 450"), ("sac250", "SAC Pendulum to -250")):
+        if mode in modes:
+            row(f"{label}: wall s from process start", mode, "wall_s", False)
+            row("  s per iteration (1000 env steps)", mode, "s_per_iteration", False)
     if "restore" in modes:
         row("save_to_path s", "restore", "save_s", False)
         row("restore_from_path s", "restore", "restore_s", False)

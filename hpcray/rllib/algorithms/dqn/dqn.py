@@ -26,7 +26,7 @@ class DQNConfig(AlgorithmConfig):
         super().__init__(algo_class or DQN)
         self.lr = 5e-4
         self.train_batch_size_per_learner = 32
-        self.rollout_fragment_length = 4
+        self.rollout_fragment_length = "auto"  # n_step steps per env
         self.min_sample_timesteps_per_iteration = 1000
         self.replay_buffer_config = {"type": "PrioritizedEpisodeReplayBuffer", "capacity": 50000,
                                      "alpha": 0.6, "beta": 0.4}
@@ -41,6 +41,13 @@ class DQNConfig(AlgorithmConfig):
         self.training_intensity = None
         self.grad_clip = 40.0
         self.model_config = {"fcnet_hiddens": [256], "fcnet_activation": "relu"}
+
+
+    def get_rollout_fragment_length(self) -> int:
+        """"auto": n_step steps per env and sample call (one update follows each call)."""
+        if self.rollout_fragment_length == "auto":
+            return max(1, int(self.n_step))
+        return int(self.rollout_fragment_length)
 
 
 def make_replay_buffer(config: Any) -> ReplayBuffer:

@@ -12,7 +12,7 @@ import torch
 from ...core.learner import Learner, to_tensors
 from ...core.rl_module import SACTorchRLModule
 from ..algorithm_config import AlgorithmConfig
-from ..dqn.dqn import DQN
+from ..dqn.dqn import DQN, DQNConfig
 
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 
@@ -32,7 +32,7 @@ class SACConfig(AlgorithmConfig):
         self.twin_q = True
         self.n_step = 1
         self.train_batch_size_per_learner = 256
-        self.rollout_fragment_length = 1
+        self.rollout_fragment_length = "auto"
         self.min_sample_timesteps_per_iteration = 100
         self.replay_buffer_config = {"type": "PrioritizedEpisodeReplayBuffer",
                                      "capacity": 1_000_000, "alpha": 0.6, "beta": 0.4}
@@ -42,6 +42,8 @@ class SACConfig(AlgorithmConfig):
         self.grad_clip = None
         self.epsilon = 0.0
         self.model_config = {"fcnet_hiddens": [256, 256], "fcnet_activation": "relu"}
+
+    get_rollout_fragment_length = DQNConfig.get_rollout_fragment_length
 
 
 def squashed_sample(inputs: torch.Tensor, noise: torch.Tensor | None
