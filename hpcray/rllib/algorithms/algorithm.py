@@ -74,7 +74,9 @@ class Algorithm(tune.Trainable):
         raise NotImplementedError
 
     @staticmethod
-    def postprocess_fragment(module, fragment: dict, config: AlgorithmConfig) -> dict:
+    def postprocess_fragment(module, fragment: dict, config: AlgorithmConfig,
+                             carry: dict) -> dict:
+        """Runs on the env runner; carry is the runner's dict kept from call to call."""
         return fragment
 
     # -- set-up --------------------------------------------------------------------------------

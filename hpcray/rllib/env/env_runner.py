@@ -91,6 +91,7 @@ class EnvRunner:
         self.ep_len = np.zeros(n, dtype=np.int64)
         self.module = None
         self.weights_version = -1
+        self.carry: dict = {}  # what postprocessing holds back for the next fragment
 
     def ping(self) -> int:
         return self.worker_index
@@ -156,14 +157,15 @@ class EnvRunner:
                     "num_env_steps": steps * self.num_envs}
         if num_episodes is None:
             with torch.inference_mode():
-                fragment = self.algo.postprocess_fragment(self.module, fragment, self.config)
+                fragment = self.algo.postprocess_fragment(self.module, fragment, self.config,
+                                                          self.carry)
         fragment["sample_s"] = time.perf_counter() - start
         fragment["worker_index"] = self.worker_index
         return fragment
 
     def get_state(self) -> bytes:
         return cloudpickle.dumps({"env": self.env, "rng": self.rng.bit_generator.state, "obs": self.obs,
-                             "ret": self.ep_return, "len": self.ep_len})
+                             "ret": self.ep_return, "len": self.ep_len, "carry": self.carry})
 
     def set_state(self, blob: bytes) -> None:
         state = pickle.loads(blob)
@@ -171,6 +173,7 @@ class EnvRunner:
         self.env, self.obs = state["env"], state["obs"]
         self.rng.bit_generator.state = state["rng"]
         self.ep_return, self.ep_len = state["ret"], state["len"]
+        self.carry = state["carry"]
 
     def stop(self) -> None:
         self.env.close()

@@ -105,7 +105,7 @@ class IMPALA(PPO):
     learner_class = IMPALALearner
 
     @staticmethod
-    def postprocess_fragment(module, fragment, config):
+    def postprocess_fragment(module, fragment, config, carry):
         return fragment
 
     def training_step(self) -> dict:

@@ -59,16 +59,35 @@ def make_replay_buffer(config: Any) -> ReplayBuffer:
     return ReplayBuffer(rb.get("capacity", 50000), seed=seed)
 
 
-def transitions(fragment: dict, n_step: int, gamma: float) -> dict[str, np.ndarray]:
-    """A fragment's [T, N] steps as n-step transitions, flattened to rows."""
+STEP_KEYS = ("obs", "actions", "rewards", "terminateds", "truncateds", "next_obs")
+
+
+def transitions(fragment: dict, n_step: int, gamma: float, carry: dict
+                ) -> dict[str, np.ndarray]:
+    """A fragment's [T, N] steps as n-step transitions, flattened to rows.
+
+    A step whose n-step window runs past the fragment's end (no done in between) is held
+    back in carry with the last n - 1 steps and emitted from the next fragment, so every
+    transition has its full n steps, as with RLlib's episode replay."""
     b = fragment["batch"]
-    horizon, n = b["rewards"].shape
-    dones = b["terminateds"] | b["truncateds"]
-    ret, nxt, term, disc = n_step_targets(b["rewards"], b["terminateds"], dones, n_step, gamma)
-    cols = np.arange(n)[None, :].repeat(horizon, 0)
-    out = {"obs": b["obs"], "actions": b["actions"], "rewards": ret,
-           "next_obs": b["next_obs"][nxt, cols], "terminateds": term, "discounts": disc}
-    return {k: v.reshape((horizon * n,) + v.shape[2:]) for k, v in out.items()}
+    cols_n = b["rewards"].shape[1]
+    held = carry.get("steps")
+    full = {k: np.concatenate([held[k], b[k]]) if held else b[k] for k in STEP_KEYS}
+    sent = carry.get("sent", np.zeros((0, cols_n), dtype=bool))
+    horizon = len(full["rewards"])
+    dones = full["terminateds"] | full["truncateds"]
+    ret, nxt, term, disc = n_step_targets(full["rewards"], full["terminateds"], dones, n_step,
+                                          gamma)
+    cols = np.arange(cols_n)[None, :].repeat(horizon, 0)
+    complete = (nxt - np.arange(horizon)[:, None] + 1 == n_step) | dones[nxt, cols]
+    emit = complete.copy()
+    emit[:len(sent)] &= ~sent
+    keep = min(n_step - 1, horizon)
+    carry["steps"] = {k: v[horizon - keep:] for k, v in full.items()} if keep else None
+    carry["sent"] = complete[horizon - keep:]
+    out = {"obs": full["obs"], "actions": full["actions"], "rewards": ret,
+           "next_obs": full["next_obs"][nxt, cols], "terminateds": term, "discounts": disc}
+    return {k: v[emit] for k, v in out.items()}
 
 
 class DQNLearner(Learner):
@@ -144,8 +163,8 @@ class DQN(Algorithm):
         return actions, actions, {}
 
     @staticmethod
-    def postprocess_fragment(module, fragment, config):
-        fragment["transitions"] = transitions(fragment, config.n_step, config.gamma)
+    def postprocess_fragment(module, fragment, config, carry):
+        fragment["transitions"] = transitions(fragment, config.n_step, config.gamma, carry)
         del fragment["batch"]
         return fragment
 

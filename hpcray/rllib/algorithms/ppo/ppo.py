@@ -151,7 +151,7 @@ class PPO(Algorithm):
                                       "vf_preds": out["vf_preds"]}
 
     @staticmethod
-    def postprocess_fragment(module, fragment, config):
+    def postprocess_fragment(module, fragment, config, carry):
         b = fragment["batch"]
         horizon, n = b["rewards"].shape
         next_obs = torch.from_numpy(b["next_obs"].reshape((horizon * n,) + b["obs"].shape[2:])
