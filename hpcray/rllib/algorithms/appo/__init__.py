@@ -1,0 +1,3 @@
+from .appo import APPO, IMPALA, APPOConfig, APPOLearner, IMPALAConfig, IMPALALearner
+
+__all__ = ["APPO", "IMPALA", "APPOConfig", "APPOLearner", "IMPALAConfig", "IMPALALearner"]

@@ -1,0 +1,3 @@
+from .dqn import DQN, DQNConfig, DQNLearner
+
+__all__ = ["DQN", "DQNConfig", "DQNLearner"]

@@ -1,0 +1,3 @@
+from ..appo.appo import IMPALA, IMPALAConfig, IMPALALearner
+
+__all__ = ["IMPALA", "IMPALAConfig", "IMPALALearner"]

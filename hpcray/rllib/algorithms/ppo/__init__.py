@@ -1,0 +1,3 @@
+from .ppo import PPO, PPOConfig, PPOLearner
+
+__all__ = ["PPO", "PPOConfig", "PPOLearner"]

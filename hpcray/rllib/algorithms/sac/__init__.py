@@ -1,0 +1,3 @@
+from .sac import SAC, SACConfig, SACLearner
+
+__all__ = ["SAC", "SACConfig", "SACLearner"]
