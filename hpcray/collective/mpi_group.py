@@ -1,7 +1,7 @@
 """The "mpi" backend: an MPI sub-communicator of the job's communicator per group.
 
 No new processes and no sockets: members are actors on worker ranks, and their
-communicator comes from MPI_Comm_create_group over their ranks (see _private/rendezvous.py
+communicator comes from MPI_Comm_create_group over their ranks (see rendezvous.py
 for why creations are granted one group at a time per rank). Every operation is a
 nonblocking MPI collective tested in a loop that takes the rank's transport lock only for
 each test, so the rank keeps serving messages and heartbeats while a member waits.
