@@ -335,14 +335,12 @@ def head_stop(head: HeadRuntime) -> None:
         # a session of an interactive process: its spawned workers leave now (they would wait
         # for the interpreter's exit, and Hydra kills a session whose ranks outlive their
         # watchdog), and MPI stays up for the next init()
-        watchdog = threading.Timer(10, os._exit, args=(1,))
-        watchdog.daemon = True
-        watchdog.start()
-        try:
-            _release_workers(job)
-        except job.MPI.Exception as exc:
-            print(f"hpcray: the session's workers did not leave cleanly: {exc}", file=sys.stderr)
-        watchdog.cancel()
+        with _watchdog(10, 1):
+            try:
+                _release_workers(job)
+            except job.MPI.Exception as exc:
+                print(f"hpcray: the session's workers did not leave cleanly: {exc}",
+                      file=sys.stderr)
     before = job.visible_before
     if before is None:
         os.environ.pop("CUDA_VISIBLE_DEVICES", None)
@@ -366,27 +364,25 @@ def worker_stop(job: Job, status: int, clean: bool, head_pid: int = 0) -> None:
         with contextlib.suppress(OSError, ValueError):
             stream.flush()
     if clean:
-        watchdog = threading.Timer(30, os._exit, args=(status,))
-        watchdog.daemon = True
-        watchdog.start()
-        try:
-            request = comm.Ibarrier()
-            while not request.Test():
-                if head_pid and process_gone(head_pid):
-                    os._exit(status)
-                time.sleep(0.01)
-            # no comm.Free(): it fails while unread messages (late results) are pending
-            _drain(job)
-            if job.spawned is not None:
-                job.spawned.Disconnect()
-            MPI.Finalize()
-            deadline = time.monotonic() + 5
-            while (head_pid and job.spawned is None and not process_gone(head_pid)
-                   and time.monotonic() < deadline):
-                time.sleep(0.005)
-            _libc_exit(status)
-        except MPI.Exception as exc:
-            print(f"hpcray: a worker's MPI shutdown failed: {exc}", file=sys.__stderr__)
+        with _watchdog(30, status):
+            try:
+                request = comm.Ibarrier()
+                while not request.Test():
+                    if head_pid and process_gone(head_pid):
+                        os._exit(status)
+                    time.sleep(0.01)
+                # no comm.Free(): it fails while unread messages (late results) are pending
+                _drain(job)
+                if job.spawned is not None:
+                    job.spawned.Disconnect()
+                MPI.Finalize()
+                deadline = time.monotonic() + 5
+                while (head_pid and job.spawned is None and not process_gone(head_pid)
+                       and time.monotonic() < deadline):
+                    time.sleep(0.005)
+                _libc_exit(status)
+            except MPI.Exception as exc:
+                print(f"hpcray: a worker's MPI shutdown failed: {exc}", file=sys.__stderr__)
     os._exit(status)
 
 
@@ -401,15 +397,25 @@ def _libc_exit(status: int) -> None:
 def head_finalize(head: HeadRuntime) -> None:
     """At interpreter exit on rank 0: MPI_Finalize together with the workers (bounded in time)."""
     job = head.mpi_job
-    watchdog = threading.Timer(10, os._exit, args=(1,))
-    watchdog.daemon = True
-    watchdog.start()
+    with _watchdog(10, 1):
+        try:
+            _release_workers(job)
+            job.MPI.Finalize()
+        except job.MPI.Exception as exc:
+            print(f"hpcray: MPI shutdown failed on rank 0: {exc}", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def _watchdog(seconds: float, status: int):
+    """Bounds a shutdown step that waits on other ranks: past ``seconds`` the process exits
+    with ``status`` instead of hanging."""
+    timer = threading.Timer(seconds, os._exit, args=(status,))
+    timer.daemon = True
+    timer.start()
     try:
-        _release_workers(job)
-        job.MPI.Finalize()
-    except job.MPI.Exception as exc:
-        print(f"hpcray: MPI shutdown failed on rank 0: {exc}", file=sys.stderr)
-    watchdog.cancel()
+        yield
+    finally:
+        timer.cancel()
 
 
 def _release_workers(job: Job) -> None:
