@@ -64,21 +64,32 @@ def derived_seeds(seed: int | None, runner_index: int, num_envs: int, generation
     return [int(s) for s in env_seeds], ss.spawn(1)[0]
 
 
+def runner_setup(runner: Any, config: Any, worker_index: int) -> int:
+    """What every kind of env runner does first (one torch thread: runners share the rank's
+    cores); returns how many environments it steps."""
+    import torch
+
+    torch.set_num_threads(1)
+    runner.config = config
+    runner.algo = config.algo_class
+    runner.worker_index = worker_index
+    return int(config.num_envs_per_env_runner)
+
+
+def make_env(config: Any, worker_index: int, vector_index: int) -> Any:
+    """Environment vector_index of runner worker_index, made by the config's env creator."""
+    return config.env_creator()(EnvContext(config.env_config, worker_index,
+                                           config.num_env_runners, vector_index))
+
+
 class EnvRunner:
     """Steps num_envs environments of one runner; the algorithm class supplies the policy."""
 
     def __init__(self, config: Any, worker_index: int, generation: int = 0):
         import gymnasium as gym
-        import torch
 
-        torch.set_num_threads(1)
-        self.config = config
-        self.algo = config.algo_class
-        self.worker_index = worker_index
-        creator = config.env_creator()
-        n = int(config.num_envs_per_env_runner)
-        fns = [(lambda i=i: creator(EnvContext(config.env_config, worker_index,
-                                               config.num_env_runners, i))) for i in range(n)]
+        n = runner_setup(self, config, worker_index)
+        fns = [(lambda i=i: make_env(config, worker_index, i)) for i in range(n)]
         self.env = gym.vector.SyncVectorEnv(
             fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
         self.num_envs = n

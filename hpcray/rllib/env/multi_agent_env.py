@@ -9,7 +9,7 @@ from typing import Any
 import cloudpickle
 import numpy as np
 
-from .env_runner import EnvContext, derived_seeds
+from .env_runner import derived_seeds, make_env, runner_setup
 
 
 class MultiAgentEnv:
@@ -50,16 +50,8 @@ class MultiAgentEnvRunner:
     """num_envs copies of a MultiAgentEnv; fragments hold one batch per policy."""
 
     def __init__(self, config: Any, worker_index: int, generation: int = 0):
-        import torch
-
-        torch.set_num_threads(1)
-        self.config = config
-        self.algo = config.algo_class
-        self.worker_index = worker_index
-        creator = config.env_creator()
-        n = int(config.num_envs_per_env_runner)
-        self.envs = [creator(EnvContext(config.env_config, worker_index, config.num_env_runners,
-                                        i)) for i in range(n)]
+        n = runner_setup(self, config, worker_index)
+        self.envs = [make_env(config, worker_index, i) for i in range(n)]
         self.num_envs = n
         self.spaces = policy_spaces(self.envs[0], config)
         env_seeds, ss = derived_seeds(config.seed, worker_index, n, generation)
