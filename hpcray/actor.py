@@ -110,7 +110,9 @@ class ActorClass:
             fn_id=fn_id, fn_blob=blob, args=packed, deps=deps, contained=contained,
             resources=placement, strategy=opts.strategy_of(o), actor_id=runtime.ids.next(),
             options={"name": name, "namespace": namespace, "lifetime": o.get("lifetime"),
-                     "class_info": info,
+                     "class_info": info, "in_rank": bool(o.get("in_rank")),
+                     "max_restarts": o.get("max_restarts") or 0,
+                     "max_task_retries": o.get("max_task_retries") or 0,
                      "max_concurrency": o.get("max_concurrency"), "lifetime_resources": lifetime})
         try:
             handle_ref = runtime.submit(spec, 1)[0]

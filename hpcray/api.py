@@ -193,10 +193,12 @@ def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True
 
 
 def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
-    """Ends the actor now; pending and later calls raise ActorDiedError."""
+    """Ends the actor now; pending and later calls raise ActorDiedError. With
+    ``no_restart=False`` an actor created with ``max_restarts`` restarts instead, as in Ray."""
     if not isinstance(actor, ActorHandle):
         raise TypeError(f"kill() expects an actor handle, got {type(actor).__name__}")
-    _runtime().request("kill", actor._actor_id)
+    _runtime().request("kill", actor._actor_id, "it was killed with hpcray.kill()",
+                       not no_restart)
 
 
 def available_resources() -> dict[str, float]:

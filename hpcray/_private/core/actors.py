@@ -30,6 +30,9 @@ class Actor:
         "orphaned",
         "queue",
         "rank",
+        "restarts",
+        "restarts_left",
+        "task_retries",
     )
 
     def __init__(self, create: Any):
@@ -46,6 +49,9 @@ class Actor:
         self.inflight: set[int] = set()                        # ids of calls sent
         self.lifetime = spec.options.get("lifetime_resources", {})
         self.orphaned = False
+        self.restarts_left = int(spec.options.get("max_restarts") or 0)  # -1: without end
+        self.restarts = 0
+        self.task_retries = int(spec.options.get("max_task_retries") or 0)  # -1: without end
 
     @property
     def idle(self) -> bool:
@@ -122,6 +128,25 @@ class ActorTable:
         actor.queue.clear()
         actor.inflight.clear()
         return inflight, queued
+
+    @staticmethod
+    def restart(actor: Actor, cause: str) -> tuple[list[int], bool]:
+        """The actor's process died and it may restart: takes one restart; returns the calls
+        it was running, for the head to retry in order (when ``max_task_retries`` allows) or
+        fail, and whether they are retried."""
+        actor.restarts_left -= actor.restarts_left > 0
+        actor.restarts += 1
+        actor.cause = cause
+        inflight = sorted(actor.inflight)
+        actor.inflight.clear()
+        retry = actor.task_retries != 0
+        if retry and actor.task_retries > 0:
+            actor.task_retries -= 1
+        return inflight, retry
+
+    @staticmethod
+    def may_restart(actor: Actor) -> bool:
+        return not actor.dead and actor.restarts_left != 0
 
     def orphan(self, actor_id: int) -> Actor | None:
         """Every handle to the actor is gone: returns it if it should end now (it is not

@@ -21,6 +21,10 @@ class Config:
     heartbeat_interval: float = 1.0
     #: a rank silent for this long is declared dead (ranks on the head's host are also checked by pid)
     heartbeat_timeout: float = 8.0
+    #: where worker ranks run user code: "process" (executor processes under each rank: a
+    #: crash fails one task, CPU-bound tasks run in parallel) or "thread" (in the rank itself:
+    #: the lowest latency, no isolation)
+    execution: str = "process"
     #: CPUs each worker rank advertises
     cpus_per_rank: float = 1.0
     #: CPUs the head rank advertises (it runs the driver)
@@ -142,4 +146,7 @@ def load(defaults: dict | None = None, **overrides) -> Config:
     for key, value in overrides.items():
         if value is not None:
             setattr(config, key, value)
+    if config.execution not in ("process", "thread"):
+        raise ValueError(f"HPCRAY_EXECUTION={config.execution!r} is invalid: use \"process\" "
+                         "(user code in executor processes) or \"thread\" (in the rank)")
     return config

@@ -27,7 +27,8 @@ from .serialization import deserialize, inline_blob
 class Task:
     """A task, actor creation or actor call the head is responsible for."""
 
-    __slots__ = ("blocked", "cancelled", "pins", "rank", "retries_left", "spec", "waiting")
+    __slots__ = ("blocked", "cancelled", "pins", "rank", "restart", "retries_left", "spec",
+                 "waiting")
 
     def __init__(self, spec: P.TaskSpec):
         self.spec = spec
@@ -35,6 +36,7 @@ class Task:
         self.waiting = 0
         self.retries_left = spec.max_retries
         self.pins = [dep for _, dep in spec.deps] + list(spec.contained)
+        self.restart = False  # an actor's creation run again after its process died
         self.blocked = False
         self.cancelled = False
 
@@ -76,7 +78,7 @@ class HeadRuntime(Runtime):
             "available_resources": lambda src: self.scheduler.available_resources(),
             "nodes": self.op_nodes, "pg_create": self.op_pg_create, "pg_remove": self.op_pg_remove,
             "pg_ranks": lambda src, pg_id: self.scheduler.placement_group_ranks(pg_id),
-            "service": self.op_service,
+            "service": self.op_service, "actor_lost": self.op_actor_lost,
             "named_actors": lambda src, namespace: self.actor_table.names(namespace),
         }
         self.services: dict[str, Any] = {}  # see op_service
@@ -337,9 +339,12 @@ class HeadRuntime(Runtime):
                 self.schedule_queued()
                 return
         del self.tasks[task_id]
-        for object_id, inline, size, contained, _ in results:
-            self.set_ready(object_id, inline, None if inline is not None else src, size, contained)
-        self.directory.unpin(task.pins)
+        if not task.restart:
+            for object_id, inline, size, contained, _ in results:
+                self.set_ready(object_id, inline, None if inline is not None else src, size,
+                               contained)
+        if not (spec.kind == P.ACTOR_CREATE and self.keeps_arguments(spec.actor_id)):
+            self.directory.unpin(task.pins)
         if spec.kind == P.ACTOR_CALL:
             actor = self.actors[spec.actor_id]
             actor.inflight.discard(task_id)
@@ -400,9 +405,56 @@ class HeadRuntime(Runtime):
         for task in self.actor_table.next_calls(actor, lambda t: t.spec.task_id in tasks):
             self.dispatch(task, actor.rank)
 
+    def keeps_arguments(self, actor_id: int) -> bool:
+        """A restartable actor keeps its constructor's arguments while it lives."""
+        actor = self.actors.get(actor_id)
+        return actor is not None and not actor.dead and actor.restarts_left != 0
+
+    def op_actor_lost(self, src: int, actor_id: int, why: str) -> None:
+        """An actor's process died (its rank lives on): restart it there, or end it."""
+        actor = self.actors.get(actor_id)
+        if actor is None or actor.dead:
+            return
+        if not self.actor_table.may_restart(actor):
+            self.end_actor(actor, why, notify_rank=False)
+            return
+        restarts_before = actor.restarts_left
+        inflight, retry = self.actor_table.restart(actor, why)
+        calls = [self.tasks[t] for t in inflight if t in self.tasks]
+        for task in reversed(calls):
+            if retry:
+                task.rank = None
+                actor.queue.appendleft(task)
+            else:
+                self.fail_task(task, self.error_blob(E.ActorDiedError(
+                    f"the actor's process died while running {task.spec.name} ({why}); it is "
+                    "restarting, and the call is not retried (set max_task_retries to retry "
+                    "calls)")))
+        create = Task(actor.create.spec)
+        create.restart = True
+        create.rank = actor.rank
+        self.tasks[create.spec.task_id] = create
+        print(f"hpcray: restarting actor {actor.create.spec.name.split('.')[0]} on rank "
+              f"{actor.rank} ({why}; restarts left: "
+              f"{'unlimited' if restarts_before < 0 else restarts_before - 1})",
+              file=sys.stderr, flush=True)
+        inline = {}
+        for _, object_id in create.spec.deps:
+            entry = self.objects.get(object_id)
+            if entry is None:
+                continue
+            if entry.inline is not None:
+                inline[object_id] = entry.inline
+            else:
+                self.directory.deliver(object_id, entry, actor.rank)
+        self.transport.send(actor.rank, (P.TASK, create.spec.wire(), inline))
+        self.pump_actor(actor)
+
     def end_actor(self, actor: Actor, cause: str, notify_rank: bool = True) -> None:
         if actor.dead:
             return
+        if actor.restarts_left != 0 and actor.create.spec.task_id not in self.tasks:
+            self.directory.unpin(actor.create.pins)  # kept for restarts
         placed_alive = actor.rank is not None and self.ranks[actor.rank].alive
         inflight, queued = self.actor_table.end(actor, cause, notify_rank and placed_alive)
         if placed_alive and actor.lifetime:
@@ -452,9 +504,14 @@ class HeadRuntime(Runtime):
         return service.call(action, *args)
 
     def op_kill(self, src: int, actor_id: int,
-                cause: str = "it was killed with hpcray.kill()") -> None:
+                cause: str = "it was killed with hpcray.kill()", restart: bool = False) -> None:
         actor = self.actors.get(actor_id)
-        if actor is not None:
+        if actor is None:
+            return
+        if restart and self.actor_table.may_restart(actor) and actor.rank is not None:
+            self.transport.send(actor.rank, (P.KILL_ACTOR, actor.actor_id))
+            self.op_actor_lost(src, actor_id, "it was killed with hpcray.kill(no_restart=False)")
+        else:
             self.end_actor(actor, cause)
 
     def op_cancel(self, src: int, object_id: int, force: bool) -> bool:

@@ -13,7 +13,8 @@ COMMON = {"num_cpus", "num_gpus", "resources", "memory", "scheduling_strategy", 
           "accelerator_type", "label_selector", "_metadata"}
 TASK = COMMON | {"num_returns", "max_retries", "retry_exceptions", "max_calls", "name"}
 ACTOR = COMMON | {"name", "namespace", "lifetime", "max_concurrency", "max_restarts",
-                  "max_task_retries", "get_if_exists", "max_pending_calls", "concurrency_groups"}
+                  "max_task_retries", "get_if_exists", "max_pending_calls", "concurrency_groups",
+                  "in_rank"}
 METHOD = {"num_returns", "name", "max_task_retries", "retry_exceptions", "concurrency_group"}
 
 

@@ -240,6 +240,10 @@ def _join(overrides: dict, num_cpus: int | None) -> Job:
     defaults = slurm.config_defaults()
     early = config_mod.load(defaults)  # the environment's settings, before the head's overrides
     _bound_startup(early.init_timeout)
+    if early.execution == "process" and not _launcher_rank_is_head():
+        from ..core.executors import start_forkserver
+
+        start_forkserver([m.strip() for m in early.preload.split(",") if m.strip()])
     MPI = _mpi()
     if not MPI.Is_initialized():
         MPI.Init_thread(MPI.THREAD_SERIALIZED)
@@ -275,6 +279,17 @@ def _join(overrides: dict, num_cpus: int | None) -> Job:
     return Job(MPI, comm, spawned, config, ranks, identity, Transport(comm), visible_before)
 
 
+def _launcher_rank_is_head() -> bool:
+    """Whether the launcher says this process will be rank 0 (which runs no executors)."""
+    main = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if main is not None and main.name == "hpcray._private.job.worker_main":
+        return False  # a worker spawned by an interactive driver
+    for name in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID"):
+        if name in os.environ:
+            return os.environ[name] == "0"
+    return True  # a driver that spawns its workers
+
+
 def head_start(job: Job) -> HeadRuntime:
     """Rank 0: the head's runtime, its progress thread running; the driver goes on."""
     from ..core.head import HeadRuntime  # each role imports its own half only
@@ -308,6 +323,7 @@ def worker_start(job: Job) -> None:
 
     def end(status: int = 0) -> None:
         if exiting.acquire(blocking=False):
+            worker.close()
             job.transport.close()
             worker_stop(job, status, clean=worker.stopping == "shutdown",
                         head_pid=worker.head_pid)

@@ -1,0 +1,327 @@
+"""An executor process: runs a worker rank's tasks (or one actor) outside the rank.
+
+It holds no MPI. Everything user code asks of hpcray (nested tasks, get, put, wait, named
+actors) goes to its rank over a ``Channel`` and the rank answers; a crash here is the
+death of one process, which the rank turns into a task failure or an actor restart.
+Started from a forkserver made before MPI_Init (see ``executors.py``).
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import io
+import os
+import queue
+import signal
+import socket
+import sys
+import threading
+from typing import Any
+
+from ... import exceptions as E
+from ..transport.pipe import Channel, ChannelClosed, oob
+from . import context
+from . import protocol as P
+from .backoff import Backoff
+from .objects import DROP, LocalStore, RefTracker, Stored
+from .runner import ActorHost, Runner, ThreadPool
+from .runtime import Runtime
+from .serialization import fits_inline, own
+
+PR_SET_PDEATHSIG = 1
+CANCEL_SIGNAL = signal.SIGRTMIN + 3  # no launcher or scheduler sends it
+
+
+def detach() -> None:
+    """What an executor does first: die with its parent, ignore the signals meant for the
+    rank (Hydra signals the whole process group), and never initialise MPI."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+    for sig in (signal.SIGUSR1, signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    try:
+        import mpi4py
+
+        mpi4py.rc.initialize = False
+        mpi4py.rc.finalize = False
+    except ImportError:
+        pass
+
+
+class BlockIds:
+    """Ids for what an executor creates: blocks of its rank's id space, fetched as needed."""
+
+    def __init__(self, runtime: ExecutorRuntime):
+        self.runtime = runtime
+        self.lock = threading.Lock()
+        self.base, self.left = 0, 0
+
+    def next(self) -> int:
+        with self.lock:
+            if not self.left:
+                self.base, self.left = self.runtime.rpc("ids")
+            self.left -= 1
+            self.base += 1
+            return self.base - 1
+
+
+class _Lines(io.TextIOBase):
+    """sys.stdout/stderr of an executor: each complete line goes to the rank."""
+
+    def __init__(self, runtime: ExecutorRuntime, is_err: bool):
+        self.runtime, self.is_err = runtime, is_err
+        self.partial = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        whole = self.partial + text
+        cut = whole.rfind("\n") + 1
+        self.partial = whole[cut:]
+        if cut:
+            self.runtime.send(("log", whole[:cut], self.is_err))
+        return len(text)
+
+    def flush(self) -> None:
+        if self.partial:
+            text, self.partial = self.partial, ""
+            self.runtime.send(("log", text, self.is_err))
+
+
+class ExecutorRuntime(Runner, Runtime):
+    """The runtime of an executor process: a Runtime whose head is its rank."""
+
+    def __init__(self, channel: Channel, info: dict):  # no Runtime.__init__: there is no MPI
+        self.channel = channel
+        self.lock = threading.RLock()
+        self.config = info["config"]
+        self.rank = info["rank"]
+        self.ranks = info["ranks"]
+        self.job_id = info["job_id"]
+        self.job = info["job"]
+        self.session = info["session"]
+        self.host = socket.gethostname()
+        self.pid = os.getpid()
+        self.ids = BlockIds(self)
+        self.waiting_threads: set[int] = set()
+        self.store = LocalStore()
+        self.refs = RefTracker()
+        self.backoff = Backoff(self.config.spin_time, self.config.backoff_max)
+        self.functions: dict[int, Any] = {}
+        self.fn_blobs: dict[int, bytes] = {}
+        self.local = threading.local()
+        self.stopping = False
+        self.events: collections.deque = collections.deque(maxlen=self.config.timeline_events)
+        self.running: dict[int, int] = {}
+        self.cancelled: set[int] = set()
+        self.replies: dict[int, list] = {}
+        self.req_ids = iter(range(1, 1 << 62))
+        self.done: list = []
+        self.tasks: queue.SimpleQueue = queue.SimpleQueue()
+        self.threads = ThreadPool()
+        self.actor: ActorHost | None = None
+        self.before_user_code = lambda: None
+
+    @property
+    def transport(self):
+        raise E.HpcrayError(
+            f"this code runs in an executor process of rank {self.rank} ({self.host}), which "
+            "holds no MPI: collectives and mpi_comm() need the rank itself. Create the actor "
+            "with .options(in_rank=True), or run the job with HPCRAY_EXECUTION=thread.")
+
+    def exclusive_mpi(self):
+        return self.transport
+
+    # -- talking to the rank -----------------------------------------------------------------
+    def send(self, msg: tuple | None) -> None:
+        """Sends msg to the rank, after the reference changes made before it (None: only
+        those)."""
+        with self.lock:
+            changes = self.refs.drain()
+            if changes:
+                for object_id, event in changes:
+                    if event == DROP:  # no ref here any more: neither the value
+                        self.store.objects.pop(object_id, None)
+                self.channel.send(("refs", changes))
+            if msg is not None:
+                self.channel.send(msg)
+
+    def rpc(self, op: str, *args) -> Any:
+        """Asks the rank; returns its answer or raises the error it raised."""
+        req_id = next(self.req_ids)
+        slot = self.replies[req_id] = [threading.Event(), None, None]
+        self.send(("rpc", req_id, op, args, getattr(self.local, "task_id", 0)))
+        slot[0].wait()
+        del self.replies[req_id]
+        if not slot[1]:
+            raise slot[2]
+        return slot[2]
+
+    def to_head(self, msg: tuple) -> None:
+        if msg[0] == P.SUBMIT:
+            msg = (P.SUBMIT, msg[1].wire())
+        if msg[0] in (P.DONE, P.DONE_MANY):
+            events, self.events = list(self.events), collections.deque(
+                maxlen=self.config.timeline_events)
+            self.send(("done", msg, events))
+        else:
+            self.send(("up", msg))
+
+    def request(self, op: str, *args) -> Any:
+        return self.rpc("request", op, args)
+
+    def _store_put(self, header: bytes, buffers: list, contained: list, borrowed: bool = False):
+        from ...object_ref import ObjectRef
+
+        object_id = self.ids.next()
+        ref = ObjectRef(object_id, _created=True)
+        if fits_inline(header, buffers, self.config.inline_max):
+            buffers = [bytes(b) for b in buffers]
+            with self.lock:
+                self.store.objects[object_id] = Stored(header, buffers)
+        self.send(("put", object_id, header, oob(buffers), contained))
+        return ref
+
+    def _wait_local(self, ids: list[int], deadline: float | None, count: int | None = None,
+                    until_error: bool = False) -> bool:
+        objects = self.store.objects
+        missing = [i for i in dict.fromkeys(ids) if i not in objects]
+        if not missing:
+            return True
+        need = len(missing) if count is None else count - (len(set(ids)) - len(missing))
+        if need <= 0:
+            return True
+        complete, found = self.rpc("fetch", missing, deadline, need, until_error)
+        with self.lock:
+            for object_id, header, buffers, error in found:
+                self.store.add(object_id, Stored(header, buffers, error))
+        return complete
+
+    def await_local(self, ids: list[int], deadline: float | None, need: int,
+                    until_error: bool = False) -> bool:
+        """A task's arguments not sent with it: the rank sends them once they are there."""
+        complete, found = self.rpc("args", ids)
+        with self.lock:
+            for object_id, header, buffers, error in found:
+                self.store.add(object_id, Stored(header, buffers, error))
+        return complete
+
+    def cancel_running(self, task_id: int) -> None:
+        """Interrupts the task: on the main thread by a signal, which also ends a wait in C
+        (time.sleep, a blocking read), as Ray's KeyboardInterrupt does."""
+        ident = self.running.get(task_id)
+        if ident is not None and ident == threading.main_thread().ident and \
+                ident not in self.waiting_threads:
+            self.cancelled.add(task_id)
+            signal.pthread_kill(ident, CANCEL_SIGNAL)
+        else:
+            super().cancel_running(task_id)
+
+    def on_cancel_signal(self, signum: int, frame: Any) -> None:
+        task_id = getattr(self.local, "task_id", 0)
+        if task_id and task_id in self.cancelled and task_id in self.running:
+            raise E.TaskCancelledError(f"task {task_id:x} was cancelled")
+
+    def resolve_args(self, spec: P.TaskSpec, inline: dict) -> tuple[list, dict]:
+        try:
+            return super().resolve_args(spec, inline)
+        finally:  # arguments fetched for the call are not kept (unless a ref here holds one)
+            with self.lock:
+                for _, object_id in spec.deps:
+                    if object_id not in inline and object_id not in self.refs.counts:
+                        self.store.objects.pop(object_id, None)
+
+    def when_local(self, object_id: int, callback) -> None:
+        with self.lock:
+            present = object_id in self.store.objects
+            if not present:
+                self.store.watch((object_id,), callback)
+        if present:
+            callback()
+        else:
+            self.send(("watch", object_id))
+
+    # -- messages from the rank --------------------------------------------------------------
+    def listen(self) -> None:
+        """The reader thread: answers, objects, cancels; the end of the channel ends us."""
+        try:
+            while True:
+                msg = self.channel.recv()
+                kind = msg[0]
+                if kind == "task":
+                    self.on_task(*msg[1:])
+                elif kind == "reply":
+                    slot = self.replies.get(msg[1])
+                    if slot is not None:
+                        slot[1], slot[2] = msg[2], msg[3]
+                        slot[0].set()
+                elif kind == "obj":
+                    _, object_id, header, buffers, error = msg
+                    with self.lock:
+                        self.store.add(object_id, Stored(header, buffers, error))
+                    self.run_fired()
+                elif kind == "cancel":
+                    self.cancel_running(msg[1])
+                elif kind == "kill":
+                    if self.actor is not None:
+                        self.actor.kill()
+                    os._exit(0)
+        except ChannelClosed:
+            pass
+        except BaseException:  # noqa: BLE001 - a broken channel ends the executor
+            import traceback
+
+            traceback.print_exc(file=sys.__stderr__)
+        os._exit(0)
+
+    def on_task(self, fields: tuple, inline: dict) -> None:
+        spec = P.TaskSpec(*fields)
+        if spec.fn_blob is not None:
+            self.fn_blobs[spec.fn_id] = spec.fn_blob
+        if spec.kind == P.NORMAL:
+            self.tasks.put((spec, inline))
+        elif spec.kind == P.ACTOR_CREATE:
+            self.actor = ActorHost(self, spec, inline)
+        elif self.actor is not None:
+            self.actor.submit(spec, inline)
+
+    def keep_result(self, object_id: int, header: bytes, buffers: list, copy: bool) -> tuple:
+        """A large result goes to the rank's store with the report (the rank keeps it)."""
+        return (header, oob(own(buffers) if copy else buffers), False)
+
+    def serve(self) -> None:
+        """The main thread: runs the rank's tasks one at a time."""
+        while True:
+            spec, inline = self.tasks.get()
+            self.execute(spec, inline, None)
+            del spec, inline
+            for stream in (sys.stdout, sys.stderr):
+                stream.flush()
+            self.send(None)  # the refs the task dropped
+
+
+def main(sock: socket.socket) -> None:
+    """The executor process's entry point (a forkserver child)."""
+    detach()
+    channel = Channel(sock)
+    info = channel.recv()
+    os.environ.clear()
+    os.environ.update(info["env"])
+    if info["cwd"]:
+        try:
+            os.chdir(info["cwd"])
+        except OSError:
+            pass
+    sys.path[:] = info["sys_path"]
+    runtime = ExecutorRuntime(channel, info)
+    context.set_current(runtime)
+    if runtime.config.log_to_driver:
+        sys.stdout, sys.stderr = _Lines(runtime, False), _Lines(runtime, True)
+    signal.signal(CANCEL_SIGNAL, runtime.on_cancel_signal)
+    threading.Thread(target=runtime.listen, daemon=True, name="hpcray-executor-listen").start()
+    runtime.serve()
+

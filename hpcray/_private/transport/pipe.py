@@ -1,0 +1,95 @@
+"""A rank's channel to one of its executor processes: tuples over a Unix socket pair.
+
+Buffers wrapped in ``pickle.PickleBuffer`` travel out of band (pickle protocol 5): they
+are written from their own memory with one scatter-gather send and read straight into
+their final bytearray, never copied into or out of the pickle.
+"""
+
+from __future__ import annotations
+
+import pickle
+import socket
+import struct
+import threading
+from typing import Any
+
+_PREFIX = struct.Struct("<II")  # buffer count, header length
+_SOCKET_BUFFER = 4 << 20
+
+
+def oob(buffers: list) -> list:
+    """Marks a value's buffers to travel out of band."""
+    return [pickle.PickleBuffer(b) for b in buffers]
+
+
+class ChannelClosed(EOFError):
+    """The other end closed the channel (or died)."""
+
+
+class Channel:
+    """Sends and receives tuples; any thread may send, one thread receives."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.lock = threading.Lock()
+        for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, opt, _SOCKET_BUFFER)
+            except OSError:
+                pass
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def send(self, msg: tuple) -> None:
+        buffers: list = []
+        header = pickle.dumps(msg, protocol=5, buffer_callback=buffers.append)
+        raws = [b.raw() for b in buffers]
+        sizes = struct.pack(f"<{len(raws)}Q", *(r.nbytes for r in raws))
+        parts = [_PREFIX.pack(len(raws), len(header)) + sizes, header, *raws]
+        with self.lock:
+            try:
+                _send_all(self.sock, parts)
+            except OSError as exc:
+                raise ChannelClosed(str(exc)) from exc
+
+    def recv(self) -> Any:
+        count, length = _PREFIX.unpack(self._read(_PREFIX.size))
+        sizes = struct.unpack(f"<{count}Q", self._read(8 * count)) if count else ()
+        header = self._read(length)
+        buffers = [self._read(size) for size in sizes]
+        return pickle.loads(header, buffers=buffers)
+
+    def _read(self, size: int) -> bytearray:
+        data = bytearray(size)
+        view = memoryview(data)
+        got = 0
+        while got < size:
+            try:
+                n = self.sock.recv_into(view[got:])
+            except OSError as exc:
+                raise ChannelClosed(str(exc)) from exc
+            if n == 0:
+                raise ChannelClosed("the other end closed the channel")
+            got += n
+        return data
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def _send_all(sock: socket.socket, parts: list) -> None:
+    views = [v for v in (memoryview(p).cast("B") for p in parts) if v.nbytes]
+    while views:
+        sent = sock.sendmsg(views[:512])
+        while sent:
+            first = views[0]
+            if sent >= first.nbytes:
+                sent -= first.nbytes
+                views.pop(0)
+            else:
+                views[0] = first[sent:]
+                sent = 0
