@@ -23,7 +23,9 @@ from hpcray._private.transport.loopback import LoopbackHub
 @contextlib.contextmanager
 def loopback_job(workers: int = 2, **config) -> Iterator[HeadRuntime]:
     """Yields the head, installed as this process's runtime, with ``workers`` worker threads;
-    stops them all on exit (and fails if one does not stop)."""
+    stops them all on exit (and fails if one does not stop). Workers run code in their own
+    threads (execution "thread"): executor processes are tested in real jobs."""
+    config.setdefault("execution", "thread")
     hub = LoopbackHub(workers + 1)
     host, pid = socket.gethostname(), os.getpid()
     cfg = load(**config)

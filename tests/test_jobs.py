@@ -568,22 +568,35 @@ SIGKILL_JOB = """
         sys.stdout.write("OUTCOME no error\\n")
     except Exception as exc:
         sys.stdout.write("OUTCOME " + type(exc).__name__ + "\\n")
+    after = hpcray.get([where.remote() for _ in range(4)], timeout=60)
+    sys.stdout.write("AFTER " + json.dumps(after) + "\\n")
     sys.stdout.flush()
 """
 
 
-def test_worker_killed_ends_the_job(run_job: RunJob, script_path: str, cleanup) -> None:
+@pytest.mark.parametrize("execution", ["process", "thread"])
+def test_killed_worker_fails_its_task_and_the_job_goes_on(
+        run_job: RunJob, script_path: str, cleanup, execution: str) -> None:
+    """process: the task's executor dies (its rank lives on); thread: the rank itself dies
+    (the launcher's shell wrapper keeps Hydra from killing the others). Either way the task
+    fails with WorkerCrashedError and later tasks run. The job exits 0 when only an executor
+    died, and non-zero (after the driver finished) when it lost a rank."""
     start = time.monotonic()
-    proc = run_job(SIGKILL_JOB, n=3, timeout=FAIL_BOUND_S)
-    info = _result(proc, status=None)
+    proc = run_job(SIGKILL_JOB, n=3, timeout=FAIL_BOUND_S, env={"HPCRAY_EXECUTION": execution})
+    info = _result(proc, status=0 if execution == "process" else None)
     assert sorted(info["workers"]) == ["1", "2"], _output(proc)
     assert info["victim"] in info["workers"].values(), _output(proc)
-    # Hydra may kill the other ranks (the driver included) when one dies; if the driver
-    # survives, its get() must raise WorkerCrashedError. Either way the job fails.
-    # mpiexec's own message may land on the same line as the driver's last one
     outcome = re.findall(r"^OUTCOME (no error|[A-Za-z]+Error)", proc.stdout, re.MULTILINE)
-    assert outcome in ([], ["WorkerCrashedError"]), _output(proc)
-    assert proc.returncode != 0, _output(proc)
+    assert outcome == ["WorkerCrashedError"], _output(proc)
+    (after,) = re.findall(r"^AFTER (.*)$", proc.stdout, re.MULTILINE)
+    after = json.loads(after)
+    assert len(after) == 4, _output(proc)
+    if execution == "process":  # a new executor replaced the dead one
+        assert info["victim"] not in [pid for _, pid in after], _output(proc)
+    else:  # the dead rank is out of the job
+        dead = [rank for rank, pid in info["workers"].items() if pid == info["victim"]]
+        assert {str(rank) for rank, _ in after}.isdisjoint(dead), _output(proc)
+        assert proc.returncode != 0 and "died during the job" in proc.stderr, _output(proc)
     # every rank (driver and workers run the script) and mpiexec are gone
     assert _leftovers(script_path, until=start + FAIL_BOUND_S) == [], _output(proc)
 

@@ -297,7 +297,9 @@ class DataParallelTrainer:
             raise TrainingFailedError(
                 f"could not reserve {n} workers of {bundle} ({self.scaling.placement_strategy}) "
                 f"within {self.placement_timeout:g} s; available: {api.available_resources()}")
+        # in_rank: the workers join a collective group, which runs on their ranks' MPI
         options = {"num_cpus": bundle.get("CPU", 0), "num_gpus": bundle.get("GPU", 0),
+                   "in_rank": True,
                    "resources": {k: v for k, v in bundle.items() if k not in ("CPU", "GPU")}}
         workers = [_Worker.options(**options, scheduling_strategy=PlacementGroupSchedulingStrategy(
             pg, i)).remote() for i in range(n)]

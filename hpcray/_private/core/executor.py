@@ -164,7 +164,7 @@ class ExecutorRuntime(Runner, Runtime):
     def to_head(self, msg: tuple) -> None:
         if msg[0] == P.SUBMIT:
             msg = (P.SUBMIT, msg[1].wire())
-        if msg[0] in (P.DONE, P.DONE_MANY):
+        if msg[0] in {P.DONE, P.DONE_MANY}:
             events, self.events = list(self.events), collections.deque(
                 maxlen=self.config.timeline_events)
             self.send(("done", msg, events))
@@ -288,6 +288,13 @@ class ExecutorRuntime(Runner, Runtime):
             self.actor = ActorHost(self, spec, inline)
         elif self.actor is not None:
             self.actor.submit(spec, inline)
+
+    def report(self, task_id: int, results: list, retryable: bool, more: bool = False) -> None:
+        # batching needs someone to flush a batch: here only the serial actor loop does (its
+        # last call of a burst has more=False); threaded actors report each call at once
+        actor = self.actor
+        batch = more and actor is not None and actor.concurrency <= 1 and actor.loop is None
+        super().report(task_id, results, retryable, batch)
 
     def keep_result(self, object_id: int, header: bytes, buffers: list, copy: bool) -> tuple:
         """A large result goes to the rank's store with the report (the rank keeps it)."""

@@ -361,7 +361,7 @@ class ExecutorPool:
             self.created(proc, [object_id])
             worker.store_put_as(object_id, header, buffers, contained)
         elif kind == "log":
-            worker.write_output(msg[1], msg[2])
+            worker.write_output(msg[1], msg[2], proc.pid)
         elif kind == "rpc":
             _, req_id, op, args, task_id = msg
             if op == "ids":

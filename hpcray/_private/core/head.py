@@ -601,9 +601,9 @@ class HeadRuntime(Runtime):
         return dict(slot)
 
     # -- output and failures -----------------------------------------------------------------
-    def on_log(self, src: int, text: str, is_err: bool) -> None:
+    def on_log(self, src: int, text: str, is_err: bool, pid: int = 0) -> None:
         info = self.ranks[src]
-        prefix = f"(rank={src} pid={info.pid} host={info.host}) "
+        prefix = f"(rank={src} pid={pid or info.pid} host={info.host}) "
         stream = sys.stderr if is_err else sys.stdout
         stream.write("".join(prefix + line + "\n" for line in text.splitlines()))
         stream.flush()

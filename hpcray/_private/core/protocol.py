@@ -112,6 +112,7 @@ class Log(NamedTuple):
     TO = HEAD
     text: str
     is_err: bool
+    pid: int = 0                 # the executor process that printed it (0: the rank)
 
 
 class Blocked(NamedTuple):

@@ -248,12 +248,9 @@ class WorkerRuntime(Runner, Runtime):
             self.store.add(object_id, Stored(header, buffers))
             self.to_head((P.PUT, object_id, inline, size, contained))
 
-    def write_output(self, text: str, is_err: bool) -> None:
-        """What an executor printed: to the driver like this rank's own output."""
-        if self.streams:
-            self.streams[is_err].write(text)
-        else:
-            (sys.__stderr__ if is_err else sys.__stdout__).write(text)
+    def write_output(self, text: str, is_err: bool, pid: int) -> None:
+        """What an executor printed: to the driver, named by the executor's pid."""
+        self.to_head((P.LOG, text, is_err, pid))
 
     def actor_lost(self, actor_id: int, why: str) -> None:
         """An actor's executor died: the head restarts the actor or ends it."""

@@ -134,8 +134,16 @@ def mpiexec_command(
             env["OMPI_ALLOW_RUN_AS_ROOT"] = "1"
             env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
     cmd.extend(extra or [])
+    if flavor == "mpich":
+        # Hydra's proxy SIGKILLs every rank of a node when one dies of a signal, whatever
+        # -disable-auto-cleanup says; with a shell between them that death is an exit status
+        # and the other ranks live on (the head re-runs the dead rank's work elsewhere)
+        cmd.extend(RANK_WRAPPER)
     cmd.extend(argv)
     return cmd, env
+
+
+RANK_WRAPPER = ["sh", "-c", 'trap : USR1; "$@"; exit $?', "sh"]
 
 
 # Set by a process manager for every rank it starts.

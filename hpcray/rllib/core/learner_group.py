@@ -29,7 +29,7 @@ class LearnerGroup:
             self.local = cls(config, observation_space, action_space)
             return
         group = f"rllib-learners-{os.getpid()}-{next(_groups)}" if n > 1 else None
-        actor = hpcray.remote(cls).options(num_cpus=config.num_cpus_per_learner,
+        actor = hpcray.remote(cls).options(num_cpus=config.num_cpus_per_learner, in_rank=True,
                                            num_gpus=config.num_gpus_per_learner or None)
         self.remote = [actor.remote(config, observation_space, action_space, i, n, group)
                        for i in range(n)]
