@@ -453,10 +453,15 @@ def _kill_group(proc: subprocess.Popen[Any]) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
+#: hpcray's execution modes, measured as two systems
+MODES = {"hpcray": "process", "hpcray-thread": "thread"}
+
+
 def _env(system: str) -> dict[str, str]:
-    """Environment for a sub-run; hpcray gets the repo root on PYTHONPATH."""
+    """Environment for a sub-run; hpcray gets the repo root on PYTHONPATH and its mode."""
     env = dict(os.environ)
-    if system == "hpcray":
+    if system in MODES:
+        env["HPCRAY_EXECUTION"] = MODES[system]
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p
         )
@@ -693,7 +698,7 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for name, unit in ROWS:
         rec: dict[str, Any] = {"name": name, "unit": unit}
-        for system in ("hpcray", "ray"):
+        for system in (*MODES, "ray"):
             got = by.get((system, name), {})
             values = [float(g["value"]) for g in got.values() if "value" in g]
             failed = [g["failed"] for g in got.values() if "failed" in g]
@@ -701,15 +706,16 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                            "min": min(values, default=None), "max": max(values, default=None),
                            "n": len(values), "failed": failed}
         higher_better = unit.endswith("/s")
-        ratios = []
-        for rnd, h in by.get(("hpcray", name), {}).items():
-            r = by.get(("ray", name), {}).get(rnd)
-            if r and "value" in h and "value" in r and h["value"] > 0 and r["value"] > 0:
-                ratios.append(h["value"] / r["value"] if higher_better
-                              else r["value"] / h["value"])
-        rec["ratio"] = statistics.median(ratios) if ratios else None
-        rec["ratios"] = ratios
-        if rec["hpcray"]["n"] or rec["ray"]["n"] or rec["hpcray"]["failed"] or rec["ray"]["failed"]:
+        for system in MODES:
+            ratios = []
+            for rnd, h in by.get((system, name), {}).items():
+                r = by.get(("ray", name), {}).get(rnd)
+                if r and "value" in h and "value" in r and h["value"] > 0 and r["value"] > 0:
+                    ratios.append(h["value"] / r["value"] if higher_better
+                                  else r["value"] / h["value"])
+            rec[system]["ratio"] = statistics.median(ratios) if ratios else None
+            rec[system]["ratios"] = ratios
+        if any(rec[s]["n"] or rec[s]["failed"] for s in (*MODES, "ray")):
             out.append(rec)
     return out
 
@@ -727,26 +733,42 @@ def _cell(stats: dict[str, Any]) -> str:
     return text
 
 
+def _ratio(stats: dict[str, Any]) -> str:
+    if stats["ratio"] is None:
+        return "-"
+    text = f"{stats['ratio']:.2f}x"
+    if len(stats["ratios"]) > 1:
+        text += f" ({min(stats['ratios']):.2f}..{max(stats['ratios']):.2f})"
+    return text
+
+
+def _status(rec: dict[str, Any], system: str) -> str:
+    stats = rec[system]
+    _, _, status = evaluate(rec["name"], rec["unit"], stats["median"], rec["ray"]["median"])
+    if stats["ratio"] is not None and rec["name"] not in ("arg_100mib",
+                                                          "launch_to_first_result"):
+        status = ("" if not status or status == "n/a" else
+                  ("PASS" if stats["ratio"] >= THROUGHPUT_TARGET_X else "MISS"))
+    if stats["failed"] or rec["ray"]["failed"]:
+        status = "FAILED"
+    return status
+
+
 def table(rows: list[dict[str, Any]]) -> str:
-    """Comparison table: row | unit | hpcray | ray | ratio | target | status."""
-    header = ["row", "unit", "hpcray median (min..max)", "ray median (min..max)",
-              "ratio (median of rounds)", "target", "status"]
+    """Comparison table: each hpcray mode against Ray, with the target and status of each."""
+    present = [s for s in MODES if any(r["system"] == s for r in rows)]
+    header = ["row", "unit"]
+    for system in present:
+        header += [f"{system} ({MODES[system]}) median (min..max)", "ratio", "status"]
+    header += ["ray median (min..max)", "target"]
     body = []
     rounds = max((r.get("round", 0) for r in rows), default=0) + 1
     for rec in summarize(rows):
-        h, r = rec["hpcray"]["median"], rec["ray"]["median"]
-        _, target, status = evaluate(rec["name"], rec["unit"], h, r)
-        if rec["ratio"] is not None and rec["name"] not in ("arg_100mib",
-                                                           "launch_to_first_result"):
-            status = ("" if not status or status == "n/a" else
-                      ("PASS" if rec["ratio"] >= THROUGHPUT_TARGET_X else "MISS"))
-        if rec["hpcray"]["failed"] or rec["ray"]["failed"]:
-            status = "FAILED"
-        ratio = "-" if rec["ratio"] is None else f"{rec['ratio']:.2f}x"
-        if len(rec["ratios"]) > 1:
-            ratio += f" ({min(rec['ratios']):.2f}..{max(rec['ratios']):.2f})"
-        body.append([rec["name"], rec["unit"], _cell(rec["hpcray"]), _cell(rec["ray"]), ratio,
-                     target, status])
+        line = [rec["name"], rec["unit"]]
+        for system in present:
+            line += [_cell(rec[system]), _ratio(rec[system]), _status(rec, system)]
+        _, target, _ = evaluate(rec["name"], rec["unit"], None, None)
+        body.append([*line, _cell(rec["ray"]), target])
     widths = [max(len(x) for x in col) for col in zip(header, *body, strict=True)]
     lines = [
         " | ".join(c.ljust(w) for c, w in zip(line, widths, strict=True))
@@ -754,9 +776,9 @@ def table(rows: list[dict[str, Any]]) -> str:
     ]
     lines.insert(1, "-+-".join("-" * w for w in widths))
     notes = (
-        f"{rounds} round(s), the systems alternating first within each round; every cell is "
-        "the median over rounds (min..max); ratio: the median of the rounds' ratios, "
-        "hpcray/ray for throughputs, ray/hpcray for times and MiB (>1 = hpcray better); "
+        f"{rounds} round(s), the systems in a rotating order within each round; every cell is "
+        "the median over rounds (min..max); ratio: the median of the rounds' ratios against "
+        "Ray, hpcray/ray for throughputs, ray/hpcray for times and MiB (>1 = hpcray better); "
         "launch is the median of fresh launches per round; Ray's RSS rows cover driver and "
         "worker processes only (not raylet/plasma)"
     )
@@ -774,7 +796,7 @@ def run_system(system: str, args: argparse.Namespace, passthrough: list[str], la
     rows: list[dict[str, Any]] = []
     ok = True
     nranks = str(args.workers + 1)
-    if system == "hpcray":
+    if system in MODES:
         mpiexec = [
             find_mpiexec(args.mpiexec),
             *shlex.split(args.mpiexec_args),
@@ -790,20 +812,20 @@ def run_system(system: str, args: argparse.Namespace, passthrough: list[str], la
                 "hpcray",
                 *passthrough,
             ],
-            "hpcray",
+            system,
             args.timeout,
         )
-        rows += got
+        rows += [{**rec, "system": system} for rec in got]
         ok &= good
         launch = measure_launch(
             [*mpiexec, sys.executable, "-c", LAUNCH_CODE["hpcray"]],
-            "hpcray",
+            system,
             launch_reps,
             args.launch_timeout,
         )
         ok &= launch is not None
-        rows += [launch] if launch else [{"system": "hpcray", "name": "launch_to_first_result",
-                                          "failed": "no result"}]
+        rows += [{**launch, "system": system}] if launch else [
+            {"system": system, "name": "launch_to_first_result", "failed": "no result"}]
     else:
         ncpu = args.ray_num_cpus or args.workers
         got, good = run_collect(
@@ -845,9 +867,11 @@ def parent(args: argparse.Namespace) -> int:
     ray_python = None if args.skip_ray else find_ray_python(args.ray_python)
     if not ray_python and not args.skip_ray:
         log("no Ray interpreter found (--ray-python); Ray half skipped")
-    systems = [s for s, on in (("hpcray", not args.skip_hpcray), ("ray", bool(ray_python))) if on]
+    modes = [m for m in args.modes.split(",") if m]
+    systems = [s for s, on in [*((name, not args.skip_hpcray and MODES[name] in modes)
+                                 for name in MODES), ("ray", bool(ray_python))] if on]
     for rnd in range(args.rounds):
-        order = systems if rnd % 2 == 0 else systems[::-1]
+        order = systems[rnd % len(systems):] + systems[:rnd % len(systems)]
         for system in order:
             log(f"round {rnd + 1}/{args.rounds}: {system}")
             got, good = run_system(system, args, passthrough, launch_reps, ray_python)
@@ -886,6 +910,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mpiexec-args", default="", help="extra mpiexec arguments, shell-quoted")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds per benchmark sub-run")
     p.add_argument("--launch-timeout", type=float, default=120.0, help="seconds per launch job")
+    p.add_argument("--modes", default="process,thread",
+                   help="hpcray execution modes to measure (HPCRAY_EXECUTION), default both")
     p.add_argument("--internal-run", choices=["hpcray", "ray"], help=argparse.SUPPRESS)
     return p.parse_args(argv)
 

@@ -58,8 +58,17 @@ class ActorClass:
         self._options = opts.validate(dict(options), opts.ACTOR, f"actor {cls.__qualname__}")
         self._cache = cache or CodeCache(cls)
         self._info: tuple | None = None
+        self._needs_rank: bool | None = None
         self.__name__ = cls.__name__
         self.__doc__ = cls.__doc__
+
+    def _in_rank(self, options: dict[str, Any]) -> bool:
+        """Run in the rank itself: asked for, or the class uses collectives or MPI."""
+        if options.get("in_rank") is not None:
+            return bool(options["in_rank"])
+        if self._needs_rank is None:
+            self._needs_rank = opts.needs_rank(self._cls)
+        return self._needs_rank
 
     def __getattr__(self, name: str) -> Any:
         """The class's own attributes (constants, static helpers), as Ray's ActorClass."""
@@ -110,7 +119,7 @@ class ActorClass:
             fn_id=fn_id, fn_blob=blob, args=packed, deps=deps, contained=contained,
             resources=placement, strategy=opts.strategy_of(o), actor_id=runtime.ids.next(),
             options={"name": name, "namespace": namespace, "lifetime": o.get("lifetime"),
-                     "class_info": info, "in_rank": bool(o.get("in_rank")),
+                     "class_info": info, "in_rank": self._in_rank(o),
                      "max_restarts": o.get("max_restarts") or 0,
                      "max_task_retries": o.get("max_task_retries") or 0,
                      "max_concurrency": o.get("max_concurrency"), "lifetime_resources": lifetime})

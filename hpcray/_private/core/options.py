@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import types
 from typing import Any
 
 from .scheduler import DEFAULT, SPREAD, InPlacementGroup, NodeAffinity
@@ -142,3 +143,32 @@ class CallShape:
         if missing:
             raise TypeError(f"{what}() missing required argument(s): "
                             f"{', '.join(repr(m) for m in missing)}")
+
+
+#: names whose use in an actor's code means it needs its rank's MPI (hpcray.collective,
+#: mpi_comm, mpi4py): such an actor runs in the rank itself, not in an executor process
+RANK_NAMES = frozenset({"collective", "init_collective_group", "create_collective_group",
+                        "mpi_comm", "allreduce", "allgather", "reducescatter", "MPI", "mpi4py"})
+
+
+def needs_rank(cls: type) -> bool:
+    """Whether an actor class's code (its methods and the functions nested in them) names
+    hpcray.collective or MPI."""
+    stack = []
+    for klass in cls.__mro__:
+        if klass is object:
+            continue
+        for value in vars(klass).values():
+            code = getattr(getattr(value, "__func__", value), "__code__", None)
+            if code is not None:
+                stack.append(code)
+    seen: set[int] = set()
+    while stack:
+        code = stack.pop()
+        if id(code) in seen:
+            continue
+        seen.add(id(code))
+        if not RANK_NAMES.isdisjoint(code.co_names):
+            return True
+        stack.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
+    return False
