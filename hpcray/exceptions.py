@@ -92,7 +92,11 @@ class TaskCancelledError(HpcrayError):
 
 
 class WorkerCrashedError(HpcrayError):
-    """The rank running the task died (killed, crashed, or lost)."""
+    """The process running the task died (killed, crashed, or lost with its rank)."""
+
+
+class OutOfMemoryError(HpcrayError):
+    """The memory monitor ended the task: its node was about to run out of memory."""
 
 
 class ActorDiedError(HpcrayError):

@@ -25,6 +25,12 @@ class Config:
     #: crash fails one task, CPU-bound tasks run in parallel) or "thread" (in the rank itself:
     #: the lowest latency, no isolation)
     execution: str = "process"
+    #: the memory monitor ends the newest retriable task of a rank (OutOfMemoryError, retried
+    #: per max_retries) when its node uses more than this fraction of its memory; 0 disables
+    memory_usage_threshold: float = 0.95
+    #: the node memory, in bytes, the monitor's threshold applies to (0: the machine's, or
+    #: its cgroup limit when lower)
+    memory_limit: int = 0
     #: CPUs each worker rank advertises
     cpus_per_rank: float = 1.0
     #: CPUs the head rank advertises (it runs the driver)

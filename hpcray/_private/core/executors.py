@@ -96,6 +96,24 @@ def describe_exit(code: int | None) -> str:
     return f"it exited with status {code}"
 
 
+def node_memory(limit: int = 0) -> tuple[int, int]:
+    """(used, limit) bytes of this node's memory: the machine's, or its cgroup's when the job
+    runs in one with a lower limit, or ``limit`` when given."""
+    import psutil
+
+    vm = psutil.virtual_memory()
+    used, total = vm.total - vm.available, vm.total
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            text = f.read().strip()
+        if text != "max" and int(text) < total:
+            with open("/sys/fs/cgroup/memory.current") as f:
+                used, total = int(f.read()), int(text)
+    except (OSError, ValueError):
+        pass
+    return used, limit or total
+
+
 class Proc:
     """One executor process, as its rank sees it."""
 
@@ -104,6 +122,8 @@ class Proc:
         self.channel = channel
         self.pid = process.pid
         self.task: P.TaskSpec | None = None   # the task it runs (task executors)
+        self.started = 0.0                     # when that task was sent
+        self.why = ""                          # set when the rank ends the process itself
         self.actor_id = 0                      # its actor (actor executors)
         self.held: dict[int, int] = {}         # refs it holds, which its rank counts for it
         self.functions: set[int] = set()       # the code it has been sent
@@ -128,6 +148,9 @@ class ExecutorPool:
         start_forkserver([m.strip() for m in worker.config.preload.split(",") if m.strip()])
         self.hub = threading.Thread(target=self.loop, daemon=True, name="hpcray-executors")
         self.hub.start()
+        self.busy = threading.Event()  # some task runs: the memory monitor watches
+        if worker.config.memory_usage_threshold > 0:
+            threading.Thread(target=self.monitor, daemon=True, name="hpcray-memory").start()
 
     # -- starting ----------------------------------------------------------------------------
     def start(self) -> Proc:
@@ -174,7 +197,41 @@ class ExecutorPool:
 
     def assign(self, proc: Proc, spec: P.TaskSpec) -> None:
         proc.task = spec
+        proc.started = time.monotonic()
         self.by_task[spec.task_id] = proc
+        self.busy.set()
+
+    def monitor(self) -> None:
+        """The memory monitor: while tasks run, ends the newest retriable one when the node
+        nears its memory limit (as Ray's does), so the OOM killer does not pick a rank."""
+        config = self.worker.config
+        while not self.closed:
+            self.busy.wait()
+            time.sleep(0.25)
+            with self.lock:
+                running = [p for p in self.by_task.values() if p.task is not None and not p.dead]
+                if not running:
+                    self.busy.clear()
+                    continue
+            used, limit = node_memory(config.memory_limit)
+            if used <= config.memory_usage_threshold * limit:
+                continue
+            retriable = [p for p in running if p.task.max_retries != 0] or running
+            victim = max(retriable, key=lambda p: p.started)
+            try:
+                import psutil
+
+                rss = psutil.Process(victim.pid).memory_info().rss
+            except Exception:  # noqa: BLE001 - gone already
+                continue
+            victim.why = (
+                f"the memory monitor ended {victim.task.name} (its process used "
+                f"{rss / 2**20:,.0f} MiB) on rank {self.worker.rank} ({self.worker.host}): the "
+                f"node used {used / 2**30:.2f} GiB of {limit / 2**30:.2f} GiB, over "
+                f"HPCRAY_MEMORY_USAGE_THRESHOLD={config.memory_usage_threshold:g}")
+            print(f"hpcray: {victim.why}", file=sys.__stderr__, flush=True)
+            victim.process.kill()
+            time.sleep(0.5)  # let the memory come back before judging again
 
     def run_task_new(self, spec: P.TaskSpec, inline: dict) -> None:
         with self.lock:
@@ -317,6 +374,8 @@ class ExecutorPool:
                 error: BaseException = E.TaskCancelledError(
                     f"{task.name} was cancelled with force=True: its executor was ended")
                 retryable = False
+            elif proc.why:
+                error, retryable = E.OutOfMemoryError(proc.why), True
             else:
                 error = E.WorkerCrashedError(
                     f"the executor process (pid {proc.pid}) running {task.name} on {where} "
