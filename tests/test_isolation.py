@@ -81,8 +81,8 @@ def test_memory_monitor_ends_the_task_not_the_job(run_job):
     """The node's limit set 1 GiB above what it uses now: a task that allocates past it is
     ended with OutOfMemoryError naming it, and the next task runs."""
     used = psutil.virtual_memory().total - psutil.virtual_memory().available
-    r, proc = run(run_job, job_file("isolation/memory.py"), n=2, timeout=180,
-                  env={"HPCRAY_MEMORY_LIMIT": str(used + 2**30)})
+    r, _ = run(run_job, job_file("isolation/memory.py"), n=2, timeout=180,
+               env={"HPCRAY_MEMORY_LIMIT": str(used + 2**30)})
     kind, text = r["hog"]
     assert kind == "OutOfMemoryError" and "hog" in text and "MiB" in text, r
     assert r["after"] == 81, r

@@ -114,6 +114,15 @@ def node_memory(limit: int = 0) -> tuple[int, int]:
     return used, limit or total
 
 
+def _rss(pid: int) -> int | None:
+    import psutil
+
+    try:
+        return psutil.Process(pid).memory_info().rss
+    except psutil.Error:
+        return None
+
+
 class Proc:
     """One executor process, as its rank sees it."""
 
@@ -218,11 +227,8 @@ class ExecutorPool:
                 continue
             retriable = [p for p in running if p.task.max_retries != 0] or running
             victim = max(retriable, key=lambda p: p.started)
-            try:
-                import psutil
-
-                rss = psutil.Process(victim.pid).memory_info().rss
-            except Exception:  # noqa: BLE001 - gone already
+            rss = _rss(victim.pid)
+            if rss is None:  # gone already
                 continue
             victim.why = (
                 f"the memory monitor ended {victim.task.name} (its process used "
