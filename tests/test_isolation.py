@@ -88,6 +88,20 @@ def test_memory_monitor_ends_the_task_not_the_job(run_job):
     assert r["after"] == 81, r
 
 
+def test_node_store_maps_one_copy(run_job):
+    """A 256 MiB result made in an executor on rank 1 is read by the driver, by a task on the
+    same rank and by one on rank 2, each mapping the node-store segment (memfd) with no copy,
+    read-only; a driver put reaches a task the same way."""
+    r, _ = run(run_job, job_file("isolation/node_store.py"), timeout=240)
+    for where, (mapping, total, writable) in [("driver", r["driver"]),
+                                              ("same", r["same_rank"][1:]),
+                                              ("other", r["other_rank"][1:])]:
+        assert mapping.startswith("/memfd:hpcray-"), (where, r)
+        assert total == r["expected"] and writable is False, (where, r)
+    assert r["same_rank"][0] != r["other_rank"][0], r
+    assert r["from_driver"].startswith("/memfd:hpcray-"), r
+
+
 def test_cpu_bound_tasks_run_in_parallel_processes(run_job, tmp_path):
     """One worker rank with 2 CPUs: two pure-Python tasks run at once, each in a process of
     its own (no shared GIL), neither in the rank."""

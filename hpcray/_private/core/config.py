@@ -31,6 +31,9 @@ class Config:
     #: the node memory, in bytes, the monitor's threshold applies to (0: the machine's, or
     #: its cgroup limit when lower)
     memory_limit: int = 0
+    #: large objects live in node-shared memory (anonymous memfds): ranks and executors of a
+    #: node map them with no copy, and MPI moves them only between nodes
+    node_store: bool = True
     #: CPUs each worker rank advertises
     cpus_per_rank: float = 1.0
     #: CPUs the head rank advertises (it runs the driver)

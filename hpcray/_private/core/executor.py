@@ -21,13 +21,14 @@ from typing import Any
 
 from ... import exceptions as E
 from ..transport.pipe import Channel, ChannelClosed, oob
+from ..transport.shm import Segment
 from . import context
 from . import protocol as P
 from .backoff import Backoff
 from .objects import DROP, LocalStore, RefTracker, Stored
 from .runner import ActorHost, Runner, ThreadPool
 from .runtime import Runtime
-from .serialization import fits_inline, own
+from .serialization import fits_inline
 
 PR_SET_PDEATHSIG = 1
 CANCEL_SIGNAL = signal.SIGRTMIN + 3  # no launcher or scheduler sends it
@@ -183,7 +184,9 @@ class ExecutorRuntime(Runner, Runtime):
             buffers = [bytes(b) for b in buffers]
             with self.lock:
                 self.store.objects[object_id] = Stored(header, buffers)
-        self.send(("put", object_id, header, oob(buffers), contained))
+        else:
+            buffers = self.wire(object_id, buffers)
+        self.send(("put", object_id, header, buffers, contained))
         return ref
 
     def _wait_local(self, ids: list[int], deadline: float | None, count: int | None = None,
@@ -196,19 +199,20 @@ class ExecutorRuntime(Runner, Runtime):
         if need <= 0:
             return True
         complete, found = self.rpc("fetch", missing, deadline, need, until_error)
-        with self.lock:
-            for object_id, header, buffers, error in found:
-                self.store.add(object_id, Stored(header, buffers, error))
+        self.keep_found(found)
         return complete
 
     def await_local(self, ids: list[int], deadline: float | None, need: int,
                     until_error: bool = False) -> bool:
         """A task's arguments not sent with it: the rank sends them once they are there."""
         complete, found = self.rpc("args", ids)
+        self.keep_found(found)
+        return complete
+
+    def keep_found(self, found: list) -> None:
         with self.lock:
             for object_id, header, buffers, error in found:
-                self.store.add(object_id, Stored(header, buffers, error))
-        return complete
+                self.store.add(object_id, unwire(header, buffers, error))
 
     def cancel_running(self, task_id: int) -> None:
         """Interrupts the task: on the main thread by a signal, which also ends a wait in C
@@ -262,7 +266,7 @@ class ExecutorRuntime(Runner, Runtime):
                 elif kind == "obj":
                     _, object_id, header, buffers, error = msg
                     with self.lock:
-                        self.store.add(object_id, Stored(header, buffers, error))
+                        self.store.add(object_id, unwire(header, buffers, error))
                     self.run_fired()
                 elif kind == "cancel":
                     self.cancel_running(msg[1])
@@ -280,6 +284,9 @@ class ExecutorRuntime(Runner, Runtime):
 
     def on_task(self, fields: tuple, inline: dict) -> None:
         spec = P.TaskSpec(*fields)
+        for object_id, (header, buffers, error) in inline.items():
+            if isinstance(buffers, Segment):  # the mapping lives as long as the views
+                inline[object_id] = (header, buffers.views(), error)
         if spec.fn_blob is not None:
             self.fn_blobs[spec.fn_id] = spec.fn_blob
         if spec.kind == P.NORMAL:
@@ -298,7 +305,13 @@ class ExecutorRuntime(Runner, Runtime):
 
     def keep_result(self, object_id: int, header: bytes, buffers: list, copy: bool) -> tuple:
         """A large result goes to the rank's store with the report (the rank keeps it)."""
-        return (header, oob(own(buffers) if copy else buffers), False)
+        return (header, self.wire(object_id, buffers, copy), False)
+
+    def wire(self, object_id: int, buffers: list, copy: bool = False):
+        """Large buffers as they go to the rank: a node-store segment, or bytes."""
+        segment, kept = self.keep(object_id, buffers) if copy or self.config.node_store \
+            else (None, buffers)
+        return segment if segment is not None else oob(kept)
 
     def serve(self) -> None:
         """The main thread: runs the rank's tasks one at a time."""
@@ -309,6 +322,13 @@ class ExecutorRuntime(Runner, Runtime):
             for stream in (sys.stdout, sys.stderr):
                 stream.flush()
             self.send(None)  # the refs the task dropped
+
+
+def unwire(header: bytes, buffers, error: bool) -> Stored:
+    """A value as the rank sent it: its buffers in a node-store segment or in the message."""
+    if isinstance(buffers, Segment):
+        return Stored(header, buffers.views(), error, segment=buffers)
+    return Stored(header, buffers, error)
 
 
 def main(sock: socket.socket) -> None:

@@ -26,7 +26,9 @@ from typing import TYPE_CHECKING, Any
 
 from ... import exceptions as E
 from ..transport.pipe import Channel, ChannelClosed, oob
+from ..transport.shm import Segment
 from . import protocol as P
+from .executor import unwire
 from .objects import ADD, CREATED, DROP, Stored, ref_events
 from .serialization import fits_inline, nbytes, serialize
 
@@ -37,6 +39,12 @@ MPI_PREFIXES = ("PMI_", "PMIX_", "OMPI_", "PRTE_", "HYDRA_", "MPIR_", "I_MPI_", 
                 "UCX_", "FI_", "OPAL_")
 ID_BLOCK = 1 << 16
 _BLOCK_BIT = 1 << (P.RANK_SHIFT - 1)  # executors' id blocks: the upper half of a rank's counter
+
+
+def wire(stored: Stored):
+    """A stored value's buffers as they go to an executor: its segment (mapped there, not
+    copied), or the bytes."""
+    return stored.segment if stored.segment is not None else oob(stored.buffers)
 
 
 def clean_environ(env: dict | os._Environ) -> dict:
@@ -263,15 +271,15 @@ class ExecutorPool:
             stored = objects.get(object_id)
             if object_id not in blobs and stored is not None:
                 size = nbytes(stored.header, stored.buffers)
-                if size <= room:
-                    room -= size
-                    blobs[object_id] = (stored.header, oob(stored.buffers), stored.error)
-        wire = spec.wire()
+                if stored.segment is not None or size <= room:  # a segment costs nothing
+                    room -= 0 if stored.segment is not None else size
+                    blobs[object_id] = (stored.header, wire(stored), stored.error)
+        fields = spec.wire()
         if spec.kind != P.ACTOR_CALL and spec.fn_id not in proc.functions:
             proc.functions.add(spec.fn_id)  # each executor gets the code once
-            wire = (*wire[:4], self.worker.fn_blobs.get(spec.fn_id), *wire[5:])
+            fields = (*fields[:4], self.worker.fn_blobs.get(spec.fn_id), *fields[5:])
         try:
-            proc.channel.send(("task", wire, blobs))
+            proc.channel.send(("task", fields, blobs))
         except ChannelClosed:
             pass  # it died: the hub reports the task as crashed
 
@@ -424,7 +432,7 @@ class ExecutorPool:
         elif kind == "put":
             _, object_id, header, buffers, contained = msg
             self.created(proc, [object_id])
-            worker.store_put_as(object_id, header, buffers, contained)
+            worker.store_put_as(object_id, unwire(header, buffers, False), contained)
         elif kind == "log":
             worker.write_output(msg[1], msg[2], proc.pid)
         elif kind == "rpc":
@@ -452,9 +460,11 @@ class ExecutorPool:
             if blob is None or error:
                 continue
             header, buffers, _ = blob
-            if not fits_inline(header, buffers, worker.config.inline_max):
+            if isinstance(buffers, Segment) or not fits_inline(header, buffers,
+                                                               worker.config.inline_max):
+                stored = unwire(header, buffers, False)
                 with worker.lock:
-                    worker.store.objects[object_id] = Stored(header, buffers)
+                    worker.store.objects[object_id] = stored
                 results[i] = (object_id, None, size, contained, error)
 
     def answer(self, proc: Proc, req_id: int, op: str, args: tuple, task_id: int) -> None:
@@ -474,8 +484,7 @@ class ExecutorPool:
                 for object_id in ids:
                     stored = objects.get(object_id)
                     if stored is not None:
-                        found.append((object_id, stored.header, oob(stored.buffers),
-                                      stored.error))
+                        found.append((object_id, stored.header, wire(stored), stored.error))
                 value: Any = (complete, found)
             elif op == "request":
                 name, rest = args
@@ -504,8 +513,7 @@ class ExecutorPool:
             header, buffers, _ = serialize(E.ObjectLostError(f"object {object_id:016x} is gone"))
             stored = Stored(header, buffers, True)
         try:
-            proc.channel.send(("obj", object_id, stored.header, oob(stored.buffers),
-                               stored.error))
+            proc.channel.send(("obj", object_id, stored.header, wire(stored), stored.error))
         except ChannelClosed:
             pass
 

@@ -11,6 +11,7 @@ import collections
 import sys
 import threading
 from dataclasses import dataclass, field
+from typing import Any
 
 from . import hooks
 from .serialization import deserialize
@@ -56,6 +57,7 @@ class Stored:
     buffers: list
     error: bool = False          # the value is an exception for get() to raise
     sending: list | None = None  # MPI requests still reading borrowed buffers
+    segment: Any = None          # the node-store segment holding the buffers (shm.Segment)
 
     def value(self):
         """The value; arrays in it are read-only views of the stored buffers, as in Ray."""

@@ -21,7 +21,7 @@ from ... import exceptions as E
 from . import context
 from . import protocol as P
 from .objects import Stored
-from .serialization import deserialize, fits_inline, nbytes, own, serialize
+from .serialization import deserialize, fits_inline, nbytes, serialize
 
 
 class ThreadPool:
@@ -283,11 +283,13 @@ class Runner:
         return results
 
     def keep_result(self, object_id: int, header: bytes, buffers: list, copy: bool) -> None:
-        """Keeps a large result in this rank's store (None: it is not inline)."""
-        if copy:
-            buffers = own(buffers)
+        """Keeps a large result in this rank's store (None: it is not inline): in the node
+        store, or (an actor's, which may change it later) a private copy."""
+        segment = None
+        if copy or self.config.node_store:
+            segment, buffers = self.keep(object_id, buffers)
         with self.lock:
-            self.store.objects[object_id] = Stored(header, buffers)
+            self.store.objects[object_id] = Stored(header, buffers, segment=segment)
 
     def pack_error(self, spec: P.TaskSpec, exc: BaseException) -> tuple[list, bool]:
         if isinstance(exc, E.TaskCancelledError) or spec.task_id in self.cancelled:

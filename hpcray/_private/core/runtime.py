@@ -26,12 +26,15 @@ from ...exceptions import (
     TaskError,
 )
 from ...object_ref import ObjectRef
+from ..transport.shm import Segment
 from . import hooks
 from . import protocol as P
 from .backoff import Backoff
 from .config import Config
 from .objects import LocalStore, RefTracker, Stored
 from .serialization import fits_inline, has_device, nbytes, own, serialize
+
+SHM = "shm"  # an ObjData whose buffers are in the sender's node store: descs = [SHM, where]
 
 if TYPE_CHECKING:
     from ..transport.mpi import Transport
@@ -170,6 +173,12 @@ class Runtime:
         """Sends this rank's copy of an object to dest: host buffers as MPI buffers, device
         buffers by the path transfer.py picks. Returns the requests still reading memory."""
         transport = self.transport
+        if stored.segment is not None and self.ranks[dest].node_id == self.ranks[self.rank].node_id:
+            with transport.lock:  # the reader maps it: nothing to send but where it is
+                if not transport.closed:
+                    transport.send(dest, (P.OBJDATA, object_id, stored.header,
+                                          [SHM, stored.segment.describe()], stored.error))
+            return []
         with transport.lock:
             if transport.closed:
                 return []
@@ -193,7 +202,29 @@ class Runtime:
 
     def on_objdata(self, src: int, object_id: int, header: bytes, descs: list,
                    error: bool) -> None:
-        buffers, failure = [], None
+        buffers, failure, segment = [], None, None
+        if descs and descs[0] == SHM:
+            try:
+                segment = Segment.open_peer(*descs[1])
+                buffers = segment.views()
+            except OSError as exc:
+                header, buffers, _ = serialize(ObjectLostError(
+                    f"rank {self.rank} on {self.host} could not map object {object_id:016x} "
+                    f"from rank {src}'s node store ({exc}); run with HPCRAY_NODE_STORE=0 "
+                    "where processes may not open each other's /proc/<pid>/fd"))
+                error, segment = True, None
+            self.store.add(object_id, Stored(header, buffers, error, segment=segment))
+            return
+        host_sizes = [d for d in descs if type(d) is int]
+        if self.config.node_store and len(host_sizes) == len(descs) and \
+                sum(host_sizes) > self.config.inline_max:
+            segment = Segment.create(host_sizes, f"{object_id:x}")  # received into the node store
+            views = segment.views()
+            with self.transport.lock:
+                for view in views:
+                    self.transport.recv_raw(src, view)
+            self.store.add(object_id, Stored(header, views, error, segment=segment))
+            return
         with self.transport.lock:
             for desc in descs:
                 if type(desc) is int:
@@ -267,8 +298,8 @@ class Runtime:
         # large: ship as an object of its own, moved rank to rank without the head
         # the driver's host arrays are sent from its memory; device arrays are copied at once
         # (a CUDA IPC importer reads them later, when the caller may have changed them)
-        ref = self._store_put(header, buffers, contained,
-                              borrowed=self.rank == 0 and not has_device(buffers))
+        ref = self._store_put(header, buffers, contained, borrowed=self.rank == 0 and not
+                              has_device(buffers) and not self.config.node_store)
         deps.append(("*", ref.id))
         return None, deps, [], ref
 
@@ -303,13 +334,23 @@ class Runtime:
         if fits_inline(header, buffers, self.config.inline_max):
             buffers = [bytes(b) for b in buffers]
             inline = (header, buffers, False)
-        elif not borrowed:
-            buffers = own(buffers)
+        segment = None
+        if inline is None and not borrowed:
+            segment, buffers = self.keep(object_id, buffers)
         ref = ObjectRef(object_id, _created=True)
         with self.lock:
-            self.store.add(object_id, Stored(header, buffers, sending=[] if borrowed and inline is None else None))
+            self.store.add(object_id, Stored(header, buffers, sending=[] if borrowed and
+                                             inline is None else None, segment=segment))
             self.to_head((P.PUT, object_id, inline, size, contained))
         return ref
+
+    def keep(self, object_id: int, buffers: list) -> tuple[Segment | None, list]:
+        """A private copy of a large value's buffers: in the node store when it is on (and
+        the value holds no device memory), else in this process."""
+        if self.config.node_store and not has_device(buffers):
+            segment = Segment.holding(buffers, f"{object_id:x}")
+            return segment, segment.views()
+        return None, own(buffers)
 
     def put(self, value: Any) -> ObjectRef:
         if isinstance(value, ObjectRef):

@@ -242,13 +242,14 @@ class WorkerRuntime(Runner, Runtime):
     # -- running code ----------------------------------------------------------------------
 
     # -- for the executor processes ----------------------------------------------------------
-    def store_put_as(self, object_id: int, header: bytes, buffers: list, contained: list) -> None:
+    def store_put_as(self, object_id: int, stored: Stored, contained: list) -> None:
         """An executor's put: the object is this rank's, under the executor's id."""
+        header, buffers = stored.header, stored.buffers
         size = nbytes(header, buffers)
-        inline = (header, [bytes(b) for b in buffers], False) if fits_inline(
-            header, buffers, self.config.inline_max) else None
+        inline = (header, [bytes(b) for b in buffers], False) if stored.segment is None and \
+            fits_inline(header, buffers, self.config.inline_max) else None
         with self.lock:
-            self.store.add(object_id, Stored(header, buffers))
+            self.store.add(object_id, stored)
             self.to_head((P.PUT, object_id, inline, size, contained))
 
     def write_output(self, text: str, is_err: bool, pid: int) -> None:
