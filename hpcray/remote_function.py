@@ -46,12 +46,21 @@ class RemoteFunction:
         self._options = opts.validate(dict(options), opts.TASK, f"task {function.__qualname__}")
         self._cache = cache or CodeCache(function)
         self._shape = opts.CallShape(function)
+        self._needs_rank: bool | None = None
         self.__name__ = getattr(function, "__name__", "task")
         self.__doc__ = function.__doc__
 
     def __call__(self, *args, **kwargs):
         raise TypeError(f"remote function {self.__name__} cannot be called directly: use "
                         f"{self.__name__}.remote(...)")
+
+    def _in_rank(self) -> bool:
+        """Run in the rank itself: asked for, or the code uses MPI or device arrays."""
+        if self._options.get("in_rank") is not None:
+            return bool(self._options["in_rank"])
+        if self._needs_rank is None:
+            self._needs_rank = opts.needs_rank(self._function)
+        return self._needs_rank
 
     def options(self, **options) -> RemoteFunction:
         """A copy with these options changed (num_cpus, num_returns, scheduling_strategy, ...)."""
@@ -75,7 +84,7 @@ class RemoteFunction:
             args=packed, deps=deps, contained=contained, resources=opts.resources_of(o, 1),
             strategy=opts.strategy_of(o), max_retries=o.get("max_retries", 3),
             retry_exceptions=dumps_code(tuple(retry)) if isinstance(retry, (list, tuple))
-            else bool(retry))
+            else bool(retry), options={"in_rank": True} if self._in_rank() else {})
         num_returns = o.get("num_returns", 1)
         try:
             refs = runtime.submit(spec, num_returns)

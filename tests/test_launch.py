@@ -16,6 +16,7 @@ import pytest
 from hpcray._private.job import launch
 from hpcray._private.job.launch import (
     _LAUNCHER_VARS,
+    RANK_WRAPPER,
     find_mpiexec,
     mpi_flavor,
     mpiexec_command,
@@ -163,7 +164,7 @@ def test_mpiexec_command_mpich(monkeypatch: pytest.MonkeyPatch) -> None:
     cmd, env = mpiexec_command(3, ["python", "x.py"], mpiexec=exe, extra=["-ppn", "3"])
     assert cmd[:3] == [exe, "-n", "3"]
     assert "-disable-auto-cleanup" in cmd
-    assert cmd[-4:] == ["-ppn", "3", "python", "x.py"]
+    assert cmd[-8:] == ["-ppn", "3", *RANK_WRAPPER, "python", "x.py"]  # a shell per rank
     assert env == {"UCX_TLS": "self,sm"}  # one node: shared memory only, no listening ports
     monkeypatch.setenv("SLURM_JOB_NUM_NODES", "2")  # several nodes: the network transport
     assert mpiexec_command(3, ["python", "x.py"], mpiexec=exe)[1] == {}

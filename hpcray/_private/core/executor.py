@@ -28,7 +28,7 @@ from .backoff import Backoff
 from .objects import DROP, LocalStore, RefTracker, Stored
 from .runner import ActorHost, Runner, ThreadPool
 from .runtime import Runtime
-from .serialization import fits_inline
+from .serialization import fits_inline, has_device
 
 PR_SET_PDEATHSIG = 1
 CANCEL_SIGNAL = signal.SIGRTMIN + 3  # no launcher or scheduler sends it
@@ -309,6 +309,10 @@ class ExecutorRuntime(Runner, Runtime):
 
     def wire(self, object_id: int, buffers: list, copy: bool = False):
         """Large buffers as they go to the rank: a node-store segment, or bytes."""
+        if has_device(buffers):
+            raise TypeError(
+                "device arrays made in an executor process cannot leave it: give the task or "
+                "actor num_gpus, or .options(in_rank=True), so that it runs in its rank")
         segment, kept = self.keep(object_id, buffers) if copy or self.config.node_store \
             else (None, buffers)
         return segment if segment is not None else oob(kept)

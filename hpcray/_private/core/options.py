@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 import types
 from typing import Any
 
@@ -12,7 +13,8 @@ from .scheduler import DEFAULT, SPREAD, InPlacementGroup, NodeAffinity
 COMMON = {"num_cpus", "num_gpus", "resources", "memory", "scheduling_strategy", "placement_group",
           "placement_group_bundle_index", "placement_group_capture_child_tasks", "runtime_env",
           "accelerator_type", "label_selector", "_metadata"}
-TASK = COMMON | {"num_returns", "max_retries", "retry_exceptions", "max_calls", "name"}
+TASK = COMMON | {"num_returns", "max_retries", "retry_exceptions", "max_calls", "name",
+                 "in_rank"}
 ACTOR = COMMON | {"name", "namespace", "lifetime", "max_concurrency", "max_restarts",
                   "max_task_retries", "get_if_exists", "max_pending_calls", "concurrency_groups",
                   "in_rank"}
@@ -145,30 +147,34 @@ class CallShape:
                             f"{', '.join(repr(m) for m in missing)}")
 
 
-#: names whose use in an actor's code means it needs its rank's MPI (hpcray.collective,
-#: mpi_comm, mpi4py): such an actor runs in the rank itself, not in an executor process
+#: names whose use in a task's or actor's code means it needs its rank: hpcray.collective,
+#: mpi_comm and mpi4py (the rank's MPI), CuPy (device arrays move by CUDA IPC and NCCL from
+#: the rank); such code runs in the rank itself, not in an executor process
 RANK_NAMES = frozenset({"collective", "init_collective_group", "create_collective_group",
-                        "mpi_comm", "allreduce", "allgather", "reducescatter", "MPI", "mpi4py"})
+                        "mpi_comm", "allreduce", "allgather", "reducescatter", "MPI", "mpi4py",
+                        "cupy", "cp"})
 
 
-def needs_rank(cls: type) -> bool:
-    """Whether an actor class's code (its methods and the functions nested in them) names
-    hpcray.collective or MPI."""
+def needs_rank(target: Any) -> bool:
+    """Whether a remote function's or an actor class's code (its methods and the functions
+    nested in them) names hpcray.collective, MPI or a device array library (CuPy, and the
+    modules of ``HPCRAY_DEVICE_PLUGINS``)."""
+    names = RANK_NAMES | {n.strip() for n in os.environ.get("HPCRAY_DEVICE_PLUGINS", "").split(",")
+                          if n.strip()}
     stack = []
-    for klass in cls.__mro__:
-        if klass is object:
-            continue
-        for value in vars(klass).values():
-            code = getattr(getattr(value, "__func__", value), "__code__", None)
-            if code is not None:
-                stack.append(code)
+    values = [target] if not isinstance(target, type) else [
+        v for klass in target.__mro__ if klass is not object for v in vars(klass).values()]
+    for value in values:
+        code = getattr(getattr(value, "__func__", value), "__code__", None)
+        if code is not None:
+            stack.append(code)
     seen: set[int] = set()
     while stack:
         code = stack.pop()
         if id(code) in seen:
             continue
         seen.add(id(code))
-        if not RANK_NAMES.isdisjoint(code.co_names):
+        if not names.isdisjoint(code.co_names):
             return True
         stack.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
     return False

@@ -21,7 +21,7 @@ from ... import exceptions as E
 from . import context
 from . import protocol as P
 from .objects import Stored
-from .serialization import deserialize, fits_inline, nbytes, serialize
+from .serialization import deserialize, fits_inline, has_device, nbytes, serialize
 
 
 class ThreadPool:
@@ -286,7 +286,7 @@ class Runner:
         """Keeps a large result in this rank's store (None: it is not inline): in the node
         store, or (an actor's, which may change it later) a private copy."""
         segment = None
-        if copy or self.config.node_store:
+        if copy or self.config.node_store and not has_device(buffers):
             segment, buffers = self.keep(object_id, buffers)
         with self.lock:
             self.store.objects[object_id] = Stored(header, buffers, segment=segment)

@@ -180,9 +180,8 @@ class WorkerRuntime(Runner, Runtime):
         if spec.fn_blob is not None:
             self.fn_blobs[spec.fn_id] = spec.fn_blob
         pool = self.pool
-        if pool is not None and (spec.kind == P.NORMAL or (
-                spec.kind == P.ACTOR_CREATE and not spec.options.get("in_rank"))
-                or (spec.kind == P.ACTOR_CALL and spec.actor_id not in self.actors)):
+        if pool is not None and (spec.actor_id not in self.actors if spec.kind == P.ACTOR_CALL
+                                 else not self.in_rank(spec)):
             if spec.kind == P.NORMAL:
                 pool.run_task(spec, inline)
             elif spec.kind == P.ACTOR_CREATE:
@@ -200,6 +199,13 @@ class WorkerRuntime(Runner, Runtime):
             host = self.actors.get(spec.actor_id)
             if host is not None:
                 host.submit(spec, inline)
+
+    @staticmethod
+    def in_rank(spec: P.TaskSpec) -> bool:
+        """Whether a task or actor runs in the rank itself: asked for (code that uses MPI or
+        device arrays), or it holds GPUs (device memory moves by CUDA IPC and NCCL from the
+        rank)."""
+        return bool(spec.resources.get("GPU") or spec.options.get("in_rank"))
 
     def on_push(self, src: int, object_id: int, dest: int) -> None:
         stored = self.store.get(object_id)
