@@ -45,7 +45,7 @@ def _no_arguments() -> None:
 def exit_actor() -> None:
     """Ends the calling actor from inside one of its methods (Ray's ``exit_actor``): pending
     and later calls raise ActorDiedError; the method does not return."""
-    from ._private.core.worker import exit_actor as end  # worker ranks have it loaded
+    from ._private.core.runner import exit_actor as end
 
     end()
 

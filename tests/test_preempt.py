@@ -88,11 +88,12 @@ LONE_SIGTERM_JOB = """
 
 
     @hpcray.remote
-    def pid():
-        return os.getpid()
+    def rank_pid():  # the rank's process (the task itself runs in an executor under it)
+        rt = hpcray.get_runtime_context()._rt
+        return rt.ranks[rt.rank].pid
 
 
-    victim = hpcray.get(pid.remote())
+    victim = hpcray.get(rank_pid.remote())
     os.kill(victim, signal.SIGTERM)   # a worker alone: it waits for the head, then gives up
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and victim not in [

@@ -413,8 +413,10 @@ def test_a_task_is_retried_after_its_rank_dies(run_job) -> None:
     """A rank that dies running a task (here by exiting, which MPICH's Hydra survives with
     -disable-auto-cleanup): the task runs again on a live rank (max_retries), and a task
     without retries left fails with WorkerCrashedError. The job then exits non-zero (ranks
-    died), after the driver had its results."""
-    proc = run_job(RETRY_AFTER_RANK_DEATH_JOB, n=4, timeout=120)
+    died), after the driver had its results. Thread mode: the task runs in the rank itself
+    (in process mode only its executor would die: tests/test_isolation.py)."""
+    proc = run_job(RETRY_AFTER_RANK_DEATH_JOB, n=4, timeout=120,
+                   env={"HPCRAY_EXECUTION": "thread"})
     line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
     assert line, proc.stdout + proc.stderr
     r = json.loads(line[len("RESULT "):])
