@@ -513,9 +513,9 @@ emit(R)
 
 
 def _check_kill(proc: subprocess.CompletedProcess) -> None:
-    # a rank died during the job, so the job ends non-zero once the driver is done
+    # the replica's executor process died, not its rank: the job ends well
     detail = f"--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}"
-    assert proc.returncode != 0 and "died during the job" in proc.stderr, detail
+    assert proc.returncode == 0 and "died during the job" not in proc.stderr, detail
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert len(lines) == 1, detail
     r = json.loads(lines[0][len("RESULT "):])
@@ -530,12 +530,12 @@ def _check_kill(proc: subprocess.CompletedProcess) -> None:
 
 
 def test_replica_crash_under_load(run_job) -> None:
-    """A replica's process exits mid-load (mpiexec: Hydra ends the whole job on SIGKILL)."""
+    """A replica's process exits mid-load: it is replaced, the job goes on and ends well."""
     _check_kill(run_job(PRELUDE + KILL_JOB, n=4, timeout=240, args=["exit"]))
 
 
 def test_replica_sigkill_under_load_on_slurm(jobs) -> None:  # noqa: F811 - the fixture
-    """srun keeps the step alive when a rank is SIGKILLed: the replica on n2 is replaced."""
+    """A replica's process SIGKILLed on n2 in an srun step: it is replaced."""
     script = jobs.script(PRELUDE + KILL_JOB)
     proc = jobs.srun("-N", "2", "--ntasks-per-node=2", "--mpi=pmi2", sys.executable,
                      str(script), "sigkill", timeout=240)
@@ -591,7 +591,8 @@ def test_cli_serves_until_terminated(tmp_path) -> None:
         with urllib.request.urlopen(req, timeout=30) as r:
             body = json.loads(r.read())
         assert body == {"hello": "hpc", "path": "/hi/x"}
-        ranks = [p for p in family if p.name().startswith("python")]
+        ranks = [p for p in family if p.name().startswith("python")
+                 and "hpcray.serve" in " ".join(p.cmdline())]  # not forkservers, executors
         assert len(ranks) == 3
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)
