@@ -690,9 +690,10 @@ SLEEPER_JOB = """
 
     @hpcray.remote
     def hold(i):
-        pid = os.getpid()
-        with open(os.path.join(here, f"pid.{pid}"), "w") as f:
+        rt = hpcray.get_runtime_context()._rt
+        with open(os.path.join(here, f"pid.{rt.ranks[rt.rank].pid}"), "w") as f:  # the rank
             f.write(hpcray.get_runtime_context().get_node_name())
+        open(os.path.join(here, f"exec.{os.getpid()}"), "w").close()  # its executor
         time.sleep(600)
 
 
@@ -735,6 +736,10 @@ def test_scancel_ends_every_rank_within_10s(jobs):
     alive = [p for p in pids if _pid_alive(p)]
     assert not alive and elapsed <= SCANCEL_BOUND_S, (
         f"ranks {alive} alive {elapsed:.1f} s after scancel\n{output.read_text()}")
+    executors = [int(p.name[5:]) for p in jobs.workdir.glob("exec.*")]
+    while any(_pid_alive(p) for p in executors) and time.monotonic() - start < 30:
+        time.sleep(0.1)
+    assert len(executors) == 3 and not [p for p in executors if _pid_alive(p)], executors
     # srun itself (not a rank) ends once Slurm has cleaned up the step
     deadline = time.monotonic() + 60
     while _processes(str(jobs.workdir)) and time.monotonic() < deadline:

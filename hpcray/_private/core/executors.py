@@ -78,7 +78,7 @@ def start_forkserver(preload: list[str]) -> None:
 
     spawn.get_preparation_data = _no_main_module(spawn.get_preparation_data)
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["hpcray._private.core.executor", *preload])
+    ctx.set_forkserver_preload(["hpcray._private.core.forkserver_init", *preload])
     saved = dict(os.environ)
     try:
         os.environ.clear()
