@@ -196,8 +196,6 @@ def test_kill_actor(ray_start_regular_shared):
         ray.get(c.increase.remote())
 
 
-@pytest.mark.xfail(strict=True, reason="ray.kill(actor, no_restart=False) does not restart an actor "
-                   "that has max_restarts left: every later call raises RayActorError")
 def test_actor_restart_after_kill_with_max_restarts(ray_start_regular_shared):
     c = Counter.options(max_restarts=1).remote(0)
     assert ray.get(c.increase.remote()) == 1

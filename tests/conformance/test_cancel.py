@@ -115,11 +115,6 @@ def test_wait_after_cancel_is_ready(ray_start_regular):
     assert ready == [ref]
 
 
-ASYNC_CANCEL = ("cancel() of an async actor's call awaiting (asyncio.sleep) does not cancel the "
-                "coroutine: get() keeps waiting (Ray raises TaskCancelledError)")
-
-
-@pytest.mark.xfail(strict=True, reason=ASYNC_CANCEL)
 def test_cancel_async_actor_task(ray_start_regular):
     @ray.remote
     class Async:
@@ -172,7 +167,6 @@ def test_cancel_queued_actor_task(ray_start_regular):
         ray.get(queued, timeout=30)
 
 
-@pytest.mark.xfail(strict=True, reason=ASYNC_CANCEL)
 def test_cancel_remote_from_task(ray_start_regular):
     @ray.remote
     class Async:
@@ -199,9 +193,6 @@ def test_get_timeout_does_not_cancel(ray_start_regular):
     assert ray.get(ref, timeout=30) is None
 
 
-@pytest.mark.xfail(strict=True, reason="a non-force cancel reaches a running task only between "
-                   "Python bytecodes: a task blocked in time.sleep (or any C call) runs on until it "
-                   "returns (Ray interrupts it with KeyboardInterrupt at once)")
 def test_cancel_interrupts_blocking_sleep(ray_start_regular):
     @ray.remote
     def sleeper():

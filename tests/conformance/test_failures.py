@@ -208,9 +208,6 @@ def test_worker_crash_raises_worker_crashed_error(deaths):
     assert result == {"error": WorkerCrashedError.__name__, "after": 1}, out
 
 
-@pytest.mark.xfail(strict=True, reason="a worker rank's death ends the driver process: shutdown() "
-                   "then exits it with status 1 (under mpiexec, Hydra kills the job at once); "
-                   "a Ray driver carries on and exits 0")
 def test_driver_exits_cleanly_after_worker_crash(deaths):
     code, _, out = deaths["task_os_exit"]
     assert code == 0 and "EXITED CLEANLY" in out, out
@@ -242,8 +239,6 @@ def test_actor_process_death(deaths):
     assert result["die"] in names and result["after"] in names
 
 
-@pytest.mark.xfail(strict=True, reason="an actor with max_restarts=1 whose process dies is not "
-                   "restarted: later calls raise ActorDiedError")
 def test_actor_restarts_after_process_death(deaths):
     _, result, out = deaths["actor_restart_after_crash"]
     assert result is not None and result["after"] == 1, out

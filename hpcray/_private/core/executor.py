@@ -225,6 +225,9 @@ class ExecutorRuntime(Runner, Runtime):
         else:
             super().cancel_running(task_id)
 
+    def actor_hosts(self) -> list[ActorHost]:
+        return [self.actor] if self.actor is not None else []
+
     def on_cancel_signal(self, signum: int, frame: Any) -> None:
         task_id = getattr(self.local, "task_id", 0)
         if task_id and task_id in self.cancelled and task_id in self.running:

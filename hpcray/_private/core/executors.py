@@ -157,6 +157,7 @@ class ExecutorPool:
         self.by_task: dict[int, Proc] = {}
         self.by_actor: dict[int, Proc] = {}
         self.early: dict[int, list] = {}         # calls to actors whose executor is starting
+        self.calls: dict[int, Proc] = {}         # actor calls sent, until their results come
         self.lock = threading.RLock()
         self.blocks = iter(range(1, 1 << 22))
         self.wake_r, self.wake_w = socket.socketpair()
@@ -274,6 +275,9 @@ class ExecutorPool:
                 if stored.segment is not None or size <= room:  # a segment costs nothing
                     room -= 0 if stored.segment is not None else size
                     blobs[object_id] = (stored.header, wire(stored), stored.error)
+        if spec.kind == P.ACTOR_CALL:
+            with self.lock:
+                self.calls[spec.task_id] = proc
         fields = spec.wire()
         if spec.kind != P.ACTOR_CALL and spec.fn_id not in proc.functions:
             proc.functions.add(spec.fn_id)  # each executor gets the code once
@@ -296,6 +300,12 @@ class ExecutorPool:
         runs it."""
         with self.lock:
             proc = self.by_task.get(task_id)
+            call = self.calls.get(task_id)
+        if proc is None and call is not None:  # an actor call: its actor's executor cancels it
+            self.worker.cancelled.add(task_id)
+            with contextlib.suppress(ChannelClosed):
+                call.channel.send(("cancel", task_id))
+            return True
         if proc is None:
             return False
         self.worker.cancelled.add(task_id)
@@ -377,6 +387,8 @@ class ExecutorPool:
                 self.by_task.pop(task.task_id, None)
             if proc.actor_id:
                 self.by_actor.pop(proc.actor_id, None)
+            for task_id in [t for t, p in self.calls.items() if p is proc]:
+                del self.calls[task_id]
         proc.channel.close()
         for object_id, count in proc.held.items():  # its refs are gone with it
             for _ in range(count):
@@ -415,6 +427,7 @@ class ExecutorPool:
             worker.events.extend(events)
             reports = report[1] if report[0] == P.DONE_MANY else [report[1:]]
             for task_id, results, retryable in reports:
+                self.calls.pop(task_id, None)
                 self.keep_results(results)
                 if proc.task is not None and proc.task.task_id == task_id:
                     self.task_done(proc, task_id)

@@ -93,6 +93,7 @@ class ActorHost:
             self.loop = asyncio.new_event_loop()
             self.semaphore = asyncio.Semaphore(self.concurrency or 1000)
         self.create_spec = spec
+        self.running_async: dict = {}  # task id -> the asyncio task running that call
         threading.Thread(target=self.main, args=(spec, inline), daemon=True,
                          name=f"hpcray-actor-{spec.name}").start()
 
@@ -120,9 +121,28 @@ class ActorHost:
 
     def submit(self, spec: P.TaskSpec, inline: dict) -> None:
         if self.loop is not None:
-            self.loop.call_soon_threadsafe(self.loop.create_task, self.run_async(spec, inline))
+            self.loop.call_soon_threadsafe(self.start_async, spec, inline)
         else:
             self.calls.put((spec, inline))
+
+    def start_async(self, spec: P.TaskSpec, inline: dict) -> None:
+        task = self.loop.create_task(self.run_async(spec, inline))
+        self.running_async[spec.task_id] = task
+        task.add_done_callback(lambda _: self.running_async.pop(spec.task_id, None))
+
+    def cancel(self, task_id: int) -> bool:
+        """Cancels an async call's running coroutine (it raises TaskCancelledError); False if
+        no such coroutine runs here (a call not started yet sees the cancelled flag)."""
+        if self.loop is None or task_id not in self.running_async:
+            return False
+
+        def cancel() -> None:
+            task = self.running_async.get(task_id)
+            if task is not None:
+                task.cancel()
+
+        self.loop.call_soon_threadsafe(cancel)
+        return True
 
     def serve(self) -> None:
         worker = self.worker
@@ -150,6 +170,8 @@ class ActorHost:
         async with self.semaphore:
             start = time.time()
             try:
+                if spec.task_id in worker.cancelled:
+                    raise E.TaskCancelledError(spec.name)
                 method = self.method(spec.method)
                 args, kwargs = worker.resolve_args(spec, inline)
                 result = method(*args, **kwargs)
@@ -203,8 +225,11 @@ class Runner:
     """Runs tasks and actor calls on the calling thread; mixed into a Runtime."""
 
     def cancel_running(self, task_id: int) -> None:
-        """Interrupts the running task task_id (its Python code: at its next bytecode)."""
+        """Interrupts the running task task_id (its Python code: at its next bytecode; an
+        async actor call: its coroutine)."""
         self.cancelled.add(task_id)
+        if any(host.cancel(task_id) for host in self.actor_hosts()):
+            return
         ident = self.running.get(task_id)
         if ident is None:
             return
@@ -216,6 +241,10 @@ class Runner:
             return
         ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident),
                                                    ctypes.py_object(E.TaskCancelledError))
+
+    def actor_hosts(self) -> list[ActorHost]:
+        """The actors this process runs."""
+        return []
 
     def check_cancelled(self) -> None:
         task_id = getattr(self.local, "task_id", 0)

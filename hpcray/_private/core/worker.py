@@ -200,6 +200,9 @@ class WorkerRuntime(Runner, Runtime):
             if host is not None:
                 host.submit(spec, inline)
 
+    def actor_hosts(self) -> list[ActorHost]:
+        return list(self.actors.values())
+
     @staticmethod
     def in_rank(spec: P.TaskSpec) -> bool:
         """Whether a task or actor runs in the rank itself: asked for (code that uses MPI or
