@@ -208,17 +208,41 @@ def _read_hdf5(path: str, names: list[str], columns: list[str], start: int, stop
 
 
 def _mapped_rows(path: str, ds, start: int, stop: int) -> np.ndarray | None:
-    """Rows of a contiguous, unfiltered numeric dataset as a view of the memory-mapped file
-    (as read_numpy: no copy until the map after the read touches them); else None."""
-    if ds.chunks is not None or ds.compression is not None or ds.dtype.kind not in "biuf" \
-            or ds.external or stop <= start:
-        return None
-    offset = ds.id.get_offset()
-    if offset is None:  # not allocated yet: all fill values
+    """Rows of an unfiltered numeric dataset straight from the memory-mapped file (as
+    read_numpy: no copy until the map after the read touches them), else None (read it with
+    HDF5). A contiguous dataset is one view; a chunked one whose chunks hold whole rows maps
+    each run of chunks stored one after another (h5py writes row-ordered chunks so), and joins
+    the runs with one copy."""
+    if ds.dtype.kind not in "biuf" or ds.external or stop <= start \
+            or ds.id.get_create_plist().get_nfilters():
         return None
     row = int(np.prod(ds.shape[1:], dtype=np.int64)) * ds.dtype.itemsize
-    mm = np.memmap(path, dtype=ds.dtype, mode="r", offset=offset + start * row,
-                   shape=(stop - start, *ds.shape[1:]))
+    if ds.chunks is None:
+        offset = ds.id.get_offset()
+        return None if offset is None else _map(path, ds, offset + start * row, stop - start)
+    rows_per_chunk = ds.chunks[0]
+    if tuple(ds.chunks[1:]) != tuple(ds.shape[1:]):
+        return None  # chunks split rows: only HDF5 can gather them
+    chunk_bytes = rows_per_chunk * row
+    runs: list[list[int]] = []  # [first row, stop row, file offset of the first row]
+    first = start // rows_per_chunk * rows_per_chunk
+    zeros = (0,) * (ds.ndim - 1)
+    for c0 in range(first, stop, rows_per_chunk):
+        info = ds.id.get_chunk_info_by_coord((c0, *zeros))
+        if info.byte_offset is None or info.size != chunk_bytes:
+            return None  # not written yet (fill values), or stored differently
+        a, b = max(start, c0), min(stop, c0 + rows_per_chunk)
+        offset = info.byte_offset + (a - c0) * row
+        if runs and runs[-1][1] == a and runs[-1][2] + (a - runs[-1][0]) * row == offset:
+            runs[-1][1] = b
+        else:
+            runs.append([a, b, offset])
+    views = [_map(path, ds, off, b - a) for a, b, off in runs]
+    return views[0] if len(views) == 1 else np.concatenate(views)
+
+
+def _map(path: str, ds, offset: int, rows: int) -> np.ndarray:
+    mm = np.memmap(path, dtype=ds.dtype, mode="r", offset=offset, shape=(rows, *ds.shape[1:]))
     return mm.view(np.ndarray)
 
 

@@ -245,6 +245,48 @@ def test_hdf5_plan_reads_hyperslabs_at_chunk_boundaries(tmp_path: Path) -> None:
         S.hdf5_source(str(tmp_path / "f.h5"), "z", None, lambda: 4)
 
 
+@pytest.mark.skipif(importlib.util.find_spec("h5py") is None, reason="needs h5py")
+@pytest.mark.parametrize("seed", [0, 1])
+def test_chunked_hdf5_rows_are_mapped_from_the_file_where_chunks_hold_whole_rows(
+        tmp_path: Path, seed: int) -> None:
+    import h5py
+
+    r = np.random.default_rng(seed)
+    x = r.normal(size=(1003, 2, 3)).astype(np.float32)
+    layouts = {  # name: (create_dataset kwargs, write order, mapped)
+        "ordered": ({"chunks": (64, 2, 3)}, "rows", True),
+        "reversed": ({"chunks": (64, 2, 3)}, "reversed", True),  # chunks not in file order
+        "big_endian": ({"chunks": (100, 2, 3), "dtype": ">f4"}, "rows", True),
+        "column_chunks": ({"chunks": (64, 1, 3)}, "rows", False),  # rows split over chunks
+        "gzip": ({"chunks": (64, 2, 3), "compression": "gzip"}, "rows", False),
+        "shuffle": ({"chunks": (64, 2, 3), "shuffle": True}, "rows", False),
+    }
+    with h5py.File(tmp_path / "k.h5", "w") as f:
+        for name, (kw, order, _) in layouts.items():
+            ds = f.create_dataset(name, shape=x.shape, dtype=kw.pop("dtype", "f4"), **kw)
+            starts = list(range(0, len(x), 64))
+            for s in starts[::-1] if order == "reversed" else starts:
+                ds[s:s + 64] = x[s:s + 64]
+        part = f.create_dataset("partial", shape=x.shape, dtype="f4", chunks=(64, 2, 3))
+        part[:128] = x[:128]  # the rest is never written: fill values
+    with h5py.File(tmp_path / "k.h5", "r") as f:
+        for name, (_, _, mapped) in layouts.items():
+            for a, b in [(0, 1003), (0, 64), (63, 65), (960, 1003), (1000, 1003),
+                         *sorted(tuple(sorted(r.integers(0, 1004, 2))) for _ in range(6))]:
+                view = S._mapped_rows(str(tmp_path / "k.h5"), f[name], a, b)
+                assert (view is not None) == (mapped and b > a), (name, a, b)
+                if view is not None:
+                    assert np.array_equal(view, x[a:b]) and view.dtype == f[name].dtype
+        assert S._mapped_rows(str(tmp_path / "k.h5"), f["partial"], 0, 128) is not None
+        assert S._mapped_rows(str(tmp_path / "k.h5"), f["partial"], 100, 200) is None
+    names = [*layouts, "partial"]
+    src = S.hdf5_source(str(tmp_path / "k.h5"), names, None, lambda: 3)
+    got = B.concat([t() for t in src.plan(7)])
+    for name in layouts:
+        assert np.array_equal(got[name], x), name
+    assert np.array_equal(got["partial"][:128], x[:128]) and not got["partial"][128:].any()
+
+
 def test_numpy_plan_reads_row_ranges_of_memory_mapped_files(tmp_path: Path) -> None:
     a = rng.normal(size=(300, 2))
     np.save(tmp_path / "a.npy", a)
