@@ -83,3 +83,8 @@ def test_examples_run(tmp_path: Path, example: str) -> None:
     proc = run_process([sys.executable, str(ROOT / "examples" / example)], 200,
                        cwd=str(tmp_path))
     assert proc.returncode == 0, f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+
+
+def test_shard_positions_travel_in_checkpoints_by_themselves(tmp_path: Path) -> None:
+    out = job("train_autoresume.py", 4, tmp_path, str(tmp_path))
+    assert oks(out) == ["train autoresume"], out
