@@ -27,6 +27,7 @@ one JSON line; the table has medians, [min-max] and hpcray/Ray ratios.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -79,7 +80,7 @@ def make_big(d: str, gib: float) -> None:
         del arr
 
 
-def make_data(d: str, gib: float, rows: int) -> None:
+def make_data(d: str, gib: float, rows: int, hdf5: bool = True) -> None:
     import h5py
     import numpy as np
 
@@ -88,15 +89,18 @@ def make_data(d: str, gib: float, rows: int) -> None:
     per = total_rows // FILES
     rng = np.random.default_rng(0)
     os.makedirs(f"{d}/npy", exist_ok=True)
-    with h5py.File(f"{d}/data.h5", "w") as f, h5py.File(f"{d}/chunked.h5", "w") as g:
-        ds = f.create_dataset("data", shape=(per * FILES, n_cols), dtype=np.float32)
-        cds = g.create_dataset("data", shape=(per * FILES, n_cols), dtype=np.float32,
-                               chunks=(HDF5_CHUNK_ROWS, n_cols))
+    with contextlib.ExitStack() as files:
+        sets = []
+        if hdf5:  # the same rows as one contiguous and one chunked HDF5 dataset
+            for name, chunks in (("data.h5", None), ("chunked.h5", (HDF5_CHUNK_ROWS, n_cols))):
+                f = files.enter_context(h5py.File(f"{d}/{name}", "w"))
+                sets.append(f.create_dataset("data", shape=(per * FILES, n_cols),
+                                             dtype=np.float32, chunks=chunks))
         for i in range(FILES):
             block = rng.random((per, n_cols), dtype=np.float32)
             np.save(f"{d}/npy/part_{i:02d}.npy", block)
-            ds[i * per:(i + 1) * per] = block
-            cds[i * per:(i + 1) * per] = block
+            for ds in sets:
+                ds[i * per:(i + 1) * per] = block
     np.save(f"{d}/infer.npy", rng.normal(size=(rows, 16)))
     np.save(f"{d}/keys.npy", rng.integers(0, 1000, rows * 5))
     np.save(f"{d}/vals.npy", rng.normal(size=rows * 5))
@@ -309,6 +313,8 @@ def main() -> int:
     parser.add_argument("--big-gib", type=float, default=0.0,
                         help="size of the bigger-than-the-budget stream (0: skip it)")
     parser.add_argument("--no-train", action="store_true", help="skip train_ingest")
+    parser.add_argument("--no-core", action="store_true",
+                        help="skip the core workloads (stream, inference, shuffle, groupby)")
     args = parser.parse_args()
     if args.internal:
         internal(args.internal, args.dir, args.workers, args.part)
@@ -317,7 +323,7 @@ def main() -> int:
     d = tmp.name
     print(f"making {args.gib:g} GiB of float32 (.npy x{FILES} and HDF5) and "
           f"{args.rows} inference rows in {d}", flush=True)
-    make_data(d, args.gib, args.rows)
+    make_data(d, args.gib, args.rows, hdf5=not args.no_core)
     if args.big_gib:
         make_big(d, args.big_gib)
     me = [sys.executable, str(Path(__file__).resolve()), "--dir", d, "--workers",
@@ -328,16 +334,17 @@ def main() -> int:
     for r in range(args.rounds):
         order = [("hpcray", me), ("ray", ray)]
         for name, cmd in order if r % 2 == 0 else order[::-1]:
-            res = run([*cmd, name], 900)
-            if res and not args.no_train:
+            res = {} if args.no_core else run([*cmd, name], 900)
+            if res is not None and not args.no_train:
                 res.update(run([*cmd, name, "--part", "train"], 900) or {})
-            if res and args.big_gib:
+            if res is not None and args.big_gib:
                 res.update(run([*cmd, name, "--part", "big"], 1800, sample=True) or {})
             if res:
                 results[name].append(res)
                 print(f"round {r + 1} {name}: " + ", ".join(f"{k}={v:.3g}"
                                                             for k, v in res.items()), flush=True)
-        results["baseline"].append(baseline(d))
+        if not args.no_core:
+            results["baseline"].append(baseline(d))
     units = {"stream_npy": "GB/s", "stream_hdf5": "GB/s", "stream_hdf5_chunked": "GB/s",
              "inference": "rows/s",
              "shuffle": "GB/s", "groupby_mean": "rows/s", "train_ingest": "rows/s",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import itertools
 import types
+import warnings
 import zlib
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -168,9 +169,11 @@ class DataIterator:
             out = {}
             for k, v in batch.items():
                 dt = dtypes.get(k) if isinstance(dtypes, dict) else dtypes
-                if not (v.flags.writeable and v.flags.c_contiguous):
-                    v = np.array(v, order="C")  # torch wants writable memory
-                t = torch.as_tensor(v, dtype=dt)
+                # a block from another rank is a read-only buffer: the tensor shares it (as
+                # in Ray; torch warns that it cannot mark a tensor read-only)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)
+                    t = torch.as_tensor(np.ascontiguousarray(v), dtype=dt)
                 out[k] = t.to(dev) if dev is not None else t
             return out
 

@@ -175,18 +175,24 @@ def test_row_pieces_cover_each_output_range_exactly(seed: int) -> None:
         assert (got == flat[a:b]).all()
 
 
-@pytest.mark.parametrize("n, chunk", [(1, 5), (2, 16), (3, 7)])
-def test_dealt_chunks_go_round_robin_whatever_the_block_sizes(n: int, chunk: int) -> None:
+@pytest.mark.parametrize("n, chunk, width", [(1, 5, 1), (2, 16, 1), (3, 7, 1), (2, 16, 4096),
+                                             (3, 7, 9400)])
+def test_dealt_chunks_go_round_robin_whatever_the_block_sizes(n: int, chunk: int,
+                                                              width: int) -> None:
     r = np.random.default_rng(n)
     rows = r.integers(0, 40, 20).tolist()
     start, got = 0, [[] for _ in range(n)]
-    for k in rows:
-        block = {"i": np.arange(start, start + k)}
+    for k in rows:  # width 4096+: chunks of >= 256 KiB, handed on as views of the block
+        block = {"i": np.arange(start, start + k), "w": np.zeros((k, width))}
         parts = _deal(block, start, n, chunk)
         parts = [parts] if n == 1 else parts
-        assert [len(p["i"]) for p in parts] == part_sizes(start, k, n, chunk)
+        if width > 1 and k:
+            assert all(isinstance(p, list) for p in parts)
+            assert all(np.shares_memory(v["w"], block["w"]) for p in parts for v in p)
+        parts = [B.concat(p) if isinstance(p, list) else p for p in parts]
+        assert [B.num_rows(p) if p else 0 for p in parts] == part_sizes(start, k, n, chunk)
         for c, p in enumerate(parts):
-            got[c].extend(p["i"].tolist())
+            got[c].extend(p["i"].tolist() if p else [])
         start += k
     for c in range(n):  # consumer c's batch j is chunk j*n + c of the stream
         expect = [i for i in range(start) if (i // chunk) % n == c]
