@@ -113,6 +113,24 @@ def _is_class(fn: Any) -> bool:
     return isinstance(fn, type)
 
 
+def _retry_args(ray_remote_args: dict) -> dict:
+    """MapSpec's retry settings from Ray's ``max_retries`` / ``retry_exceptions``."""
+    out: dict[str, Any] = {}
+    if "max_retries" in ray_remote_args:
+        out["max_retries"] = int(ray_remote_args["max_retries"])
+    retry = ray_remote_args.get("retry_exceptions", False)
+    if isinstance(retry, (list, tuple)):
+        if not all(isinstance(t, type) and issubclass(t, BaseException) for t in retry):
+            raise TypeError(f"retry_exceptions must be True/False or a list of exception "
+                            f"classes, got {retry!r}")
+        retry = tuple(retry)
+    elif not isinstance(retry, bool):
+        raise TypeError(f"retry_exceptions must be True/False or a list of exception classes, "
+                        f"got {retry!r}")
+    out["retry_exceptions"] = retry
+    return out
+
+
 class Schema:
     """Column names and types (Ray Data's ``Schema``)."""
 
@@ -238,7 +256,8 @@ class Dataset:
     def _map(self, name: str, apply: Callable, fn: Any = None, *, keeps_rows: bool = False,
              fn_constructor_args: tuple = (), fn_constructor_kwargs: dict | None = None,
              concurrency: int | tuple | None = None, num_cpus: float | None = None,
-             num_gpus: float | None = None, compute: Any = None) -> Dataset:
+             num_gpus: float | None = None, compute: Any = None,
+             ray_remote_args: dict | None = None) -> Dataset:
         actors = _is_class(fn)
         if not actors and (fn_constructor_args or fn_constructor_kwargs):
             raise ValueError("fn_constructor_args/kwargs are only for callable classes")
@@ -248,7 +267,8 @@ class Dataset:
         spec = MapSpec(name=name, apply=apply, fn=fn, ctor_args=tuple(fn_constructor_args),
                        ctor_kwargs=dict(fn_constructor_kwargs or {}),
                        compute="actors" if actors else "tasks", concurrency=concurrency,
-                       num_cpus=num_cpus, num_gpus=num_gpus, keeps_rows=keeps_rows)
+                       num_cpus=num_cpus, num_gpus=num_gpus, keeps_rows=keeps_rows,
+                       **_retry_args(ray_remote_args or {}))
         return self._then(spec)
 
     # ---------------------------------------------------------------- transforms
@@ -275,7 +295,8 @@ class Dataset:
         name = f"MapBatches({getattr(fn, '__name__', type(fn).__name__)})"
         out = self._map(name, apply, fn, fn_constructor_args=fn_constructor_args,
                         fn_constructor_kwargs=fn_constructor_kwargs, concurrency=concurrency,
-                        num_cpus=num_cpus, num_gpus=num_gpus)
+                        num_cpus=num_cpus, num_gpus=num_gpus, compute=compute,
+                        ray_remote_args=ray_remote_args)
         out._plan.ops[-1].min_rows = batch_size
         return out
 
@@ -292,7 +313,8 @@ class Dataset:
         return self._row_op("Map", _map_apply, fn, fn_args, fn_kwargs, keeps_rows=True,
                             fn_constructor_args=fn_constructor_args,
                             fn_constructor_kwargs=fn_constructor_kwargs,
-                            concurrency=concurrency, num_cpus=num_cpus, num_gpus=num_gpus)
+                            concurrency=concurrency, num_cpus=num_cpus, num_gpus=num_gpus,
+                            ray_remote_args=ray_remote_args)
 
     def flat_map(self, fn: Any, *, fn_args: tuple = (), fn_kwargs: dict | None = None,
                  fn_constructor_args: tuple = (), fn_constructor_kwargs: dict | None = None,
@@ -302,7 +324,8 @@ class Dataset:
         return self._row_op("FlatMap", _flat_map_apply, fn, fn_args, fn_kwargs,
                             fn_constructor_args=fn_constructor_args,
                             fn_constructor_kwargs=fn_constructor_kwargs,
-                            concurrency=concurrency, num_cpus=num_cpus, num_gpus=num_gpus)
+                            concurrency=concurrency, num_cpus=num_cpus, num_gpus=num_gpus,
+                            ray_remote_args=ray_remote_args)
 
     def filter(self, fn: Any, *, fn_args: tuple = (), fn_kwargs: dict | None = None,
                fn_constructor_args: tuple = (), fn_constructor_kwargs: dict | None = None,
@@ -312,7 +335,8 @@ class Dataset:
         return self._row_op("Filter", _filter_apply, fn, fn_args, fn_kwargs,
                             fn_constructor_args=fn_constructor_args,
                             fn_constructor_kwargs=fn_constructor_kwargs,
-                            concurrency=concurrency, num_cpus=num_cpus, num_gpus=num_gpus)
+                            concurrency=concurrency, num_cpus=num_cpus, num_gpus=num_gpus,
+                            ray_remote_args=ray_remote_args)
 
     def add_column(self, col: str, fn: Callable, *, batch_format: str = "pandas",
                    **kwargs) -> Dataset:

@@ -9,6 +9,7 @@ submitting (backpressure) and memory stays flat however large the dataset is.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sys
 import time
@@ -49,6 +50,10 @@ class MapSpec:
     num_gpus: float | None = None
     keeps_rows: bool = False
     min_rows: int | None = None  # map_batches' batch_size: small input blocks are bundled
+    # Ray's ray_remote_args: a task whose rank dies runs again up to max_retries times (-1:
+    # always), as does the UDF when it raises one of retry_exceptions (True: any exception)
+    max_retries: int = 3
+    retry_exceptions: bool | tuple = False
 
     def make_udf(self) -> Any:
         if self.compute == "actors":
@@ -113,12 +118,28 @@ def _meta(block: Block, t0: float, desc: str) -> dict:
 
 def apply_chain(block: Block, chain: list[MapSpec], udfs: list, desc: str) -> Block:
     for spec, udf in zip(chain, udfs):
-        try:
-            block = spec.apply(block, udf)
-        except Exception as exc:
-            raise UserCodeException(f"operator {spec.name} failed on {desc}: "
-                                    f"{type(exc).__name__}: {exc}") from exc
+        attempt = 0
+        while True:
+            try:
+                block = spec.apply(block, udf)
+                break
+            except Exception as exc:
+                if retriable(exc, spec.retry_exceptions, attempt, spec.max_retries):
+                    attempt += 1
+                    time.sleep(min(1.0, 0.05 * 2 ** attempt))
+                    continue
+                tried = f" (attempt {attempt + 1})" if attempt else ""
+                raise UserCodeException(f"operator {spec.name} failed on {desc}{tried}: "
+                                        f"{type(exc).__name__}: {exc}") from exc
     return block
+
+
+def retriable(exc: BaseException, retry: bool | tuple, attempt: int, max_retries: int) -> bool:
+    """Whether a UDF that raised exc on its attempt-th retry runs again (Ray's
+    retry_exceptions: True for any exception, or a list of exception types)."""
+    if not retry or (0 <= max_retries <= attempt):
+        return False
+    return retry is True or isinstance(exc, tuple(retry))
 
 
 def _read(task: ReadTask, op: str, retries: int) -> Block:
@@ -416,7 +437,9 @@ class _Stage:
             self.chain_ref = hpcray.put(self.chain)
         cpus = max((s.num_cpus for s in self.chain if s.num_cpus is not None), default=1)
         gpus = max((s.num_gpus for s in self.chain if s.num_gpus is not None), default=0)
-        opts = {"num_returns": 2, "num_cpus": cpus, "name": self.name}
+        retries = [s.max_retries for s in self.chain]
+        opts = {"num_returns": 2, "num_cpus": cpus, "name": self.name,
+                "max_retries": -1 if -1 in retries else max(retries, default=3)}
         if gpus:
             opts["num_gpus"] = gpus
         return remote(run_task, **opts).remote(self.chain_ref, self.name, desc,
@@ -454,6 +477,11 @@ class _ActorStage(_Stage):
 
     def __init__(self, *args, pool_size: tuple[int, int], **kwargs):
         super().__init__(*args, **kwargs)
+        retry = DataContext.get_current().actor_task_retry_on_errors
+        if retry:
+            retry = True if retry is True else tuple(retry)
+            self.chain = [s if s.retry_exceptions else dataclasses.replace(
+                s, retry_exceptions=retry) for s in self.chain]
         spec = self.chain[0]
         # without num_cpus an actor holds no CPU while alive, so reads upstream still run
         opts = {"num_cpus": spec.num_cpus} if spec.num_cpus is not None else {}

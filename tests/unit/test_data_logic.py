@@ -386,3 +386,31 @@ def test_zarr_plan_reads_chunk_aligned_blocks_of_arrays_and_groups(tmp_path: Pat
         S.zarr_source(str(tmp_path / "g.zarr"), ["z"], None, lambda: 2)
     with pytest.raises(FileNotFoundError, match="no such Zarr store"):
         S.zarr_source(str(tmp_path / "none.zarr"), None, None, lambda: 2)
+
+
+def test_udf_retries_follow_retry_exceptions_and_max_retries() -> None:
+    from hpcray.data.dataset import _retry_args
+    from hpcray.data.executor import MapSpec, apply_chain, retriable
+
+    assert retriable(ValueError(), (ValueError,), 0, 2) and not retriable(KeyError(), (
+        ValueError,), 0, 2)
+    assert retriable(KeyError(), True, 1, 2) and not retriable(KeyError(), True, 2, 2)
+    assert retriable(KeyError(), True, 50, -1) and not retriable(KeyError(), False, 0, -1)
+    assert _retry_args({"retry_exceptions": [OSError], "max_retries": 5}) == {
+        "max_retries": 5, "retry_exceptions": (OSError,)}
+    with pytest.raises(TypeError, match="list of exception classes"):
+        _retry_args({"retry_exceptions": ["OSError"]})
+    calls = []
+
+    def flaky(block, _udf):
+        calls.append(1)
+        if len(calls) < 3:
+            raise ConnectionError("try again")
+        return {"x": block["x"] + 1}
+
+    spec = MapSpec("Flaky", flaky, max_retries=2, retry_exceptions=(ConnectionError,))
+    assert apply_chain({"x": np.arange(3)}, [spec], [None], "rows 0-3")["x"].tolist() == [1, 2, 3]
+    calls.clear()
+    spec.max_retries = 1
+    with pytest.raises(Exception, match=r"Flaky failed on rows 0-3 \(attempt 2\)"):
+        apply_chain({"x": np.arange(3)}, [spec], [None], "rows 0-3")
