@@ -43,7 +43,7 @@ def test_every_operator_matches_numpy_and_pandas(tmp_path: Path) -> None:
 
 def test_every_format_reads_and_writes(tmp_path: Path) -> None:
     out = job("io.py", 3, tmp_path, str(tmp_path))
-    assert len(oks(out)) == 6, out
+    assert len(oks(out)) == 7, out
 
 
 def test_errors_name_operator_file_and_rows(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ import hpcray
 from ..exceptions import HpcrayError
 from .block import Block, concat, num_rows, schema_of, size_bytes, slice_block
 from .context import DataContext
-from .datasource import Datasource, ReadTask
+from .datasource import PlannedRead, Source
 
 Bundle = tuple  # (ObjectRef of a block, its metadata dict)
 
@@ -77,9 +77,9 @@ class Limit:
 
 @dataclass
 class Plan:
-    """A source (a Datasource or materialized bundles) and the operators after it."""
+    """A source (a Source or materialized bundles) and the operators after it."""
 
-    source: Datasource | list
+    source: Source | list
     ops: list = field(default_factory=list)
     num_blocks: int | None = None
 
@@ -88,7 +88,7 @@ class Plan:
 
     def known_rows(self) -> int | None:
         """The row count if it is known without executing, else None."""
-        if isinstance(self.source, Datasource):
+        if isinstance(self.source, Source):
             rows = self.source.num_rows()
         else:
             rows = sum(m["rows"] for _, m in self.source)
@@ -105,7 +105,7 @@ class Plan:
         return rows
 
     def describe(self) -> str:
-        first = self.source.name if isinstance(self.source, Datasource) else "FromBlocks"
+        first = self.source.name if isinstance(self.source, Source) else "FromBlocks"
         return " -> ".join([first, *(op.name for op in self.ops)])
 
 
@@ -142,7 +142,7 @@ def retriable(exc: BaseException, retry: bool | tuple, attempt: int, max_retries
     return retry is True or isinstance(exc, tuple(retry))
 
 
-def _read(task: ReadTask, op: str, retries: int) -> Block:
+def _read(task: PlannedRead, op: str, retries: int) -> Block:
     for attempt in range(retries + 1):
         try:
             return task()
@@ -161,7 +161,7 @@ def run_task(chain: list[MapSpec], op: str, desc: str, retries: int, *srcs: Any
              ) -> tuple[Block, dict]:
     """One task of a fused stage: read (or take the input blocks), then apply the chain."""
     t0 = time.perf_counter()
-    if len(srcs) == 1 and isinstance(srcs[0], ReadTask):
+    if len(srcs) == 1 and isinstance(srcs[0], PlannedRead):
         block = _read(srcs[0], op, retries)
         desc = srcs[0].desc
     else:
@@ -324,7 +324,7 @@ class _Stage:
     max_inflight tasks run, outputs wait (in order) for downstream."""
 
     def __init__(self, name: str, chain: list[MapSpec], stats: OpStats, limits: tuple,
-                 reads: list[ReadTask] | None = None, upstream: _Stage | None = None,
+                 reads: list[PlannedRead] | None = None, upstream: _Stage | None = None,
                  bundles: list | None = None, preserve_order: bool = True):
         self.name = name
         self.chain = chain
@@ -368,7 +368,7 @@ class _Stage:
     def next_input(self) -> Any | None:
         """A read task, or the input bundles of one task: enough for min_rows."""
         item = self._pop()
-        if isinstance(item, ReadTask) or not self.min_rows or item is None:
+        if isinstance(item, PlannedRead) or not self.min_rows or item is None:
             return item
         items = [item]
         rows = item[1]["rows"]
@@ -389,7 +389,7 @@ class _Stage:
     def has_input(self) -> bool:
         if not self._any_queued():
             return False
-        if not self.min_rows or (self.pending and isinstance(self.pending[0], ReadTask)):
+        if not self.min_rows or (self.pending and isinstance(self.pending[0], PlannedRead)):
             return True
         rows = sum(m["rows"] for _, m in self.pending)
         rows += sum(m["rows"] for _, m in self.upstream.outputs) if self.upstream else 0
@@ -406,7 +406,7 @@ class _Stage:
 
     def _next_size(self) -> float:
         item = self.pending[0] if self.pending else None
-        size = item.nbytes if isinstance(item, ReadTask) and item.nbytes else 0
+        size = item.nbytes if isinstance(item, PlannedRead) and item.nbytes else 0
         return (len(self.inflight) + 1) * size
 
     def take(self) -> Bundle:
@@ -420,7 +420,7 @@ class _Stage:
         self.seq += 1
         if self.stats.start is None:
             self.stats.start = time.perf_counter()
-        if isinstance(item, ReadTask):
+        if isinstance(item, PlannedRead):
             desc = item.desc
             srcs = [item]
         else:
@@ -620,14 +620,14 @@ def _fuses(op: Any, chain: list[MapSpec]) -> bool:
     return isinstance(op, MapSpec) and op.compute == "tasks" and not (op.min_rows and chain)
 
 
-def _stream(source: Datasource | list, ops: list, num_blocks: int | None,
+def _stream(source: Source | list, ops: list, num_blocks: int | None,
             stats: DatasetStats) -> Iterator[Bundle]:
     ctx = DataContext.get_current()
     limits = _limits(ctx)
     order = ctx.execution_options.preserve_order
     stages: list[_Stage] = []
     i = 0
-    if isinstance(source, Datasource):
+    if isinstance(source, Source):
         chain = []
         while i < len(ops) and _fuses(ops[i], chain):
             chain.append(ops[i])

@@ -352,11 +352,11 @@ def test_transient_read_errors_are_retried_then_named() -> None:
     from hpcray.data.executor import UserCodeException, _read
 
     state = {"calls": 0}
-    assert _read(S.ReadTask(_flaky, (state,), "file f.h5 rows 0-3"), "ReadHDF5", 3)["a"].size == 3
+    assert _read(S.PlannedRead(_flaky, (state,), "file f.h5 rows 0-3"), "ReadHDF5", 3)["a"].size == 3
     assert state["calls"] == 3
     state = {"calls": -10}
     with pytest.raises(UserCodeException, match="ReadHDF5 failed to read file f.h5 rows 0-3"):
-        _read(S.ReadTask(_flaky, (state,), "file f.h5 rows 0-3"), "ReadHDF5", 2)
+        _read(S.PlannedRead(_flaky, (state,), "file f.h5 rows 0-3"), "ReadHDF5", 2)
     assert state["calls"] == -7  # 1 try + 2 retries
 
 
@@ -414,3 +414,30 @@ def test_udf_retries_follow_retry_exceptions_and_max_retries() -> None:
     spec.max_retries = 1
     with pytest.raises(Exception, match=r"Flaky failed on rows 0-3 \(attempt 2\)"):
         apply_chain({"x": np.arange(3)}, [spec], [None], "rows 0-3")
+
+
+def test_custom_datasource_plans_read_tasks_from_its_estimate() -> None:
+    class Ones(S.Datasource):
+        def estimate_inmemory_data_size(self) -> int:
+            return 40 * 2**20  # 5 blocks of the default 8 MiB
+
+        def get_read_tasks(self, parallelism: int, per_task_row_limit=None,
+                           data_context=None) -> list:
+            return [S.ReadTask(lambda k=k: [{"x": np.full(k + 1, k)}, {"x": np.zeros(1)}],
+                               B.BlockMetadata(k + 2, 8 * (k + 2)), per_task_row_limit=k + 1)
+                    for k in range(parallelism)]
+
+    src = S.custom_source(Ones(), lambda: 2)
+    tasks = src.plan(None)
+    assert len(tasks) == 5 and src.name == "ReadOnes" and src.num_rows() == sum(range(2, 7))
+    assert tasks[3]()["x"].tolist() == [3, 3, 3, 3]  # two blocks, cut at the row limit
+    assert "read task 3 of Ones" in tasks[3].desc and len(src.plan(2)) == 2
+
+    class Wrong(S.Datasource):
+        def get_read_tasks(self, parallelism: int, **kw) -> list:
+            return [list]  # not a ReadTask
+
+    with pytest.raises(TypeError, match="must return hpcray.data.ReadTask"):
+        S.custom_source(Wrong(), lambda: 2).plan(None)
+    with pytest.raises(TypeError, match="Datasource subclass"):
+        S.custom_source(object(), lambda: 2)
