@@ -321,7 +321,8 @@ def main() -> int:
         return 0
     tmp = tempfile.TemporaryDirectory(dir=args.dir)
     d = tmp.name
-    print(f"making {args.gib:g} GiB of float32 (.npy x{FILES} and HDF5) and "
+    print(f"making {args.gib:g} GiB of float32 (.npy x{FILES}"
+          f"{'' if args.no_core else ', contiguous and chunked HDF5'}) and "
           f"{args.rows} inference rows in {d}", flush=True)
     make_data(d, args.gib, args.rows, hdf5=not args.no_core)
     if args.big_gib:
