@@ -20,11 +20,13 @@ from .aggregate import AggregateFn, Count, Max, Mean, Min, Std, Sum
 from .block import from_batch as _from_batch
 from .context import DataContext, ExecutionOptions, ExecutionResources
 from .dataset import (
+    ActorPoolStrategy,
     DataIterator,
     Dataset,
     GroupedData,
     MaterializedDataset,
     Schema,
+    TaskPoolStrategy,
     default_min_blocks,
     from_blocks_local,
     items_to_blocks,
@@ -33,6 +35,7 @@ from .datasource import Datasource, ReadTask
 from .executor import DatasetStats, Plan, UserCodeException
 
 __all__ = [
+    "ActorPoolStrategy",
     "AggregateFn",
     "Count",
     "DataContext",
@@ -51,6 +54,7 @@ __all__ = [
     "Schema",
     "Std",
     "Sum",
+    "TaskPoolStrategy",
     "UserCodeException",
     "from_arrow",
     "from_items",

@@ -113,6 +113,50 @@ def _is_class(fn: Any) -> bool:
     return isinstance(fn, type)
 
 
+class ActorPoolStrategy:
+    """Ray Data's compute strategy for a callable class: a pool of ``size`` actors, or one
+    that grows from ``min_size`` to ``max_size`` while input waits and shrinks back when
+    actors sit idle (same as ``concurrency=(min_size, max_size)``)."""
+
+    def __init__(self, *, size: int | None = None, min_size: int | None = None,
+                 max_size: int | None = None, initial_size: int | None = None,
+                 max_tasks_in_flight_per_actor: int | None = None):
+        if size is not None and (min_size is not None or max_size is not None):
+            raise ValueError("give ActorPoolStrategy either size or min_size/max_size")
+        low = size if size is not None else (min_size or 1)
+        high = size if size is not None else (max_size or max(low, job_cpus()))
+        if not 1 <= low <= high:
+            raise ValueError(f"ActorPoolStrategy needs 1 <= min_size <= max_size, got "
+                             f"min_size={low}, max_size={high}")
+        self.min_size, self.max_size = low, high
+
+    def __repr__(self) -> str:
+        return f"ActorPoolStrategy(min_size={self.min_size}, max_size={self.max_size})"
+
+
+class TaskPoolStrategy:
+    """Ray Data's compute strategy for a function: one task per block (the default)."""
+
+    def __init__(self, size: int | None = None):
+        self.size = size
+
+
+def _compute_concurrency(compute: Any, concurrency: int | tuple | None,
+                         actors: bool) -> int | tuple | None:
+    """concurrency from Ray's compute= (a strategy, or "actors"/"tasks")."""
+    if compute is None or compute == "tasks" or isinstance(compute, TaskPoolStrategy):
+        return concurrency
+    if compute == "actors" or isinstance(compute, ActorPoolStrategy):
+        if not actors:
+            raise ValueError("an actor pool (compute=ActorPoolStrategy) runs a callable class: "
+                             "pass a class whose __call__ maps a batch, or drop compute=")
+        if isinstance(compute, ActorPoolStrategy):
+            return (compute.min_size, compute.max_size)
+        return concurrency
+    raise ValueError(f"compute must be an ActorPoolStrategy, a TaskPoolStrategy, 'actors' or "
+                     f"'tasks', got {compute!r}")
+
+
 def _retry_args(ray_remote_args: dict) -> dict:
     """MapSpec's retry settings from Ray's ``max_retries`` / ``retry_exceptions``."""
     out: dict[str, Any] = {}
@@ -259,6 +303,10 @@ class Dataset:
              num_gpus: float | None = None, compute: Any = None,
              ray_remote_args: dict | None = None) -> Dataset:
         actors = _is_class(fn)
+        ray_remote_args = dict(ray_remote_args or {})
+        if compute is None:  # map/flat_map/filter take it among their keyword arguments
+            compute = ray_remote_args.pop("compute", None)
+        concurrency = _compute_concurrency(compute, concurrency, actors)
         if not actors and (fn_constructor_args or fn_constructor_kwargs):
             raise ValueError("fn_constructor_args/kwargs are only for callable classes")
         if isinstance(concurrency, tuple) and (len(concurrency) != 2 or
@@ -268,7 +316,7 @@ class Dataset:
                        ctor_kwargs=dict(fn_constructor_kwargs or {}),
                        compute="actors" if actors else "tasks", concurrency=concurrency,
                        num_cpus=num_cpus, num_gpus=num_gpus, keeps_rows=keeps_rows,
-                       **_retry_args(ray_remote_args or {}))
+                       **_retry_args(ray_remote_args))
         return self._then(spec)
 
     # ---------------------------------------------------------------- transforms

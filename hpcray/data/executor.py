@@ -241,12 +241,14 @@ class OpStats:
     start: float | None = None
     end: float | None = None
     expected: int | None = None  # blocks, where known ahead
+    pool: list[int] = field(default_factory=list)  # an actor pool's sizes, as it changed
 
     def line(self) -> str:
         wall = (self.end or time.perf_counter()) - (self.start or time.perf_counter())
         rate = self.bytes / wall / 1e6 if wall > 0 else 0.0
+        actors = f", actors {'->'.join(map(str, self.pool))}" if self.pool else ""
         return (f"{self.name}: {self.tasks} tasks, {self.rows} rows, {_fmt_bytes(self.bytes)}, "
-                f"{wall:.2f}s wall, {self.task_wall:.2f}s in tasks, {rate:.1f} MB/s")
+                f"{wall:.2f}s wall, {self.task_wall:.2f}s in tasks, {rate:.1f} MB/s{actors}")
 
 
 def _fmt_bytes(n: float) -> str:
@@ -472,12 +474,35 @@ class _Stage:
         pass
 
 
+class PoolSizer:
+    """When a map_batches actor pool of (low, high) actors grows and which actors it lets go.
+
+    It grows by one while input waits and every actor has two calls queued. An actor with
+    nothing to do goes (down to low) when no input waits: at once if the input is exhausted,
+    else once it has been idle idle_timeout seconds (so a brief gap upstream keeps it)."""
+
+    def __init__(self, low: int, high: int, idle_timeout: float):
+        self.low, self.high, self.idle_timeout = low, high, idle_timeout
+
+    def grow(self, loads: list[int], input_waiting: bool) -> bool:
+        return len(loads) < self.high and input_waiting and all(n >= 2 for n in loads)
+
+    def release(self, loads: dict[int, int], idle_since: dict[int, float], input_waiting: bool,
+                exhausted: bool, now: float) -> list[int]:
+        if input_waiting:
+            return []
+        idle = sorted((idle_since[i], i) for i, n in loads.items() if n == 0)
+        ready = [i for since, i in idle if exhausted or now - since >= self.idle_timeout]
+        return ready[:max(0, len(loads) - self.low)]
+
+
 class _ActorStage(_Stage):
     """A map_batches stage on a pool of actors, each building the user's class once."""
 
     def __init__(self, *args, pool_size: tuple[int, int], **kwargs):
         super().__init__(*args, **kwargs)
-        retry = DataContext.get_current().actor_task_retry_on_errors
+        ctx = DataContext.get_current()
+        retry = ctx.actor_task_retry_on_errors
         if retry:
             retry = True if retry is True else tuple(retry)
             self.chain = [s if s.retry_exceptions else dataclasses.replace(
@@ -488,25 +513,45 @@ class _ActorStage(_Stage):
         if spec.num_gpus:
             opts["num_gpus"] = spec.num_gpus
         self.worker = remote(MapWorker, **opts)
-        self.actors: list = []
+        self.actors: dict[int, Any] = {}
         self.load: dict[int, int] = {}
+        self.idle_since: dict[int, float] = {}
         self.owner: dict[int, int] = {}
-        self.low, self.high = pool_size
+        self.next_id = 0
+        self.sizer = PoolSizer(*pool_size, ctx.actor_pool_idle_timeout_s)
         self.task_cap = self.max_inflight
-        for _ in range(self.low):
+        for _ in range(self.sizer.low):
             self._grow()
+        self.stats.pool[:] = [len(self.actors)]
+
+    def _resized(self) -> None:
+        self.max_inflight = min(self.task_cap, 2 * len(self.actors))
+        self.stats.pool.append(len(self.actors))
 
     def _grow(self) -> None:
-        self.load[len(self.actors)] = 0
-        self.actors.append(self.worker.remote(self.chain))
-        self.max_inflight = min(self.task_cap, 2 * len(self.actors))
+        i = self.next_id
+        self.next_id += 1
+        self.actors[i] = self.worker.remote(self.chain)
+        self.load[i] = 0
+        self.idle_since[i] = time.perf_counter()
+        self._resized()
+
+    def _shrink(self) -> None:
+        gone = self.sizer.release(self.load, self.idle_since, self.has_input(),
+                                  self.input_exhausted(), time.perf_counter())
+        for i in gone:
+            actor = self.actors.pop(i)
+            del self.load[i], self.idle_since[i]
+            with contextlib.suppress(Exception):  # already gone
+                hpcray.kill(actor)
+        if gone:
+            self._resized()
 
     def can_submit(self) -> bool:
-        # (min, max): another actor joins while every actor has two calls queued and input
-        # is waiting
-        if len(self.actors) < self.high and self.has_input() and \
-                all(n >= 2 for n in self.load.values()):
+        if self.sizer.grow(list(self.load.values()), self.has_input()):
             self._grow()
+        else:
+            self._shrink()
         return super().can_submit()
 
     def launch(self, srcs: list, desc: str) -> tuple[Any, Any]:
@@ -517,14 +562,17 @@ class _ActorStage(_Stage):
         return block_ref, meta_ref
 
     def complete(self, meta_id: int, meta: dict) -> None:
-        self.load[self.owner.pop(meta_id)] -= 1
+        i = self.owner.pop(meta_id)
+        self.load[i] -= 1
+        if not self.load[i]:
+            self.idle_since[i] = time.perf_counter()
         super().complete(meta_id, meta)
 
     def close(self) -> None:
-        for a in self.actors:
+        for a in self.actors.values():
             with contextlib.suppress(Exception):  # already gone
                 hpcray.kill(a)
-        self.actors = []
+        self.actors = {}
 
 
 class _LimitStage(_Stage):

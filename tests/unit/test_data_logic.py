@@ -441,3 +441,27 @@ def test_custom_datasource_plans_read_tasks_from_its_estimate() -> None:
         S.custom_source(Wrong(), lambda: 2).plan(None)
     with pytest.raises(TypeError, match="Datasource subclass"):
         S.custom_source(object(), lambda: 2)
+
+
+def test_actor_pools_grow_while_input_waits_and_let_idle_actors_go() -> None:
+    from hpcray.data.dataset import ActorPoolStrategy, _compute_concurrency
+    from hpcray.data.executor import PoolSizer
+
+    p = PoolSizer(1, 3, idle_timeout=5.0)
+    assert p.grow([2, 2], True) and not p.grow([2, 1], True) and not p.grow([2, 2], False)
+    assert not p.grow([2, 2, 2], True)  # at max_size
+    loads, since = {0: 0, 1: 0, 2: 1}, {0: 10.0, 1: 12.0, 2: 0.0}
+    assert p.release(loads, since, True, True, 100.0) == []  # input waits: keep them all
+    assert p.release(loads, since, False, False, 14.0) == []  # not idle long enough
+    assert p.release(loads, since, False, False, 15.5) == [0]  # idle 5.5 s; 1 only 3.5 s
+    assert p.release(loads, since, False, True, 12.0) == [0, 1]  # input exhausted: at once
+    assert p.release({0: 0, 1: 0}, {0: 0.0, 1: 0.0}, False, True, 9.0) == [0]  # keeps min_size
+    assert p.release({0: 2, 1: 1}, {0: 0.0, 1: 0.0}, False, True, 9.0) == []  # busy
+    strategy = ActorPoolStrategy(min_size=2, max_size=4)
+    assert _compute_concurrency(strategy, None, True) == (2, 4)
+    assert _compute_concurrency(ActorPoolStrategy(size=3), None, True) == (3, 3)
+    assert _compute_concurrency(None, (1, 2), True) == (1, 2)
+    with pytest.raises(ValueError, match="runs a callable class"):
+        _compute_concurrency(strategy, None, False)
+    with pytest.raises(ValueError, match="min_size <= max_size"):
+        ActorPoolStrategy(min_size=3, max_size=2)
