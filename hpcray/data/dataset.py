@@ -215,6 +215,9 @@ class DataIterator:
         for block in self._blocks(2):
             yield from iter_rows(block)
 
+    def schema(self) -> Schema | None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
     def iter_torch_batches(self, *, prefetch_batches: int = 1, batch_size: int | None = 256,
                            dtypes: Any = None, device: str = "auto",
                            collate_fn: Callable | None = None, drop_last: bool = False,
@@ -244,8 +247,93 @@ class DataIterator:
                                      local_shuffle_buffer_size=local_shuffle_buffer_size,
                                      local_shuffle_seed=local_shuffle_seed, _collate_fn=convert)
 
+    def iter_tf_batches(self, *, prefetch_batches: int = 1, batch_size: int | None = 256,
+                        dtypes: Any = None, drop_last: bool = False,
+                        local_shuffle_buffer_size: int | None = None,
+                        local_shuffle_seed: int | None = None) -> Iterator[dict]:
+        """Batches as dicts of TensorFlow tensors."""
+        tf = _import_tensorflow("iter_tf_batches")
+
+        def convert(batch: dict) -> dict:
+            return {k: tf.convert_to_tensor(
+                v, dtype=dtypes.get(k) if isinstance(dtypes, dict) else dtypes)
+                for k, v in batch.items()}
+
+        yield from self.iter_batches(prefetch_batches=prefetch_batches, batch_size=batch_size,
+                                     batch_format="numpy", drop_last=drop_last,
+                                     local_shuffle_buffer_size=local_shuffle_buffer_size,
+                                     local_shuffle_seed=local_shuffle_seed, _collate_fn=convert)
+
+    def to_tf(self, feature_columns: str | list[str], label_columns: str | list[str], *,
+              additional_columns: str | list[str] | None = None, prefetch_batches: int = 1,
+              batch_size: int = 1, drop_last: bool = False,
+              local_shuffle_buffer_size: int | None = None,
+              local_shuffle_seed: int | None = None, feature_type_spec: Any = None,
+              label_type_spec: Any = None, additional_type_spec: Any = None) -> Any:
+        """A ``tf.data.Dataset`` of (features, labels[, additional]) batches: a tensor per
+        part when its columns are one name, a dict of tensors when a list. Each pass over it
+        iterates this dataset (or shard) again."""
+        tf = _import_tensorflow("to_tf")
+        parts = [p for p in (feature_columns, label_columns, additional_columns)
+                 if p is not None]
+        specs = [feature_type_spec, label_type_spec, additional_type_spec][:len(parts)]
+        types: dict[str, tuple] = {}
+        if any(s is None for s in specs):  # dtypes and trailing shapes from the schema
+            schema = self.schema()
+            if schema is None:
+                raise ValueError("to_tf needs type specs (feature_type_spec, ...) for an empty "
+                                 "dataset")
+            types = {n: _parse_type(t) for n, t in zip(schema.names, schema.types)}
+            for cols in parts:
+                missing = [c for c in ([cols] if isinstance(cols, str) else cols)
+                           if c not in types]
+                if missing:
+                    raise KeyError(f"to_tf: no column(s) {missing}; the columns are "
+                                   f"{schema.names}")
+
+        def spec_of(cols: str | list[str]) -> Any:
+            def one(c: str) -> Any:
+                dtype, shape = types[c]
+                return tf.TensorSpec(shape=(None, *shape), dtype=tf.as_dtype(dtype))
+            return one(cols) if isinstance(cols, str) else {c: one(c) for c in cols}
+
+        signature = tuple(s if s is not None else spec_of(c) for s, c in zip(specs, parts))
+
+        def select(batch: dict, cols: str | list[str]) -> Any:
+            return batch[cols] if isinstance(cols, str) else {c: batch[c] for c in cols}
+
+        def generator() -> Iterator[tuple]:
+            for batch in self.iter_batches(prefetch_batches=prefetch_batches,
+                                           batch_size=batch_size, batch_format="numpy",
+                                           drop_last=drop_last,
+                                           local_shuffle_buffer_size=local_shuffle_buffer_size,
+                                           local_shuffle_seed=local_shuffle_seed):
+                yield tuple(select(batch, c) for c in parts)
+
+        out = tf.data.Dataset.from_generator(generator, output_signature=signature)
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = \
+            tf.data.experimental.AutoShardPolicy.OFF  # already this worker's part
+        return out.with_options(options)
+
     def to_blocks(self) -> list[Block]:
         return list(self._blocks(2))
+
+
+def _parse_type(text: str) -> tuple[np.dtype, tuple]:
+    """A Schema type ("float32", or "float32(3, 4)" for tensor rows) as (dtype, row shape)."""
+    name, _, shape = text.partition("(")
+    dims = tuple(int(d) for d in shape.rstrip(")").split(",") if d.strip())
+    return np.dtype(name), dims
+
+
+def _import_tensorflow(what: str) -> Any:
+    try:
+        import tensorflow as tf
+    except ImportError as exc:
+        raise ImportError(f"{what}() needs TensorFlow, which is not installed: "
+                          "pip install tensorflow") from exc
+    return tf
 
 
 def _prefetched(bundles: Iterator[Bundle], depth: int) -> Iterator[Block]:
@@ -268,6 +356,9 @@ class _DatasetIterator(DataIterator):
 
     def stats(self) -> str:
         return self._ds.stats()
+
+    def schema(self) -> Schema | None:
+        return self._ds.schema()
 
 
 # ------------------------------------------------------------------------------ Dataset
@@ -521,6 +612,15 @@ class Dataset:
 
     def iter_rows(self) -> Iterator[dict]:
         return self.iterator().iter_rows()
+
+    def iter_tf_batches(self, **kwargs) -> Iterator[dict]:
+        return self.iterator().iter_tf_batches(**kwargs)
+
+    def to_tf(self, feature_columns: str | list[str], label_columns: str | list[str],
+              **kwargs) -> Any:
+        return self.iterator().to_tf(feature_columns, label_columns, **kwargs)
+
+    to_tf.__doc__ = DataIterator.to_tf.__doc__
 
     iter_batches.__doc__ = DataIterator.iter_batches.__doc__
 

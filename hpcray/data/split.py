@@ -92,6 +92,9 @@ class SplitCoordinator:
             self.epoch = -1
             self.gen = None
 
+    def schema(self) -> Any:
+        return self.ds.schema()
+
     def begin(self, i: int, chunk: int | None) -> tuple[int, int]:
         """(epoch, rows skipped at its start) for consumer i starting its next epoch; a
         restarted worker's fresh iterator joins where its predecessor was."""
@@ -196,6 +199,10 @@ class SplitIterator(DataIterator):
         return {"epoch": p["epoch"],
                 "rows": p["rows"] + self._batches * self._n * (self._chunk or DEFAULT_CHUNK),
                 "done": p.get("done", False)}
+
+    def schema(self) -> Any:
+        """The dataset's columns and types."""
+        return hpcray.get(self._coord.schema.remote())
 
     def load_state_dict(self, state: dict) -> None:
         epoch, rows = state["epoch"], state["rows"]

@@ -465,3 +465,15 @@ def test_actor_pools_grow_while_input_waits_and_let_idle_actors_go() -> None:
         _compute_concurrency(strategy, None, False)
     with pytest.raises(ValueError, match="min_size <= max_size"):
         ActorPoolStrategy(min_size=3, max_size=2)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorflow") is not None,
+                    reason="TensorFlow is installed: the error is for its absence")
+def test_to_tf_without_tensorflow_says_how_to_install_it() -> None:
+    import hpcray.data as rd
+
+    ds = rd.range(10)  # planning only: nothing runs before the import fails
+    for call in (lambda: ds.to_tf("id", "id"), lambda: next(ds.iter_tf_batches()),
+                 lambda: ds.iterator().to_tf(["id"], "id")):
+        with pytest.raises(ImportError, match="pip install tensorflow"):
+            call()

@@ -224,6 +224,7 @@ assert len(ids[0]) == len(ids[1]) == len(ids[2]) and 3 * len(ids[0]) > 1001 - 3 
 every = np.concatenate(ids)
 assert len(np.unique(every)) == len(every) and set(every) <= set(range(1001))
 assert (ids[1][:50] == np.arange(50, 100)).all()  # consumer 1's first batch is chunk 1
+assert its[1].schema() == ds.schema() and its[1].schema().names == list(df.columns)
 ok("streaming_split")
 
 # materialize, to_numpy_refs, stats
