@@ -208,6 +208,11 @@ def _read_hdf5(path: str, names: list[str], columns: list[str], start: int, stop
     return out
 
 
+# chunked datasets are mapped chunk by chunk only when chunks are at least this big (a lookup
+# and a map per chunk cost more than HDF5's own read of small ones)
+MIN_MAPPED_CHUNK_BYTES = 64 * 1024
+
+
 def _mapped_rows(path: str, ds, start: int, stop: int) -> np.ndarray | None:
     """Rows of an unfiltered numeric dataset straight from the memory-mapped file (as
     read_numpy: no copy until the map after the read touches them), else None (read it with
@@ -222,9 +227,10 @@ def _mapped_rows(path: str, ds, start: int, stop: int) -> np.ndarray | None:
         offset = ds.id.get_offset()
         return None if offset is None else _map(path, ds, offset + start * row, stop - start)
     rows_per_chunk = ds.chunks[0]
-    if tuple(ds.chunks[1:]) != tuple(ds.shape[1:]):
-        return None  # chunks split rows: only HDF5 can gather them
     chunk_bytes = rows_per_chunk * row
+    if tuple(ds.chunks[1:]) != tuple(ds.shape[1:]) or chunk_bytes < MIN_MAPPED_CHUNK_BYTES \
+            or not hasattr(ds.id, "get_chunk_info_by_coord"):
+        return None  # chunks split rows (only HDF5 can gather them), or are too small to map
     runs: list[list[int]] = []  # [first row, stop row, file offset of the first row]
     first = start // rows_per_chunk * rows_per_chunk
     zeros = (0,) * (ds.ndim - 1)

@@ -254,9 +254,14 @@ def test_hdf5_plan_reads_hyperslabs_at_chunk_boundaries(tmp_path: Path) -> None:
 @pytest.mark.skipif(importlib.util.find_spec("h5py") is None, reason="needs h5py")
 @pytest.mark.parametrize("seed", [0, 1])
 def test_chunked_hdf5_rows_are_mapped_from_the_file_where_chunks_hold_whole_rows(
-        tmp_path: Path, seed: int) -> None:
+        tmp_path: Path, seed: int, monkeypatch) -> None:
     import h5py
 
+    with h5py.File(tmp_path / "small.h5", "w") as f:  # 1.5 KiB chunks: HDF5 reads them
+        f.create_dataset("s", data=np.zeros((256, 2, 3), "f4"), chunks=(64, 2, 3))
+    with h5py.File(tmp_path / "small.h5", "r") as f:
+        assert S._mapped_rows(str(tmp_path / "small.h5"), f["s"], 0, 256) is None
+    monkeypatch.setattr(S, "MIN_MAPPED_CHUNK_BYTES", 0)  # map them here
     r = np.random.default_rng(seed)
     x = r.normal(size=(1003, 2, 3)).astype(np.float32)
     layouts = {  # name: (create_dataset kwargs, write order, mapped)
