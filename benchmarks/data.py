@@ -5,9 +5,11 @@
 
 Workloads (2 workers: ``hpcray.init(num_cpus=2)``, ``ray.init(num_cpus=2)``; 3 for train_ingest):
   stream_npy    .npy files -> read_numpy -> map_batches(normalize) -> iter_batches(1024): GB/s
-  stream_hdf5   the same array as one HDF5 dataset (h5py's default contiguous layout) -> read_hdf5 (hpcray only: Ray has no HDF5
-                reader); baselines: np.load / h5py plus the same normalize and batching in one
-                process with no runtime
+  stream_hdf5   the same array as one HDF5 dataset (h5py's default contiguous layout) ->
+                read_hdf5 (hpcray only: Ray has no HDF5 reader); baselines: np.load / h5py
+                (65536-row slices) plus the same normalize and batching in one process with
+                no runtime
+  stream_hdf5_chunked  the same, the dataset stored in chunks of 4096 whole rows
   inference     a callable class holding a scikit-learn model, map_batches on 2 actors: rows/s
   shuffle       random_shuffle of an array -> materialize: GB/s
   groupby_mean  groupby(key).mean() over rows of (key, value): rows/s
@@ -25,6 +27,7 @@ one JSON line; the table has medians, [min-max] and hpcray/Ray ratios.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -38,6 +41,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RAY_PYTHON = "/work/rayvenv/bin/python"
 TAG = "DATA_BENCH "
 FILES = 8
+HDF5_CHUNK_ROWS = 4096  # 4 MiB chunks of whole 256-float rows
 
 
 def normalize(batch: dict) -> dict:
@@ -76,7 +80,7 @@ def make_big(d: str, gib: float) -> None:
         del arr
 
 
-def make_data(d: str, gib: float, rows: int) -> None:
+def make_data(d: str, gib: float, rows: int, hdf5: bool = True) -> None:
     import h5py
     import numpy as np
 
@@ -85,12 +89,18 @@ def make_data(d: str, gib: float, rows: int) -> None:
     per = total_rows // FILES
     rng = np.random.default_rng(0)
     os.makedirs(f"{d}/npy", exist_ok=True)
-    with h5py.File(f"{d}/data.h5", "w") as f:
-        ds = f.create_dataset("data", shape=(per * FILES, n_cols), dtype=np.float32)
+    with contextlib.ExitStack() as files:
+        sets = []
+        if hdf5:  # the same rows as one contiguous and one chunked HDF5 dataset
+            for name, chunks in (("data.h5", None), ("chunked.h5", (HDF5_CHUNK_ROWS, n_cols))):
+                f = files.enter_context(h5py.File(f"{d}/{name}", "w"))
+                sets.append(f.create_dataset("data", shape=(per * FILES, n_cols),
+                                             dtype=np.float32, chunks=chunks))
         for i in range(FILES):
             block = rng.random((per, n_cols), dtype=np.float32)
             np.save(f"{d}/npy/part_{i:02d}.npy", block)
-            ds[i * per:(i + 1) * per] = block
+            for ds in sets:
+                ds[i * per:(i + 1) * per] = block
     np.save(f"{d}/infer.npy", rng.normal(size=(rows, 16)))
     np.save(f"{d}/keys.npy", rng.integers(0, 1000, rows * 5))
     np.save(f"{d}/vals.npy", rng.normal(size=rows * 5))
@@ -180,9 +190,10 @@ def internal(system: str, d: str, workers: int, part: str) -> None:
     sec, nbytes = timed(lambda: drain(data.read_numpy(files).map_batches(normalize)))
     out["stream_npy"] = nbytes / sec / 1e9
     if system == "hpcray":
-        sec, nbytes = timed(lambda: drain(data.read_hdf5(f"{d}/data.h5", "data").map_batches(
-            normalize)))
-        out["stream_hdf5"] = nbytes / sec / 1e9
+        for key, name in (("stream_hdf5", "data.h5"), ("stream_hdf5_chunked", "chunked.h5")):
+            sec, nbytes = timed(lambda name=name: drain(
+                data.read_hdf5(f"{d}/{name}", "data").map_batches(normalize)))
+            out[key] = nbytes / sec / 1e9
 
     x = np.load(f"{d}/infer.npy")
     ds = data.from_numpy(np.array_split(x, 16)).map_batches(lambda b: {"x": b["data"]})
@@ -219,16 +230,17 @@ def baseline(d: str) -> dict:
         for s in range(0, len(arr), 1024):
             n += normalize({"data": arr[s:s + 1024]})["data"].nbytes
     out["stream_npy"] = n / (time.perf_counter() - t) / 1e9
-    t = time.perf_counter()
-    n = 0
-    with h5py.File(f"{d}/data.h5", "r") as h:
-        ds = h["data"]
-        step = 65536
-        for s in range(0, ds.shape[0], step):
-            arr = ds[s:s + step]
-            for b in range(0, len(arr), 1024):
-                n += normalize({"data": arr[b:b + 1024]})["data"].nbytes
-    out["stream_hdf5"] = n / (time.perf_counter() - t) / 1e9
+    for key, name in (("stream_hdf5", "data.h5"), ("stream_hdf5_chunked", "chunked.h5")):
+        t = time.perf_counter()
+        n = 0
+        with h5py.File(f"{d}/{name}", "r") as h:
+            ds = h["data"]
+            step = 65536
+            for s in range(0, ds.shape[0], step):
+                arr = ds[s:s + step]
+                for b in range(0, len(arr), 1024):
+                    n += normalize({"data": arr[b:b + 1024]})["data"].nbytes
+        out[key] = n / (time.perf_counter() - t) / 1e9
     return out
 
 
@@ -301,15 +313,18 @@ def main() -> int:
     parser.add_argument("--big-gib", type=float, default=0.0,
                         help="size of the bigger-than-the-budget stream (0: skip it)")
     parser.add_argument("--no-train", action="store_true", help="skip train_ingest")
+    parser.add_argument("--no-core", action="store_true",
+                        help="skip the core workloads (stream, inference, shuffle, groupby)")
     args = parser.parse_args()
     if args.internal:
         internal(args.internal, args.dir, args.workers, args.part)
         return 0
     tmp = tempfile.TemporaryDirectory(dir=args.dir)
     d = tmp.name
-    print(f"making {args.gib:g} GiB of float32 (.npy x{FILES} and HDF5) and "
+    print(f"making {args.gib:g} GiB of float32 (.npy x{FILES}"
+          f"{'' if args.no_core else ', contiguous and chunked HDF5'}) and "
           f"{args.rows} inference rows in {d}", flush=True)
-    make_data(d, args.gib, args.rows)
+    make_data(d, args.gib, args.rows, hdf5=not args.no_core)
     if args.big_gib:
         make_big(d, args.big_gib)
     me = [sys.executable, str(Path(__file__).resolve()), "--dir", d, "--workers",
@@ -320,17 +335,19 @@ def main() -> int:
     for r in range(args.rounds):
         order = [("hpcray", me), ("ray", ray)]
         for name, cmd in order if r % 2 == 0 else order[::-1]:
-            res = run([*cmd, name], 900)
-            if res and not args.no_train:
+            res = {} if args.no_core else run([*cmd, name], 900)
+            if res is not None and not args.no_train:
                 res.update(run([*cmd, name, "--part", "train"], 900) or {})
-            if res and args.big_gib:
+            if res is not None and args.big_gib:
                 res.update(run([*cmd, name, "--part", "big"], 1800, sample=True) or {})
             if res:
                 results[name].append(res)
                 print(f"round {r + 1} {name}: " + ", ".join(f"{k}={v:.3g}"
                                                             for k, v in res.items()), flush=True)
-        results["baseline"].append(baseline(d))
-    units = {"stream_npy": "GB/s", "stream_hdf5": "GB/s", "inference": "rows/s",
+        if not args.no_core:
+            results["baseline"].append(baseline(d))
+    units = {"stream_npy": "GB/s", "stream_hdf5": "GB/s", "stream_hdf5_chunked": "GB/s",
+             "inference": "rows/s",
              "shuffle": "GB/s", "groupby_mean": "rows/s", "train_ingest": "rows/s",
              "big": "GB/s", "big_peak": "GiB"}
 
@@ -341,7 +358,7 @@ def main() -> int:
         med = statistics.median(vals)
         return f"{med:.3g} [{min(vals):.3g}-{max(vals):.3g}]", med
 
-    print(f"\n{'workload':14} {'unit':7} {'hpcray':24} {'Ray Data 2.60':24} "
+    print(f"\n{'workload':20} {'unit':7} {'hpcray':24} {'Ray Data 2.60':24} "
           f"{'hpcray/Ray':10} {'1 process':24} {'hpcray/1 proc':13}")
     for key, unit in units.items():
         h, hm = cell("hpcray", key)
@@ -351,7 +368,7 @@ def main() -> int:
         if key == "big_peak":  # lower is better: Ray's peak over hpcray's
             ratio = f"{ym / hm:.2f}x less" if hm and ym else "-"
         bratio = f"{hm / bm:.2f}" if hm and bm else "-"
-        print(f"{key:14} {unit:7} {h:24} {y:24} {ratio:10} {b:24} {bratio:13}")
+        print(f"{key:20} {unit:7} {h:24} {y:24} {ratio:10} {b:24} {bratio:13}")
     return 0
 
 

@@ -16,14 +16,18 @@ pytestmark = pytest.mark.skipif(any(importlib.util.find_spec(m) is None for m in
                                 reason="needs the data extra (pyarrow, pandas) and h5py")
 
 
-def job(script: str, n: int, tmp_path: Path, *args: str, timeout: float = 150) -> str:
+def launch(script: str, n: int, tmp_path: Path, *args: str, timeout: float = 150):
     from conftest import mpiexec
 
     from hpcray._private.job.launch import mpiexec_command
 
     argv = [sys.executable, str(JOBS / script), *args]
     cmd, env = mpiexec_command(n, argv, mpiexec=mpiexec())
-    proc = run_process(cmd, timeout, env=env, cwd=str(tmp_path))
+    return run_process(cmd, timeout, env=env, cwd=str(tmp_path))
+
+
+def job(script: str, n: int, tmp_path: Path, *args: str, timeout: float = 150) -> str:
+    proc = launch(script, n, tmp_path, *args, timeout=timeout)
     assert proc.returncode == 0, f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
     return proc.stdout
 
@@ -39,7 +43,7 @@ def test_every_operator_matches_numpy_and_pandas(tmp_path: Path) -> None:
 
 def test_every_format_reads_and_writes(tmp_path: Path) -> None:
     out = job("io.py", 3, tmp_path, str(tmp_path))
-    assert len(oks(out)) == 6, out
+    assert len(oks(out)) == 7, out
 
 
 def test_errors_name_operator_file_and_rows(tmp_path: Path) -> None:
@@ -83,3 +87,15 @@ def test_examples_run(tmp_path: Path, example: str) -> None:
     proc = run_process([sys.executable, str(ROOT / "examples" / example)], 200,
                        cwd=str(tmp_path))
     assert proc.returncode == 0, f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+
+
+def test_shard_positions_travel_in_checkpoints_by_themselves(tmp_path: Path) -> None:
+    out = job("train_autoresume.py", 4, tmp_path, str(tmp_path))
+    assert oks(out) == ["train autoresume"], out
+
+
+def test_udfs_are_retried_after_errors_and_rank_deaths(tmp_path: Path) -> None:
+    proc = launch("retries.py", 3, tmp_path, str(tmp_path))
+    # the job exits non-zero after it ends, because a rank died on purpose
+    assert len(oks(proc.stdout)) == 5, f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+    assert "died during the job" in proc.stderr, proc.stderr

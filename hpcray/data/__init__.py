@@ -20,24 +20,29 @@ from .aggregate import AggregateFn, Count, Max, Mean, Min, Std, Sum
 from .block import from_batch as _from_batch
 from .context import DataContext, ExecutionOptions, ExecutionResources
 from .dataset import (
+    ActorPoolStrategy,
     DataIterator,
     Dataset,
     GroupedData,
     MaterializedDataset,
     Schema,
+    TaskPoolStrategy,
     default_min_blocks,
     from_blocks_local,
     items_to_blocks,
 )
+from .datasource import Datasource, ReadTask
 from .executor import DatasetStats, Plan, UserCodeException
 
 __all__ = [
+    "ActorPoolStrategy",
     "AggregateFn",
     "Count",
     "DataContext",
     "DataIterator",
     "Dataset",
     "DatasetStats",
+    "Datasource",
     "ExecutionOptions",
     "ExecutionResources",
     "GroupedData",
@@ -45,9 +50,11 @@ __all__ = [
     "Max",
     "Mean",
     "Min",
+    "ReadTask",
     "Schema",
     "Std",
     "Sum",
+    "TaskPoolStrategy",
     "UserCodeException",
     "from_arrow",
     "from_items",
@@ -58,6 +65,7 @@ __all__ = [
     "range_tensor",
     "read_binary_files",
     "read_csv",
+    "read_datasource",
     "read_hdf5",
     "read_images",
     "read_json",
@@ -173,4 +181,14 @@ def read_images(paths: str | list[str], *, size: tuple[int, int] | None = None,
     return _ds(_src.image_source(paths, size, mode, include_paths), override_num_blocks)
 
 
-
+def read_datasource(datasource: Datasource, *, parallelism: int = -1,
+                    num_cpus: float | None = None, num_gpus: float | None = None,
+                    memory: float | None = None, ray_remote_args: dict | None = None,
+                    concurrency: int | None = None, override_num_blocks: int | None = None,
+                    **read_args) -> Dataset:
+    """A custom Datasource's data: its get_read_tasks(n) are planned on the driver and each
+    ReadTask runs as a task on the job's ranks. n is override_num_blocks (or the deprecated
+    parallelism), else enough for ~DataContext.read_block_size blocks by the source's
+    estimate_inmemory_data_size() and at least twice the job's CPUs."""
+    blocks = override_num_blocks or (parallelism if parallelism > 0 else None)
+    return _ds(_src.custom_source(datasource, default_min_blocks), blocks)

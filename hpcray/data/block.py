@@ -6,11 +6,25 @@ Everything here is pure logic (no runtime), so it is tested in-process.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 Block = dict  # str -> np.ndarray, all of one length
+
+
+@dataclass
+class BlockMetadata:
+    """What a custom datasource's ReadTask will read, known before it reads (Ray Data's
+    ``BlockMetadata``; ``schema`` is accepted as older Ray versions had it)."""
+
+    num_rows: int | None
+    size_bytes: int | None
+    exec_stats: Any = None
+    task_exec_stats: Any = None
+    input_files: list[str] | tuple[str, ...] | None = None
+    schema: Any = None
 
 BATCH_FORMATS = ("default", "numpy", "pandas", "pyarrow")
 

@@ -36,6 +36,12 @@ class DataContext:
     # resource_limits.object_store_memory is not set: this share of the job's memory
     memory_fraction_per_op: float = 0.1
     read_max_retries: int = 3
+    # a callable class's calls on an actor pool run again when the class raises: True for
+    # any exception, or a list of exception types (Ray's name)
+    actor_task_retry_on_errors: bool | list = False
+    # an actor of a map_batches pool above its min size that has had nothing to do this long
+    # (and no input waits) is let go; once the input is exhausted idle actors go at once
+    actor_pool_idle_timeout_s: float = 5.0
     min_num_blocks: int | None = None  # default: twice the job's CPUs
 
     _current = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import itertools
 import types
+import warnings
 import zlib
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -112,6 +113,68 @@ def _is_class(fn: Any) -> bool:
     return isinstance(fn, type)
 
 
+class ActorPoolStrategy:
+    """Ray Data's compute strategy for a callable class: a pool of ``size`` actors, or one
+    that grows from ``min_size`` to ``max_size`` while input waits and shrinks back when
+    actors sit idle (same as ``concurrency=(min_size, max_size)``)."""
+
+    def __init__(self, *, size: int | None = None, min_size: int | None = None,
+                 max_size: int | None = None, initial_size: int | None = None,
+                 max_tasks_in_flight_per_actor: int | None = None):
+        if size is not None and (min_size is not None or max_size is not None):
+            raise ValueError("give ActorPoolStrategy either size or min_size/max_size")
+        low = size if size is not None else (min_size or 1)
+        high = size if size is not None else (max_size or max(low, job_cpus()))
+        if not 1 <= low <= high:
+            raise ValueError(f"ActorPoolStrategy needs 1 <= min_size <= max_size, got "
+                             f"min_size={low}, max_size={high}")
+        self.min_size, self.max_size = low, high
+
+    def __repr__(self) -> str:
+        return f"ActorPoolStrategy(min_size={self.min_size}, max_size={self.max_size})"
+
+
+class TaskPoolStrategy:
+    """Ray Data's compute strategy for a function: one task per block (the default)."""
+
+    def __init__(self, size: int | None = None):
+        self.size = size
+
+
+def _compute_concurrency(compute: Any, concurrency: int | tuple | None,
+                         actors: bool) -> int | tuple | None:
+    """concurrency from Ray's compute= (a strategy, or "actors"/"tasks")."""
+    if compute is None or compute == "tasks" or isinstance(compute, TaskPoolStrategy):
+        return concurrency
+    if compute == "actors" or isinstance(compute, ActorPoolStrategy):
+        if not actors:
+            raise ValueError("an actor pool (compute=ActorPoolStrategy) runs a callable class: "
+                             "pass a class whose __call__ maps a batch, or drop compute=")
+        if isinstance(compute, ActorPoolStrategy):
+            return (compute.min_size, compute.max_size)
+        return concurrency
+    raise ValueError(f"compute must be an ActorPoolStrategy, a TaskPoolStrategy, 'actors' or "
+                     f"'tasks', got {compute!r}")
+
+
+def _retry_args(ray_remote_args: dict) -> dict:
+    """MapSpec's retry settings from Ray's ``max_retries`` / ``retry_exceptions``."""
+    out: dict[str, Any] = {}
+    if "max_retries" in ray_remote_args:
+        out["max_retries"] = int(ray_remote_args["max_retries"])
+    retry = ray_remote_args.get("retry_exceptions", False)
+    if isinstance(retry, (list, tuple)):
+        if not all(isinstance(t, type) and issubclass(t, BaseException) for t in retry):
+            raise TypeError(f"retry_exceptions must be True/False or a list of exception "
+                            f"classes, got {retry!r}")
+        retry = tuple(retry)
+    elif not isinstance(retry, bool):
+        raise TypeError(f"retry_exceptions must be True/False or a list of exception classes, "
+                        f"got {retry!r}")
+    out["retry_exceptions"] = retry
+    return out
+
+
 class Schema:
     """Column names and types (Ray Data's ``Schema``)."""
 
@@ -152,6 +215,9 @@ class DataIterator:
         for block in self._blocks(2):
             yield from iter_rows(block)
 
+    def schema(self) -> Schema | None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
     def iter_torch_batches(self, *, prefetch_batches: int = 1, batch_size: int | None = 256,
                            dtypes: Any = None, device: str = "auto",
                            collate_fn: Callable | None = None, drop_last: bool = False,
@@ -168,9 +234,11 @@ class DataIterator:
             out = {}
             for k, v in batch.items():
                 dt = dtypes.get(k) if isinstance(dtypes, dict) else dtypes
-                if not (v.flags.writeable and v.flags.c_contiguous):
-                    v = np.array(v, order="C")  # torch wants writable memory
-                t = torch.as_tensor(v, dtype=dt)
+                # a block from another rank is a read-only buffer: the tensor shares it (as
+                # in Ray; torch warns that it cannot mark a tensor read-only)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)
+                    t = torch.as_tensor(np.ascontiguousarray(v), dtype=dt)
                 out[k] = t.to(dev) if dev is not None else t
             return out
 
@@ -179,8 +247,93 @@ class DataIterator:
                                      local_shuffle_buffer_size=local_shuffle_buffer_size,
                                      local_shuffle_seed=local_shuffle_seed, _collate_fn=convert)
 
+    def iter_tf_batches(self, *, prefetch_batches: int = 1, batch_size: int | None = 256,
+                        dtypes: Any = None, drop_last: bool = False,
+                        local_shuffle_buffer_size: int | None = None,
+                        local_shuffle_seed: int | None = None) -> Iterator[dict]:
+        """Batches as dicts of TensorFlow tensors."""
+        tf = _import_tensorflow("iter_tf_batches")
+
+        def convert(batch: dict) -> dict:
+            return {k: tf.convert_to_tensor(
+                v, dtype=dtypes.get(k) if isinstance(dtypes, dict) else dtypes)
+                for k, v in batch.items()}
+
+        yield from self.iter_batches(prefetch_batches=prefetch_batches, batch_size=batch_size,
+                                     batch_format="numpy", drop_last=drop_last,
+                                     local_shuffle_buffer_size=local_shuffle_buffer_size,
+                                     local_shuffle_seed=local_shuffle_seed, _collate_fn=convert)
+
+    def to_tf(self, feature_columns: str | list[str], label_columns: str | list[str], *,
+              additional_columns: str | list[str] | None = None, prefetch_batches: int = 1,
+              batch_size: int = 1, drop_last: bool = False,
+              local_shuffle_buffer_size: int | None = None,
+              local_shuffle_seed: int | None = None, feature_type_spec: Any = None,
+              label_type_spec: Any = None, additional_type_spec: Any = None) -> Any:
+        """A ``tf.data.Dataset`` of (features, labels[, additional]) batches: a tensor per
+        part when its columns are one name, a dict of tensors when a list. Each pass over it
+        iterates this dataset (or shard) again."""
+        tf = _import_tensorflow("to_tf")
+        parts = [p for p in (feature_columns, label_columns, additional_columns)
+                 if p is not None]
+        specs = [feature_type_spec, label_type_spec, additional_type_spec][:len(parts)]
+        types: dict[str, tuple] = {}
+        if any(s is None for s in specs):  # dtypes and trailing shapes from the schema
+            schema = self.schema()
+            if schema is None:
+                raise ValueError("to_tf needs type specs (feature_type_spec, ...) for an empty "
+                                 "dataset")
+            types = {n: _parse_type(t) for n, t in zip(schema.names, schema.types)}
+            for cols in parts:
+                missing = [c for c in ([cols] if isinstance(cols, str) else cols)
+                           if c not in types]
+                if missing:
+                    raise KeyError(f"to_tf: no column(s) {missing}; the columns are "
+                                   f"{schema.names}")
+
+        def spec_of(cols: str | list[str]) -> Any:
+            def one(c: str) -> Any:
+                dtype, shape = types[c]
+                return tf.TensorSpec(shape=(None, *shape), dtype=tf.as_dtype(dtype))
+            return one(cols) if isinstance(cols, str) else {c: one(c) for c in cols}
+
+        signature = tuple(s if s is not None else spec_of(c) for s, c in zip(specs, parts))
+
+        def select(batch: dict, cols: str | list[str]) -> Any:
+            return batch[cols] if isinstance(cols, str) else {c: batch[c] for c in cols}
+
+        def generator() -> Iterator[tuple]:
+            for batch in self.iter_batches(prefetch_batches=prefetch_batches,
+                                           batch_size=batch_size, batch_format="numpy",
+                                           drop_last=drop_last,
+                                           local_shuffle_buffer_size=local_shuffle_buffer_size,
+                                           local_shuffle_seed=local_shuffle_seed):
+                yield tuple(select(batch, c) for c in parts)
+
+        out = tf.data.Dataset.from_generator(generator, output_signature=signature)
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = \
+            tf.data.experimental.AutoShardPolicy.OFF  # already this worker's part
+        return out.with_options(options)
+
     def to_blocks(self) -> list[Block]:
         return list(self._blocks(2))
+
+
+def _parse_type(text: str) -> tuple[np.dtype, tuple]:
+    """A Schema type ("float32", or "float32(3, 4)" for tensor rows) as (dtype, row shape)."""
+    name, _, shape = text.partition("(")
+    dims = tuple(int(d) for d in shape.rstrip(")").split(",") if d.strip())
+    return np.dtype(name), dims
+
+
+def _import_tensorflow(what: str) -> Any:
+    try:
+        import tensorflow as tf
+    except ImportError as exc:
+        raise ImportError(f"{what}() needs TensorFlow, which is not installed: "
+                          "pip install tensorflow") from exc
+    return tf
 
 
 def _prefetched(bundles: Iterator[Bundle], depth: int) -> Iterator[Block]:
@@ -203,6 +356,9 @@ class _DatasetIterator(DataIterator):
 
     def stats(self) -> str:
         return self._ds.stats()
+
+    def schema(self) -> Schema | None:
+        return self._ds.schema()
 
 
 # ------------------------------------------------------------------------------ Dataset
@@ -235,8 +391,13 @@ class Dataset:
     def _map(self, name: str, apply: Callable, fn: Any = None, *, keeps_rows: bool = False,
              fn_constructor_args: tuple = (), fn_constructor_kwargs: dict | None = None,
              concurrency: int | tuple | None = None, num_cpus: float | None = None,
-             num_gpus: float | None = None, compute: Any = None) -> Dataset:
+             num_gpus: float | None = None, compute: Any = None,
+             ray_remote_args: dict | None = None) -> Dataset:
         actors = _is_class(fn)
+        ray_remote_args = dict(ray_remote_args or {})
+        if compute is None:  # map/flat_map/filter take it among their keyword arguments
+            compute = ray_remote_args.pop("compute", None)
+        concurrency = _compute_concurrency(compute, concurrency, actors)
         if not actors and (fn_constructor_args or fn_constructor_kwargs):
             raise ValueError("fn_constructor_args/kwargs are only for callable classes")
         if isinstance(concurrency, tuple) and (len(concurrency) != 2 or
@@ -245,7 +406,8 @@ class Dataset:
         spec = MapSpec(name=name, apply=apply, fn=fn, ctor_args=tuple(fn_constructor_args),
                        ctor_kwargs=dict(fn_constructor_kwargs or {}),
                        compute="actors" if actors else "tasks", concurrency=concurrency,
-                       num_cpus=num_cpus, num_gpus=num_gpus, keeps_rows=keeps_rows)
+                       num_cpus=num_cpus, num_gpus=num_gpus, keeps_rows=keeps_rows,
+                       **_retry_args(ray_remote_args))
         return self._then(spec)
 
     # ---------------------------------------------------------------- transforms
@@ -272,7 +434,8 @@ class Dataset:
         name = f"MapBatches({getattr(fn, '__name__', type(fn).__name__)})"
         out = self._map(name, apply, fn, fn_constructor_args=fn_constructor_args,
                         fn_constructor_kwargs=fn_constructor_kwargs, concurrency=concurrency,
-                        num_cpus=num_cpus, num_gpus=num_gpus)
+                        num_cpus=num_cpus, num_gpus=num_gpus, compute=compute,
+                        ray_remote_args=ray_remote_args)
         out._plan.ops[-1].min_rows = batch_size
         return out
 
@@ -289,7 +452,8 @@ class Dataset:
         return self._row_op("Map", _map_apply, fn, fn_args, fn_kwargs, keeps_rows=True,
                             fn_constructor_args=fn_constructor_args,
                             fn_constructor_kwargs=fn_constructor_kwargs,
-                            concurrency=concurrency, num_cpus=num_cpus, num_gpus=num_gpus)
+                            concurrency=concurrency, num_cpus=num_cpus, num_gpus=num_gpus,
+                            ray_remote_args=ray_remote_args)
 
     def flat_map(self, fn: Any, *, fn_args: tuple = (), fn_kwargs: dict | None = None,
                  fn_constructor_args: tuple = (), fn_constructor_kwargs: dict | None = None,
@@ -299,7 +463,8 @@ class Dataset:
         return self._row_op("FlatMap", _flat_map_apply, fn, fn_args, fn_kwargs,
                             fn_constructor_args=fn_constructor_args,
                             fn_constructor_kwargs=fn_constructor_kwargs,
-                            concurrency=concurrency, num_cpus=num_cpus, num_gpus=num_gpus)
+                            concurrency=concurrency, num_cpus=num_cpus, num_gpus=num_gpus,
+                            ray_remote_args=ray_remote_args)
 
     def filter(self, fn: Any, *, fn_args: tuple = (), fn_kwargs: dict | None = None,
                fn_constructor_args: tuple = (), fn_constructor_kwargs: dict | None = None,
@@ -309,7 +474,8 @@ class Dataset:
         return self._row_op("Filter", _filter_apply, fn, fn_args, fn_kwargs,
                             fn_constructor_args=fn_constructor_args,
                             fn_constructor_kwargs=fn_constructor_kwargs,
-                            concurrency=concurrency, num_cpus=num_cpus, num_gpus=num_gpus)
+                            concurrency=concurrency, num_cpus=num_cpus, num_gpus=num_gpus,
+                            ray_remote_args=ray_remote_args)
 
     def add_column(self, col: str, fn: Callable, *, batch_format: str = "pandas",
                    **kwargs) -> Dataset:
@@ -446,6 +612,15 @@ class Dataset:
 
     def iter_rows(self) -> Iterator[dict]:
         return self.iterator().iter_rows()
+
+    def iter_tf_batches(self, **kwargs) -> Iterator[dict]:
+        return self.iterator().iter_tf_batches(**kwargs)
+
+    def to_tf(self, feature_columns: str | list[str], label_columns: str | list[str],
+              **kwargs) -> Any:
+        return self.iterator().to_tf(feature_columns, label_columns, **kwargs)
+
+    to_tf.__doc__ = DataIterator.to_tf.__doc__
 
     iter_batches.__doc__ = DataIterator.iter_batches.__doc__
 

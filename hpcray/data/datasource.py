@@ -12,10 +12,11 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from .block import Block, column, from_batch
+from .block import Block, BlockMetadata, column, concat, from_batch, num_rows, slice_block
 
 # Reads cut data into blocks of about this size: small enough that tasks pipeline and stay in
 # cache (measured on 2 ranks: 8 MiB blocks stream 2-4x faster than 64-128 MiB ones)
@@ -23,7 +24,7 @@ DEFAULT_READ_BLOCK_BYTES = 8 * 1024 * 1024
 
 
 @dataclass
-class ReadTask:
+class PlannedRead:
     """Reads one block. ``rows``/``nbytes`` are estimates known before reading (or None)."""
 
     fn: Callable[..., Block]
@@ -37,16 +38,16 @@ class ReadTask:
 
 
 @dataclass
-class Datasource:
+class Source:
     """A source of read tasks; ``plan(n)`` makes about n of them (None: the default)."""
 
     name: str
-    planner: Callable[[int | None], list[ReadTask]]
+    planner: Callable[[int | None], list[PlannedRead]]
     num_rows_fn: Callable[[], int | None] = field(default=lambda: None)
-    tasks: list[ReadTask] | None = None
+    tasks: list[PlannedRead] | None = None
     planned_with: int | None = None
 
-    def plan(self, num_blocks: int | None) -> list[ReadTask]:
+    def plan(self, num_blocks: int | None) -> list[PlannedRead]:
         if self.tasks is None or self.planned_with != num_blocks:
             self.tasks = self.planner(num_blocks)
             self.planned_with = num_blocks
@@ -125,15 +126,15 @@ def _range_block(start: int, stop: int, shape: tuple | None) -> Block:
     return {"data": data}
 
 
-def range_source(n: int, shape: tuple | None, min_blocks: Callable[[], int]) -> Datasource:
+def range_source(n: int, shape: tuple | None, min_blocks: Callable[[], int]) -> Source:
     item = 8 * (int(np.prod(shape)) if shape else 1)
 
     def planner(num_blocks):
         k = blocks_for(n * item, n, num_blocks, min_blocks())
-        return [ReadTask(_range_block, (a, b, shape), f"rows {a}-{b}", b - a, (b - a) * item)
+        return [PlannedRead(_range_block, (a, b, shape), f"rows {a}-{b}", b - a, (b - a) * item)
                 for a, b in row_ranges(n, k)]
 
-    return Datasource("Range" if shape is None else "RangeTensor", planner, lambda: n)
+    return Source("Range" if shape is None else "RangeTensor", planner, lambda: n)
 
 
 # ------------------------------------------------------------------------------ numpy
@@ -153,7 +154,7 @@ def _read_npz(path: str, _start: int, _stop: int, column_name: str) -> Block:
         return {k: z[k] for k in names}
 
 
-def numpy_source(paths, num_blocks: int | None, min_blocks: Callable[[], int]) -> Datasource:
+def numpy_source(paths, num_blocks: int | None, min_blocks: Callable[[], int]) -> Source:
     files = expand_paths(paths, (".npy", ".npz"))
     shapes = []
     for f in files:
@@ -171,17 +172,17 @@ def numpy_source(paths, num_blocks: int | None, min_blocks: Callable[[], int]) -
         tasks = []
         for f, s in zip(files, shapes):
             if s is None:
-                tasks.append(ReadTask(_read_npz, (f, 0, 0, "data"), f"file {f}"))
+                tasks.append(PlannedRead(_read_npz, (f, 0, 0, "data"), f"file {f}"))
                 continue
             rows = s[0][0]
             per_row = int(np.prod(s[0][1:])) * s[1]
             share = max(1, round(k * rows / max(1, npy_rows)))
             for a, b in row_ranges(rows, share):
-                tasks.append(ReadTask(_read_npy, (f, a, b, "data"), f"file {f} rows {a}-{b}",
+                tasks.append(PlannedRead(_read_npy, (f, a, b, "data"), f"file {f} rows {a}-{b}",
                                       b - a, (b - a) * per_row))
         return tasks
 
-    return Datasource("ReadNumpy", planner, lambda: total)
+    return Source("ReadNumpy", planner, lambda: total)
 
 
 # ------------------------------------------------------------------------------ HDF5
@@ -207,23 +208,53 @@ def _read_hdf5(path: str, names: list[str], columns: list[str], start: int, stop
     return out
 
 
+# chunked datasets are mapped chunk by chunk only when chunks are at least this big (a lookup
+# and a map per chunk cost more than HDF5's own read of small ones)
+MIN_MAPPED_CHUNK_BYTES = 64 * 1024
+
+
 def _mapped_rows(path: str, ds, start: int, stop: int) -> np.ndarray | None:
-    """Rows of a contiguous, unfiltered numeric dataset as a view of the memory-mapped file
-    (as read_numpy: no copy until the map after the read touches them); else None."""
-    if ds.chunks is not None or ds.compression is not None or ds.dtype.kind not in "biuf" \
-            or ds.external or stop <= start:
-        return None
-    offset = ds.id.get_offset()
-    if offset is None:  # not allocated yet: all fill values
+    """Rows of an unfiltered numeric dataset straight from the memory-mapped file (as
+    read_numpy: no copy until the map after the read touches them), else None (read it with
+    HDF5). A contiguous dataset is one view; a chunked one whose chunks hold whole rows maps
+    each run of chunks stored one after another (h5py writes row-ordered chunks so), and joins
+    the runs with one copy."""
+    if ds.dtype.kind not in "biuf" or ds.external or stop <= start \
+            or ds.id.get_create_plist().get_nfilters():
         return None
     row = int(np.prod(ds.shape[1:], dtype=np.int64)) * ds.dtype.itemsize
-    mm = np.memmap(path, dtype=ds.dtype, mode="r", offset=offset + start * row,
-                   shape=(stop - start, *ds.shape[1:]))
+    if ds.chunks is None:
+        offset = ds.id.get_offset()
+        return None if offset is None else _map(path, ds, offset + start * row, stop - start)
+    rows_per_chunk = ds.chunks[0]
+    chunk_bytes = rows_per_chunk * row
+    if tuple(ds.chunks[1:]) != tuple(ds.shape[1:]) or chunk_bytes < MIN_MAPPED_CHUNK_BYTES \
+            or not hasattr(ds.id, "get_chunk_info_by_coord"):
+        return None  # chunks split rows (only HDF5 can gather them), or are too small to map
+    runs: list[list[int]] = []  # [first row, stop row, file offset of the first row]
+    first = start // rows_per_chunk * rows_per_chunk
+    zeros = (0,) * (ds.ndim - 1)
+    for c0 in range(first, stop, rows_per_chunk):
+        info = ds.id.get_chunk_info_by_coord((c0, *zeros))
+        if info.byte_offset is None or info.size != chunk_bytes:
+            return None  # not written yet (fill values), or stored differently
+        a, b = max(start, c0), min(stop, c0 + rows_per_chunk)
+        offset = info.byte_offset + (a - c0) * row
+        if runs and runs[-1][1] == a and runs[-1][2] + (a - runs[-1][0]) * row == offset:
+            runs[-1][1] = b
+        else:
+            runs.append([a, b, offset])
+    views = [_map(path, ds, off, b - a) for a, b, off in runs]
+    return views[0] if len(views) == 1 else np.concatenate(views)
+
+
+def _map(path: str, ds, offset: int, rows: int) -> np.ndarray:
+    mm = np.memmap(path, dtype=ds.dtype, mode="r", offset=offset, shape=(rows, *ds.shape[1:]))
     return mm.view(np.ndarray)
 
 
 def hdf5_source(paths, datasets: str | list[str] | None, num_blocks: int | None,
-                min_blocks: Callable[[], int]) -> Datasource:
+                min_blocks: Callable[[], int]) -> Source:
     import h5py
 
     files = expand_paths(paths, (".h5", ".hdf5", ".he5", ".nc"))
@@ -258,7 +289,7 @@ def hdf5_source(paths, datasets: str | list[str] | None, num_blocks: int | None,
 
 
 def _chunked_rows(name: str, plans: list, columns: list, read: Callable, what: str,
-                  strict_chunks: bool, min_blocks: Callable[[], int]) -> Datasource:
+                  strict_chunks: bool, min_blocks: Callable[[], int]) -> Source:
     """Read tasks over row ranges of chunked arrays: plans are (source, names, rows, chunk,
     bytes per row); each source gets blocks in proportion to its rows, cut at chunk
     boundaries (with strict_chunks=False, only where a block holds a chunk or more)."""
@@ -271,12 +302,12 @@ def _chunked_rows(name: str, plans: list, columns: list, read: Callable, what: s
             share = max(1, round(k * rows / max(1, total)))
             align = chunk if strict_chunks or rows // max(1, share) >= chunk else 1
             for a, b in row_ranges(rows, share, align):
-                tasks.append(ReadTask(read, (source, names, columns, a, b),
+                tasks.append(PlannedRead(read, (source, names, columns, a, b),
                                       f"{what} {source} rows {a}-{b}", b - a,
                                       (b - a) * row_bytes))
         return tasks
 
-    return Datasource(name, planner, lambda: total)
+    return Source(name, planner, lambda: total)
 
 
 def _list_datasets(h) -> list[str]:
@@ -299,7 +330,7 @@ def _read_zarr(store: str, names: list[str] | None, columns: list[str], start: i
 
 
 def zarr_source(paths, arrays: str | list[str] | None, num_blocks: int | None,
-                min_blocks: Callable[[], int]) -> Datasource:
+                min_blocks: Callable[[], int]) -> Source:
     """Zarr stores (directories): an array (column "data"), or arrays of a group as columns;
     blocks are cut at chunk boundaries, and each read task opens the store itself."""
     import zarr
@@ -345,7 +376,7 @@ def _read_parquet(path: str, row_groups: list[int] | None, columns: list[str] | 
 
 
 def parquet_source(paths, columns: list[str] | None, num_blocks: int | None,
-                   min_blocks: Callable[[], int]) -> Datasource:
+                   min_blocks: Callable[[], int]) -> Source:
     import pyarrow.parquet as pq
 
     files = expand_paths(paths, (".parquet", ".pq"))
@@ -373,13 +404,13 @@ def parquet_source(paths, columns: list[str] | None, num_blocks: int | None,
             for i in range(0, max(1, len(groups)), per_task):
                 sel = list(range(i, min(i + per_task, len(groups))))
                 rows = sum(groups[j][0] for j in sel)
-                tasks.append(ReadTask(_read_parquet, (f, sel, columns),
+                tasks.append(PlannedRead(_read_parquet, (f, sel, columns),
                                       f"file {f} row groups {sel[0] if sel else 0}-"
                                       f"{sel[-1] if sel else 0}", rows,
                                       sum(groups[j][1] for j in sel)))
         return tasks
 
-    return Datasource("ReadParquet", planner, lambda: total)
+    return Source("ReadParquet", planner, lambda: total)
 
 
 def _read_csv(path: str, options: dict) -> Block:
@@ -439,17 +470,17 @@ def _read_image(path: str, size: tuple | None, mode: str | None, include_paths: 
 
 
 def file_source(name: str, paths, extensions: tuple[str, ...] | None,
-                reader: Callable[..., Block], args: tuple) -> Datasource:
+                reader: Callable[..., Block], args: tuple) -> Source:
     """One read task per file."""
     files = expand_paths(paths, extensions)
 
     def planner(nb):
-        return [ReadTask(reader, (f, *args), f"file {f}") for f in files]
+        return [PlannedRead(reader, (f, *args), f"file {f}") for f in files]
 
-    return Datasource(name, planner)
+    return Source(name, planner)
 
 
-def csv_source(paths, options: dict) -> Datasource:
+def csv_source(paths, options: dict) -> Source:
     src = file_source("ReadCSV", paths, (".csv",), _read_csv, (options,))
     if not options:  # files with different header lines fail now, naming them
         first = None
@@ -465,18 +496,118 @@ def csv_source(paths, options: dict) -> Datasource:
     return src
 
 
-def json_source(paths, options: dict) -> Datasource:
+def json_source(paths, options: dict) -> Source:
     return file_source("ReadJSON", paths, (".json", ".jsonl"), _read_json, (options,))
 
 
-def text_source(paths, encoding: str, drop_empty: bool) -> Datasource:
+def text_source(paths, encoding: str, drop_empty: bool) -> Source:
     return file_source("ReadText", paths, None, _read_text, (encoding, drop_empty))
 
 
-def binary_source(paths, include_paths: bool) -> Datasource:
+def binary_source(paths, include_paths: bool) -> Source:
     return file_source("ReadBinary", paths, None, _read_binary, (include_paths,))
 
 
-def image_source(paths, size, mode, include_paths: bool) -> Datasource:
+def image_source(paths, size, mode, include_paths: bool) -> Source:
     exts = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif")
     return file_source("ReadImage", paths, exts, _read_image, (size, mode, include_paths))
+
+
+# ------------------------------------------------------------------------------ custom sources
+
+class ReadTask:
+    """A read of a custom datasource (Ray Data's ``ReadTask``): ``read_fn()`` returns an
+    iterable of blocks (pyarrow Tables, pandas DataFrames or dicts of arrays); ``metadata``
+    (a ``BlockMetadata``) estimates their rows and bytes before the read."""
+
+    def __init__(self, read_fn: Callable[[], Any], metadata: BlockMetadata,
+                 schema: Any = None, per_task_row_limit: int | None = None):
+        self._read_fn = read_fn
+        self._metadata = metadata
+        self._schema = schema
+        self._per_task_row_limit = per_task_row_limit
+
+    @property
+    def read_fn(self) -> Callable[[], Any]:
+        return self._read_fn
+
+    @property
+    def metadata(self) -> BlockMetadata:
+        return self._metadata
+
+    @property
+    def schema(self) -> Any:
+        return self._schema
+
+    @property
+    def per_task_row_limit(self) -> int | None:
+        return self._per_task_row_limit
+
+    def __call__(self) -> Any:
+        return self._read_fn()
+
+
+class Datasource:
+    """Base class of a custom datasource (Ray Data's ``Datasource``): implement
+    ``get_read_tasks(parallelism)`` and ``estimate_inmemory_data_size()``, then read it with
+    ``hpcray.data.read_datasource(MySource(...))``. The read tasks run on the job's ranks."""
+
+    def get_name(self) -> str:
+        """The operator's name in stats and errors: the class name less "Datasource"."""
+        return type(self).__name__.removesuffix("Datasource") or "Datasource"
+
+    def estimate_inmemory_data_size(self) -> int | None:
+        """Bytes of all the data once read, or None if unknown."""
+        raise NotImplementedError
+
+    def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
+                       data_context: Any = None) -> list[ReadTask]:
+        """About ``parallelism`` ReadTasks that together read everything."""
+        raise NotImplementedError
+
+    @property
+    def supports_distributed_reads(self) -> bool:
+        return True
+
+
+def _run_read_task(task: ReadTask) -> Block:
+    blocks = [from_batch(b) for b in task()]
+    block = concat(blocks)
+    limit = task.per_task_row_limit
+    if limit is not None and block and num_rows(block) > limit:
+        block = slice_block(block, 0, limit)
+    return block
+
+
+def custom_source(source: Datasource, min_blocks: Callable[[], int]) -> Source:
+    """Read tasks from a user's Datasource; None blocks: from its size estimate."""
+    if not isinstance(source, Datasource):
+        raise TypeError(f"read_datasource takes a hpcray.data.Datasource subclass (with "
+                        f"get_read_tasks and estimate_inmemory_data_size), got "
+                        f"{type(source).__name__}")
+    name = source.get_name()
+
+    def planner(nb: int | None) -> list[PlannedRead]:
+        if nb is None:
+            try:
+                size = source.estimate_inmemory_data_size()
+            except NotImplementedError:
+                size = None
+            nb = blocks_for(size or 0, 2**62, None, min_blocks())
+        tasks = source.get_read_tasks(nb)
+        for t in tasks:
+            if not isinstance(t, ReadTask):
+                raise TypeError(f"{type(source).__name__}.get_read_tasks must return "
+                                f"hpcray.data.ReadTask objects, got {type(t).__name__}")
+        return [PlannedRead(_run_read_task, (t,), f"read task {i} of {name}",
+                            t.metadata.num_rows, t.metadata.size_bytes)
+                for i, t in enumerate(tasks)]
+
+    src = Source(f"Read{name}", planner)
+
+    def rows() -> int | None:
+        counts = [t.rows for t in src.plan(src.planned_with)]
+        return None if any(c is None for c in counts) else sum(counts)
+
+    src.num_rows_fn = rows
+    return src

@@ -9,6 +9,7 @@ submitting (backpressure) and memory stays flat however large the dataset is.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sys
 import time
@@ -22,7 +23,7 @@ import hpcray
 from ..exceptions import HpcrayError
 from .block import Block, concat, num_rows, schema_of, size_bytes, slice_block
 from .context import DataContext
-from .datasource import Datasource, ReadTask
+from .datasource import PlannedRead, Source
 
 Bundle = tuple  # (ObjectRef of a block, its metadata dict)
 
@@ -49,6 +50,10 @@ class MapSpec:
     num_gpus: float | None = None
     keeps_rows: bool = False
     min_rows: int | None = None  # map_batches' batch_size: small input blocks are bundled
+    # Ray's ray_remote_args: a task whose rank dies runs again up to max_retries times (-1:
+    # always), as does the UDF when it raises one of retry_exceptions (True: any exception)
+    max_retries: int = 3
+    retry_exceptions: bool | tuple = False
 
     def make_udf(self) -> Any:
         if self.compute == "actors":
@@ -72,9 +77,9 @@ class Limit:
 
 @dataclass
 class Plan:
-    """A source (a Datasource or materialized bundles) and the operators after it."""
+    """A source (a Source or materialized bundles) and the operators after it."""
 
-    source: Datasource | list
+    source: Source | list
     ops: list = field(default_factory=list)
     num_blocks: int | None = None
 
@@ -83,7 +88,7 @@ class Plan:
 
     def known_rows(self) -> int | None:
         """The row count if it is known without executing, else None."""
-        if isinstance(self.source, Datasource):
+        if isinstance(self.source, Source):
             rows = self.source.num_rows()
         else:
             rows = sum(m["rows"] for _, m in self.source)
@@ -100,7 +105,7 @@ class Plan:
         return rows
 
     def describe(self) -> str:
-        first = self.source.name if isinstance(self.source, Datasource) else "FromBlocks"
+        first = self.source.name if isinstance(self.source, Source) else "FromBlocks"
         return " -> ".join([first, *(op.name for op in self.ops)])
 
 
@@ -113,15 +118,31 @@ def _meta(block: Block, t0: float, desc: str) -> dict:
 
 def apply_chain(block: Block, chain: list[MapSpec], udfs: list, desc: str) -> Block:
     for spec, udf in zip(chain, udfs):
-        try:
-            block = spec.apply(block, udf)
-        except Exception as exc:
-            raise UserCodeException(f"operator {spec.name} failed on {desc}: "
-                                    f"{type(exc).__name__}: {exc}") from exc
+        attempt = 0
+        while True:
+            try:
+                block = spec.apply(block, udf)
+                break
+            except Exception as exc:
+                if retriable(exc, spec.retry_exceptions, attempt, spec.max_retries):
+                    attempt += 1
+                    time.sleep(min(1.0, 0.05 * 2 ** attempt))
+                    continue
+                tried = f" (attempt {attempt + 1})" if attempt else ""
+                raise UserCodeException(f"operator {spec.name} failed on {desc}{tried}: "
+                                        f"{type(exc).__name__}: {exc}") from exc
     return block
 
 
-def _read(task: ReadTask, op: str, retries: int) -> Block:
+def retriable(exc: BaseException, retry: bool | tuple, attempt: int, max_retries: int) -> bool:
+    """Whether a UDF that raised exc on its attempt-th retry runs again (Ray's
+    retry_exceptions: True for any exception, or a list of exception types)."""
+    if not retry or (0 <= max_retries <= attempt):
+        return False
+    return retry is True or isinstance(exc, tuple(retry))
+
+
+def _read(task: PlannedRead, op: str, retries: int) -> Block:
     for attempt in range(retries + 1):
         try:
             return task()
@@ -140,7 +161,7 @@ def run_task(chain: list[MapSpec], op: str, desc: str, retries: int, *srcs: Any
              ) -> tuple[Block, dict]:
     """One task of a fused stage: read (or take the input blocks), then apply the chain."""
     t0 = time.perf_counter()
-    if len(srcs) == 1 and isinstance(srcs[0], ReadTask):
+    if len(srcs) == 1 and isinstance(srcs[0], PlannedRead):
         block = _read(srcs[0], op, retries)
         desc = srcs[0].desc
     else:
@@ -220,12 +241,14 @@ class OpStats:
     start: float | None = None
     end: float | None = None
     expected: int | None = None  # blocks, where known ahead
+    pool: list[int] = field(default_factory=list)  # an actor pool's sizes, as it changed
 
     def line(self) -> str:
         wall = (self.end or time.perf_counter()) - (self.start or time.perf_counter())
         rate = self.bytes / wall / 1e6 if wall > 0 else 0.0
+        actors = f", actors {'->'.join(map(str, self.pool))}" if self.pool else ""
         return (f"{self.name}: {self.tasks} tasks, {self.rows} rows, {_fmt_bytes(self.bytes)}, "
-                f"{wall:.2f}s wall, {self.task_wall:.2f}s in tasks, {rate:.1f} MB/s")
+                f"{wall:.2f}s wall, {self.task_wall:.2f}s in tasks, {rate:.1f} MB/s{actors}")
 
 
 def _fmt_bytes(n: float) -> str:
@@ -303,7 +326,7 @@ class _Stage:
     max_inflight tasks run, outputs wait (in order) for downstream."""
 
     def __init__(self, name: str, chain: list[MapSpec], stats: OpStats, limits: tuple,
-                 reads: list[ReadTask] | None = None, upstream: _Stage | None = None,
+                 reads: list[PlannedRead] | None = None, upstream: _Stage | None = None,
                  bundles: list | None = None, preserve_order: bool = True):
         self.name = name
         self.chain = chain
@@ -347,7 +370,7 @@ class _Stage:
     def next_input(self) -> Any | None:
         """A read task, or the input bundles of one task: enough for min_rows."""
         item = self._pop()
-        if isinstance(item, ReadTask) or not self.min_rows or item is None:
+        if isinstance(item, PlannedRead) or not self.min_rows or item is None:
             return item
         items = [item]
         rows = item[1]["rows"]
@@ -368,7 +391,7 @@ class _Stage:
     def has_input(self) -> bool:
         if not self._any_queued():
             return False
-        if not self.min_rows or (self.pending and isinstance(self.pending[0], ReadTask)):
+        if not self.min_rows or (self.pending and isinstance(self.pending[0], PlannedRead)):
             return True
         rows = sum(m["rows"] for _, m in self.pending)
         rows += sum(m["rows"] for _, m in self.upstream.outputs) if self.upstream else 0
@@ -385,7 +408,7 @@ class _Stage:
 
     def _next_size(self) -> float:
         item = self.pending[0] if self.pending else None
-        size = item.nbytes if isinstance(item, ReadTask) and item.nbytes else 0
+        size = item.nbytes if isinstance(item, PlannedRead) and item.nbytes else 0
         return (len(self.inflight) + 1) * size
 
     def take(self) -> Bundle:
@@ -399,7 +422,7 @@ class _Stage:
         self.seq += 1
         if self.stats.start is None:
             self.stats.start = time.perf_counter()
-        if isinstance(item, ReadTask):
+        if isinstance(item, PlannedRead):
             desc = item.desc
             srcs = [item]
         else:
@@ -416,7 +439,9 @@ class _Stage:
             self.chain_ref = hpcray.put(self.chain)
         cpus = max((s.num_cpus for s in self.chain if s.num_cpus is not None), default=1)
         gpus = max((s.num_gpus for s in self.chain if s.num_gpus is not None), default=0)
-        opts = {"num_returns": 2, "num_cpus": cpus, "name": self.name}
+        retries = [s.max_retries for s in self.chain]
+        opts = {"num_returns": 2, "num_cpus": cpus, "name": self.name,
+                "max_retries": -1 if -1 in retries else max(retries, default=3)}
         if gpus:
             opts["num_gpus"] = gpus
         return remote(run_task, **opts).remote(self.chain_ref, self.name, desc,
@@ -449,36 +474,84 @@ class _Stage:
         pass
 
 
+class PoolSizer:
+    """When a map_batches actor pool of (low, high) actors grows and which actors it lets go.
+
+    It grows by one while input waits and every actor has two calls queued. An actor with
+    nothing to do goes (down to low) when no input waits: at once if the input is exhausted,
+    else once it has been idle idle_timeout seconds (so a brief gap upstream keeps it)."""
+
+    def __init__(self, low: int, high: int, idle_timeout: float):
+        self.low, self.high, self.idle_timeout = low, high, idle_timeout
+
+    def grow(self, loads: list[int], input_waiting: bool) -> bool:
+        return len(loads) < self.high and input_waiting and all(n >= 2 for n in loads)
+
+    def release(self, loads: dict[int, int], idle_since: dict[int, float], input_waiting: bool,
+                exhausted: bool, now: float) -> list[int]:
+        if input_waiting:
+            return []
+        idle = sorted((idle_since[i], i) for i, n in loads.items() if n == 0)
+        ready = [i for since, i in idle if exhausted or now - since >= self.idle_timeout]
+        return ready[:max(0, len(loads) - self.low)]
+
+
 class _ActorStage(_Stage):
     """A map_batches stage on a pool of actors, each building the user's class once."""
 
     def __init__(self, *args, pool_size: tuple[int, int], **kwargs):
         super().__init__(*args, **kwargs)
+        ctx = DataContext.get_current()
+        retry = ctx.actor_task_retry_on_errors
+        if retry:
+            retry = True if retry is True else tuple(retry)
+            self.chain = [s if s.retry_exceptions else dataclasses.replace(
+                s, retry_exceptions=retry) for s in self.chain]
         spec = self.chain[0]
         # without num_cpus an actor holds no CPU while alive, so reads upstream still run
         opts = {"num_cpus": spec.num_cpus} if spec.num_cpus is not None else {}
         if spec.num_gpus:
             opts["num_gpus"] = spec.num_gpus
         self.worker = remote(MapWorker, **opts)
-        self.actors: list = []
+        self.actors: dict[int, Any] = {}
         self.load: dict[int, int] = {}
+        self.idle_since: dict[int, float] = {}
         self.owner: dict[int, int] = {}
-        self.low, self.high = pool_size
+        self.next_id = 0
+        self.sizer = PoolSizer(*pool_size, ctx.actor_pool_idle_timeout_s)
         self.task_cap = self.max_inflight
-        for _ in range(self.low):
+        for _ in range(self.sizer.low):
             self._grow()
+        self.stats.pool[:] = [len(self.actors)]
+
+    def _resized(self) -> None:
+        self.max_inflight = min(self.task_cap, 2 * len(self.actors))
+        self.stats.pool.append(len(self.actors))
 
     def _grow(self) -> None:
-        self.load[len(self.actors)] = 0
-        self.actors.append(self.worker.remote(self.chain))
-        self.max_inflight = min(self.task_cap, 2 * len(self.actors))
+        i = self.next_id
+        self.next_id += 1
+        self.actors[i] = self.worker.remote(self.chain)
+        self.load[i] = 0
+        self.idle_since[i] = time.perf_counter()
+        self._resized()
+
+    def _shrink(self) -> None:
+        gone = self.sizer.release(self.load, self.idle_since, self.has_input(),
+                                  self.input_exhausted(), time.perf_counter())
+        for i in gone:
+            actor = self.actors.pop(i)
+            del self.load[i], self.idle_since[i]
+            with contextlib.suppress(Exception):  # already gone
+                hpcray.kill(actor)
+        if gone:
+            self._resized()
 
     def can_submit(self) -> bool:
-        # (min, max): another actor joins while every actor has two calls queued and input
-        # is waiting
-        if len(self.actors) < self.high and self.has_input() and \
-                all(n >= 2 for n in self.load.values()):
+        if self.sizer.grow(list(self.load.values()), self.has_input()):
             self._grow()
+        else:
+            self._shrink()
         return super().can_submit()
 
     def launch(self, srcs: list, desc: str) -> tuple[Any, Any]:
@@ -489,14 +562,17 @@ class _ActorStage(_Stage):
         return block_ref, meta_ref
 
     def complete(self, meta_id: int, meta: dict) -> None:
-        self.load[self.owner.pop(meta_id)] -= 1
+        i = self.owner.pop(meta_id)
+        self.load[i] -= 1
+        if not self.load[i]:
+            self.idle_since[i] = time.perf_counter()
         super().complete(meta_id, meta)
 
     def close(self) -> None:
-        for a in self.actors:
+        for a in self.actors.values():
             with contextlib.suppress(Exception):  # already gone
                 hpcray.kill(a)
-        self.actors = []
+        self.actors = {}
 
 
 class _LimitStage(_Stage):
@@ -592,14 +668,14 @@ def _fuses(op: Any, chain: list[MapSpec]) -> bool:
     return isinstance(op, MapSpec) and op.compute == "tasks" and not (op.min_rows and chain)
 
 
-def _stream(source: Datasource | list, ops: list, num_blocks: int | None,
+def _stream(source: Source | list, ops: list, num_blocks: int | None,
             stats: DatasetStats) -> Iterator[Bundle]:
     ctx = DataContext.get_current()
     limits = _limits(ctx)
     order = ctx.execution_options.preserve_order
     stages: list[_Stage] = []
     i = 0
-    if isinstance(source, Datasource):
+    if isinstance(source, Source):
         chain = []
         while i < len(ops) and _fuses(ops[i], chain):
             chain.append(ops[i])

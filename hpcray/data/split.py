@@ -21,7 +21,7 @@ import numpy as np
 
 import hpcray
 
-from .block import Block, slice_block, take_rows
+from .block import Block, num_rows, size_bytes, slice_block, take_rows
 from .context import DataContext
 from .dataset import DataIterator, Dataset
 from .executor import execute, remote, slice_task
@@ -38,9 +38,25 @@ def part_sizes(start: int, rows: int, n: int, chunk: int) -> list[int]:
     return np.bincount(chunk_owners(start, rows, n, chunk), minlength=n).tolist()
 
 
+# A consumer's part of a block is handed on as views of the block's chunks (no copy: they
+# travel as they are) when chunks are at least this big, else copied into one block
+VIEW_CHUNK_BYTES = 256 * 1024
+
+
 def _deal(block: Block, start: int, n: int, chunk: int) -> Any:
-    owners = chunk_owners(start, len(next(iter(block.values()))) if block else 0, n, chunk)
-    parts = [take_rows(block, np.nonzero(owners == i)[0]) for i in range(n)]
+    """Consumer i's rows of a block whose first row is row ``start`` of the dealt stream: a
+    block, or a list of blocks (views of the block's chunks) when chunks are big."""
+    rows = num_rows(block) if block else 0
+    if rows and size_bytes(block) * chunk >= VIEW_CHUNK_BYTES * rows:
+        parts: list[list[Block]] = [[] for _ in range(n)]
+        a = start
+        while a < start + rows:
+            b = min(start + rows, (a // chunk + 1) * chunk)
+            parts[(a // chunk) % n].append(slice_block(block, a - start, b - start))
+            a = b
+    else:
+        owners = chunk_owners(start, rows, n, chunk)
+        parts = [take_rows(block, np.nonzero(owners == i)[0]) for i in range(n)]
     return parts[0] if n == 1 else tuple(parts)
 
 
@@ -75,6 +91,9 @@ class SplitCoordinator:
             self.epoch_of = {}
             self.epoch = -1
             self.gen = None
+
+    def schema(self) -> Any:
+        return self.ds.schema()
 
     def begin(self, i: int, chunk: int | None) -> tuple[int, int]:
         """(epoch, rows skipped at its start) for consumer i starting its next epoch; a
@@ -181,6 +200,10 @@ class SplitIterator(DataIterator):
                 "rows": p["rows"] + self._batches * self._n * (self._chunk or DEFAULT_CHUNK),
                 "done": p.get("done", False)}
 
+    def schema(self) -> Any:
+        """The dataset's columns and types."""
+        return hpcray.get(self._coord.schema.remote())
+
     def load_state_dict(self, state: dict) -> None:
         epoch, rows = state["epoch"], state["rows"]
         if state.get("done"):
@@ -220,9 +243,11 @@ class SplitIterator(DataIterator):
             # ask for the next block while this one comes (the coordinator keeps it until
             # the request after that)
             ask = self._coord.next.remote(self._index, epoch)
-            block = fetch.result()
-            held.append((block, msg[2]))
-            held_rows += msg[2]
+            got = fetch.result()
+            for block in got if isinstance(got, list) else [got]:
+                rows = num_rows(block)
+                held.append((block, rows))
+                held_rows += rows
             used += msg[2]
             while held and held_rows - held[0][1] >= chunk:
                 b, r = held.popleft()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from dataclasses import dataclass
@@ -9,6 +10,10 @@ from typing import Any
 
 from ..exceptions import HpcrayError
 from .checkpoint import Checkpoint, stage
+
+# Written into every checkpoint a worker reports: the positions of its dataset shards that
+# have one (state_dict()), so a restored run's get_dataset_shard() resumes them
+SHARD_STATE_FILE = ".hpcray_dataset_shards.json"
 
 
 @dataclass
@@ -53,6 +58,7 @@ class Session:
         self.context = context
         self.checkpoint = checkpoint
         self.shards = shards
+        self.restored: set[str] = set()  # shards given their position from the checkpoint
         self.lock = threading.Lock()
         self.reports: list[tuple[int, dict, bool]] = []  # not yet taken by the driver
         self.count = 0
@@ -69,9 +75,40 @@ class Session:
             if not isinstance(checkpoint, Checkpoint):
                 raise TypeError("checkpoint must be a hpcray.train.Checkpoint (e.g. "
                                 "Checkpoint.from_directory(path))")
-            stage(checkpoint.path, staging_dir(self.context, index))
+            staging = staging_dir(self.context, index)
+            stage(checkpoint.path, staging)
+            self._save_shard_states(staging)
         with self.lock:
             self.reports.append((index, dict(metrics), checkpoint is not None))
+
+    def _save_shard_states(self, staging: str) -> None:
+        states = {}
+        for name, shard in self.shards.items():
+            if callable(getattr(shard, "state_dict", None)):
+                try:
+                    states[name] = shard.state_dict()
+                except ValueError:  # a shard with no position (streaming_split(equal=False))
+                    continue
+        if states:  # every worker writes the same positions: replace, never interleave
+            tmp = os.path.join(staging, f"{SHARD_STATE_FILE}.{self.context.world_rank}")
+            with open(tmp, "w") as f:
+                json.dump(states, f)
+            os.replace(tmp, os.path.join(staging, SHARD_STATE_FILE))
+
+    def shard(self, name: str) -> Any:
+        """The shard, resumed at its position in the checkpoint on first use."""
+        if name not in self.shards:
+            raise KeyError(f"no dataset named {name!r}; the trainer got {sorted(self.shards)}")
+        shard = self.shards[name]
+        if name not in self.restored and self.checkpoint is not None:
+            self.restored.add(name)
+            path = os.path.join(self.checkpoint.path, SHARD_STATE_FILE)
+            if os.path.exists(path):
+                with open(path) as f:
+                    state = json.load(f).get(name)
+                if state is not None:
+                    shard.load_state_dict(state)
+        return shard
 
     def take(self) -> list[tuple[int, dict, bool]]:
         with self.lock:
@@ -117,11 +154,12 @@ def get_checkpoint() -> Checkpoint | None:
 
 
 def get_dataset_shard(name: str) -> Any:
-    """This worker's part of the dataset passed to the trainer as ``datasets[name]``."""
-    shards = _session("get_dataset_shard").shards
-    if name not in shards:
-        raise KeyError(f"no dataset named {name!r}; the trainer got {sorted(shards)}")
-    return shards[name]
+    """This worker's part of the dataset passed to the trainer as ``datasets[name]``.
+
+    A shard with a position (hpcray.data's) has it saved in every checkpoint this worker
+    reports, and a run restored from such a checkpoint gets the shard back at that position:
+    mid-epoch, no row repeated or skipped."""
+    return _session("get_dataset_shard").shard(name)
 
 
 def shard(dataset: Any, index: int, count: int) -> Any:

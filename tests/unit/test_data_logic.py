@@ -175,18 +175,24 @@ def test_row_pieces_cover_each_output_range_exactly(seed: int) -> None:
         assert (got == flat[a:b]).all()
 
 
-@pytest.mark.parametrize("n, chunk", [(1, 5), (2, 16), (3, 7)])
-def test_dealt_chunks_go_round_robin_whatever_the_block_sizes(n: int, chunk: int) -> None:
+@pytest.mark.parametrize("n, chunk, width", [(1, 5, 1), (2, 16, 1), (3, 7, 1), (2, 16, 4096),
+                                             (3, 7, 9400)])
+def test_dealt_chunks_go_round_robin_whatever_the_block_sizes(n: int, chunk: int,
+                                                              width: int) -> None:
     r = np.random.default_rng(n)
     rows = r.integers(0, 40, 20).tolist()
     start, got = 0, [[] for _ in range(n)]
-    for k in rows:
-        block = {"i": np.arange(start, start + k)}
+    for k in rows:  # width 4096+: chunks of >= 256 KiB, handed on as views of the block
+        block = {"i": np.arange(start, start + k), "w": np.zeros((k, width))}
         parts = _deal(block, start, n, chunk)
         parts = [parts] if n == 1 else parts
-        assert [len(p["i"]) for p in parts] == part_sizes(start, k, n, chunk)
+        if width > 1 and k:
+            assert all(isinstance(p, list) for p in parts)
+            assert all(np.shares_memory(v["w"], block["w"]) for p in parts for v in p)
+        parts = [B.concat(p) if isinstance(p, list) else p for p in parts]
+        assert [B.num_rows(p) if p else 0 for p in parts] == part_sizes(start, k, n, chunk)
         for c, p in enumerate(parts):
-            got[c].extend(p["i"].tolist())
+            got[c].extend(p["i"].tolist() if p else [])
         start += k
     for c in range(n):  # consumer c's batch j is chunk j*n + c of the stream
         expect = [i for i in range(start) if (i // chunk) % n == c]
@@ -243,6 +249,53 @@ def test_hdf5_plan_reads_hyperslabs_at_chunk_boundaries(tmp_path: Path) -> None:
         S.hdf5_source(str(tmp_path / "f.h5"), ["x", "short"], None, lambda: 4)
     with pytest.raises(KeyError, match="no dataset 'z'"):
         S.hdf5_source(str(tmp_path / "f.h5"), "z", None, lambda: 4)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("h5py") is None, reason="needs h5py")
+@pytest.mark.parametrize("seed", [0, 1])
+def test_chunked_hdf5_rows_are_mapped_from_the_file_where_chunks_hold_whole_rows(
+        tmp_path: Path, seed: int, monkeypatch) -> None:
+    import h5py
+
+    with h5py.File(tmp_path / "small.h5", "w") as f:  # 1.5 KiB chunks: HDF5 reads them
+        f.create_dataset("s", data=np.zeros((256, 2, 3), "f4"), chunks=(64, 2, 3))
+    with h5py.File(tmp_path / "small.h5", "r") as f:
+        assert S._mapped_rows(str(tmp_path / "small.h5"), f["s"], 0, 256) is None
+    monkeypatch.setattr(S, "MIN_MAPPED_CHUNK_BYTES", 0)  # map them here
+    r = np.random.default_rng(seed)
+    x = r.normal(size=(1003, 2, 3)).astype(np.float32)
+    layouts = {  # name: (create_dataset kwargs, write order, mapped)
+        "ordered": ({"chunks": (64, 2, 3)}, "rows", True),
+        "reversed": ({"chunks": (64, 2, 3)}, "reversed", True),  # chunks not in file order
+        "big_endian": ({"chunks": (100, 2, 3), "dtype": ">f4"}, "rows", True),
+        "column_chunks": ({"chunks": (64, 1, 3)}, "rows", False),  # rows split over chunks
+        "gzip": ({"chunks": (64, 2, 3), "compression": "gzip"}, "rows", False),
+        "shuffle": ({"chunks": (64, 2, 3), "shuffle": True}, "rows", False),
+    }
+    with h5py.File(tmp_path / "k.h5", "w") as f:
+        for name, (kw, order, _) in layouts.items():
+            ds = f.create_dataset(name, shape=x.shape, dtype=kw.pop("dtype", "f4"), **kw)
+            starts = list(range(0, len(x), 64))
+            for s in starts[::-1] if order == "reversed" else starts:
+                ds[s:s + 64] = x[s:s + 64]
+        part = f.create_dataset("partial", shape=x.shape, dtype="f4", chunks=(64, 2, 3))
+        part[:128] = x[:128]  # the rest is never written: fill values
+    with h5py.File(tmp_path / "k.h5", "r") as f:
+        for name, (_, _, mapped) in layouts.items():
+            for a, b in [(0, 1003), (0, 64), (63, 65), (960, 1003), (1000, 1003),
+                         *sorted(tuple(sorted(r.integers(0, 1004, 2))) for _ in range(6))]:
+                view = S._mapped_rows(str(tmp_path / "k.h5"), f[name], a, b)
+                assert (view is not None) == (mapped and b > a), (name, a, b)
+                if view is not None:
+                    assert np.array_equal(view, x[a:b]) and view.dtype == f[name].dtype
+        assert S._mapped_rows(str(tmp_path / "k.h5"), f["partial"], 0, 128) is not None
+        assert S._mapped_rows(str(tmp_path / "k.h5"), f["partial"], 100, 200) is None
+    names = [*layouts, "partial"]
+    src = S.hdf5_source(str(tmp_path / "k.h5"), names, None, lambda: 3)
+    got = B.concat([t() for t in src.plan(7)])
+    for name in layouts:
+        assert np.array_equal(got[name], x), name
+    assert np.array_equal(got["partial"][:128], x[:128]) and not got["partial"][128:].any()
 
 
 def test_numpy_plan_reads_row_ranges_of_memory_mapped_files(tmp_path: Path) -> None:
@@ -304,11 +357,11 @@ def test_transient_read_errors_are_retried_then_named() -> None:
     from hpcray.data.executor import UserCodeException, _read
 
     state = {"calls": 0}
-    assert _read(S.ReadTask(_flaky, (state,), "file f.h5 rows 0-3"), "ReadHDF5", 3)["a"].size == 3
+    assert _read(S.PlannedRead(_flaky, (state,), "file f.h5 rows 0-3"), "ReadHDF5", 3)["a"].size == 3
     assert state["calls"] == 3
     state = {"calls": -10}
     with pytest.raises(UserCodeException, match="ReadHDF5 failed to read file f.h5 rows 0-3"):
-        _read(S.ReadTask(_flaky, (state,), "file f.h5 rows 0-3"), "ReadHDF5", 2)
+        _read(S.PlannedRead(_flaky, (state,), "file f.h5 rows 0-3"), "ReadHDF5", 2)
     assert state["calls"] == -7  # 1 try + 2 retries
 
 
@@ -338,3 +391,94 @@ def test_zarr_plan_reads_chunk_aligned_blocks_of_arrays_and_groups(tmp_path: Pat
         S.zarr_source(str(tmp_path / "g.zarr"), ["z"], None, lambda: 2)
     with pytest.raises(FileNotFoundError, match="no such Zarr store"):
         S.zarr_source(str(tmp_path / "none.zarr"), None, None, lambda: 2)
+
+
+def test_udf_retries_follow_retry_exceptions_and_max_retries() -> None:
+    from hpcray.data.dataset import _retry_args
+    from hpcray.data.executor import MapSpec, apply_chain, retriable
+
+    assert retriable(ValueError(), (ValueError,), 0, 2) and not retriable(KeyError(), (
+        ValueError,), 0, 2)
+    assert retriable(KeyError(), True, 1, 2) and not retriable(KeyError(), True, 2, 2)
+    assert retriable(KeyError(), True, 50, -1) and not retriable(KeyError(), False, 0, -1)
+    assert _retry_args({"retry_exceptions": [OSError], "max_retries": 5}) == {
+        "max_retries": 5, "retry_exceptions": (OSError,)}
+    with pytest.raises(TypeError, match="list of exception classes"):
+        _retry_args({"retry_exceptions": ["OSError"]})
+    calls = []
+
+    def flaky(block, _udf):
+        calls.append(1)
+        if len(calls) < 3:
+            raise ConnectionError("try again")
+        return {"x": block["x"] + 1}
+
+    spec = MapSpec("Flaky", flaky, max_retries=2, retry_exceptions=(ConnectionError,))
+    assert apply_chain({"x": np.arange(3)}, [spec], [None], "rows 0-3")["x"].tolist() == [1, 2, 3]
+    calls.clear()
+    spec.max_retries = 1
+    with pytest.raises(Exception, match=r"Flaky failed on rows 0-3 \(attempt 2\)"):
+        apply_chain({"x": np.arange(3)}, [spec], [None], "rows 0-3")
+
+
+def test_custom_datasource_plans_read_tasks_from_its_estimate() -> None:
+    class Ones(S.Datasource):
+        def estimate_inmemory_data_size(self) -> int:
+            return 40 * 2**20  # 5 blocks of the default 8 MiB
+
+        def get_read_tasks(self, parallelism: int, per_task_row_limit=None,
+                           data_context=None) -> list:
+            return [S.ReadTask(lambda k=k: [{"x": np.full(k + 1, k)}, {"x": np.zeros(1)}],
+                               B.BlockMetadata(k + 2, 8 * (k + 2)), per_task_row_limit=k + 1)
+                    for k in range(parallelism)]
+
+    src = S.custom_source(Ones(), lambda: 2)
+    tasks = src.plan(None)
+    assert len(tasks) == 5 and src.name == "ReadOnes" and src.num_rows() == sum(range(2, 7))
+    assert tasks[3]()["x"].tolist() == [3, 3, 3, 3]  # two blocks, cut at the row limit
+    assert "read task 3 of Ones" in tasks[3].desc and len(src.plan(2)) == 2
+
+    class Wrong(S.Datasource):
+        def get_read_tasks(self, parallelism: int, **kw) -> list:
+            return [list]  # not a ReadTask
+
+    with pytest.raises(TypeError, match="must return hpcray.data.ReadTask"):
+        S.custom_source(Wrong(), lambda: 2).plan(None)
+    with pytest.raises(TypeError, match="Datasource subclass"):
+        S.custom_source(object(), lambda: 2)
+
+
+def test_actor_pools_grow_while_input_waits_and_let_idle_actors_go() -> None:
+    from hpcray.data.dataset import ActorPoolStrategy, _compute_concurrency
+    from hpcray.data.executor import PoolSizer
+
+    p = PoolSizer(1, 3, idle_timeout=5.0)
+    assert p.grow([2, 2], True) and not p.grow([2, 1], True) and not p.grow([2, 2], False)
+    assert not p.grow([2, 2, 2], True)  # at max_size
+    loads, since = {0: 0, 1: 0, 2: 1}, {0: 10.0, 1: 12.0, 2: 0.0}
+    assert p.release(loads, since, True, True, 100.0) == []  # input waits: keep them all
+    assert p.release(loads, since, False, False, 14.0) == []  # not idle long enough
+    assert p.release(loads, since, False, False, 15.5) == [0]  # idle 5.5 s; 1 only 3.5 s
+    assert p.release(loads, since, False, True, 12.0) == [0, 1]  # input exhausted: at once
+    assert p.release({0: 0, 1: 0}, {0: 0.0, 1: 0.0}, False, True, 9.0) == [0]  # keeps min_size
+    assert p.release({0: 2, 1: 1}, {0: 0.0, 1: 0.0}, False, True, 9.0) == []  # busy
+    strategy = ActorPoolStrategy(min_size=2, max_size=4)
+    assert _compute_concurrency(strategy, None, True) == (2, 4)
+    assert _compute_concurrency(ActorPoolStrategy(size=3), None, True) == (3, 3)
+    assert _compute_concurrency(None, (1, 2), True) == (1, 2)
+    with pytest.raises(ValueError, match="runs a callable class"):
+        _compute_concurrency(strategy, None, False)
+    with pytest.raises(ValueError, match="min_size <= max_size"):
+        ActorPoolStrategy(min_size=3, max_size=2)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorflow") is not None,
+                    reason="TensorFlow is installed: the error is for its absence")
+def test_to_tf_without_tensorflow_says_how_to_install_it() -> None:
+    import hpcray.data as rd
+
+    ds = rd.range(10)  # planning only: nothing runs before the import fails
+    for call in (lambda: ds.to_tf("id", "id"), lambda: next(ds.iter_tf_batches()),
+                 lambda: ds.iterator().to_tf(["id"], "id")):
+        with pytest.raises(ImportError, match="pip install tensorflow"):
+            call()

@@ -1,5 +1,6 @@
 """Reads of every format from small random files, and writes read back; prints OK lines."""
 
+import itertools
 import json
 import os
 import sys
@@ -12,6 +13,7 @@ import pyarrow.parquet as pq
 
 import hpcray
 import hpcray.data as rd
+from hpcray.data.block import BlockMetadata
 
 hpcray.init()
 d = sys.argv[1]
@@ -102,6 +104,52 @@ else:
     small = rd.read_images(f"{d}/img", size=(6, 5), mode="L").take_batch(3)["image"]
     assert small.shape == (3, 6, 5)
     ok("read_images")
+
+
+
+class SquaresDatasource(rd.Datasource):
+    """A user's datasource: rows (i, i*i, a seeded noise), each read task making two
+    blocks, one pandas and one pyarrow."""
+
+    def __init__(self, n: int, fail_at: int | None = None):
+        self.n = n
+        self.fail_at = fail_at
+
+    def estimate_inmemory_data_size(self) -> int:
+        return self.n * 24
+
+    def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None):
+        bounds = np.linspace(0, self.n, parallelism + 1).astype(int)
+        return [rd.ReadTask(lambda a=a, b=b: self._read(a, b),
+                            BlockMetadata(num_rows=b - a, size_bytes=(b - a) * 24))
+                for a, b in itertools.pairwise(bounds)]
+
+    def _read(self, a: int, b: int) -> list:
+        if self.fail_at is not None and a <= self.fail_at < b:
+            raise OSError(f"cannot read row {self.fail_at}")
+        i = np.arange(a, b)
+        noise = np.random.default_rng(a).normal(size=b - a)
+        mid = (a + b) // 2
+        return [pd.DataFrame({"i": i[:mid - a], "sq": i[:mid - a] ** 2, "z": noise[:mid - a]}),
+                pa.table({"i": i[mid - a:], "sq": i[mid - a:] ** 2, "z": noise[mid - a:]})]
+
+
+custom = rd.read_datasource(SquaresDatasource(1000), override_num_blocks=3)
+assert custom.count() == 1000 and custom.num_blocks() == 3
+got = custom.to_pandas()
+ref_bounds = np.linspace(0, 1000, 4).astype(int)
+ref_z = np.concatenate([np.random.default_rng(a).normal(size=b - a)
+                        for a, b in itertools.pairwise(ref_bounds)])
+assert (got["i"] == np.arange(1000)).all() and (got["sq"] == got["i"] ** 2).all()
+assert np.array_equal(got["z"].to_numpy(), ref_z)
+assert rd.read_datasource(SquaresDatasource(1000)).map_batches(
+    lambda bt: {"s": bt["sq"]}).sum("s") == (np.arange(1000) ** 2).sum()
+try:
+    rd.read_datasource(SquaresDatasource(1000, fail_at=700), override_num_blocks=3).take_all()
+    raise AssertionError("no error")
+except rd.UserCodeException as exc:
+    assert "read task 2 of Squares" in str(exc) and "row 700" in str(exc), exc
+ok("read_datasource (a user's Datasource)")
 
 # writes, read back
 src = rd.from_pandas(df).repartition(3)

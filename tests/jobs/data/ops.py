@@ -2,6 +2,7 @@
 
 import importlib.util
 import os
+import re
 import sys
 
 import numpy as np
@@ -86,6 +87,12 @@ class Who:
 
 who = frame(rd.from_items(items, override_num_blocks=20).map_batches(Who, concurrency=(1, 3)))
 assert len(set(who["who"])) == 3 and len(who) == N  # the pool grew from 1 to 3 actors
+pooled = rd.from_items(items, override_num_blocks=20).map_batches(
+    Affine, fn_constructor_args=(3.0,), compute=rd.ActorPoolStrategy(min_size=1, max_size=3))
+assert np.allclose(frame(pooled)["x"], df["x"] * 3)
+sizes = [int(n) for n in re.search(r"actors ([\d>-]+)", pooled.stats()).group(1).split("->")]
+# grew while input waited, let its idle actors go once the input ran out
+assert sizes[0] == 1 and max(sizes) == 3 and sizes[-1] == 1, sizes
 small = rd.from_items(items, override_num_blocks=40)  # blocks of 50 rows
 for d in (small, small.map_batches(Affine, fn_constructor_args=(1.0,), concurrency=1)):
     out = frame(d.map_batches(lambda b: {"n": np.full(len(b["x"]), len(b["x"])), "x": b["x"]},
@@ -217,6 +224,7 @@ assert len(ids[0]) == len(ids[1]) == len(ids[2]) and 3 * len(ids[0]) > 1001 - 3 
 every = np.concatenate(ids)
 assert len(np.unique(every)) == len(every) and set(every) <= set(range(1001))
 assert (ids[1][:50] == np.arange(50, 100)).all()  # consumer 1's first batch is chunk 1
+assert its[1].schema() == ds.schema() and its[1].schema().names == list(df.columns)
 ok("streaming_split")
 
 # materialize, to_numpy_refs, stats
