@@ -8,6 +8,7 @@ from typing import Any
 from ._private.core import context
 from ._private.core import options as opts
 from ._private.core import protocol as P
+from ._private.core.serialization import dumps_code
 from .object_ref import ObjectRef
 from .remote_function import CodeCache
 
@@ -110,6 +111,7 @@ class ActorClass:
         info = self._info
         self._init_shape.check(args, kwargs, f"{self.__name__}.__init__")
         packed, deps, contained, big = runtime.pack_args(args, kwargs, f"{self.__name__}.__init__")
+        strategy = opts.strategy_of(o)  # (may refuse: before the code counts as sent)
         fn_id, blob = self._cache.id_and_blob(runtime)
         explicit = o.get("num_cpus") is not None
         placement = opts.resources_of(o, 1)
@@ -117,11 +119,12 @@ class ActorClass:
         spec = P.TaskSpec(
             task_id=runtime.ids.next(), kind=P.ACTOR_CREATE, name=f"{self.__name__}.__init__",
             fn_id=fn_id, fn_blob=blob, args=packed, deps=deps, contained=contained,
-            resources=placement, strategy=opts.strategy_of(o), actor_id=runtime.ids.next(),
+            resources=placement, strategy=strategy, actor_id=runtime.ids.next(),
             options={"name": name, "namespace": namespace, "lifetime": o.get("lifetime"),
                      "class_info": info, "in_rank": self._in_rank(o),
                      "max_restarts": o.get("max_restarts") or 0,
                      "max_task_retries": o.get("max_task_retries") or 0,
+                     "runtime_env": o.get("runtime_env") or None,
                      "max_concurrency": o.get("max_concurrency"), "lifetime_resources": lifetime})
         try:
             handle_ref = runtime.submit(spec, 1)[0]
@@ -185,9 +188,12 @@ class ActorMethod:
         if shape is not None:
             shape.check(args, kwargs, name)
         packed, deps, contained, big = runtime.pack_args(args, kwargs, name)
+        retry = self._options.get("retry_exceptions", False)
         spec = P.TaskSpec(task_id=runtime.ids.next(), kind=P.ACTOR_CALL, name=name, args=packed,
                           deps=deps, contained=contained, actor_id=handle._actor_id,
-                          method=self._name)
+                          method=self._name, max_retries=self._options.get("max_task_retries"),
+                          retry_exceptions=dumps_code(tuple(retry))
+                          if isinstance(retry, (list, tuple)) else bool(retry))
         num_returns = self._options.get("num_returns", 1)
         refs = runtime.submit(spec, num_returns)
         runtime.settle_borrowed(big)

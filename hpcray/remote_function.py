@@ -54,6 +54,16 @@ class RemoteFunction:
         raise TypeError(f"remote function {self.__name__} cannot be called directly: use "
                         f"{self.__name__}.remote(...)")
 
+    def _task_options(self) -> dict[str, Any]:
+        """What the executing side needs of the options (most tasks: nothing)."""
+        o = self._options
+        out: dict[str, Any] = {"in_rank": True} if self._in_rank() else {}
+        if o.get("runtime_env"):
+            out["runtime_env"] = o["runtime_env"]
+        if o.get("max_calls"):
+            out["max_calls"] = o["max_calls"]
+        return out
+
     def _in_rank(self) -> bool:
         """Run in the rank itself: asked for, or the code uses MPI or device arrays."""
         if self._options.get("in_rank") is not None:
@@ -77,14 +87,15 @@ class RemoteFunction:
         name = o.get("name") or self._function.__qualname__
         self._shape.check(args, kwargs, name)
         packed, deps, contained, big = runtime.pack_args(args, kwargs, name)
+        strategy = opts.strategy_of(o)  # (may refuse: before the code counts as sent)
         fn_id, blob = self._cache.id_and_blob(runtime)
         retry = o.get("retry_exceptions", False)
         spec = P.TaskSpec(
             task_id=runtime.ids.next(), kind=P.NORMAL, name=name, fn_id=fn_id, fn_blob=blob,
             args=packed, deps=deps, contained=contained, resources=opts.resources_of(o, 1),
-            strategy=opts.strategy_of(o), max_retries=o.get("max_retries", 3),
+            strategy=strategy, max_retries=o.get("max_retries", 3),
             retry_exceptions=dumps_code(tuple(retry)) if isinstance(retry, (list, tuple))
-            else bool(retry), options={"in_rank": True} if self._in_rank() else {})
+            else bool(retry), options=self._task_options())
         num_returns = o.get("num_returns", 1)
         try:
             refs = runtime.submit(spec, num_returns)

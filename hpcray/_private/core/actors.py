@@ -130,19 +130,16 @@ class ActorTable:
         return inflight, queued
 
     @staticmethod
-    def restart(actor: Actor, cause: str) -> tuple[list[int], bool]:
-        """The actor's process died and it may restart: takes one restart; returns the calls
-        it was running, for the head to retry in order (when ``max_task_retries`` allows) or
-        fail, and whether they are retried."""
+    def restart(actor: Actor, cause: str) -> list[int]:
+        """The actor's process died and it may restart: takes one restart; returns the ids of
+        the calls it was running, for the head to retry in order (as each call's
+        max_task_retries allows) or fail."""
         actor.restarts_left -= actor.restarts_left > 0
         actor.restarts += 1
         actor.cause = cause
         inflight = sorted(actor.inflight)
         actor.inflight.clear()
-        retry = actor.task_retries != 0
-        if retry and actor.task_retries > 0:
-            actor.task_retries -= 1
-        return inflight, retry
+        return inflight
 
     @staticmethod
     def may_restart(actor: Actor) -> bool:

@@ -9,6 +9,7 @@ Started from a forkserver made before MPI_Init (see ``executors.py``).
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
 import io
 import os
@@ -228,6 +229,28 @@ class ExecutorRuntime(Runner, Runtime):
     def actor_hosts(self) -> list[ActorHost]:
         return [self.actor] if self.actor is not None else []
 
+    @contextlib.contextmanager
+    def task_env(self, spec: P.TaskSpec):
+        """runtime_env: environment variables and a working directory for the task (for an
+        actor: its whole life, the process being its own)."""
+        env = spec.options.get("runtime_env") if spec.kind != P.ACTOR_CALL else None
+        if not env:
+            yield
+            return
+        saved_env, saved_cwd, saved_path = dict(os.environ), os.getcwd(), list(sys.path)
+        os.environ.update(env.get("env_vars") or {})
+        if env.get("working_dir"):
+            os.chdir(env["working_dir"])
+            sys.path.insert(0, env["working_dir"])
+        try:
+            yield
+        finally:
+            if spec.kind == P.NORMAL:
+                os.environ.clear()
+                os.environ.update(saved_env)
+                os.chdir(saved_cwd)
+                sys.path[:] = saved_path
+
     def on_cancel_signal(self, signum: int, frame: Any) -> None:
         task_id = getattr(self.local, "task_id", 0)
         if task_id and task_id in self.cancelled and task_id in self.running:
@@ -321,10 +344,22 @@ class ExecutorRuntime(Runner, Runtime):
         return segment if segment is not None else oob(kept)
 
     def serve(self) -> None:
-        """The main thread: runs the rank's tasks one at a time."""
+        """The main thread: runs the rank's tasks one at a time; retires after a function's
+        max_calls calls (Ray's max_calls: the process is replaced)."""
+        calls: dict[int, int] = {}
         while True:
             spec, inline = self.tasks.get()
+            limit = spec.options.get("max_calls") or 0
+            calls[spec.fn_id] = calls.get(spec.fn_id, 0) + 1
+            retire = bool(limit) and calls[spec.fn_id] >= limit
+            if retire:
+                self.send(("retire",))  # before the result: the rank gives it no more tasks
             self.execute(spec, inline, None)
+            if retire:
+                for stream in (sys.stdout, sys.stderr):
+                    stream.flush()
+                self.send(None)
+                os._exit(0)
             del spec, inline
             for stream in (sys.stdout, sys.stderr):
                 stream.flush()

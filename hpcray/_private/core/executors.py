@@ -145,6 +145,7 @@ class Proc:
         self.held: dict[int, int] = {}         # refs it holds, which its rank counts for it
         self.functions: set[int] = set()       # the code it has been sent
         self.dead = False
+        self.retiring = False                  # it ends after its task (max_calls)
 
 
 class ExecutorPool:
@@ -292,7 +293,7 @@ class ExecutorPool:
             self.by_task.pop(task_id, None)
             if proc.task is not None and proc.task.task_id == task_id:
                 proc.task = None
-                if not proc.dead and not proc.actor_id:
+                if not proc.dead and not proc.actor_id and not proc.retiring:
                     self.idle.append(proc)
 
     def cancel(self, task_id: int, force: bool) -> bool:
@@ -415,7 +416,9 @@ class ExecutorPool:
     def handle(self, proc: Proc, msg: tuple) -> None:
         worker = self.worker
         kind = msg[0]
-        if kind == "refs":
+        if kind == "retire":
+            proc.retiring = True
+        elif kind == "refs":
             held = proc.held
             for object_id, event in msg[1]:
                 held[object_id] = held.get(object_id, 0) + event

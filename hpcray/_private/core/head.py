@@ -257,6 +257,8 @@ class HeadRuntime(Runtime):
             if actor is None or actor.dead:
                 self.fail_task(task, self.error_blob(died_error(actor, spec.name)))
                 return
+            if spec.max_retries is None:  # the actor's max_task_retries
+                task.retries_left = actor.task_retries
             actor.queue.append(task)
             self.pump_actor(actor)
         elif task.waiting == 0:
@@ -338,6 +340,9 @@ class HeadRuntime(Runtime):
                 self.task_ready(task)
                 self.schedule_queued()
                 return
+        if spec.kind == P.ACTOR_CALL and retryable and task.retries_left and \
+                not task.cancelled and self.retry_call(task):
+            return
         del self.tasks[task_id]
         if not task.restart:
             for object_id, inline, size, contained, _ in results:
@@ -405,6 +410,20 @@ class HeadRuntime(Runtime):
         for task in self.actor_table.next_calls(actor, lambda t: t.spec.task_id in tasks):
             self.dispatch(task, actor.rank)
 
+    def retry_call(self, task: Task) -> bool:
+        """An actor call that raised an exception it retries on (retry_exceptions) runs
+        again, before the calls queued behind it (max_task_retries); False if its actor is
+        gone."""
+        actor = self.actors.get(task.spec.actor_id)
+        if actor is None or actor.dead:
+            return False
+        task.retries_left -= task.retries_left > 0
+        actor.inflight.discard(task.spec.task_id)
+        task.rank = None
+        actor.queue.appendleft(task)
+        self.pump_actor(actor)
+        return True
+
     def keeps_arguments(self, actor_id: int) -> bool:
         """A restartable actor keeps its constructor's arguments while it lives."""
         actor = self.actors.get(actor_id)
@@ -419,10 +438,10 @@ class HeadRuntime(Runtime):
             self.end_actor(actor, why, notify_rank=False)
             return
         restarts_before = actor.restarts_left
-        inflight, retry = self.actor_table.restart(actor, why)
-        calls = [self.tasks[t] for t in inflight if t in self.tasks]
+        calls = [self.tasks[t] for t in self.actor_table.restart(actor, why) if t in self.tasks]
         for task in reversed(calls):
-            if retry:
+            if task.retries_left and not task.cancelled:
+                task.retries_left -= task.retries_left > 0
                 task.rank = None
                 actor.queue.appendleft(task)
             else:

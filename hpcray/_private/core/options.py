@@ -48,7 +48,51 @@ def validate(options: dict[str, Any], allowed: set[str], what: str) -> dict[str,
     concurrency = options.get("max_concurrency")
     if concurrency is not None and (not isinstance(concurrency, int) or concurrency < 1):
         raise ValueError(f"max_concurrency must be an int >= 1, got {concurrency!r}")
+    _refuse_unsupported(options, what)
     return options
+
+
+#: what runtime_env may hold: environment variables, and a directory every rank can read
+RUNTIME_ENV_KEYS = ("env_vars", "working_dir")
+
+
+def _refuse_unsupported(options: dict[str, Any], what: str) -> None:
+    """Ray's options that hpcray accepts only in the forms it carries out."""
+    env = options.get("runtime_env")
+    if env:
+        if not isinstance(env, dict) or set(env) - set(RUNTIME_ENV_KEYS):
+            extra = sorted(set(env) - set(RUNTIME_ENV_KEYS)) if isinstance(env, dict) else env
+            raise ValueError(
+                f"runtime_env of {what} may hold {list(RUNTIME_ENV_KEYS)}, not {extra!r}: "
+                "install packages (pip, conda, py_modules) in the job's environment, which "
+                "every rank shares")
+        env_vars = env.get("env_vars") or {}
+        if not isinstance(env_vars, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in env_vars.items()):
+            raise ValueError(f"runtime_env['env_vars'] of {what} must map str to str")
+        working_dir = env.get("working_dir")
+        if working_dir is not None and not (isinstance(working_dir, str) and
+                                            os.path.isdir(working_dir)):
+            raise ValueError(f"runtime_env['working_dir'] of {what} must be a directory every "
+                             f"rank can read (a shared file system path), got {working_dir!r}")
+    if options.get("label_selector"):
+        raise ValueError(f"label_selector of {what}: ranks carry no labels; select them with "
+                         "resources= (HPCRAY_RESOURCES) or NodeAffinitySchedulingStrategy")
+    if options.get("max_pending_calls", -1) not in (-1, None):
+        raise ValueError(f"max_pending_calls of {what} is not supported: leave it at -1 "
+                         "(no limit), or bound the calls in flight with hpcray.wait()")
+    if options.get("concurrency_groups") or options.get("concurrency_group"):
+        raise ValueError(f"concurrency groups ({what}) are not supported: use max_concurrency "
+                         "(one pool of threads, or of coroutines, per actor)")
+    if options.get("placement_group_capture_child_tasks"):
+        raise ValueError(f"placement_group_capture_child_tasks of {what} is not supported: "
+                         "give child tasks the placement group's strategy themselves")
+    accelerator = options.get("accelerator_type")
+    if accelerator is not None and not isinstance(accelerator, str):
+        raise ValueError(f"accelerator_type of {what} must be a str, got {accelerator!r}")
+    calls = options.get("max_calls")
+    if calls is not None and (not isinstance(calls, int) or calls < 0):
+        raise ValueError(f"max_calls of {what} must be an int >= 0 (0: no limit), got {calls!r}")
 
 
 def resources_of(options: dict[str, Any], default_cpus: float) -> dict[str, float]:
@@ -60,6 +104,8 @@ def resources_of(options: dict[str, Any], default_cpus: float) -> dict[str, floa
         out["memory"] = float(options["memory"])
     for key, value in (options.get("resources") or {}).items():
         out[key] = float(value)
+    if options.get("accelerator_type"):  # as in Ray: a resource the matching nodes advertise
+        out[f"accelerator_type:{options['accelerator_type']}"] = 0.001
     return {k: v for k, v in out.items() if v > 0}
 
 
@@ -74,6 +120,9 @@ def strategy_of(options: dict[str, Any]):
         NodeAffinitySchedulingStrategy,
         PlacementGroupSchedulingStrategy,
     )
+    if getattr(strategy, "placement_group_capture_child_tasks", None):
+        raise ValueError("placement_group_capture_child_tasks is not supported: give child "
+                         "tasks the placement group's strategy themselves")
     if pg is not None and pg != "default":
         strategy = PlacementGroupSchedulingStrategy(pg, options.get("placement_group_bundle_index", -1))
     if strategy is None or strategy == DEFAULT:

@@ -7,11 +7,13 @@ calls it, packs its results or its error and reports them; each actor runs in an
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import inspect
 import io
 import queue
+import sys
 import threading
 import time
 import traceback
@@ -22,6 +24,8 @@ from . import context
 from . import protocol as P
 from .objects import Stored
 from .serialization import deserialize, fits_inline, has_device, nbytes, serialize
+
+_warned: set[int] = set()  # functions whose max_calls was reported as without effect
 
 
 class ThreadPool:
@@ -246,6 +250,20 @@ class Runner:
         """The actors this process runs."""
         return []
 
+    @contextlib.contextmanager
+    def task_env(self, spec: P.TaskSpec):
+        """The task's runtime_env around its call: here (in the rank, shared by every task)
+        there is none to give, so such a task fails with an error that says why."""
+        if spec.kind != P.ACTOR_CALL and spec.options.get("runtime_env"):
+            raise ValueError(f"{spec.name} has a runtime_env, which needs a process of its own: "
+                             "it runs in its rank (HPCRAY_EXECUTION=thread, in_rank=True, or "
+                             "GPUs); run it in an executor process (HPCRAY_EXECUTION=process)")
+        if spec.options.get("max_calls") and spec.fn_id not in _warned:
+            _warned.add(spec.fn_id)
+            print(f"hpcray: {spec.name}: max_calls has no effect on a task that runs in its rank "
+                  "(no process of its own to replace)", file=sys.stderr, flush=True)
+        yield
+
     def check_cancelled(self) -> None:
         task_id = getattr(self.local, "task_id", 0)
         if task_id and task_id in self.cancelled:
@@ -381,7 +399,8 @@ class Runner:
                 self.running[task_id] = threading.get_ident()
             start = time.time()
             try:
-                result = fn(*args, **kwargs)
+                with self.task_env(spec):
+                    result = fn(*args, **kwargs)
             finally:
                 with self.lock:
                     self.running.pop(task_id, None)
