@@ -10,6 +10,8 @@ member of the best quarter (weights and config) and perturbs the learning rate.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 import hpcray
@@ -25,6 +27,7 @@ def train(config: dict) -> None:
     while True:
         grad = 2 * (theta - TARGET) + rng.normal(0, 0.5, size=theta.shape)
         theta = theta - config["lr"] * grad
+        time.sleep(0.01)  # stands for a real training step; PBT needs trials that overlap
         loss = float(np.sum((theta - TARGET) ** 2))
         tune.report({"loss": loss, "lr": config["lr"]},
                     checkpoint=tune.Checkpoint.from_dict({"theta": theta}))

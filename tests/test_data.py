@@ -96,6 +96,6 @@ def test_shard_positions_travel_in_checkpoints_by_themselves(tmp_path: Path) -> 
 
 def test_udfs_are_retried_after_errors_and_rank_deaths(tmp_path: Path) -> None:
     proc = launch("retries.py", 3, tmp_path, str(tmp_path))
-    # the job exits non-zero after it ends, because a rank died on purpose
+    # the UDF's process died on purpose (an executor: its rank lives on, the job ends well)
     assert len(oks(proc.stdout)) == 5, f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
-    assert "died during the job" in proc.stderr, proc.stderr
+    assert proc.returncode == 0 and "died during the job" not in proc.stderr, proc.stderr

@@ -96,7 +96,7 @@ def dies_once(batch: dict) -> dict:
     marker = os.path.join(d, "died")
     if not os.path.exists(marker):
         open(marker, "w").close()
-        os._exit(1)  # the rank dies in the middle of the task
+        os._exit(1)  # its process dies in the middle of the task
     return {"id": batch["id"], "neg": -batch["id"]}
 
 
@@ -104,5 +104,5 @@ def dies_once(batch: dict) -> dict:
 got = rd.range(N, override_num_blocks=1).map_batches(dies_once, max_retries=1).to_pandas()
 assert (got["neg"] == -got["id"]).all() and sorted(got["id"]) == list(range(N))
 assert os.path.exists(os.path.join(d, "died"))
-ok("a task whose rank died ran again")
+ok("a task whose process died ran again")
 hpcray.shutdown()
