@@ -108,3 +108,15 @@ def test_tuner_runs_ppo_trials_with_pbt(rllib_job):
     assert out["perturbations"] >= 1
     # an exploited trial carries on from the donor's checkpoint (its counters come along)
     assert out["lifetime"] % 400 == 0 and out["lifetime"] >= 400
+
+
+def test_tuner_by_algorithm_name_on_an_env_registered_in_the_driver(rllib_job):
+    out = rllib_job("tune_by_name.py")
+    assert out["errors"] == [] and out["iterations"] == [2, 2], out
+    assert out["lrs"] == [3e-4, 1e-3]
+    # the registered env (scale 3) made every episode: the trial's rank and its runner's
+    for ret, length in zip(out["returns"], out["lens"]):
+        assert ret == pytest.approx(3 * length), out
+    assert out["scores"] == [2, 4]
+    assert "'NoSuchAlgo'" in out["unknown"] and "'PPO'" in out["unknown"]
+    assert "'constant'" in out["unknown"]

@@ -61,6 +61,23 @@ class Algorithm(tune.Trainable):
     def get_default_config(cls) -> AlgorithmConfig:
         return cls.config_class(cls)
 
+    @classmethod
+    def default_resource_request(cls, config: AlgorithmConfig | dict) -> list[dict]:
+        """What one Tune trial of this algorithm holds, as Ray's bundle list: the trial's own
+        CPU (the algorithm and its local learner), then one bundle per env runner and per
+        learner actor. A setting given as a search space counts at its default."""
+        default = cls.get_default_config()
+
+        def get(key: str) -> Any:
+            value = config.get(key, None) if hasattr(config, "get") else None
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            return value if number else getattr(default, key)
+
+        gpus = get("num_gpus_per_learner")
+        runners = [{"CPU": get("num_cpus_per_env_runner")}] * int(get("num_env_runners"))
+        learners = [{"CPU": get("num_cpus_per_learner"), "GPU": gpus}] * int(get("num_learners"))
+        return [{"CPU": 1, "GPU": 0 if learners else gpus}, *runners, *learners]
+
     # -- policy hooks used by the env runners --------------------------------------------------
     @classmethod
     def build_module(cls, config: AlgorithmConfig, observation_space, action_space,

@@ -15,14 +15,7 @@ from typing import Any
 import cloudpickle
 import numpy as np
 
-_REGISTRY: dict[str, Callable[[dict], Any]] = {}
-
-
-def register_env(name: str, env_creator: Callable[[dict], Any]) -> None:
-    """Registers ``env_creator(env_config) -> env`` under name, for ``.environment(name)``."""
-    if not callable(env_creator):
-        raise TypeError(f"register_env({name!r}, ...) needs a callable env_creator(env_config)")
-    _REGISTRY[name] = env_creator
+from hpcray.tune import registry
 
 
 class EnvContext(dict):
@@ -40,13 +33,14 @@ def resolve_env_creator(env: Any) -> Callable[[EnvContext], Any]:
     import gymnasium as gym
 
     if isinstance(env, str):
-        if env in _REGISTRY:
-            return _REGISTRY[env]
+        if registry.contains_env(env):
+            return registry.get_env_creator(env)
         try:
             gym.spec(env)
         except gym.error.Error as exc:
-            raise ValueError(f"environment {env!r} is neither registered with register_env(name, "
-                             f"creator) nor a gymnasium id ({exc})") from None
+            raise ValueError(f"environment {env!r} is neither registered with "
+                             f"tune.register_env(name, creator) (registered: "
+                             f"{registry.registered_envs()}) nor a gymnasium id ({exc})") from None
         return lambda ctx: gym.make(env, **dict(ctx))
     if callable(env):
         return env

@@ -8,7 +8,7 @@ import tempfile
 import gymnasium as gym
 
 import hpcray
-from hpcray.rllib import register_env
+from hpcray.tune import register_env
 
 sys.path.insert(0, sys.argv[1])
 from common import cartpole_ppo, emit
