@@ -120,3 +120,17 @@ def test_tuner_by_algorithm_name_on_an_env_registered_in_the_driver(rllib_job):
     assert out["scores"] == [2, 4]
     assert "'NoSuchAlgo'" in out["unknown"] and "'PPO'" in out["unknown"]
     assert "'constant'" in out["unknown"]
+
+
+def test_rllib_getting_started_doc_script_runs_with_only_its_imports_changed(run_job, tmp_path):
+    """RLlib's doc_code/getting_started.py: build(), train() x 10 with save_to_path, then
+    Tuner("PPO", ...) with a stop on num_env_steps_sampled_lifetime and checkpoint_at_end."""
+    proc = run_job((JOBS / "doc_getting_started.py").read_text(), n=3, timeout=300,
+                   env={"TMPDIR": str(tmp_path), "HPCRAY_TUNE_STORAGE": str(tmp_path / "res")})
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = json.loads(lines[-1][len("RESULT "):])
+    assert proc.stdout.count("Checkpoint saved in directory") == 2
+    assert out["iterations"] == 10 and out["trials"] == 1 and out["errors"] == 0
+    assert out["best_steps"] >= 20000 and out["checkpoint"], out
+    assert out["best_return"] > 20, out  # CartPole's random policy averages about 22

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 import pickle
+import platform
 import tempfile
 import threading
 import time
@@ -115,6 +117,7 @@ class Algorithm(tune.Trainable):
         self._episodes: dict[int, list[tuple[float, int]]] = {}  # runner -> this iteration's
         self._last_stats = _episode_stats([], [])
         self._time_total = 0.0
+        self._since_restore = 0
         self.env_runner_group = EnvRunnerGroup(config)
         probe = self.env_runner_group.local or runner_class(config)(config, 0)
         if config.is_multi_agent:
@@ -263,10 +266,18 @@ class Algorithm(tune.Trainable):
         return result
 
     def train(self) -> dict:
-        """One training iteration; returns RLlib's nested result dict."""
+        """One training iteration; returns RLlib's nested result dict, with the keys Ray's
+        Trainable.train() fills in (config, date, timestamp, pid, hostname, done, ...)."""
         with self._busy:
             result = self._train_once()
             self.iteration += 1
+        now = datetime.datetime.now()
+        self._since_restore += 1
+        result.update({
+            "config": self.config.to_dict(), "date": now.strftime("%Y-%m-%d_%H-%M-%S"),
+            "timestamp": int(now.timestamp()), "pid": os.getpid(),
+            "hostname": platform.node(), "done": False,
+            "iterations_since_restore": self._since_restore})
         return result
 
     def evaluate(self) -> dict:
@@ -331,6 +342,7 @@ class Algorithm(tune.Trainable):
         self._last_stats = dict(state["last_stats"])
         self._episodes = {}
         self._time_total = state["time_total"]
+        self._since_restore = 0
         self._weights_version = state["weights_version"]
         same = (state["config"].num_envs_per_env_runner == self.config.num_envs_per_env_runner
                 and self.env_runner_group.set_states(state["runners"]))
