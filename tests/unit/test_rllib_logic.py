@@ -392,3 +392,38 @@ def test_algorithm_resource_request_counts_runners_and_learners():
     assert PPO.default_resource_request(local) == [{"CPU": 1, "GPU": 1}]
     searched = PPOConfig().env_runners(num_env_runners=tune.choice([1, 2]))
     assert PPO.default_resource_request(searched) == [{"CPU": 1, "GPU": 0}]
+
+
+def test_checkpoint_modules_load_by_rllib_path_and_infer_as_numpy_does(tmp_path):
+    from pathlib import Path
+
+    from hpcray.rllib.algorithms.ppo import PPOConfig
+    from hpcray.rllib.core.rl_module import RLModule
+
+    config = (PPOConfig().environment("CartPole-v1").env_runners(num_envs_per_env_runner=2)
+              .training(train_batch_size_per_learner=200, minibatch_size=100, num_epochs=1)
+              .rl_module(model_config={"fcnet_hiddens": [16]}).debugging(seed=1))
+    algo = config.build_algo()
+    result = algo.train()
+    assert result["config"]["train_batch_size_per_learner"] == 200
+    assert result["iterations_since_restore"] == 1 and result["done"] is False
+    path = algo.save_to_path(str(tmp_path / "ckpt"))
+    module = RLModule.from_checkpoint(
+        Path(path) / "learner_group" / "learner" / "rl_module")["default_policy"]
+    assert set(RLModule.from_checkpoint(path)) == {"default_policy"}
+    obs = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
+    logits = module.forward_inference({"obs": torch.from_numpy(obs)})["action_dist_inputs"]
+    assert not logits.requires_grad
+    w = algo.get_module().get_state()  # numpy arrays: pi = Linear, Tanh, Linear
+    ref = np.tanh(obs @ w["pi.0.weight"].T + w["pi.0.bias"]) @ w["pi.2.weight"].T + w["pi.2.bias"]
+    np.testing.assert_allclose(logits.numpy(), ref, rtol=1e-5, atol=1e-6)
+    # the local runner holds the same weights; foreach_* reach every runner (here: the local)
+    assert algo.env_runner is algo.env_runner_group.local
+    states = algo.env_runner_group.foreach_worker(lambda runner: runner.module.get_state())
+    assert len(states) == 1 and all(np.array_equal(states[0][k], w[k]) for k in w)
+    assert algo.env_runner_group.foreach_env_runner_with_id(lambda i, runner: i) == [0]
+    with pytest.raises(FileNotFoundError, match="save_to_path"):
+        RLModule.from_checkpoint(tmp_path)
+    with pytest.raises(ValueError, match="default_policy"):
+        algo.get_module("other")
+    algo.stop()

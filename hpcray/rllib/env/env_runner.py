@@ -76,7 +76,23 @@ def make_env(config: Any, worker_index: int, vector_index: int) -> Any:
                                            config.num_env_runners, vector_index))
 
 
-class EnvRunner:
+class RunnerCalls:
+    """What the group calls on every kind of env runner, besides sampling."""
+
+    worker_index: int
+
+    def ping(self) -> int:
+        return self.worker_index
+
+    def apply(self, func: Callable[[Any], Any], weights: dict | None = None,
+              version: int = 0) -> Any:
+        """func(this runner), after loading the newest weights (EnvRunnerGroup.foreach_env_runner)."""
+        if weights is not None:
+            self.set_weights(weights, version)
+        return func(self)
+
+
+class EnvRunner(RunnerCalls):
     """Steps num_envs environments of one runner; the algorithm class supplies the policy."""
 
     def __init__(self, config: Any, worker_index: int, generation: int = 0):
@@ -97,9 +113,6 @@ class EnvRunner:
         self.module = None
         self.weights_version = -1
         self.carry: dict = {}  # what postprocessing holds back for the next fragment
-
-    def ping(self) -> int:
-        return self.worker_index
 
     def set_weights(self, weights: dict, version: int) -> None:
         if self.module is None:
