@@ -20,13 +20,18 @@ only the import differs.
   policy, no runtime: the limit one runner could reach.
 - restore: save_to_path + restore_from_path of the ppo450 algorithm after one iteration.
 - dqn450 / sac250 (only with --only): DQN on CartPole-v1 to a training return of 450, SAC on
-  Pendulum-v1 to -250, one local env runner; BENCH_MAX_ITERS caps the iterations.
+  Pendulum-v1 to -250, one local env runner; wall time of the whole child process. A run stops
+  unreached after BENCH_MAX_ITERS iterations or --max-s seconds (default 600) and is reported
+  as "not reached in X s", with the best return it had.
+
+Every run prints the 1-minute load average before and after it (the box is shared).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -34,6 +39,7 @@ import sys
 import time
 from pathlib import Path
 
+T_START = time.perf_counter()
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RAY_PYTHON = "/work/rayvenv/bin/python"
 TAG = "RLLIB_BENCH "
@@ -142,6 +148,7 @@ def off_policy(system: str, mode: str, seed: int) -> dict:
     """DQN on CartPole-v1 to a training return of 450, or SAC on Pendulum-v1 to -250 (one
     local env runner, 1000 env steps per iteration; at most BENCH_MAX_ITERS iterations)."""
     cap = int(os.environ.get("BENCH_MAX_ITERS", "150" if mode == "dqn450" else "40"))
+    max_s = float(os.environ.get("BENCH_MAX_S", "600"))
     if mode == "dqn450":
         if system == "hpcray":
             from hpcray.rllib.algorithms.dqn import DQNConfig as Config
@@ -171,14 +178,18 @@ def off_policy(system: str, mode: str, seed: int) -> dict:
     t0 = time.perf_counter()
     algo = config.build_algo()
     built = time.perf_counter() - t0
-    ret, it = float("-inf"), 0
-    while not ret >= target and it < cap:
-        ret = algo.train()["env_runners"]["episode_return_mean"]
+    ret, best, it, steps = float("-inf"), float("-inf"), 0, 0
+    while not ret >= target and it < cap and time.perf_counter() - T_START < max_s:
+        result = algo.train()
+        ret = result["env_runners"]["episode_return_mean"]
+        best = best if math.isnan(ret) else max(best, ret)  # NaN: no episode ended yet
+        steps = result["num_env_steps_sampled_lifetime"]
         it += 1
     train_s = time.perf_counter() - t0 - built
     algo.stop()
-    return {"env": env, "iterations": it, "return": ret, "reached": bool(ret >= target),
-            "build_s": built, "train_s": train_s, "s_per_iteration": train_s / it}
+    return {"env": env, "iterations": it, "env_steps": steps, "return": ret, "best": best,
+            "reached": bool(ret >= target), "build_s": built, "train_s": train_s,
+            "s_per_iteration": train_s / it}
 
 
 def child(python: str, system: str, mode: str, seed: int, timeout: float) -> dict | None:
@@ -189,11 +200,17 @@ def child(python: str, system: str, mode: str, seed: int, timeout: float) -> dic
     else:  # the Ray venv must not import this checkout's packages
         env.pop("PYTHONPATH", None)
     t0 = time.perf_counter()
+    load0 = os.getloadavg()[0]
     try:
-        proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout, env=env,
-                              cwd="/tmp", start_new_session=True)
+        proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout,
+                              env=env, cwd="/tmp", start_new_session=True)
     except subprocess.TimeoutExpired:
-        print(f"  {system} {mode} seed {seed}: timed out after {timeout:.0f} s", flush=True)
+        load = [round(load0, 1), round(os.getloadavg()[0], 1)]
+        print(f"  {system} {mode} seed {seed}: killed after {timeout:.0f} s (load "
+              f"{load[0]} -> {load[1]})", flush=True)
+        if mode in ("dqn450", "sac250"):  # shown as not reached, not left out
+            return {"reached": False, "wall_s": timeout, "return": math.nan,
+                    "best": math.nan, "env_steps": "?", "load": load}
         return None
     wall = time.perf_counter() - t0
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(TAG)]
@@ -203,6 +220,7 @@ def child(python: str, system: str, mode: str, seed: int, timeout: float) -> dic
         return None
     out = json.loads(lines[-1][len(TAG):])
     out["wall_s"] = wall
+    out["load"] = [round(load0, 1), round(os.getloadavg()[0], 1)]
     print(f"  {system:6s} {mode:7s} seed {seed}: "
           + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                       for k, v in out.items()), flush=True)
@@ -227,7 +245,10 @@ def main() -> None:
     ap.add_argument("--only", nargs="+",
                     choices=["ppo450", "sample", "gym", "restore", "dqn450", "sac250"],
                     help="default: ppo450 sample gym restore (dqn450 and sac250 take long)")
+    ap.add_argument("--max-s", type=float, default=600.0,
+                    help="dqn450/sac250: a run stops unreached after this many seconds")
     args = ap.parse_args()
+    os.environ["BENCH_MAX_S"] = str(args.max_s)
     if args.internal:
         system, mode, seed = args.internal
         print(TAG + json.dumps(internal(system, mode, int(seed))), flush=True)
@@ -245,7 +266,8 @@ def main() -> None:
             for system, python in order:
                 if mode == "gym" and system == "ray":
                     continue
-                out = child(python, system, mode, seed, timeout=400)
+                timeout = args.max_s + 240 if mode in ("dqn450", "sac250") else 400
+                out = child(python, system, mode, seed, timeout=timeout)
                 if out is not None:
                     results.setdefault((system, mode), []).append(out)
     print("\n| measurement | hpcray.rllib | RLlib 2.60 | hpcray / RLlib |")
@@ -262,6 +284,29 @@ def main() -> None:
                                       f" (hpcray takes {1 / gain:.2f}x as long)")
         print(f"| {label} | {spread(h)} | {spread(r)} | {ratio} |")
 
+    def reach_row(label: str, mode: str) -> None:
+        """Median wall time of the runs that reached the target; the others as "not reached
+        in X s (best return, env steps)"; the load average around each run."""
+        cells, walls = [], {}
+        for system in ("hpcray", "ray"):
+            runs = results.get((system, mode), [])
+            hit = [o["wall_s"] for o in runs if o["reached"]]
+            walls[system] = hit
+            text = f"{spread(hit)} reached {len(hit)}/{len(runs)}" if runs else "n/a"
+            for o in runs:
+                if not o["reached"]:
+                    text += (f"; not reached in {o['wall_s']:.0f} s (return {o['return']:.4g}, "
+                             f"best {o['best']:.4g}, {o['env_steps']} steps)")
+            text += "; load " + ", ".join(f"{a}-{b}" for a, b in (o["load"] for o in runs))
+            cells.append(text)
+        ratio = "n/a"
+        if walls["hpcray"] and walls["ray"]:
+            ratio = f"{statistics.median(walls['ray']) / statistics.median(walls['hpcray']):.2f}x"
+        elif walls["hpcray"] and results.get(("ray", mode)):
+            least = min(o["wall_s"] for o in results[("ray", mode)])
+            ratio = f"> {least / statistics.median(walls['hpcray']):.1f}x (RLlib never reached)"
+        print(f"| {label} | {cells[0]} | {cells[1]} | {ratio} |")
+
     if "ppo450" in modes:
         row("PPO CartPole to 450: wall s from process start", "ppo450", "wall_s", False)
         row("  of which training s (after build_algo)", "ppo450", "train_s", False)
@@ -275,7 +320,7 @@ def main() -> None:
         row("gymnasium SyncVectorEnv(8) random actions, 1 process", "gym", "steps_per_s", True)
     for mode, label in (("dqn450", "DQN CartPole to 450"), ("sac250", "SAC Pendulum to -250")):
         if mode in modes:
-            row(f"{label}: wall s from process start", mode, "wall_s", False)
+            reach_row(f"{label}: wall s from process start", mode)
             row("  s per iteration (1000 env steps)", mode, "s_per_iteration", False)
     if "restore" in modes:
         row("save_to_path s", "restore", "save_s", False)

@@ -17,7 +17,7 @@ import sys
 
 import hpcray
 from hpcray import tune
-from hpcray.rllib.algorithms.ppo import PPO, PPOConfig
+from hpcray.rllib.algorithms.ppo import PPOConfig
 
 ITERATIONS = int(sys.argv[1]) if len(sys.argv) > 1 else 24
 
@@ -37,10 +37,10 @@ if __name__ == "__main__":
     path = os.path.join(hpcray.get_runtime_context().get_state_dir(), "rllib_pbt")
     if tune.Tuner.can_restore(path):
         print(f"resuming the sweep in {path}")
-        tuner = tune.Tuner.restore(path, PPO)
+        tuner = tune.Tuner.restore(path, "PPO")
     else:
         tuner = tune.Tuner(
-            PPO, param_space=config,
+            "PPO", param_space=config,  # or the class, PPO
             tune_config=tune.TuneConfig(metric="env_runners/episode_return_mean", mode="max",
                                         num_samples=4, scheduler=pbt),
             run_config=tune.RunConfig(

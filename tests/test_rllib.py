@@ -60,6 +60,9 @@ def test_crashed_env_runner_is_replaced(rllib_job):
     assert out["restarts"][-1] == 1
     assert out["healthy"] == 2
     assert out["steps"][0] < 2000 and out["steps"][1] == 2000
+    # foreach_env_runner reaches both (replaced) runners, each with the learner's newest weights
+    assert out["ids"] == [1, 2]
+    assert out["runner_weights_current"] == [True, True] and out["local_weights_current"]
 
 
 def test_preempted_run_resumes_the_same_curve(run_job, tmp_path):
@@ -108,3 +111,32 @@ def test_tuner_runs_ppo_trials_with_pbt(rllib_job):
     assert out["perturbations"] >= 1
     # an exploited trial carries on from the donor's checkpoint (its counters come along)
     assert out["lifetime"] % 400 == 0 and out["lifetime"] >= 400
+
+
+def test_tuner_by_algorithm_name_on_an_env_registered_in_the_driver(rllib_job):
+    out = rllib_job("tune_by_name.py")
+    assert out["errors"] == [] and out["iterations"] == [2, 2], out
+    assert out["lrs"] == [3e-4, 1e-3]
+    # the registered env (scale 3) made every episode: the trial's rank and its runner's
+    for ret, length in zip(out["returns"], out["lens"]):
+        assert ret == pytest.approx(3 * length), out
+    assert out["scores"] == [2, 4]
+    assert "'NoSuchAlgo'" in out["unknown"] and "'PPO'" in out["unknown"]
+    assert "'constant'" in out["unknown"]
+
+
+def test_rllib_getting_started_doc_script_runs_with_only_its_imports_changed(run_job, tmp_path):
+    """RLlib's doc_code/getting_started.py, whole: build(), train() x 10 with save_to_path,
+    Tuner("PPO", ...) with a stop on num_env_steps_sampled_lifetime and checkpoint_at_end, the
+    best checkpoint's module driving a greedy CartPole episode (RLModule.from_checkpoint,
+    forward_inference), and module state from the algorithm, its local and remote runners."""
+    proc = run_job((JOBS / "doc_getting_started.py").read_text(), n=3, timeout=300,
+                   env={"TMPDIR": str(tmp_path), "HPCRAY_TUNE_STORAGE": str(tmp_path / "res")})
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = json.loads(lines[-1][len("RESULT "):])
+    assert proc.stdout.count("Checkpoint saved in directory") == 2
+    assert out["iterations"] == 10 and out["trials"] == 1 and out["errors"] == 0
+    assert out["best_steps"] >= 20000 and out["checkpoint"], out
+    assert out["best_return"] > 20, out  # CartPole's random policy averages about 22
+    assert "Reached episode return of" in proc.stdout and out["greedy_return"] >= 9

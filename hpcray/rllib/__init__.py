@@ -9,10 +9,12 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
                       f"'hpcray[rllib]' (CPU torch: pip install torch --index-url "
                       f"https://download.pytorch.org/whl/cpu)") from exc
 
+from hpcray.tune.registry import register_env
+
 from .algorithms.algorithm import Algorithm
 from .algorithms.algorithm_config import AlgorithmConfig
 from .core.rl_module import RLModuleSpec
-from .env.env_runner import EnvContext, register_env
+from .env.env_runner import EnvContext
 from .env.multi_agent_env import MultiAgentEnv
 
 __all__ = ["Algorithm", "AlgorithmConfig", "EnvContext", "MultiAgentEnv", "RLModuleSpec", "register_env"]

@@ -2,6 +2,7 @@
 
 from .checkpoint import Checkpoint
 from .config import CheckpointConfig, FailureConfig, RunConfig, TuneConfig
+from .registry import register_env, register_trainable
 from .result import Result, ResultGrid, TrialError, TuneError
 from .schedulers import (
     ASHAScheduler,
@@ -34,6 +35,7 @@ __all__ = [
     "FailureConfig", "HyperBandScheduler", "MedianStoppingRule", "PopulationBasedTraining", "Result", "ResultGrid",
     "RunConfig", "Trainable", "TrialError", "TrialScheduler", "TuneConfig", "TuneError", "Tuner",
     "choice", "get_checkpoint", "get_trial_dir", "get_trial_id", "grid_search", "lograndint",
-    "loguniform", "qloguniform", "qrandint", "qrandn", "quniform", "randint", "randn", "report",
+    "loguniform", "qloguniform", "qrandint", "qrandn", "quniform", "randint", "randn",
+    "register_env", "register_trainable", "report",
     "sample_from", "uniform", "with_parameters", "with_resources",
 ]

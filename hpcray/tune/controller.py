@@ -16,6 +16,7 @@ from typing import Any
 
 import hpcray
 
+from . import registry
 from . import schedulers as sched
 from . import session as S
 from .config import CheckpointConfig, FailureConfig, RunConfig, TuneConfig
@@ -228,7 +229,7 @@ class TuneController:
         res = runner_resources_of(self.trainable)
         runner = hpcray.remote(S.TrialRunner).options(num_cpus=res.get("cpu", 1),
                                                       num_gpus=res.get("gpu", 0) or None)
-        actor = runner.remote(self.trainable)
+        actor = runner.remote(self.trainable, registry.snapshot())
         self.actors.add(actor)
         return actor
 

@@ -16,6 +16,7 @@ import time
 import traceback
 from typing import Any
 
+from . import registry
 from .checkpoint import Checkpoint, persist
 
 CONTINUE = "continue"
@@ -144,7 +145,8 @@ def _load_trainable(obj: Trainable, path: str) -> None:
 class TrialRunner:
     """The actor class: one per worker slot, running trials one after another (reused)."""
 
-    def __init__(self, trainable: Any):
+    def __init__(self, trainable: Any, registrations: dict | None = None):
+        registry.install(registrations)  # the driver's register_env/register_trainable names
         self.trainable = trainable
         self.session: _Session | None = None
         self.thread: threading.Thread | None = None

@@ -11,6 +11,7 @@ from typing import Any
 import hpcray
 
 from . import controller as ctl
+from . import registry
 from . import schedulers as sched
 from .config import RunConfig, TuneConfig
 from .controller import TuneController
@@ -31,13 +32,17 @@ def _name_of(trainable: Any) -> str:
 class Tuner:
     """Tuner(trainable, param_space=..., tune_config=TuneConfig(...), run_config=RunConfig(...)).
 
-    trainable: a function ``fn(config)`` calling ``tune.report(...)``, a Trainable subclass, or
-    an hpcray.train trainer (param_space={"train_loop_config": {...}}).
+    trainable: a function ``fn(config)`` calling ``tune.report(...)``, a Trainable subclass,
+    an hpcray.train trainer (param_space={"train_loop_config": {...}}), or the name of one
+    registered with ``tune.register_trainable`` or of an RLlib algorithm ("PPO", "DQN", ...).
     """
 
     def __init__(self, trainable: Any, *, param_space: dict | None = None,
                  tune_config: TuneConfig | None = None, run_config: RunConfig | None = None,
                  _restored: dict | None = None):
+        if isinstance(trainable, str):
+            trainable = registry.get_trainable_cls(trainable)
+        trainable = _sized(trainable, param_space)
         if is_trainer(trainable):
             trainable = as_trainable(trainable, dict(param_space or {}))
         if not callable(trainable):
@@ -175,6 +180,28 @@ def _watch_preemption() -> None:
     if not _preemption_watched:
         _preemption_watched.append(True)
         hpcray.on_preempt(ctl.on_preempt)
+
+
+def _sized(trainable: Any, param_space: dict | None) -> Any:
+    """A Trainable class with ``default_resource_request(config)`` (an RLlib algorithm: its env
+    runners and learners are actors of their own) sized by it: Ray's bundle list, the first
+    bundle held by the trial's actor. Without this, trials filling every CPU would leave
+    none for their runners."""
+    request = getattr(trainable, "default_resource_request", None)
+    if request is None or getattr(trainable, "_tune_resources", None) is not None:
+        return trainable
+    bundles = request(param_space or {})
+    if not bundles:
+        return trainable
+
+    def total(key: str, items: list) -> float:
+        return float(sum(b.get(key, 0) for b in items))
+
+    return type(trainable.__name__, (trainable,), {
+        "_tune_resources": {"cpu": total("CPU", bundles), "gpu": total("GPU", bundles)},
+        "_tune_runner_resources": {"cpu": total("CPU", bundles[:1]),
+                                   "gpu": total("GPU", bundles[:1])},
+        "_tune_inner": getattr(trainable, "_tune_inner", trainable)})
 
 
 def with_parameters(trainable: Any, **kwargs: Any) -> Any:

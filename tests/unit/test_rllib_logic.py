@@ -342,3 +342,88 @@ def test_n_step_transitions_carry_over_fragment_ends(n):
         np.testing.assert_allclose(rows[key][a], whole[key][b], rtol=1e-6)
     # the held-back last rows of the whole run are the only ones missing from it
     assert len(whole["rewards"]) >= horizon * cols - (n - 1) * cols
+
+
+def test_registered_env_and_algorithm_names_resolve_and_travel_with_the_config():
+    import subprocess
+    import sys
+
+    import cloudpickle
+    import gymnasium as gym
+
+    from hpcray import tune
+    from hpcray.rllib.algorithms.dqn import DQN
+    from hpcray.rllib.algorithms.ppo import PPO, PPOConfig
+    from hpcray.tune import registry
+
+    saved = registry.snapshot()
+    horizon = 7
+    try:
+        tune.register_env("short_cartpole", lambda cfg: gym.make(
+            "CartPole-v1", max_episode_steps=horizon + cfg["extra"]))
+        config = PPOConfig().environment("short_cartpole", env_config={"extra": 2})
+        assert config.env_creator()({"extra": 2}).spec.max_episode_steps == 9
+        with pytest.raises(ValueError, match="'short_cartpole'"):  # the error lists it
+            PPOConfig().environment("NoSuchEnv-v0").env_creator()
+        assert registry.get_trainable_cls("PPO") is PPO
+        assert registry.get_trainable_cls("DQN") is DQN
+        # another process, with nothing registered, makes the env from the pickled config
+        blob = cloudpickle.dumps(config.copy())
+    finally:
+        registry._unregister_all()
+        registry.install(saved)
+    code = ("import pickle, sys; c = pickle.loads(sys.stdin.buffer.read()); "
+            "print(c.env_creator()(c.env_config).spec.max_episode_steps)")
+    out = subprocess.run([sys.executable, "-c", code], input=blob, capture_output=True, check=False,
+                         timeout=120)
+    assert out.returncode == 0 and out.stdout.decode().strip() == "9", out.stderr.decode()[-2000:]
+
+
+def test_algorithm_resource_request_counts_runners_and_learners():
+    from hpcray import tune
+    from hpcray.rllib.algorithms.ppo import PPO, PPOConfig
+
+    config = (PPOConfig().env_runners(num_env_runners=3, num_cpus_per_env_runner=2)
+              .learners(num_learners=2, num_gpus_per_learner=1))
+    assert PPO.default_resource_request(config) == [
+        {"CPU": 1, "GPU": 0}, *[{"CPU": 2}] * 3, *[{"CPU": 1, "GPU": 1}] * 2]
+    assert PPO.default_resource_request(dict(config)) == PPO.default_resource_request(config)
+    local = PPOConfig().learners(num_gpus_per_learner=1)  # the trial's own learner
+    assert PPO.default_resource_request(local) == [{"CPU": 1, "GPU": 1}]
+    searched = PPOConfig().env_runners(num_env_runners=tune.choice([1, 2]))
+    assert PPO.default_resource_request(searched) == [{"CPU": 1, "GPU": 0}]
+
+
+def test_checkpoint_modules_load_by_rllib_path_and_infer_as_numpy_does(tmp_path):
+    from pathlib import Path
+
+    from hpcray.rllib.algorithms.ppo import PPOConfig
+    from hpcray.rllib.core.rl_module import RLModule
+
+    config = (PPOConfig().environment("CartPole-v1").env_runners(num_envs_per_env_runner=2)
+              .training(train_batch_size_per_learner=200, minibatch_size=100, num_epochs=1)
+              .rl_module(model_config={"fcnet_hiddens": [16]}).debugging(seed=1))
+    algo = config.build_algo()
+    result = algo.train()
+    assert result["config"]["train_batch_size_per_learner"] == 200
+    assert result["iterations_since_restore"] == 1 and result["done"] is False
+    path = algo.save_to_path(str(tmp_path / "ckpt"))
+    module = RLModule.from_checkpoint(
+        Path(path) / "learner_group" / "learner" / "rl_module")["default_policy"]
+    assert set(RLModule.from_checkpoint(path)) == {"default_policy"}
+    obs = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
+    logits = module.forward_inference({"obs": torch.from_numpy(obs)})["action_dist_inputs"]
+    assert not logits.requires_grad
+    w = algo.get_module().get_state()  # numpy arrays: pi = Linear, Tanh, Linear
+    ref = np.tanh(obs @ w["pi.0.weight"].T + w["pi.0.bias"]) @ w["pi.2.weight"].T + w["pi.2.bias"]
+    np.testing.assert_allclose(logits.numpy(), ref, rtol=1e-5, atol=1e-6)
+    # the local runner holds the same weights; foreach_* reach every runner (here: the local)
+    assert algo.env_runner is algo.env_runner_group.local
+    states = algo.env_runner_group.foreach_worker(lambda runner: runner.module.get_state())
+    assert len(states) == 1 and all(np.array_equal(states[0][k], w[k]) for k in w)
+    assert algo.env_runner_group.foreach_env_runner_with_id(lambda i, runner: i) == [0]
+    with pytest.raises(FileNotFoundError, match="save_to_path"):
+        RLModule.from_checkpoint(tmp_path)
+    with pytest.raises(ValueError, match="default_policy"):
+        algo.get_module("other")
+    algo.stop()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 import pickle
+import platform
 import tempfile
 import threading
 import time
@@ -18,7 +20,7 @@ from hpcray import tune
 from hpcray.tune.storage import flatten
 
 from ..core.learner_group import LearnerGroup
-from ..core.rl_module import build_module
+from ..core.rl_module import build_module, save_modules
 from ..env.env_runner import EnvRunner
 from ..env.env_runner_group import EnvRunnerGroup, runner_class
 from .algorithm_config import AlgorithmConfig
@@ -61,6 +63,23 @@ class Algorithm(tune.Trainable):
     def get_default_config(cls) -> AlgorithmConfig:
         return cls.config_class(cls)
 
+    @classmethod
+    def default_resource_request(cls, config: AlgorithmConfig | dict) -> list[dict]:
+        """What one Tune trial of this algorithm holds, as Ray's bundle list: the trial's own
+        CPU (the algorithm and its local learner), then one bundle per env runner and per
+        learner actor. A setting given as a search space counts at its default."""
+        default = cls.get_default_config()
+
+        def get(key: str) -> Any:
+            value = config.get(key, None) if hasattr(config, "get") else None
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            return value if number else getattr(default, key)
+
+        gpus = get("num_gpus_per_learner")
+        runners = [{"CPU": get("num_cpus_per_env_runner")}] * int(get("num_env_runners"))
+        learners = [{"CPU": get("num_cpus_per_learner"), "GPU": gpus}] * int(get("num_learners"))
+        return [{"CPU": 1, "GPU": 0 if learners else gpus}, *runners, *learners]
+
     # -- policy hooks used by the env runners --------------------------------------------------
     @classmethod
     def build_module(cls, config: AlgorithmConfig, observation_space, action_space,
@@ -98,6 +117,7 @@ class Algorithm(tune.Trainable):
         self._episodes: dict[int, list[tuple[float, int]]] = {}  # runner -> this iteration's
         self._last_stats = _episode_stats([], [])
         self._time_total = 0.0
+        self._since_restore = 0
         self.env_runner_group = EnvRunnerGroup(config)
         probe = self.env_runner_group.local or runner_class(config)(config, 0)
         if config.is_multi_agent:
@@ -109,6 +129,7 @@ class Algorithm(tune.Trainable):
             probe.stop()
         self.learner_group = LearnerGroup(config, self._obs_space, self._act_space)
         self._eval_runner: EnvRunner | None = None
+        self._local_runner: EnvRunner | None = None
         self._weights_version = 0
         self._push_weights()
         self.setup_algorithm()
@@ -118,19 +139,40 @@ class Algorithm(tune.Trainable):
         """Algorithm-specific state (replay buffers, schedules)."""
 
     @property
-    def env_runner(self) -> EnvRunner | None:
-        return self.env_runner_group.local
+    def env_runner(self) -> EnvRunner:
+        """The local env runner: the sampling one with num_env_runners=0; with remote runners,
+        one made here on first access (as RLlib's local runner, it holds the current weights
+        but does not sample for training)."""
+        if self.env_runner_group.local is not None:
+            return self.env_runner_group.local
+        if self._local_runner is None:
+            self._local_runner = runner_class(self.config)(self.config, 0)
+        self._local_runner.set_weights(self.learner_group.call("get_weights"),
+                                       self._weights_version)
+        return self._local_runner
 
     def get_module(self, module_id: str = "default_policy"):
         """A copy of the trained module (torch) of policy module_id, on this process."""
+        return self._modules([module_id])[module_id]
+
+    def _modules(self, module_ids: list[str] | None = None) -> dict:
+        """Copies of the trained modules, by id (every policy's by default)."""
         weights = self.learner_group.call("get_weights")
-        if self.config.is_multi_agent:
-            module = self.build_module(self.config, *self._obs_space[module_id], None)
-            module.load_state_dict(weights[module_id])
-        else:
-            module = self.build_module(self.config, self._obs_space, self._act_space, None)
-            module.load_state_dict(weights)
-        return module
+        modules = {}
+        for mid in module_ids or self.config.policy_ids():
+            if self.config.is_multi_agent:
+                if mid not in self._obs_space:
+                    raise ValueError(f"no module {mid!r}; modules: {sorted(self._obs_space)}")
+                module = self.build_module(self.config, *self._obs_space[mid], None)
+                module.load_state_dict(weights[mid])
+            else:
+                if mid != "default_policy":
+                    raise ValueError(f"a single-agent algorithm has one module, "
+                                     f"'default_policy', not {mid!r}")
+                module = self.build_module(self.config, self._obs_space, self._act_space, None)
+                module.load_state_dict(weights)
+            modules[mid] = module.eval()
+        return modules
 
     def _push_weights(self) -> None:
         self._weights_version += 1
@@ -246,10 +288,18 @@ class Algorithm(tune.Trainable):
         return result
 
     def train(self) -> dict:
-        """One training iteration; returns RLlib's nested result dict."""
+        """One training iteration; returns RLlib's nested result dict, with the keys Ray's
+        Trainable.train() fills in (config, date, timestamp, pid, hostname, done, ...)."""
         with self._busy:
             result = self._train_once()
             self.iteration += 1
+        now = datetime.datetime.now()
+        self._since_restore += 1
+        result.update({
+            "config": self.config.to_dict(), "date": now.strftime("%Y-%m-%d_%H-%M-%S"),
+            "timestamp": int(now.timestamp()), "pid": os.getpid(),
+            "hostname": platform.node(), "done": False,
+            "iterations_since_restore": self._since_restore})
         return result
 
     def evaluate(self) -> dict:
@@ -297,6 +347,7 @@ class Algorithm(tune.Trainable):
             with open(tmp, "wb") as f:
                 f.write(data)
             os.replace(tmp, os.path.join(path, name))
+        save_modules(path, self._modules())
         return path
 
     save = save_to_path
@@ -314,6 +365,7 @@ class Algorithm(tune.Trainable):
         self._last_stats = dict(state["last_stats"])
         self._episodes = {}
         self._time_total = state["time_total"]
+        self._since_restore = 0
         self._weights_version = state["weights_version"]
         same = (state["config"].num_envs_per_env_runner == self.config.num_envs_per_env_runner
                 and self.env_runner_group.set_states(state["runners"]))
@@ -379,8 +431,9 @@ class Algorithm(tune.Trainable):
         self._stopped = True
         self.env_runner_group.stop()
         self.learner_group.stop()
-        if self._eval_runner is not None:
-            self._eval_runner.stop()
+        for runner in (self._eval_runner, self._local_runner):
+            if runner is not None:
+                runner.stop()
 
     def cleanup(self) -> None:
         self.stop()

@@ -12,10 +12,13 @@ A module is built as ``module_class(observation_space, action_space, model_confi
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import cloudpickle
 import numpy as np
 import torch
 from torch import nn
@@ -32,6 +35,58 @@ class RLModuleSpec:
     model_config: dict = field(default_factory=dict)
     observation_space: Any = None
     action_space: Any = None
+
+
+#: Where a checkpoint keeps its trained modules: RLlib's component path, so
+#: ``RLModule.from_checkpoint(Path(ckpt) / "learner_group" / "learner" / "rl_module")`` works.
+RL_MODULE_DIR = os.path.join("learner_group", "learner", "rl_module")
+MODULES_FILE = "modules.pkl"
+
+
+class RLModule(nn.Module):
+    """Base of the default modules: RLlib's inference calls and state, and the checkpoint
+    reader. ``forward(obs)`` is the one method a module implements."""
+
+    def forward_inference(self, batch: dict) -> dict[str, torch.Tensor]:
+        """forward() of batch["obs"] without gradients (RLlib's greedy path)."""
+        with torch.no_grad():
+            return self.forward(torch.as_tensor(batch["obs"], dtype=torch.float32))
+
+    def forward_exploration(self, batch: dict) -> dict[str, torch.Tensor]:
+        return self.forward_inference(batch)
+
+    def forward_train(self, batch: dict) -> dict[str, torch.Tensor]:
+        return self.forward(torch.as_tensor(batch["obs"], dtype=torch.float32))
+
+    def get_state(self) -> dict[str, np.ndarray]:
+        """The weights as numpy arrays, by parameter name."""
+        return {k: v.detach().cpu().numpy().copy() for k, v in self.state_dict().items()}
+
+    def set_state(self, state: dict) -> None:
+        self.load_state_dict({k: torch.as_tensor(v) for k, v in state.items()})
+
+    @staticmethod
+    def from_checkpoint(path: str | os.PathLike) -> dict[str, nn.Module]:
+        """The trained modules of an algorithm checkpoint, by module id ("default_policy"):
+        path is the checkpoint or its learner_group/learner/rl_module folder."""
+        path = Path(path)
+        if not (path / MODULES_FILE).exists() and (path / RL_MODULE_DIR / MODULES_FILE).exists():
+            path = path / RL_MODULE_DIR
+        if not (path / MODULES_FILE).exists():
+            raise FileNotFoundError(f"no saved modules at {path}: pass a checkpoint folder "
+                                    f"written by Algorithm.save_to_path or its {RL_MODULE_DIR}")
+        with open(path / MODULES_FILE, "rb") as f:
+            return cloudpickle.load(f)
+
+
+def save_modules(path: str, modules: dict[str, nn.Module]) -> None:
+    """Writes modules (id -> module) under path/RL_MODULE_DIR for RLModule.from_checkpoint."""
+    folder = os.path.join(path, RL_MODULE_DIR)
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, MODULES_FILE + ".tmp")
+    with open(tmp, "wb") as f:
+        cloudpickle.dump(modules, f)
+    os.replace(tmp, os.path.join(folder, MODULES_FILE))
 
 
 def mlp(sizes: list[int], activation: str | None, out_gain: float = 1.0) -> nn.Sequential:
@@ -92,7 +147,7 @@ def hidden(model_config: dict, default: list[int]) -> list[int]:
     return list(model_config.get("fcnet_hiddens", default))
 
 
-class PPOTorchRLModule(nn.Module):
+class PPOTorchRLModule(RLModule):
     """Separate policy and value networks (``vf_share_layers=False``, RLlib's default)."""
 
     def __init__(self, observation_space, action_space, model_config: dict):
@@ -127,7 +182,7 @@ class PPOTorchRLModule(nn.Module):
         return {"action_dist_inputs": self.pi(obs), "vf_preds": self.vf(obs).squeeze(-1)}
 
 
-class DQNTorchRLModule(nn.Module):
+class DQNTorchRLModule(RLModule):
     """Q network; ``dueling=True`` splits it into value and advantage streams."""
 
     def __init__(self, observation_space, action_space, model_config: dict):
@@ -170,7 +225,7 @@ class DQNTorchRLModule(nn.Module):
         return {"q_values": self.value(z) + adv - adv.mean(dim=-1, keepdim=True)}
 
 
-class SACTorchRLModule(nn.Module):
+class SACTorchRLModule(RLModule):
     """Squashed Gaussian policy and twin Q networks (their targets live in the learner)."""
 
     def __init__(self, observation_space, action_space, model_config: dict):

@@ -15,14 +15,7 @@ from typing import Any
 import cloudpickle
 import numpy as np
 
-_REGISTRY: dict[str, Callable[[dict], Any]] = {}
-
-
-def register_env(name: str, env_creator: Callable[[dict], Any]) -> None:
-    """Registers ``env_creator(env_config) -> env`` under name, for ``.environment(name)``."""
-    if not callable(env_creator):
-        raise TypeError(f"register_env({name!r}, ...) needs a callable env_creator(env_config)")
-    _REGISTRY[name] = env_creator
+from hpcray.tune import registry
 
 
 class EnvContext(dict):
@@ -40,13 +33,14 @@ def resolve_env_creator(env: Any) -> Callable[[EnvContext], Any]:
     import gymnasium as gym
 
     if isinstance(env, str):
-        if env in _REGISTRY:
-            return _REGISTRY[env]
+        if registry.contains_env(env):
+            return registry.get_env_creator(env)
         try:
             gym.spec(env)
         except gym.error.Error as exc:
-            raise ValueError(f"environment {env!r} is neither registered with register_env(name, "
-                             f"creator) nor a gymnasium id ({exc})") from None
+            raise ValueError(f"environment {env!r} is neither registered with "
+                             f"tune.register_env(name, creator) (registered: "
+                             f"{registry.registered_envs()}) nor a gymnasium id ({exc})") from None
         return lambda ctx: gym.make(env, **dict(ctx))
     if callable(env):
         return env
@@ -82,7 +76,23 @@ def make_env(config: Any, worker_index: int, vector_index: int) -> Any:
                                            config.num_env_runners, vector_index))
 
 
-class EnvRunner:
+class RunnerCalls:
+    """What the group calls on every kind of env runner, besides sampling."""
+
+    worker_index: int
+
+    def ping(self) -> int:
+        return self.worker_index
+
+    def apply(self, func: Callable[[Any], Any], weights: dict | None = None,
+              version: int = 0) -> Any:
+        """func(this runner), after loading the newest weights (EnvRunnerGroup.foreach_env_runner)."""
+        if weights is not None:
+            self.set_weights(weights, version)
+        return func(self)
+
+
+class EnvRunner(RunnerCalls):
     """Steps num_envs environments of one runner; the algorithm class supplies the policy."""
 
     def __init__(self, config: Any, worker_index: int, generation: int = 0):
@@ -103,9 +113,6 @@ class EnvRunner:
         self.module = None
         self.weights_version = -1
         self.carry: dict = {}  # what postprocessing holds back for the next fragment
-
-    def ping(self) -> int:
-        return self.worker_index
 
     def set_weights(self, weights: dict, version: int) -> None:
         if self.module is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import hpcray
@@ -60,6 +61,26 @@ class EnvRunnerGroup:
             self.local.set_weights(weights, version)
         else:
             self.weights_ref = hpcray.put(weights)
+
+    def foreach_env_runner(self, func: Callable[[Any], Any], *, local_env_runner: bool = True,
+                           remote_worker_ids: list[int] | None = None, **_: Any) -> list:
+        """[func(runner) for every runner]: the local one (when sampling happens here and
+        local_env_runner), then the remote ones (ids 1..n, or remote_worker_ids), each with
+        the newest weights loaded."""
+        out = []
+        if self.local is not None and local_env_runner:
+            out.append(self.local.apply(func))
+        ids = remote_worker_ids or range(1, len(self.remote) + 1)
+        refs = [self.remote[i - 1].apply.remote(func, self.weights_ref, self.version)
+                for i in ids]
+        return out + (hpcray.get(refs) if refs else [])
+
+    def foreach_env_runner_with_id(self, func: Callable[[int, Any], Any], **kwargs: Any) -> list:
+        """Like foreach_env_runner, with func(runner_id, runner) (0: the local runner)."""
+        return self.foreach_env_runner(lambda runner: func(runner.worker_index, runner), **kwargs)
+
+    foreach_worker = foreach_env_runner
+    foreach_worker_with_id = foreach_env_runner_with_id
 
     def num_healthy(self) -> int:
         return 1 if self.local is not None else len(self.remote)

@@ -9,7 +9,7 @@ from typing import Any
 import cloudpickle
 import numpy as np
 
-from .env_runner import derived_seeds, make_env, runner_setup
+from .env_runner import RunnerCalls, derived_seeds, make_env, runner_setup
 
 
 class MultiAgentEnv:
@@ -46,7 +46,7 @@ def policy_spaces(env: MultiAgentEnv, config: Any) -> dict[str, tuple]:
     return spaces
 
 
-class MultiAgentEnvRunner:
+class MultiAgentEnvRunner(RunnerCalls):
     """num_envs copies of a MultiAgentEnv; fragments hold one batch per policy."""
 
     def __init__(self, config: Any, worker_index: int, generation: int = 0):
@@ -62,9 +62,6 @@ class MultiAgentEnvRunner:
         self.ep_len = np.zeros(n, dtype=np.int64)
         self.modules: dict | None = None
         self.weights_version = -1
-
-    def ping(self) -> int:
-        return self.worker_index
 
     def set_weights(self, weights: dict, version: int) -> None:
         if self.modules is None:

@@ -6,9 +6,10 @@ import sys
 import tempfile
 
 import gymnasium as gym
+import numpy as np
 
 import hpcray
-from hpcray.rllib import register_env
+from hpcray.tune import register_env
 
 sys.path.insert(0, sys.argv[1])
 from common import cartpole_ppo, emit
@@ -40,7 +41,13 @@ hpcray.init()
 register_env("flaky", Flaky)
 algo = cartpole_ppo().environment("flaky").build_algo()
 results = [algo.train() for _ in range(3)]
-emit({"restarts": [r["fault_tolerance"]["num_remote_worker_restarts"] for r in results],
+learned = algo.get_module().get_state()
+states = algo.env_runner_group.foreach_env_runner(lambda runner: runner.module.get_state())
+emit({"ids": algo.env_runner_group.foreach_env_runner_with_id(lambda i, runner: i),
+      "runner_weights_current": [sorted(s) == sorted(learned) and all(
+          np.array_equal(s[k], learned[k]) for k in learned) for s in states],
+      "local_weights_current": all(np.array_equal(algo.env_runner.module.get_state()[k], v)
+                                   for k, v in learned.items()),"restarts": [r["fault_tolerance"]["num_remote_worker_restarts"] for r in results],
       "healthy": results[-1]["fault_tolerance"]["num_healthy_workers"],
       "steps": [r["env_runners"]["num_env_steps_sampled"] for r in results],
       "crashed": os.path.exists(MARK)})
