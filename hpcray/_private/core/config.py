@@ -32,7 +32,9 @@ class Config:
     #: its cgroup limit when lower)
     memory_limit: int = 0
     #: large objects live in node-shared memory (anonymous memfds): ranks and executors of a
-    #: node map them with no copy, and MPI moves them only between nodes
+    #: node map them with no copy, and MPI moves them only between nodes (default: on with
+    #: HPCRAY_EXECUTION=process, off with thread, where ranks move them by MPI from the
+    #: producer's own memory)
     node_store: bool = True
     #: CPUs each worker rank advertises
     cpus_per_rank: float = 1.0
@@ -155,6 +157,9 @@ def load(defaults: dict | None = None, **overrides) -> Config:
     for key, value in overrides.items():
         if value is not None:
             setattr(config, key, value)
+    if config.execution == "thread" and "HPCRAY_NODE_STORE" not in os.environ and \
+            "node_store" not in overrides:
+        config.node_store = False
     if config.execution not in ("process", "thread"):
         raise ValueError(f"HPCRAY_EXECUTION={config.execution!r} is invalid: use \"process\" "
                          "(user code in executor processes) or \"thread\" (in the rank)")
