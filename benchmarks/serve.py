@@ -1,13 +1,16 @@
 """Serve benchmark: a trivial JSON deployment with 2 replicas under wrk, hpcray vs Ray Serve.
 
-    python benchmarks/serve.py                     # 20 s of load on each, 32 connections
+    python benchmarks/serve.py                     # 3 rounds of 20 s of load on each system
     python benchmarks/serve.py --ray-python ''     # hpcray only
 
 The parent imports neither system. It runs ``python benchmarks/serve.py --internal hpcray``
 (``hpcray.init(num_cpus=2)``: the head rank with the HTTP ingress plus two worker ranks) and
 ``RAY_PYTHON benchmarks/serve.py --internal ray`` (``ray.init(num_cpus=2)``), each of which
 deploys the same class with the same options, warms up, runs wrk (Debian's package: 2 threads,
-32 connections, --latency) and reports requests/s and latency percentiles.
+32 connections, --latency) and reports requests/s and latency percentiles. hpcray runs in both
+execution modes (``HPCRAY_EXECUTION=process``: replicas in executor processes; ``thread``: in
+the ranks). Rounds rotate which system goes first; cells are medians over rounds (min..max) and
+a ratio is the median of the rounds' ratios.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import os
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -90,9 +94,15 @@ def internal(system: str, seconds: float, connections: int) -> None:
     rt.shutdown()
 
 
+MODES = {"hpcray": "process", "hpcray-thread": "thread"}
+
+
 def run_internal(python: str, system: str, seconds: float, connections: int) -> dict | None:
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get(
         "PYTHONPATH", ""), PYTHONUNBUFFERED="1")
+    if system in MODES:
+        env["HPCRAY_EXECUTION"] = MODES[system]
+        system = "hpcray"
     cmd = [python, str(Path(__file__).resolve()), "--internal", system, "--seconds",
            str(seconds), "--connections", str(connections)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=seconds + 300,
@@ -105,11 +115,19 @@ def run_internal(python: str, system: str, seconds: float, connections: int) -> 
     return json.loads(lines[-1][len(TAG):])
 
 
+def _cell(values: list[float]) -> str:
+    if not values:
+        return "failed"
+    text = f"{statistics.median(values):,.1f}"
+    return text + (f" ({min(values):,.1f}..{max(values):,.1f})" if len(values) > 1 else "")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--internal", choices=["hpcray", "ray"], help=argparse.SUPPRESS)
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--connections", type=int, default=32)
+    p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--ray-python", default=DEFAULT_RAY_PYTHON,
                    help=f"interpreter with ray[serve] (default {DEFAULT_RAY_PYTHON}; '' skips)")
     ns = p.parse_args()
@@ -122,25 +140,32 @@ def main() -> int:
     print(f"load: wrk -t2 -c{ns.connections} -d{ns.seconds:g}s, trivial JSON deployment, "
           "2 replicas, 2 worker CPUs; load average before: "
           f"{os.getloadavg()[0]:.2f}")
-    results = {"hpcray": run_internal(sys.executable, "hpcray", ns.seconds, ns.connections)}
+    systems = [(name, sys.executable) for name in MODES]
     if ns.ray_python and Path(ns.ray_python).exists():
-        results["ray"] = run_internal(ns.ray_python, "ray", ns.seconds, ns.connections)
-    print(f"\n{'system':<10}{'requests/s':>12}{'p50 ms':>10}{'p90 ms':>10}{'p99 ms':>10}"
-          f"{'non-2xx':>10}{'sock err':>10}")
-    for name, r in results.items():
-        if r is None:
-            print(f"{name:<10}{'failed':>12}")
+        systems.append(("ray", ns.ray_python))
+    rounds: list[dict] = []
+    for rnd in range(ns.rounds):
+        shift = rnd % len(systems)
+        got = {}
+        for name, python in systems[shift:] + systems[:shift]:
+            print(f"round {rnd + 1}/{ns.rounds}: {name}", file=sys.stderr, flush=True)
+            got[name] = run_internal(python, name, ns.seconds, ns.connections)
+        rounds.append(got)
+    print(f"\n{'system':<15}{'requests/s':>26}{'p50 ms':>24}{'p99 ms':>24}{'failed':>8}")
+    for name, _ in systems:
+        ok = [r[name] for r in rounds if r.get(name)]
+        cells = [_cell([r[key] for r in ok]) for key in ("rps", "p50_ms", "p99_ms")]
+        print(f"{name:<15}{cells[0]:>26}{cells[1]:>24}{cells[2]:>24}"
+              f"{len(rounds) - len(ok):>8}")
+    for name in MODES:
+        paired = [(r[name], r["ray"]) for r in rounds if r.get(name) and r.get("ray")]
+        if not paired:
             continue
-        print(f"{name:<10}{r['rps']:>12.1f}{r['p50_ms']:>10.2f}{r['p90_ms']:>10.2f}"
-              f"{r['p99_ms']:>10.2f}{r['non_2xx']:>10}{r['socket_errors']:>10}")
-    h, r = results.get("hpcray"), results.get("ray")
-    if h and r:
-        rps_ratio, p99_ratio = h["rps"] / r["rps"], r["p99_ms"] / h["p99_ms"]
-        print(f"\nrequests/s: hpcray {rps_ratio:.1f}x Ray Serve (target >= 5x): "
-              f"{'PASS' if rps_ratio >= 5 else 'MISS'}")
-        print(f"p99 latency: hpcray's is 1/{p99_ratio:.1f} of Ray's (target <= 1/5): "
-              f"{'PASS' if p99_ratio >= 5 else 'MISS'}")
-        print(f"p50 latency: hpcray {h['p50_ms']:.2f} ms, Ray {r['p50_ms']:.2f} ms")
+        rps = statistics.median(h["rps"] / y["rps"] for h, y in paired)
+        p99 = statistics.median(y["p99_ms"] / h["p99_ms"] for h, y in paired)
+        print(f"\n{name}: requests/s {rps:.1f}x Ray Serve (target >= 5x): "
+              f"{'PASS' if rps >= 5 else 'MISS'}; p99 1/{p99:.1f} of Ray's (target <= 1/5): "
+              f"{'PASS' if p99 >= 5 else 'MISS'} (medians of {len(paired)} rounds' ratios)")
     return 0
 
 
