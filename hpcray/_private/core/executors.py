@@ -15,13 +15,13 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import selectors
 import signal
 import socket
 import sys
 import threading
 import time
 import traceback
-from multiprocessing.connection import wait as wait_ready
 from typing import TYPE_CHECKING, Any
 
 from ... import exceptions as E
@@ -321,26 +321,36 @@ class ExecutorPool:
 
     # -- the hub -------------------------------------------------------------------------------
     def loop(self) -> None:
+        """The hub: one epoll set over every executor's channel and process sentinel."""
+        selector = selectors.DefaultSelector()
+        selector.register(self.wake_r, selectors.EVENT_READ, None)
+        watched: dict[int, Proc] = {}  # channel fd -> its executor
         while not self.closed:
             with self.lock:
-                procs = list(self.procs.values())
-            waitables: list = [self.wake_r]
-            for proc in procs:
-                waitables += [proc.channel.sock, proc.process.sentinel]
-            for ready in wait_ready(waitables):
-                if ready is self.wake_r:
-                    try:
+                current = dict(self.procs)
+            for fd, proc in current.items():
+                if fd not in watched and not proc.dead:
+                    watched[fd] = proc
+                    selector.register(proc.channel.sock, selectors.EVENT_READ, (proc, False))
+                    selector.register(proc.process.sentinel, selectors.EVENT_READ, (proc, True))
+            for key, _ in selector.select():
+                if key.data is None:
+                    with contextlib.suppress(BlockingIOError):
                         self.wake_r.recv(4096)
-                    except BlockingIOError:
-                        pass
                     continue
-                proc = next((p for p in procs if ready is p.channel.sock), None)
-                if proc is not None:
-                    self.receive(proc)
+                proc, died = key.data
+                if proc.dead:
+                    continue
+                if died:
+                    self.drain_then_bury(proc)
                 else:
-                    proc = next((p for p in procs if ready == p.process.sentinel), None)
-                    if proc is not None:
-                        self.drain_then_bury(proc)
+                    self.receive(proc)
+            for fd in [fd for fd, proc in watched.items() if proc.dead]:
+                proc = watched.pop(fd)
+                for number in (fd, proc.process.sentinel):  # by number: the socket is closed
+                    with contextlib.suppress(KeyError, ValueError, OSError):
+                        selector.unregister(number)
+        selector.close()
 
     def receive(self, proc: Proc) -> None:
         try:
