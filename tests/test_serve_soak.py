@@ -35,7 +35,7 @@ def test_soak_under_500_connections(tmp_path) -> None:
     job = HeldJob(tmp_path, [])
     try:
         procs = _job_processes(job)
-        ranks = [p for p in procs if "forkserver" not in " ".join(p.cmdline())]
+        ranks = [p for p in procs if "hold.py" in " ".join(p.cmdline())]  # not executors
         assert len(ranks) == 3
         samples: list[list[tuple[int, int, int]]] = []
         stop = threading.Event()

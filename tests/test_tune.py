@@ -282,17 +282,23 @@ PATH = os.path.abspath("results/resume")
 
 
 def kill_the_job():
-    """SIGKILL to the launcher and every process under it, as a preemption would."""
+    """SIGKILL to the launcher and every process under it, as a preemption would: the head
+    first (it must see no other death it could record), this process's own ancestors last
+    (killing its rank ends this executor too)."""
+    rt = hpcray.get_runtime_context()._rt
     me = psutil.Process()
-    launcher = next((p for p in me.parents() if "mpiexec" in p.name() or "mpirun" in p.name()
+    ancestors = me.parents()
+    launcher = next((p for p in ancestors if "mpiexec" in p.name() or "mpirun" in p.name()
                      or "prterun" in p.name()), None)
-    victims = (launcher.children(recursive=True) + [launcher]) if launcher else []
-    for proc in victims:
-        if proc.pid != me.pid:
-            try:
-                proc.kill()
-            except psutil.Error:
-                pass
+    everyone = (launcher.children(recursive=True) + [launcher]) if launcher else []
+    head = [p for p in everyone if p.pid == rt.ranks[0].pid]
+    mine = [p for p in ancestors if p in everyone]  # launcher ... this executor's rank
+    others = [p for p in everyone if p not in head and p not in mine and p.pid != me.pid]
+    for proc in head + others + sorted(mine, key=lambda p: len(p.parents())):
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
     os.kill(me.pid, signal.SIGKILL)
 
 
