@@ -27,7 +27,7 @@ from . import context
 from . import protocol as P
 from .backoff import Backoff
 from .objects import DROP, LocalStore, RefTracker, Stored
-from .runner import ActorHost, Runner, ThreadPool
+from .runner import ActorHost, Runner
 from .runtime import Runtime
 from .serialization import fits_inline, has_device
 
@@ -124,7 +124,6 @@ class ExecutorRuntime(Runner, Runtime):
         self.req_ids = iter(range(1, 1 << 62))
         self.done: list = []
         self.tasks: queue.SimpleQueue = queue.SimpleQueue()
-        self.threads = ThreadPool()
         self.actor: ActorHost | None = None
         self.before_user_code = lambda: None
 
@@ -190,15 +189,9 @@ class ExecutorRuntime(Runner, Runtime):
         self.send(("put", object_id, header, buffers, contained))
         return ref
 
-    def _wait_local(self, ids: list[int], deadline: float | None, count: int | None = None,
-                    until_error: bool = False) -> bool:
-        objects = self.store.objects
-        missing = [i for i in dict.fromkeys(ids) if i not in objects]
-        if not missing:
-            return True
-        need = len(missing) if count is None else count - (len(set(ids)) - len(missing))
-        if need <= 0:
-            return True
+    def fetch(self, missing: list[int], deadline: float | None, need: int,
+              until_error: bool) -> bool:
+        """The rank waits for them (lending the task's CPU) and sends them."""
         complete, found = self.rpc("fetch", missing, deadline, need, until_error)
         self.keep_found(found)
         return complete

@@ -299,24 +299,16 @@ class ExecutorPool:
     def cancel(self, task_id: int, force: bool) -> bool:
         """Cancels a task running in an executor (force: ends the executor); False if none
         runs it."""
-        with self.lock:
-            proc = self.by_task.get(task_id)
-            call = self.calls.get(task_id)
-        if proc is None and call is not None:  # an actor call: its actor's executor cancels it
-            self.worker.cancelled.add(task_id)
-            with contextlib.suppress(ChannelClosed):
-                call.channel.send(("cancel", task_id))
-            return True
+        with self.lock:  # a task's executor, or an actor call's (force: refused by the head)
+            proc = self.by_task.get(task_id) or self.calls.get(task_id)
         if proc is None:
             return False
         self.worker.cancelled.add(task_id)
         if force:
             proc.process.kill()
         else:
-            try:
+            with contextlib.suppress(ChannelClosed):
                 proc.channel.send(("cancel", task_id))
-            except ChannelClosed:
-                pass
         return True
 
     # -- the hub -------------------------------------------------------------------------------

@@ -330,19 +330,25 @@ class Runtime:
                    ) -> ObjectRef:
         object_id = self.ids.next()
         size = nbytes(header, buffers)
-        inline = None
         if fits_inline(header, buffers, self.config.inline_max):
-            buffers = [bytes(b) for b in buffers]
-            inline = (header, buffers, False)
-        segment = None
-        if inline is None and not borrowed:
+            stored = Stored(header, [bytes(b) for b in buffers])
+        elif borrowed:
+            stored = Stored(header, buffers, sending=[])
+        else:
             segment, buffers = self.keep(object_id, buffers)
+            stored = Stored(header, buffers, segment=segment)
         ref = ObjectRef(object_id, _created=True)
-        with self.lock:
-            self.store.add(object_id, Stored(header, buffers, sending=[] if borrowed and
-                                             inline is None else None, segment=segment))
-            self.to_head((P.PUT, object_id, inline, size, contained))
+        self.announce_put(object_id, stored, size, contained)
         return ref
+
+    def announce_put(self, object_id: int, stored: Stored, size: int, contained: list) -> None:
+        """Stores a new object here and tells the head (small ones travel with the news)."""
+        small = stored.segment is None and stored.sending is None and fits_inline(
+            stored.header, stored.buffers, self.config.inline_max)
+        inline = (stored.header, [bytes(b) for b in stored.buffers], False) if small else None
+        with self.lock:
+            self.store.add(object_id, stored)
+            self.to_head((P.PUT, object_id, inline, size, contained))
 
     def keep(self, object_id: int, buffers: list) -> tuple[Segment | None, list]:
         """A private copy of a large value's buffers: in the node store when it is on (and
@@ -373,6 +379,12 @@ class Runtime:
         need = len(missing) if count is None else count - (len(set(ids)) - len(missing))
         if need <= 0:
             return True
+        return self.fetch(missing, deadline, need, until_error)
+
+    def fetch(self, missing: list[int], deadline: float | None, need: int,
+              until_error: bool) -> bool:
+        """Asks the head for the missing ids and waits until ``need`` of them are local (the
+        calling task lends its resources meanwhile)."""
         self.to_head((P.WANT, missing))
         task = getattr(self.local, "task_id", 0)
         if task:

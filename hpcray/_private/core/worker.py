@@ -19,7 +19,7 @@ from .objects import Stored
 from .procs import process_gone
 from .runner import ActorHost, Runner, ThreadPool, _Forward
 from .runtime import Runtime
-from .serialization import fits_inline, nbytes, serialize
+from .serialization import nbytes, serialize
 
 if TYPE_CHECKING:
     from .executors import ExecutorPool
@@ -253,13 +253,7 @@ class WorkerRuntime(Runner, Runtime):
     # -- for the executor processes ----------------------------------------------------------
     def store_put_as(self, object_id: int, stored: Stored, contained: list) -> None:
         """An executor's put: the object is this rank's, under the executor's id."""
-        header, buffers = stored.header, stored.buffers
-        size = nbytes(header, buffers)
-        inline = (header, [bytes(b) for b in buffers], False) if stored.segment is None and \
-            fits_inline(header, buffers, self.config.inline_max) else None
-        with self.lock:
-            self.store.add(object_id, stored)
-            self.to_head((P.PUT, object_id, inline, size, contained))
+        self.announce_put(object_id, stored, nbytes(stored.header, stored.buffers), contained)
 
     def write_output(self, text: str, is_err: bool, pid: int) -> None:
         """What an executor printed: to the driver, named by the executor's pid."""
