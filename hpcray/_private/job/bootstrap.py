@@ -424,13 +424,19 @@ def head_finalize(head: HeadRuntime) -> None:
 @contextlib.contextmanager
 def _watchdog(seconds: float, status: int):
     """Bounds a shutdown step that waits on other ranks: past ``seconds`` the process exits
-    with ``status`` instead of hanging."""
+    with ``status`` instead of hanging.
+
+    An MPI call that blocks while holding the GIL (MPI_Finalize waiting on the process
+    manager for a dead peer) would stall a Python timer forever, so faulthandler's C thread
+    backs it up 5 s later: it prints the stacks and exits with status 1."""
     timer = threading.Timer(seconds, os._exit, args=(status,))
     timer.daemon = True
     timer.start()
+    faulthandler.dump_traceback_later(seconds + 5, exit=True, file=sys.__stderr__)
     try:
         yield
     finally:
+        faulthandler.cancel_dump_traceback_later()
         timer.cancel()
 
 

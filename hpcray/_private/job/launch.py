@@ -137,13 +137,15 @@ def mpiexec_command(
     if flavor == "mpich":
         # Hydra's proxy SIGKILLs every rank of a node when one dies of a signal, whatever
         # -disable-auto-cleanup says; with a shell between them that death is an exit status
-        # and the other ranks live on (the head re-runs the dead rank's work elsewhere)
+        # and the other ranks live on (the head re-runs the dead rank's work elsewhere). The
+        # shell outlives the signals a launcher sends the whole process group (SIGUSR1 from
+        # Hydra, SIGTERM from ours or scancel): the rank decides what they mean.
         cmd.extend(RANK_WRAPPER)
     cmd.extend(argv)
     return cmd, env
 
 
-RANK_WRAPPER = ["sh", "-c", 'trap : USR1; "$@"; exit $?', "sh"]
+RANK_WRAPPER = ["sh", "-c", 'trap : USR1 TERM; "$@"; exit $?', "sh"]
 
 
 # Set by a process manager for every rank it starts.
