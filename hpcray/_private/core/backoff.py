@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 
 
 class Backoff:
@@ -21,7 +22,16 @@ class Backoff:
         self.idle_time = idle_time
         self.idle_delay = max(idle_delay, max_delay)
         self.wakeup = threading.Event()
+        self.wait: Callable[[float], bool] = self.wakeup.wait
+        self.notify: Callable[[], None] | None = None
+        self.sleeping = False
         self.reset()
+
+    def attach(self, wait: Callable[[float], bool], notify: Callable[[], None]) -> None:
+        """Sleeps in ``wait(timeout)`` (True: it was woken or did work) instead of on an
+        event, e.g. a select over file descriptors that the loop also serves;
+        ``notify()`` interrupts it."""
+        self.wait, self.notify = wait, notify
 
     def reset(self) -> None:
         now = time.monotonic()
@@ -37,6 +47,8 @@ class Backoff:
     def kick(self) -> None:
         """Wakes the sleeping loop now: another thread expects a reply soon."""
         self.wakeup.set()
+        if self.sleeping and self.notify is not None:
+            self.notify()
 
     def sleep(self) -> None:
         if self.wakeup.is_set():
@@ -48,6 +60,11 @@ class Backoff:
             return
         cap = self.max_delay if time.monotonic() < self.idle_from else self.idle_delay
         self.delay = min(cap, max(self.delay * 2, 2e-5))
-        if self.wakeup.wait(self.delay):
+        self.sleeping = True
+        try:  # a kick() that saw sleeping False has set wakeup before this check
+            woke = self.wakeup.is_set() or self.wait(self.delay)
+        finally:
+            self.sleeping = False
+        if woke or self.wakeup.is_set():
             self.wakeup.clear()
             self.reset()

@@ -1,10 +1,11 @@
 """A worker rank's executor processes: it supervises, they run user code.
 
 Tasks run in a pool of reused executors (one more is started when all are busy), each
-actor in an executor of its own. One hub thread waits on every executor's channel and
-process sentinel: it forwards what they send toward the head, answers their requests
-(through pool threads when an answer has to wait), and turns an executor's death into
-its task's failure (retried by the head: a system failure) or its actor's death.
+actor in an executor of its own. The rank's progress loop polls every executor's channel
+and process sentinel (it sleeps in that select): it forwards what they send toward the
+head, answers their requests (through pool threads when an answer has to wait), and turns
+an executor's death into its task's failure (retried by the head: a system failure) or
+its actor's death.
 
 Executors are forked from a forkserver started before MPI_Init, with the MPI launcher's
 variables removed, so they never hold MPI and fork no MPI or CUDA state.
@@ -165,8 +166,11 @@ class ExecutorPool:
         self.wake_r.setblocking(False)
         self.closed = False
         start_forkserver([m.strip() for m in worker.config.preload.split(",") if m.strip()])
-        self.hub = threading.Thread(target=self.loop, daemon=True, name="hpcray-executors")
-        self.hub.start()
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(self.wake_r, selectors.EVENT_READ, None)
+        self.added: list[Proc] = []              # started, not yet watched
+        self.polling = threading.Lock()          # one thread reads the channels at a time
+        worker.backoff.attach(self.wait, self.wake)
         self.busy = threading.Event()  # some task runs: the memory monitor watches
         if worker.config.memory_usage_threshold > 0:
             threading.Thread(target=self.monitor, daemon=True, name="hpcray-memory").start()
@@ -193,6 +197,7 @@ class ExecutorPool:
             "env": clean_environ(os.environ), "cwd": os.getcwd(), "sys_path": list(sys.path)})
         with self.lock:
             self.procs[proc.channel.fileno()] = proc
+            self.added.append(proc)
         self.wake()
         return proc
 
@@ -286,7 +291,7 @@ class ExecutorPool:
         try:
             proc.channel.send(("task", fields, blobs))
         except ChannelClosed:
-            pass  # it died: the hub reports the task as crashed
+            pass  # it died: the poll reports the task as crashed
 
     def task_done(self, proc: Proc, task_id: int) -> None:
         with self.lock:
@@ -312,37 +317,64 @@ class ExecutorPool:
         return True
 
     # -- the hub -------------------------------------------------------------------------------
-    def loop(self) -> None:
-        """The hub: one epoll set over every executor's channel and process sentinel."""
-        selector = selectors.DefaultSelector()
-        selector.register(self.wake_r, selectors.EVENT_READ, None)
-        watched: dict[int, Proc] = {}  # channel fd -> its executor
-        while not self.closed:
+    def poll(self, timeout: float = 0.0) -> bool:
+        """Handles what executors sent and their deaths, waiting up to ``timeout`` for
+        something (the rank's progress loop sleeps here); True if anything came.
+
+        The progress loop itself reads the channels, so an executor's result goes to the head
+        without a hand-over between threads."""
+        if self.closed or not self.polling.acquire(blocking=False):
+            return False
+        try:
+            return self._poll(timeout)
+        finally:
+            self.polling.release()
+
+    def wait(self, timeout: float) -> bool:
+        """The rank's backoff sleep: in the executors' select when no other thread is
+        reading them (then on the rank's wake-up event)."""
+        if self.closed or not self.polling.acquire(blocking=False):
+            return self.worker.backoff.wakeup.wait(timeout)
+        try:
+            if timeout >= 1e-3:
+                return self._poll(timeout)
+            # epoll counts whole milliseconds: a shorter sleep polls, then waits on the event
+            if self._poll(0):
+                return True
+        finally:
+            self.polling.release()
+        return self.worker.backoff.wakeup.wait(timeout)
+
+    def _poll(self, timeout: float) -> bool:
+        selector = self.selector
+        if self.added:
             with self.lock:
-                current = dict(self.procs)
-            for fd, proc in current.items():
-                if fd not in watched and not proc.dead:
-                    watched[fd] = proc
+                added, self.added = self.added, []
+            for proc in added:
+                if not proc.dead:
                     selector.register(proc.channel.sock, selectors.EVENT_READ, (proc, False))
                     selector.register(proc.process.sentinel, selectors.EVENT_READ, (proc, True))
-            for key, _ in selector.select():
-                if key.data is None:
-                    with contextlib.suppress(BlockingIOError):
-                        self.wake_r.recv(4096)
-                    continue
-                proc, died = key.data
-                if proc.dead:
-                    continue
-                if died:
-                    self.drain_then_bury(proc)
-                else:
-                    self.receive(proc)
-            for fd in [fd for fd, proc in watched.items() if proc.dead]:
-                proc = watched.pop(fd)
-                for number in (fd, proc.process.sentinel):  # by number: the socket is closed
-                    with contextlib.suppress(KeyError, ValueError, OSError):
-                        selector.unregister(number)
-        selector.close()
+        events = selector.select(timeout)
+        if not events:
+            return False
+        for key, _ in events:
+            if key.data is None:
+                with contextlib.suppress(BlockingIOError):
+                    self.wake_r.recv(4096)
+                continue
+            proc, died = key.data
+            if proc.dead:
+                continue
+            if died:
+                self.drain_then_bury(proc)
+            else:
+                self.receive(proc)
+        return True
+
+    def unwatch(self, proc: Proc) -> None:
+        for number in (proc.channel.fileno(), proc.process.sentinel):
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                self.selector.unregister(number)
 
     def receive(self, proc: Proc) -> None:
         try:
@@ -392,6 +424,7 @@ class ExecutorPool:
                 self.by_actor.pop(proc.actor_id, None)
             for task_id in [t for t, p in self.calls.items() if p is proc]:
                 del self.calls[task_id]
+        self.unwatch(proc)
         proc.channel.close()
         for object_id, count in proc.held.items():  # its refs are gone with it
             for _ in range(count):

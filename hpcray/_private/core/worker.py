@@ -105,6 +105,10 @@ class WorkerRuntime(Runner, Runtime):
         self.flush_output()
         self.flush_done()
 
+    def progress_once(self) -> bool:
+        busy = super().progress_once()
+        return self.pool.poll() or busy if self.pool is not None else busy
+
     def may_poll(self) -> bool:
         return threading.current_thread() is self.main_thread
 
