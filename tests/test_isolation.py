@@ -102,6 +102,16 @@ def test_node_store_maps_one_copy(run_job):
     assert r["from_driver"].startswith("/memfd:hpcray-"), r
 
 
+def test_freed_segments_are_reused_only_when_unmapped(run_job):
+    """Eight 24 MiB objects put by the driver: freed segments are written again (the driver
+    holds fewer segments than it made objects), but never one that a driver array or an
+    actor's kept argument still views; every task reads exactly its own data."""
+    r, _ = run(run_job, job_file("isolation/segment_reuse.py"), timeout=180)
+    assert all(r["results"]) and len(r["results"]) == 6, r
+    assert r["driver_view_intact"] and r["actor_view_intact"], r
+    assert 2 <= r["segments_held_by_driver"] < r["objects"], r
+
+
 def test_cpu_bound_tasks_run_in_parallel_processes(run_job, tmp_path):
     """One worker rank with 2 CPUs: two pure-Python tasks run at once, each in a process of
     its own (no shared GIL), neither in the rank."""

@@ -28,7 +28,7 @@ from . import protocol as P
 from .backoff import Backoff
 from .objects import DROP, LocalStore, RefTracker, Stored
 from .runner import ActorHost, Runner
-from .runtime import Runtime
+from .runtime import Runtime, segment_pool
 from .serialization import fits_inline, has_device
 
 PR_SET_PDEATHSIG = 1
@@ -110,7 +110,7 @@ class ExecutorRuntime(Runner, Runtime):
         self.pid = os.getpid()
         self.ids = BlockIds(self)
         self.waiting_threads: set[int] = set()
-        self.store = LocalStore()
+        self.store = LocalStore(segments=segment_pool(self.config))
         self.refs = RefTracker()
         self.backoff = Backoff(self.config.spin_time, self.config.backoff_max)
         self.functions: dict[int, Any] = {}
@@ -293,6 +293,7 @@ class ExecutorRuntime(Runner, Runtime):
                     if self.actor is not None:
                         self.actor.kill()
                     os._exit(0)
+                msg = None  # a task's arguments (their node-store mappings) go with the task
         except ChannelClosed:
             pass
         except BaseException:  # noqa: BLE001 - a broken channel ends the executor

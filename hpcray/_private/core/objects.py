@@ -84,6 +84,7 @@ class LocalStore:
     cond: threading.Condition = field(default_factory=threading.Condition)
     watchers: dict[int, list[Waiter]] = field(default_factory=dict)
     fired: list = field(default_factory=list)  # callbacks of arrived ids, not yet run
+    segments: Any = None  # freed node-store segments go back here (shm.SegmentPool)
 
     def __contains__(self, object_id: int) -> bool:
         return object_id in self.objects
@@ -125,6 +126,10 @@ class LocalStore:
         """Drops values; buffers no user array still references go back to ``pool``."""
         for object_id in object_ids:
             stored = self.objects.pop(object_id, None)
+            if stored is not None and stored.segment is not None and self.segments is not None:
+                segment, stored.segment, stored.buffers = stored.segment, None, []
+                self.segments.give(segment)
+                continue
             if pool is not None and stored is not None:
                 buffers, stored.buffers = stored.buffers, []
                 while buffers:

@@ -26,7 +26,7 @@ from ...exceptions import (
     TaskError,
 )
 from ...object_ref import ObjectRef
-from ..transport.shm import Segment
+from ..transport.shm import Segment, SegmentPool
 from . import hooks
 from . import protocol as P
 from .backoff import Backoff
@@ -75,6 +75,16 @@ class RankInfo:
         return (own.uuid or f"{self.node_id}/{own.id}") if own else ""
 
 
+def segment_pool(config) -> SegmentPool | None:
+    """The pool of freed node-store segments this process reuses (None: the store is off)."""
+    if not config.node_store:
+        return None
+    capacity = config.segment_cache
+    if capacity < 0:
+        capacity = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
+    return SegmentPool(capacity)
+
+
 class Runtime:
     """State and client operations shared by the head and the workers."""
 
@@ -91,7 +101,7 @@ class Runtime:
         self.ids = P.Ids(self.rank, session)
         self.waiting_threads: set[int] = set()  # threads inside await_local
         self.session = session
-        self.store = LocalStore()
+        self.store = LocalStore(segments=segment_pool(config))
         self.refs = RefTracker()
         self.backoff = Backoff(config.spin_time, config.backoff_max)
         self.functions: dict[int, Any] = {}
@@ -218,7 +228,8 @@ class Runtime:
         host_sizes = [d for d in descs if type(d) is int]
         if self.config.node_store and len(host_sizes) == len(descs) and \
                 sum(host_sizes) > self.config.inline_max:
-            segment = Segment.create(host_sizes, f"{object_id:x}")  # received into the node store
+            # received into the node store
+            segment = Segment.create(host_sizes, f"{object_id:x}", self.store.segments)
             views = segment.views()
             with self.transport.lock:
                 for view in views:
@@ -354,7 +365,7 @@ class Runtime:
         """A private copy of a large value's buffers: in the node store when it is on (and
         the value holds no device memory), else in this process."""
         if self.config.node_store and not has_device(buffers):
-            segment = Segment.holding(buffers, f"{object_id:x}")
+            segment = Segment.holding(buffers, f"{object_id:x}", self.store.segments)
             return segment, segment.views()
         return None, own(buffers)
 

@@ -6,21 +6,31 @@ rank hands a segment to its executor processes over their socket (``SCM_RIGHTS``
 rank of the node opens it through ``/proc/<holder pid>/fd/<n>`` (possible for the same user
 only), checked against the object id in the memfd's name. Readers map it read-only: a value
 read on the node is never copied.
+
+A process keeps the large segments it made once their objects are freed (a ``SegmentPool``)
+and writes later objects into them: pages the kernel has already allocated take a copy at
+memcpy speed, where first-touch faults of fresh shared memory cost several times that. A
+segment is reused only when no other process of this user still maps it (read from
+``/proc/<pid>/maps``) and no array of this process still views it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import threading
 
 ALIGN = 64
+HEADER = 64          # the segment's first bytes: the tag of the object it holds now
 _PREFIX = "hpcray-"
+_POPULATE = getattr(mmap, "MAP_POPULATE", 0x8000)
 
 
 def plan(sizes: list[int]) -> tuple[list[tuple[int, int]], int]:
-    """(offset, size) of each buffer in a segment (64-byte aligned), and the total size."""
-    layout, offset = [], 0
+    """(offset, size) of each buffer in a segment (64-byte aligned, after the header), and
+    the total size."""
+    layout, offset = [], HEADER
     for size in sizes:
         layout.append((offset, size))
         offset += -(-size // ALIGN) * ALIGN
@@ -30,31 +40,44 @@ def plan(sizes: list[int]) -> tuple[list[tuple[int, int]], int]:
 class Segment:
     """One object's buffers in node-shared memory."""
 
-    __slots__ = ("fd", "layout", "mm", "tag")
+    __slots__ = ("fd", "ino", "layout", "mm", "reusable", "tag")
 
-    def __init__(self, fd: int, layout: list[tuple[int, int]], tag: str, writable: bool = False):
+    def __init__(self, fd: int, layout: list[tuple[int, int]], tag: str, writable: bool = False,
+                 populate: bool = False):
         self.fd, self.layout, self.tag = fd, layout, tag
+        self.ino = os.fstat(fd).st_ino
+        self.reusable = writable  # made here: its pages may serve a later object
         total = max((o + s for o, s in layout), default=0)
         prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
-        self.mm = mmap.mmap(fd, total, prot=prot) if total else None
+        flags = mmap.MAP_SHARED | (_POPULATE if populate else 0)
+        self.mm = mmap.mmap(fd, total, flags=flags, prot=prot) if total else None
 
     @classmethod
-    def create(cls, sizes: list[int], tag: str) -> Segment:
-        """A new writable segment for buffers of these sizes."""
+    def create(cls, sizes: list[int], tag: str, pool: SegmentPool | None = None) -> Segment:
+        """A new writable segment for buffers of these sizes (a freed one from ``pool``
+        when one fits)."""
         layout, total = plan(sizes)
-        fd = os.memfd_create(_PREFIX + tag, os.MFD_CLOEXEC)
-        try:
-            os.ftruncate(fd, total)
-            return cls(fd, layout, tag, writable=True)
-        except BaseException:
-            os.close(fd)
-            raise
+        fd = pool.take(total) if pool is not None else None
+        if fd is not None:
+            segment = cls(fd, layout, tag, writable=True, populate=True)
+        else:
+            fd = os.memfd_create(_PREFIX + "node-store", os.MFD_CLOEXEC)
+            try:
+                os.ftruncate(fd, total)
+                segment = cls(fd, layout, tag, writable=True)
+            except BaseException:
+                os.close(fd)
+                raise
+        if segment.mm is not None:
+            label = tag.encode()[:HEADER]
+            segment.mm[:HEADER] = label.ljust(HEADER, b"\0")
+        return segment
 
     @classmethod
-    def holding(cls, buffers: list, tag: str) -> Segment:
+    def holding(cls, buffers: list, tag: str, pool: SegmentPool | None = None) -> Segment:
         """A segment with a copy of buffers (the one copy a large value makes)."""
         views = [memoryview(b).cast("B") for b in buffers]
-        segment = cls.create([v.nbytes for v in views], tag)
+        segment = cls.create([v.nbytes for v in views], tag, pool)
         for (offset, size), view in zip(segment.layout, views):
             segment.mm[offset:offset + size] = view
         return segment
@@ -67,21 +90,27 @@ class Segment:
         return [whole[offset:offset + size] for offset, size in self.layout]
 
     def describe(self) -> tuple:
-        """What another rank of the node needs to open it: (pid, fd, tag, layout)."""
-        return (os.getpid(), self.fd, self.tag, self.layout)
+        """What another rank of the node needs to open it: (pid, fd, inode, tag, layout)."""
+        return (os.getpid(), self.fd, self.ino, self.tag, self.layout)
 
     @classmethod
-    def open_peer(cls, pid: int, fd: int, tag: str, layout: list) -> Segment:
+    def open_peer(cls, pid: int, fd: int, ino: int, tag: str, layout: list) -> Segment:
         """Opens a segment another process of this node holds."""
         mine = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
         try:
-            name = os.readlink(f"/proc/self/fd/{mine}")
-            if not name.startswith(f"/memfd:{_PREFIX}{tag}"):
-                raise OSError(f"/proc/{pid}/fd/{fd} is {name!r}, not the segment of {tag}")
-            return cls(mine, layout, tag)
+            if os.fstat(mine).st_ino != ino:
+                raise OSError(f"/proc/{pid}/fd/{fd} is no longer the segment of {tag}")
+            segment = cls(mine, layout, tag)
+            segment.check()
+            return segment
         except BaseException:
             os.close(mine)
             raise
+
+    def check(self) -> None:
+        """Raises OSError unless the segment still holds the object it was described with."""
+        if self.mm is not None and self.mm[:HEADER].rstrip(b"\0") != self.tag.encode()[:HEADER]:
+            raise OSError(f"the node-store segment of {self.tag} now holds another object")
 
     def __reduce__(self):
         fds = getattr(_sending, "fds", None)
@@ -91,10 +120,9 @@ class Segment:
         return (_received, (len(fds) - 1, self.tag, self.layout))
 
     def __del__(self):
-        try:
-            os.close(self.fd)
-        except (OSError, AttributeError, TypeError):
-            pass
+        if getattr(self, "fd", -1) >= 0:
+            with contextlib.suppress(OSError, TypeError):
+                os.close(self.fd)
 
 
 _sending = threading.local()   # .fds: descriptors of the message being pickled
@@ -102,9 +130,113 @@ _receiving = threading.local()  # .fds: descriptors that came with the message b
 
 
 def _received(index: int, tag: str, layout: list) -> Segment:
-    return Segment(_receiving.fds[index], layout, tag)
+    segment = Segment(_receiving.fds[index], layout, tag)
+    segment.reusable = True  # its maker sent it away: the receiver may reuse its pages
+    return segment
 
 
 def buffers_of(item) -> list:
     """A message's buffers: a Segment's views, or the list itself."""
     return item.views() if isinstance(item, Segment) else item
+
+
+def _available_fraction() -> float:
+    """The share of this machine's memory still available (1.0 if unknown)."""
+    try:
+        with open("/proc/meminfo", "rb") as f:
+            info = dict(line.split(b":", 1) for line in f.read().splitlines())
+        return int(info[b"MemAvailable"].split()[0]) / int(info[b"MemTotal"].split()[0])
+    except (OSError, KeyError, ValueError):
+        return 1.0
+
+
+def mapped_inodes() -> set[int]:
+    """Inodes of hpcray segments that other processes of this user map now."""
+    me, uid = os.getpid(), os.getuid()
+    found: set[int] = set()
+    marker = b"/memfd:" + _PREFIX.encode()
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == me:
+            continue
+        try:
+            if os.stat(f"/proc/{name}").st_uid != uid:
+                continue
+            with open(f"/proc/{name}/maps", "rb") as f:
+                text = f.read()
+        except OSError:
+            continue
+        if marker not in text:
+            continue
+        for line in text.splitlines():
+            if marker in line:
+                found.add(int(line.split()[4]))
+    return found
+
+
+class SegmentPool:
+    """Freed segments of this process, kept for reuse while they fit in ``capacity`` bytes
+    and the machine has a quarter of its memory available.
+
+    Only segments of at least ``MIN_SIZE`` bytes are kept: a smaller one costs less to make
+    than the check that no other process still maps it."""
+
+    MIN_SIZE = 4 << 20
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.lock = threading.Lock()
+        self.free: list[tuple[int, int, int]] = []   # (size, fd, inode), oldest first
+        self.viewed: list[Segment] = []              # freed, still viewed in this process
+        self.bytes = 0
+
+    def give(self, segment: Segment) -> None:
+        """Takes back a segment whose object was freed (unless too small or not reusable)."""
+        if (self.capacity <= 0 or not segment.reusable or segment.mm is None
+                or len(segment.mm) < self.MIN_SIZE):
+            return
+        with self.lock:
+            self.viewed.append(segment)
+            self._settle()
+
+    def _settle(self) -> None:
+        """Unmaps the freed segments that no array views any more; they join ``free``."""
+        still = []
+        for segment in self.viewed:
+            try:
+                size = os.fstat(segment.fd).st_size
+                segment.mm.close()
+            except BufferError:  # an array made from it lives on in this process
+                still.append(segment)
+                continue
+            fd, segment.fd = segment.fd, -1
+            self.free.append((size, fd, segment.ino))
+            self.bytes += size
+        self.viewed = still
+        capacity = self.capacity if _available_fraction() > 0.25 else 0
+        while self.bytes > capacity and self.free:
+            size, fd, _ = self.free.pop(0)
+            self.bytes -= size
+            os.close(fd)
+
+    def take(self, total: int) -> int | None:
+        """The descriptor of a freed segment of ``total`` to ``2 * total`` bytes, or None."""
+        if total < self.MIN_SIZE:
+            return None
+        with self.lock:
+            self._settle()
+            fits = [entry for entry in self.free if total <= entry[0] <= 2 * total]
+            if not fits:
+                return None
+            busy = mapped_inodes()
+            for entry in sorted(fits):
+                if entry[2] not in busy:
+                    self.free.remove(entry)
+                    self.bytes -= entry[0]
+                    return entry[1]
+        return None
+
+    def clear(self) -> None:
+        with self.lock:
+            for _, fd, _ in self.free:
+                os.close(fd)
+            self.free, self.bytes = [], 0
