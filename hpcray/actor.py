@@ -108,7 +108,9 @@ class ActorClass:
         if self._info is None:
             self._info = _class_info(self._cls)
             self._init_shape = opts.CallShape(self._cls.__init__, drop_first=True)
-        info = self._info
+        limit = o.get("max_pending_calls") or -1
+        extra = {"max_pending_calls": limit} if limit > 0 else {}
+        info = (*self._info, extra) if extra else self._info
         self._init_shape.check(args, kwargs, f"{self.__name__}.__init__")
         packed, deps, contained, big = runtime.pack_args(args, kwargs, f"{self.__name__}.__init__")
         strategy = opts.strategy_of(o)  # (may refuse: before the code counts as sent)
@@ -143,6 +145,8 @@ class ActorHandle:
         self._handle_ref = handle_ref
         self._class_name, self._methods = class_info[0], class_info[1]
         self._shapes = class_info[2] if len(class_info) > 2 else {}
+        # what this actor's options add (max_pending_calls, concurrency groups)
+        self._extra = class_info[3] if len(class_info) > 3 else {}
 
     def __getattr__(self, name: str) -> ActorMethod:
         methods = self.__dict__.get("_methods", {})
@@ -152,7 +156,7 @@ class ActorHandle:
 
     def __reduce__(self):
         return (ActorHandle, (self._actor_id, self._handle_ref,
-                              (self._class_name, self._methods, self._shapes)))
+                              (self._class_name, self._methods, self._shapes, self._extra)))
 
     def __repr__(self) -> str:
         return f"Actor({self._class_name}, {self._actor_id:016x})"
@@ -195,7 +199,17 @@ class ActorMethod:
                           retry_exceptions=dumps_code(tuple(retry))
                           if isinstance(retry, (list, tuple)) else bool(retry))
         num_returns = self._options.get("num_returns", 1)
-        refs = runtime.submit(spec, num_returns)
+        limit = handle._extra.get("max_pending_calls", 0)
+        if limit:
+            runtime.pending_calls.admit(
+                handle._actor_id, limit, spec.task_id,
+                lambda ids: runtime.request("unfinished", ids), f"{name}.remote()")
+        try:
+            refs = runtime.submit(spec, num_returns)
+        except Exception:
+            if limit:
+                runtime.pending_calls.forget(handle._actor_id, spec.task_id)
+            raise
         runtime.settle_borrowed(big)
         if num_returns == 1:
             return refs[0]

@@ -75,7 +75,7 @@ def test_every_option_works_or_is_refused(run_job) -> None:
     (before, after) = r["max_restarts"][1]
     assert before[0] == 1 and after[0] == 1 and before[1] != after[1], r["max_restarts"]
     assert r["max_task_retries"] == ["ok", "again"]
-    _refused(r, "max_pending_calls", "not supported")
+    assert r["max_pending_calls"] == ["ok", ["PendingCallsLimitExceeded", True, 1]], r
     _refused(r, "concurrency_groups", "max_concurrency")
     _refused(r, "concurrency_group", "max_concurrency")
     assert r["method_name"] == ["ok", 1]

@@ -27,6 +27,7 @@ from . import context
 from . import protocol as P
 from .backoff import Backoff
 from .objects import DROP, LocalStore, RefTracker, Stored
+from .pending import PendingCalls
 from .runner import ActorHost, Runner
 from .runtime import Runtime
 from .serialization import fits_inline, has_device
@@ -126,6 +127,7 @@ class ExecutorRuntime(Runner, Runtime):
         self.tasks: queue.SimpleQueue = queue.SimpleQueue()
         self.actor: ActorHost | None = None
         self.before_user_code = lambda: None
+        self.pending_calls = PendingCalls()
 
     @property
     def transport(self):

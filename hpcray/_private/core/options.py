@@ -48,6 +48,10 @@ def validate(options: dict[str, Any], allowed: set[str], what: str) -> dict[str,
     concurrency = options.get("max_concurrency")
     if concurrency is not None and (not isinstance(concurrency, int) or concurrency < 1):
         raise ValueError(f"max_concurrency must be an int >= 1, got {concurrency!r}")
+    pending = options.get("max_pending_calls")
+    if pending is not None and (type(pending) is not int or pending < -1):
+        raise ValueError(f"max_pending_calls of {what} must be -1 (no limit, as 0 is) or a "
+                         f"positive int, got {pending!r}")
     _refuse_unsupported(options, what)
     return options
 
@@ -78,9 +82,6 @@ def _refuse_unsupported(options: dict[str, Any], what: str) -> None:
     if options.get("label_selector"):
         raise ValueError(f"label_selector of {what}: ranks carry no labels; select them with "
                          "resources= (HPCRAY_RESOURCES) or NodeAffinitySchedulingStrategy")
-    if options.get("max_pending_calls", -1) not in (-1, None):
-        raise ValueError(f"max_pending_calls of {what} is not supported: leave it at -1 "
-                         "(no limit), or bound the calls in flight with hpcray.wait()")
     if options.get("concurrency_groups") or options.get("concurrency_group"):
         raise ValueError(f"concurrency groups ({what}) are not supported: use max_concurrency "
                          "(one pool of threads, or of coroutines, per actor)")

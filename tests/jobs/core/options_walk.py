@@ -169,7 +169,21 @@ before = get(again.where.remote())
 hpcray.kill(again, no_restart=False)
 record("max_restarts", lambda: [before, get(again.where.remote())])
 record("max_task_retries", lambda: get(again.flaky.options(retry_exceptions=True).remote("m-a")))
-record("max_pending_calls", lambda: Box.options(max_pending_calls=5).remote())
+
+
+def backpressure():
+    box = Box.options(max_pending_calls=1).remote()
+    first = box.meet.remote("pend", 2)  # runs until a second pend-* file exists
+    try:
+        box.where.remote()
+        refused = None
+    except hpcray.exceptions.PendingCallsLimitExceeded as exc:
+        refused = type(exc).__name__
+    open(os.path.join(HERE, "pend-release"), "w").close()
+    return [refused, get(first), get(box.where.remote())[0]]
+
+
+record("max_pending_calls", backpressure)
 record("concurrency_groups", lambda: Box.options(concurrency_groups={"io": 2}).remote())
 record("actor_runtime_env", lambda: get(Box.options(
     runtime_env={"env_vars": {"WALK_ACTOR": "yes"}}).remote().env.remote("WALK_ACTOR")))
