@@ -21,3 +21,16 @@ def test_actor_options(run_job, execution: str) -> None:
     assert pending["unlimited"] == 10
     assert pending["task"] == [[True, True], ["err", "PendingCallsLimitExceeded"]], pending
     assert pending["bad"] == [["err", "ValueError"]] * 3 and pending["subclass"]
+    groups = r["concurrency_groups"]
+    for kind in ("threaded", "async"):
+        g = groups[kind]
+        # io=2: two io calls ran together, never three, while compute and default calls ran
+        assert g["during"] == 2 and g["io_max"] <= 2 and g["peak"]["io"] == 2, (kind, g)
+        assert g["meanwhile"] == [True, True], (kind, g)
+        assert g["four"] == [True] * 4 and g["peak"]["compute"] == 4, (kind, g)
+    # each group of an async actor has its own loop: a blocked default loop stops no other
+    assert groups["async"]["other_loop"] == ["ok", True], groups["async"]
+    assert groups["unknown_call"] == ["err", "ValueError"], groups
+    assert groups["undefined_method_group"] == ["err", "ValueError"], groups
+    assert groups["in_options"] == ["err", "ValueError"], groups
+    assert groups["bad"] == [["err", "ValueError"]] * 3, groups

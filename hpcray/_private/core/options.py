@@ -48,6 +48,15 @@ def validate(options: dict[str, Any], allowed: set[str], what: str) -> dict[str,
     concurrency = options.get("max_concurrency")
     if concurrency is not None and (not isinstance(concurrency, int) or concurrency < 1):
         raise ValueError(f"max_concurrency must be an int >= 1, got {concurrency!r}")
+    groups = options.get("concurrency_groups")
+    if groups is not None and not (isinstance(groups, dict) and all(
+            isinstance(k, str) and k and type(v) is int and v >= 1 for k, v in groups.items())):
+        raise ValueError(f"concurrency_groups of {what} must map group names to their max "
+                         f"concurrency (an int >= 1), e.g. {{'io': 2}}, got {groups!r}")
+    group = options.get("concurrency_group")
+    if group is not None and not (isinstance(group, str) and group):
+        raise ValueError(f"concurrency_group of {what} must be the name of one of the actor's "
+                         f"concurrency_groups, got {group!r}")
     pending = options.get("max_pending_calls")
     if pending is not None and (type(pending) is not int or pending < -1):
         raise ValueError(f"max_pending_calls of {what} must be -1 (no limit, as 0 is) or a "
@@ -82,9 +91,6 @@ def _refuse_unsupported(options: dict[str, Any], what: str) -> None:
     if options.get("label_selector"):
         raise ValueError(f"label_selector of {what}: ranks carry no labels; select them with "
                          "resources= (HPCRAY_RESOURCES) or NodeAffinitySchedulingStrategy")
-    if options.get("concurrency_groups") or options.get("concurrency_group"):
-        raise ValueError(f"concurrency groups ({what}) are not supported: use max_concurrency "
-                         "(one pool of threads, or of coroutines, per actor)")
     if options.get("placement_group_capture_child_tasks"):
         raise ValueError(f"placement_group_capture_child_tasks of {what} is not supported: "
                          "give child tasks the placement group's strategy themselves")

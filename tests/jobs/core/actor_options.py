@@ -1,7 +1,9 @@
 """The job of tests/test_actor_options.py: max_pending_calls, concurrency groups and
 runtime_env py_modules, each by what a user sees."""
 
+import asyncio
 import os
+import threading
 import time
 
 from jobkit import emit, outcome
@@ -66,6 +68,138 @@ R["max_pending_calls"] = {
     "bad": [outcome(lambda v=v: Gate.options(max_pending_calls=v))[:2]
             for v in (-2, "3", 1.5)],
     "subclass": issubclass(E.PendingCallsLimitExceeded, E.RayError),
+}
+
+
+
+# -- concurrency groups ----------------------------------------------------------------------
+class Meter:
+    """Counts the calls running at once per group; records each group's peak."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.active = {}
+        self.peak = {}
+        self.entered = {}
+
+    def enter(self, group):
+        with self.lock:
+            self.active[group] = self.active.get(group, 0) + 1
+            self.entered[group] = self.entered.get(group, 0) + 1
+            self.peak[group] = max(self.peak.get(group, 0), self.active[group])
+
+    def leave(self, group):
+        with self.lock:
+            self.active[group] -= 1
+
+    def state(self):
+        with self.lock:
+            return {"entered": dict(self.entered), "peak": dict(self.peak)}
+
+
+@hpcray.remote(concurrency_groups={"io": 2, "compute": 4})
+class Threaded(Meter):
+    @hpcray.method(concurrency_group="io")
+    def io(self, path):
+        self.enter("io")
+        try:  # until released, or (a broken limit) until a third io call runs with us
+            deadline = time.monotonic() + 60
+            while not os.path.exists(path) and self.active["io"] < 3 and \
+                    time.monotonic() < deadline:
+                time.sleep(0.01)
+            return self.active["io"]
+        finally:
+            self.leave("io")
+
+    @hpcray.method(concurrency_group="compute")
+    def compute(self, n):
+        self.enter("compute")
+        try:  # returns True once n compute calls have run at once
+            deadline = time.monotonic() + 60
+            while self.peak["compute"] < n and time.monotonic() < deadline:
+                time.sleep(0.01)
+            return self.peak["compute"] >= n
+        finally:
+            self.leave("compute")
+
+    def default(self):
+        return True
+
+
+@hpcray.remote(concurrency_groups={"io": 2, "compute": 4})
+class Async(Meter):
+    @hpcray.method(concurrency_group="io")
+    async def io(self, path):
+        self.enter("io")
+        try:
+            deadline = time.monotonic() + 60
+            while not os.path.exists(path) and self.active["io"] < 3 and \
+                    time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            return self.active["io"]
+        finally:
+            self.leave("io")
+
+    @hpcray.method(concurrency_group="compute")
+    async def compute(self, n):
+        self.enter("compute")
+        try:
+            deadline = time.monotonic() + 60
+            while self.peak["compute"] < n and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            return self.peak["compute"] >= n
+        finally:
+            self.leave("compute")
+
+    async def default(self):
+        return "default"
+
+    def block_default(self, path):
+        """Blocks its group's loop (the default one): other groups run on their own loops."""
+        return wait_for(path)
+
+
+def groups(cls, tag):
+    actor = cls.remote()
+    release = os.path.join(HERE, f"release-{tag}")
+    io = [actor.io.remote(release) for _ in range(3)]
+    deadline = time.monotonic() + 60
+    while hpcray.get(actor.state.options(concurrency_group="compute").remote(),
+                     timeout=60)["entered"].get("io", 0) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    # io is full: the compute group and the default group still run
+    meanwhile = [hpcray.get(actor.compute.remote(1), timeout=60),
+                 hpcray.get(actor.default.remote(), timeout=60) is not None]
+    four = hpcray.get([actor.compute.remote(4) for _ in range(4)], timeout=90)
+    during = hpcray.get(actor.state.remote(), timeout=60)["entered"]["io"]
+    open(release, "w").close()
+    done = hpcray.get(io, timeout=60)
+    out = {"during": during, "meanwhile": meanwhile, "four": four, "io_max": max(done),
+           "peak": hpcray.get(actor.state.remote(), timeout=60)["peak"]}
+    if cls is Async:
+        blocked = os.path.join(HERE, f"release-{tag}-default")
+        stuck = actor.block_default.remote(blocked)
+        out["other_loop"] = outcome(lambda: hpcray.get(actor.compute.remote(1), timeout=60))
+        open(blocked, "w").close()
+        hpcray.get(stuck, timeout=60)
+    return out
+
+
+@hpcray.remote(concurrency_groups={"io": 1})
+class Undefined:
+    @hpcray.method(concurrency_group="disk")
+    def f(self):
+        return 1
+
+
+R["concurrency_groups"] = {
+    "threaded": groups(Threaded, "threaded"), "async": groups(Async, "async"),
+    "unknown_call": outcome(lambda: Threaded.remote().default.options(
+        concurrency_group="nope").remote())[:2],
+    "undefined_method_group": outcome(lambda: Undefined.remote())[:2],
+    "in_options": outcome(lambda: Threaded.options(concurrency_groups={"x": 1}))[:2],
+    "bad": [outcome(lambda v=v: hpcray.remote(concurrency_groups=v)(Meter))[:2]
+            for v in ({"io": 0}, {"io": "2"}, ["io"])],
 }
 
 emit(R)

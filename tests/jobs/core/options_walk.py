@@ -122,6 +122,17 @@ record("in_rank", lambda: [get(rank_and_pid.options(in_rank=True).remote()),
 
 
 # -- actors -----------------------------------------------------------------------------------
+def meet(tag, n):
+    """True once n calls met here (each leaves a file), False after 30 s."""
+    open(os.path.join(HERE, f"{tag}-{os.getpid()}-{time.monotonic_ns()}"), "w").close()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if len([f for f in os.listdir(HERE) if f.startswith(tag)]) >= n:
+            return True
+        time.sleep(0.01)
+    return False
+
+
 @hpcray.remote
 class Box:
     def __init__(self):
@@ -137,13 +148,7 @@ class Box:
         return os.environ.get(name)
 
     def meet(self, tag, n):
-        open(os.path.join(HERE, f"{tag}-{os.getpid()}-{time.monotonic_ns()}"), "w").close()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if len([f for f in os.listdir(HERE) if f.startswith(tag)]) >= n:
-                return True
-            time.sleep(0.01)
-        return False
+        return meet(tag, n)
 
     def two(self):
         return 1, 2
@@ -184,7 +189,20 @@ def backpressure():
 
 
 record("max_pending_calls", backpressure)
-record("concurrency_groups", lambda: Box.options(concurrency_groups={"io": 2}).remote())
+
+
+@hpcray.remote(concurrency_groups={"io": 2})
+class Grouped:
+    @hpcray.method(concurrency_group="io")
+    def meet_io(self, tag, n):
+        return meet(tag, n)
+
+    def meet(self, tag, n):  # the default group: max_concurrency 1
+        return meet(tag, n)
+
+
+grouped = Grouped.remote()
+record("concurrency_groups", lambda: get([grouped.meet_io.remote("cg-a", 2) for _ in range(2)]))
 record("actor_runtime_env", lambda: get(Box.options(
     runtime_env={"env_vars": {"WALK_ACTOR": "yes"}}).remote().env.remote("WALK_ACTOR")))
 record("actor_in_rank", lambda: get(Box.options(in_rank=True).remote().where.remote()))
@@ -192,5 +210,6 @@ record("method_num_returns", lambda: get(Box.remote().two.options(num_returns=2)
 record("method_name", lambda: get(Box.remote().where.options(name="named-call").remote())[0])
 record("method_retry_exceptions", lambda: get(Box.remote().flaky.options(
     retry_exceptions=[ValueError], max_task_retries=1).remote("m-b")))
-record("concurrency_group", lambda: Box.remote().where.options(concurrency_group="io").remote())
+record("concurrency_group", lambda: get([grouped.meet.options(concurrency_group="io").remote(
+    "cg-b", 2) for _ in range(2)]))
 emit(R)
