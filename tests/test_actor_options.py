@@ -34,3 +34,20 @@ def test_actor_options(run_job, execution: str) -> None:
     assert groups["undefined_method_group"] == ["err", "ValueError"], groups
     assert groups["in_options"] == ["err", "ValueError"], groups
     assert groups["bad"] == [["err", "ValueError"]] * 3, groups
+    modules = r["py_modules"]
+    assert modules["missing"] == ["err", "ValueError"] and modules["uri"] == ["err", "ValueError"]
+    assert modules["not_list"] == ["err", "TypeError"], modules
+    # a task that runs in its rank has no process of its own to change (thread mode): refused
+    if execution == "thread":
+        expected = {"task": "TaskError(ValueError)", "module_object": "TaskError(ValueError)",
+                    "actor": "ActorDiedError"}
+        for key, kind in expected.items():
+            assert modules[key][:2] == ["err", kind], (key, modules)
+            assert "HPCRAY_EXECUTION=process" in modules[key][2], (key, modules)
+        return
+    assert modules["task"] == ["ok", [42, "single"]], modules
+    assert modules["sibling"][:2] == ["err", "TaskError(ModuleNotFoundError)"], modules
+    assert modules["module_object"] == ["ok", 42], modules
+    # the executors that ran them import it no more: the task's environment was undone
+    assert modules["without"] == [["err", "TaskError(ModuleNotFoundError)"]] * 3, modules
+    assert modules["actor"] == ["ok", [42, 42, "single"]], modules

@@ -8,6 +8,7 @@ import os
 import types
 from typing import Any
 
+from . import py_modules
 from .scheduler import DEFAULT, SPREAD, InPlacementGroup, NodeAffinity
 
 COMMON = {"num_cpus", "num_gpus", "resources", "memory", "scheduling_strategy", "placement_group",
@@ -65,8 +66,8 @@ def validate(options: dict[str, Any], allowed: set[str], what: str) -> dict[str,
     return options
 
 
-#: what runtime_env may hold: environment variables, and a directory every rank can read
-RUNTIME_ENV_KEYS = ("env_vars", "working_dir")
+#: what runtime_env may hold: environment variables, and directories every rank can read
+RUNTIME_ENV_KEYS = ("env_vars", "working_dir", "py_modules")
 
 
 def _refuse_unsupported(options: dict[str, Any], what: str) -> None:
@@ -77,8 +78,8 @@ def _refuse_unsupported(options: dict[str, Any], what: str) -> None:
             extra = sorted(set(env) - set(RUNTIME_ENV_KEYS)) if isinstance(env, dict) else env
             raise ValueError(
                 f"runtime_env of {what} may hold {list(RUNTIME_ENV_KEYS)}, not {extra!r}: "
-                "install packages (pip, conda, py_modules) in the job's environment, which "
-                "every rank shares")
+                "install packages (pip, conda) in the job's environment, which every rank "
+                "shares")
         env_vars = env.get("env_vars") or {}
         if not isinstance(env_vars, dict) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in env_vars.items()):
@@ -88,6 +89,9 @@ def _refuse_unsupported(options: dict[str, Any], what: str) -> None:
                                             os.path.isdir(working_dir)):
             raise ValueError(f"runtime_env['working_dir'] of {what} must be a directory every "
                              f"rank can read (a shared file system path), got {working_dir!r}")
+        if env.get("py_modules") is not None:  # as absolute paths, checked here
+            options["runtime_env"] = {**env, "py_modules": py_modules.resolve(
+                env["py_modules"], what)}
     if options.get("label_selector"):
         raise ValueError(f"label_selector of {what}: ranks carry no labels; select them with "
                          "resources= (HPCRAY_RESOURCES) or NodeAffinitySchedulingStrategy")

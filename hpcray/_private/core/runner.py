@@ -93,7 +93,8 @@ class ActorHost:
         self.loop = None  # the default group's asyncio loop when the class has async methods
         self.loops: dict[str, tuple] = {}  # group -> (its loop, its semaphore)
         try:
-            cls = worker.load_function(spec)
+            with worker.task_env(spec):  # an actor's runtime_env holds for its whole life
+                cls = worker.load_function(spec)
         except Exception:  # noqa: BLE001 - construct() raises it again as the creation's error
             cls = None
         if cls is not None and any(inspect.iscoroutinefunction(m)
@@ -424,20 +425,20 @@ class Runner:
         try:
             if task_id in self.cancelled:
                 raise E.TaskCancelledError(spec.name)
-            fn = self.load_function(spec) if target is None else target()
-            args, kwargs = self.resolve_args(spec, inline)
-            with self.lock:  # cancel() may interrupt only the user's code
-                self.running[task_id] = threading.get_ident()
-            start = time.time()
-            try:
-                with self.task_env(spec):
+            with self.task_env(spec):  # (its py_modules may be needed to unpickle the code)
+                fn = self.load_function(spec) if target is None else target()
+                args, kwargs = self.resolve_args(spec, inline)
+                with self.lock:  # cancel() may interrupt only the user's code
+                    self.running[task_id] = threading.get_ident()
+                start = time.time()
+                try:
                     result = fn(*args, **kwargs)
-            finally:
-                with self.lock:
-                    self.running.pop(task_id, None)
-                self.events.append((spec.name, spec.kind, start, time.time(),
-                                    threading.get_ident(), task_id))
-            results, retryable = self.pack_results(spec, result, copy), False
+                finally:
+                    with self.lock:
+                        self.running.pop(task_id, None)
+                    self.events.append((spec.name, spec.kind, start, time.time(),
+                                        threading.get_ident(), task_id))
+                results, retryable = self.pack_results(spec, result, copy), False
         except BaseException as exc:  # noqa: BLE001 - user code: the error is the result
             with self.lock:
                 self.running.pop(task_id, None)

@@ -2,7 +2,9 @@
 runtime_env py_modules, each by what a user sees."""
 
 import asyncio
+import importlib
 import os
+import sys
 import threading
 import time
 
@@ -200,6 +202,67 @@ R["concurrency_groups"] = {
     "in_options": outcome(lambda: Threaded.options(concurrency_groups={"x": 1}))[:2],
     "bad": [outcome(lambda v=v: hpcray.remote(concurrency_groups=v)(Meter))[:2]
             for v in ({"io": 0}, {"io": "2"}, ["io"])],
+}
+
+
+# -- runtime_env py_modules --------------------------------------------------------------------
+MODS = os.path.join(HERE, "mods")  # not on any rank's sys.path (the script's directory is)
+os.makedirs(os.path.join(MODS, "walkpkg"))
+with open(os.path.join(MODS, "walkpkg", "__init__.py"), "w") as f:
+    f.write("import os\n\ndef answer():\n    return 42\n\n"
+            "def where():\n    return [__name__, __file__, os.getpid()]\n")
+with open(os.path.join(MODS, "walksingle.py"), "w") as f:
+    f.write("VALUE = 'single'\n")
+with open(os.path.join(MODS, "walksibling.py"), "w") as f:
+    f.write("VALUE = 'sibling'\n")
+
+
+@hpcray.remote
+def use(name, attr):
+    module = importlib.import_module(name)
+    value = getattr(module, attr)
+    return value() if callable(value) else value
+
+
+@hpcray.remote
+class UsesModules:
+    def __init__(self):
+        import walkpkg
+
+        self.first = walkpkg.answer()
+
+    def value(self):
+        import walkpkg
+        import walksingle
+
+        return [self.first, walkpkg.answer(), walksingle.VALUE]
+
+
+PKG, SINGLE = os.path.join(MODS, "walkpkg"), os.path.join(MODS, "walksingle.py")
+env = {"py_modules": [PKG, SINGLE]}
+sys.path.insert(0, MODS)
+import walkpkg  # the driver's own copy: its functions pickle by reference
+
+by_reference = hpcray.remote(walkpkg.answer)
+R["py_modules"] = {
+    "task": outcome(lambda: hpcray.get([use.options(runtime_env=env).remote("walkpkg", "answer"),
+                                        use.options(runtime_env=env).remote("walksingle",
+                                                                            "VALUE")],
+                                       timeout=60)),
+    # only the entries themselves become importable, not what lies next to them
+    "sibling": outcome(lambda: hpcray.get(use.options(runtime_env=env).remote(
+        "walksibling", "VALUE"), timeout=60))[:2],
+    # a module object, and a function of it that travels by reference
+    "module_object": outcome(lambda: hpcray.get(by_reference.options(
+        runtime_env={"py_modules": [walkpkg]}).remote(), timeout=60)),
+    "without": [outcome(lambda: hpcray.get(use.remote("walkpkg", "answer"), timeout=60))[:2]
+                for _ in range(3)],
+    "actor": outcome(lambda: hpcray.get(UsesModules.options(runtime_env=env).remote()
+                                        .value.remote(), timeout=60)),
+    "missing": outcome(lambda: use.options(runtime_env={"py_modules": [
+        os.path.join(MODS, "nothere")]}))[:2],
+    "uri": outcome(lambda: use.options(runtime_env={"py_modules": ["s3://b/m.zip"]}))[:2],
+    "not_list": outcome(lambda: use.options(runtime_env={"py_modules": PKG}))[:2],
 }
 
 emit(R)

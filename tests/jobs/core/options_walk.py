@@ -108,6 +108,22 @@ record("runtime_env", lambda: [
                                          "working_dir": "/tmp"}).remote("WALK_VAR")),
     get(env_and_cwd.remote("WALK_VAR"))])
 record("runtime_env_pip", lambda: ping.options(runtime_env={"pip": ["requests"]}).remote())
+os.makedirs(os.path.join(HERE, "walkmods"))
+with open(os.path.join(HERE, "walkmods", "walkmod.py"), "w") as f:
+    f.write("ANSWER = 42\n")
+
+
+@hpcray.remote
+def import_walkmod():
+    import walkmod
+
+    return walkmod.ANSWER
+
+
+record("runtime_env_py_modules", lambda: get(import_walkmod.options(runtime_env={
+    "py_modules": [os.path.join(HERE, "walkmods", "walkmod.py")]}).remote()))
+record("runtime_env_py_modules_missing", lambda: import_walkmod.options(runtime_env={
+    "py_modules": [os.path.join(HERE, "walkmods", "nothere.py")]}))
 
 # -- tasks ------------------------------------------------------------------------------------
 record("num_returns", lambda: get(two.options(num_returns=2).remote()))
