@@ -83,6 +83,9 @@ class ActorClass:
 
     def options(self, **options) -> ActorClass:
         """A copy with these options changed (name, lifetime, num_cpus, max_concurrency, ...)."""
+        if "concurrency_groups" in options:  # as in Ray: the class's own, from @remote
+            raise ValueError("Setting 'concurrency_groups' is not supported in '.options()': "
+                             "give them to @remote(concurrency_groups={...})")
         return ActorClass(self._cls, {**self._options, **options}, self._cache)
 
     def _remote(self, args: tuple | None = None, kwargs: dict | None = None,
@@ -108,7 +111,19 @@ class ActorClass:
         if self._info is None:
             self._info = _class_info(self._cls)
             self._init_shape = opts.CallShape(self._cls.__init__, drop_first=True)
-        info = self._info
+        limit = o.get("max_pending_calls") or -1
+        extra: dict[str, Any] = {"max_pending_calls": limit} if limit > 0 else {}
+        groups = o.get("concurrency_groups") or {}
+        for method_name, method_options in self._info[1].items():
+            group = method_options.get("concurrency_group")
+            if group is not None and group not in groups:
+                raise ValueError(f"{self.__name__}.{method_name} is in concurrency group "
+                                 f"{group!r}, which the actor does not define (its "
+                                 f"concurrency_groups: {sorted(groups)}); add it to "
+                                 "@remote(concurrency_groups={...})")
+        if groups:
+            extra["concurrency_groups"] = sorted(groups)
+        info = (*self._info, extra) if extra else self._info
         self._init_shape.check(args, kwargs, f"{self.__name__}.__init__")
         packed, deps, contained, big = runtime.pack_args(args, kwargs, f"{self.__name__}.__init__")
         strategy = opts.strategy_of(o)  # (may refuse: before the code counts as sent)
@@ -125,7 +140,8 @@ class ActorClass:
                      "max_restarts": o.get("max_restarts") or 0,
                      "max_task_retries": o.get("max_task_retries") or 0,
                      "runtime_env": o.get("runtime_env") or None,
-                     "max_concurrency": o.get("max_concurrency"), "lifetime_resources": lifetime})
+                     "max_concurrency": o.get("max_concurrency"), "lifetime_resources": lifetime,
+                     "concurrency_groups": groups})
         try:
             handle_ref = runtime.submit(spec, 1)[0]
         except Exception:
@@ -143,6 +159,8 @@ class ActorHandle:
         self._handle_ref = handle_ref
         self._class_name, self._methods = class_info[0], class_info[1]
         self._shapes = class_info[2] if len(class_info) > 2 else {}
+        # what this actor's options add (max_pending_calls, concurrency groups)
+        self._extra = class_info[3] if len(class_info) > 3 else {}
 
     def __getattr__(self, name: str) -> ActorMethod:
         methods = self.__dict__.get("_methods", {})
@@ -152,7 +170,7 @@ class ActorHandle:
 
     def __reduce__(self):
         return (ActorHandle, (self._actor_id, self._handle_ref,
-                              (self._class_name, self._methods, self._shapes)))
+                              (self._class_name, self._methods, self._shapes, self._extra)))
 
     def __repr__(self) -> str:
         return f"Actor({self._class_name}, {self._actor_id:016x})"
@@ -189,13 +207,28 @@ class ActorMethod:
             shape.check(args, kwargs, name)
         packed, deps, contained, big = runtime.pack_args(args, kwargs, name)
         retry = self._options.get("retry_exceptions", False)
+        group = self._options.get("concurrency_group")
+        if group is not None and group not in handle._extra.get("concurrency_groups", ()):
+            raise ValueError(f"{name}: the actor has no concurrency group {group!r} (its "
+                             f"concurrency_groups: {handle._extra.get('concurrency_groups', [])})")
         spec = P.TaskSpec(task_id=runtime.ids.next(), kind=P.ACTOR_CALL, name=name, args=packed,
                           deps=deps, contained=contained, actor_id=handle._actor_id,
                           method=self._name, max_retries=self._options.get("max_task_retries"),
                           retry_exceptions=dumps_code(tuple(retry))
-                          if isinstance(retry, (list, tuple)) else bool(retry))
+                          if isinstance(retry, (list, tuple)) else bool(retry),
+                          options={"concurrency_group": group} if group else {})
         num_returns = self._options.get("num_returns", 1)
-        refs = runtime.submit(spec, num_returns)
+        limit = handle._extra.get("max_pending_calls", 0)
+        if limit:
+            runtime.pending_calls.admit(
+                handle._actor_id, limit, spec.task_id,
+                lambda ids: runtime.request("unfinished", ids), f"{name}.remote()")
+        try:
+            refs = runtime.submit(spec, num_returns)
+        except Exception:
+            if limit:
+                runtime.pending_calls.forget(handle._actor_id, spec.task_id)
+            raise
         runtime.settle_borrowed(big)
         if num_returns == 1:
             return refs[0]

@@ -120,3 +120,8 @@ class ObjectFreedError(HpcrayError):
 
 class DeviceUnavailableError(HpcrayError):
     """A device (CuPy) array reached a rank that has no GPU to hold it."""
+
+
+class PendingCallsLimitExceeded(HpcrayError):
+    """An actor call was refused at ``.remote()``: the calling process already has the
+    actor's ``max_pending_calls`` calls submitted and not finished."""

@@ -18,7 +18,8 @@ CHECKS = {
     "placement_group_bundle_index": ["placement_group_bundle_index"],
     "placement_group_capture_child_tasks": ["placement_group_capture_child_tasks"],
     "label_selector": ["label_selector"], "_metadata": ["_metadata"],
-    "runtime_env": ["runtime_env", "runtime_env_pip", "actor_runtime_env"],
+    "runtime_env": ["runtime_env", "runtime_env_pip", "runtime_env_py_modules",
+                    "runtime_env_py_modules_missing", "actor_runtime_env"],
     "num_returns": ["num_returns", "method_num_returns"],
     "max_retries": ["max_retries"], "retry_exceptions": ["retry_exceptions",
                                                          "method_retry_exceptions"],
@@ -57,6 +58,8 @@ def test_every_option_works_or_is_refused(run_job) -> None:
     (with_env, without) = r["runtime_env"][1]
     assert with_env == ["set", "/tmp"] and without[0] is None and without[1] != "/tmp", r
     _refused(r, "runtime_env_pip", "pip", "job's environment")
+    assert r["runtime_env_py_modules"] == ["ok", 42], r["runtime_env_py_modules"]
+    _refused(r, "runtime_env_py_modules_missing", "nothere.py", "shared file system")
     assert r["actor_runtime_env"] == ["ok", "yes"]
     assert r["num_returns"] == ["ok", [1, 2]] and r["method_num_returns"] == ["ok", [1, 2]]
     assert r["max_retries"][0] == "WorkerCrashedError", r["max_retries"]
@@ -75,7 +78,7 @@ def test_every_option_works_or_is_refused(run_job) -> None:
     (before, after) = r["max_restarts"][1]
     assert before[0] == 1 and after[0] == 1 and before[1] != after[1], r["max_restarts"]
     assert r["max_task_retries"] == ["ok", "again"]
-    _refused(r, "max_pending_calls", "not supported")
-    _refused(r, "concurrency_groups", "max_concurrency")
-    _refused(r, "concurrency_group", "max_concurrency")
+    assert r["max_pending_calls"] == ["ok", ["PendingCallsLimitExceeded", True, 1]], r
+    assert r["concurrency_groups"] == ["ok", [True, True]], r  # io=2: both ran at once
+    assert r["concurrency_group"] == ["ok", [True, True]], r  # routed into io per call
     assert r["method_name"] == ["ok", 1]

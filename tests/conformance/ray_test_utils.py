@@ -38,6 +38,23 @@ class SignalActor:
         return self.num_waiters
 
 
+@ray.remote(num_cpus=0)
+class Semaphore:
+    """An asyncio semaphore in an actor, as Ray's test utility of that name."""
+
+    def __init__(self, value: int = 1):
+        self._sema = asyncio.Semaphore(value=value)
+
+    async def acquire(self) -> None:
+        await self._sema.acquire()
+
+    async def release(self) -> None:
+        self._sema.release()
+
+    async def locked(self) -> bool:
+        return self._sema.locked()
+
+
 def wait_for_condition(condition: Callable[[], bool], timeout: float = 30,
                        retry_interval_ms: int = 50) -> None:
     """Polls ``condition`` until it is true; raises RuntimeError after ``timeout`` seconds."""

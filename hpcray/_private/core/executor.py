@@ -23,10 +23,11 @@ from typing import Any
 from ... import exceptions as E
 from ..transport.pipe import Channel, ChannelClosed, oob
 from ..transport.shm import Segment
-from . import context
+from . import context, py_modules
 from . import protocol as P
 from .backoff import Backoff
 from .objects import DROP, LocalStore, RefTracker, Stored
+from .pending import PendingCalls
 from .runner import ActorHost, Runner
 from .runtime import Runtime, segment_pool
 from .serialization import fits_inline, has_device
@@ -126,6 +127,7 @@ class ExecutorRuntime(Runner, Runtime):
         self.tasks: queue.SimpleQueue = queue.SimpleQueue()
         self.actor: ActorHost | None = None
         self.before_user_code = lambda: None
+        self.pending_calls = PendingCalls()
 
     @property
     def transport(self):
@@ -234,7 +236,9 @@ class ExecutorRuntime(Runner, Runtime):
         os.environ.update(env.get("env_vars") or {})
         if env.get("working_dir"):
             os.chdir(env["working_dir"])
-            sys.path.insert(0, env["working_dir"])
+            if env["working_dir"] not in sys.path:  # (an actor's creation enters twice)
+                sys.path.insert(0, env["working_dir"])
+        undo_modules = py_modules.apply(env.get("py_modules") or [])
         try:
             yield
         finally:
@@ -243,6 +247,7 @@ class ExecutorRuntime(Runner, Runtime):
                 os.environ.update(saved_env)
                 os.chdir(saved_cwd)
                 sys.path[:] = saved_path
+                undo_modules()
 
     def on_cancel_signal(self, signum: int, frame: Any) -> None:
         task_id = getattr(self.local, "task_id", 0)

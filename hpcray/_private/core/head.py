@@ -80,6 +80,7 @@ class HeadRuntime(Runtime):
             "pg_ranks": lambda src, pg_id: self.scheduler.placement_group_ranks(pg_id),
             "service": self.op_service, "actor_lost": self.op_actor_lost,
             "named_actors": lambda src, namespace: self.actor_table.names(namespace),
+            "unfinished": lambda src, ids: [i for i in ids if i in self.tasks],
         }
         self.services: dict[str, Any] = {}  # see op_service
         self.mpi_job: Any = None  # the job's MPI side (job.bootstrap.Job), set at start-up

@@ -8,6 +8,7 @@ import os
 import types
 from typing import Any
 
+from . import py_modules
 from .scheduler import DEFAULT, SPREAD, InPlacementGroup, NodeAffinity
 
 COMMON = {"num_cpus", "num_gpus", "resources", "memory", "scheduling_strategy", "placement_group",
@@ -48,12 +49,25 @@ def validate(options: dict[str, Any], allowed: set[str], what: str) -> dict[str,
     concurrency = options.get("max_concurrency")
     if concurrency is not None and (not isinstance(concurrency, int) or concurrency < 1):
         raise ValueError(f"max_concurrency must be an int >= 1, got {concurrency!r}")
+    groups = options.get("concurrency_groups")
+    if groups is not None and not (isinstance(groups, dict) and all(
+            isinstance(k, str) and k and type(v) is int and v >= 1 for k, v in groups.items())):
+        raise ValueError(f"concurrency_groups of {what} must map group names to their max "
+                         f"concurrency (an int >= 1), e.g. {{'io': 2}}, got {groups!r}")
+    group = options.get("concurrency_group")
+    if group is not None and not (isinstance(group, str) and group):
+        raise ValueError(f"concurrency_group of {what} must be the name of one of the actor's "
+                         f"concurrency_groups, got {group!r}")
+    pending = options.get("max_pending_calls")
+    if pending is not None and (type(pending) is not int or pending < -1):
+        raise ValueError(f"max_pending_calls of {what} must be -1 (no limit, as 0 is) or a "
+                         f"positive int, got {pending!r}")
     _refuse_unsupported(options, what)
     return options
 
 
-#: what runtime_env may hold: environment variables, and a directory every rank can read
-RUNTIME_ENV_KEYS = ("env_vars", "working_dir")
+#: what runtime_env may hold: environment variables, and directories every rank can read
+RUNTIME_ENV_KEYS = ("env_vars", "working_dir", "py_modules")
 
 
 def _refuse_unsupported(options: dict[str, Any], what: str) -> None:
@@ -64,8 +78,8 @@ def _refuse_unsupported(options: dict[str, Any], what: str) -> None:
             extra = sorted(set(env) - set(RUNTIME_ENV_KEYS)) if isinstance(env, dict) else env
             raise ValueError(
                 f"runtime_env of {what} may hold {list(RUNTIME_ENV_KEYS)}, not {extra!r}: "
-                "install packages (pip, conda, py_modules) in the job's environment, which "
-                "every rank shares")
+                "install packages (pip, conda) in the job's environment, which every rank "
+                "shares")
         env_vars = env.get("env_vars") or {}
         if not isinstance(env_vars, dict) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in env_vars.items()):
@@ -75,15 +89,12 @@ def _refuse_unsupported(options: dict[str, Any], what: str) -> None:
                                             os.path.isdir(working_dir)):
             raise ValueError(f"runtime_env['working_dir'] of {what} must be a directory every "
                              f"rank can read (a shared file system path), got {working_dir!r}")
+        if env.get("py_modules") is not None:  # as absolute paths, checked here
+            options["runtime_env"] = {**env, "py_modules": py_modules.resolve(
+                env["py_modules"], what)}
     if options.get("label_selector"):
         raise ValueError(f"label_selector of {what}: ranks carry no labels; select them with "
                          "resources= (HPCRAY_RESOURCES) or NodeAffinitySchedulingStrategy")
-    if options.get("max_pending_calls", -1) not in (-1, None):
-        raise ValueError(f"max_pending_calls of {what} is not supported: leave it at -1 "
-                         "(no limit), or bound the calls in flight with hpcray.wait()")
-    if options.get("concurrency_groups") or options.get("concurrency_group"):
-        raise ValueError(f"concurrency groups ({what}) are not supported: use max_concurrency "
-                         "(one pool of threads, or of coroutines, per actor)")
     if options.get("placement_group_capture_child_tasks"):
         raise ValueError(f"placement_group_capture_child_tasks of {what} is not supported: "
                          "give child tasks the placement group's strategy themselves")

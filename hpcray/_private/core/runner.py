@@ -83,19 +83,27 @@ class ActorHost:
         self.actor_id = spec.actor_id
         self.instance: Any = None
         self.dead = False
-        self.calls: queue.SimpleQueue = queue.SimpleQueue()
         self.concurrency = int(spec.options.get("max_concurrency") or 0)
-        self.loop = None  # an asyncio loop when the class has async methods
+        # Ray's concurrency groups: "" is the default group, of max_concurrency; a call runs
+        # in its group's threads (or, in an async actor, its group's own loop and thread)
+        self.groups: dict[str, int] = {"": self.concurrency,
+                                       **(spec.options.get("concurrency_groups") or {})}
+        self.queues = {name: queue.SimpleQueue() for name in self.groups}
+        self.calls: queue.SimpleQueue = self.queues[""]
+        self.loop = None  # the default group's asyncio loop when the class has async methods
+        self.loops: dict[str, tuple] = {}  # group -> (its loop, its semaphore)
         try:
-            cls = worker.load_function(spec)
+            with worker.task_env(spec):  # an actor's runtime_env holds for its whole life
+                cls = worker.load_function(spec)
         except Exception:  # noqa: BLE001 - construct() raises it again as the creation's error
             cls = None
         if cls is not None and any(inspect.iscoroutinefunction(m)
                                    for _, m in inspect.getmembers(cls)):
             import asyncio
 
-            self.loop = asyncio.new_event_loop()
-            self.semaphore = asyncio.Semaphore(self.concurrency or 1000)
+            self.loops = {name: (asyncio.new_event_loop(), asyncio.Semaphore(size or 1000))
+                          for name, size in self.groups.items()}
+            self.loop = self.loops[""][0]
         self.create_spec = spec
         self.running_async: dict = {}  # task id -> the asyncio task running that call
         threading.Thread(target=self.main, args=(spec, inline), daemon=True,
@@ -114,23 +122,42 @@ class ActorHost:
             self.dead = True
             return
         if self.loop is not None:
-            self.loop.run_forever()
+            for name, (loop, _) in self.loops.items():
+                if name:
+                    threading.Thread(target=self.run_loop, args=(loop,), daemon=True,
+                                     name=f"hpcray-actor-{name}").start()
+            self.run_loop(self.loop)
             return
-        for _ in range(max(self.concurrency, 1) - 1):
-            threading.Thread(target=self.serve, daemon=True, name="hpcray-actor").start()
-        self.serve()
+        for name, size in self.groups.items():
+            for i in range(max(size, 1)):
+                if name or i:  # the default group's first serves on this thread
+                    threading.Thread(target=self.serve, args=(name,), daemon=True,
+                                     name="hpcray-actor").start()
+        self.serve("")
+
+    def run_loop(self, loop) -> None:
+        """Runs one concurrency group's asyncio loop on the calling thread."""
+        import asyncio
+
+        worker = self.worker
+        worker.local.actor_id = self.actor_id
+        worker.local.num_gpus = self.create_spec.resources.get("GPU", 0)
+        asyncio.set_event_loop(loop)
+        loop.run_forever()
 
     def construct(self, *args, **kwargs) -> None:
         self.instance = self.worker.load_function(self.create_spec)(*args, **kwargs)
 
     def submit(self, spec: P.TaskSpec, inline: dict) -> None:
+        group = spec.options.get("concurrency_group") or ""
         if self.loop is not None:
-            self.loop.call_soon_threadsafe(self.start_async, spec, inline)
+            loop, semaphore = self.loops.get(group) or self.loops[""]
+            loop.call_soon_threadsafe(self.start_async, spec, inline, loop, semaphore)
         else:
-            self.calls.put((spec, inline))
+            (self.queues.get(group) or self.calls).put((spec, inline))
 
-    def start_async(self, spec: P.TaskSpec, inline: dict) -> None:
-        task = self.loop.create_task(self.run_async(spec, inline))
+    def start_async(self, spec: P.TaskSpec, inline: dict, loop, semaphore) -> None:
+        task = loop.create_task(self.run_async(spec, inline, semaphore))
         self.running_async[spec.task_id] = task
         task.add_done_callback(lambda _: self.running_async.pop(spec.task_id, None))
 
@@ -145,21 +172,24 @@ class ActorHost:
             if task is not None:
                 task.cancel()
 
-        self.loop.call_soon_threadsafe(cancel)
+        task = self.running_async.get(task_id)
+        (task.get_loop() if task is not None else self.loop).call_soon_threadsafe(cancel)
         return True
 
-    def serve(self) -> None:
+    def serve(self, group: str) -> None:
+        """One thread of a concurrency group: runs its calls in order."""
         worker = self.worker
         worker.local.actor_id = self.actor_id
         worker.local.num_gpus = self.create_spec.resources.get("GPU", 0)
-        calls = self.calls
+        calls = self.queues[group]
+        alone = self.groups[group] <= 1  # its reports may wait for the calls queued behind
         while not self.dead:
             item = calls.get()
             if item is None:
                 return
             spec, inline = item
             worker.execute(spec, inline, functools.partial(self.method, spec.method),
-                           copy=True, more=not calls.empty())
+                           copy=True, more=alone and not calls.empty())
 
     def method(self, name: str):
         """The bound method a call names; Ray's built-in ones included."""
@@ -169,9 +199,9 @@ class ActorHost:
             return exit_actor
         return getattr(self.instance, name)
 
-    async def run_async(self, spec: P.TaskSpec, inline: dict) -> None:
+    async def run_async(self, spec: P.TaskSpec, inline: dict, semaphore) -> None:
         worker = self.worker
-        async with self.semaphore:
+        async with semaphore:
             start = time.time()
             try:
                 if spec.task_id in worker.cancelled:
@@ -192,10 +222,12 @@ class ActorHost:
     def kill(self) -> None:
         self.dead = True
         if self.loop is not None:
-            self.loop.call_soon_threadsafe(self.loop.stop)
+            for loop, _ in self.loops.values():
+                loop.call_soon_threadsafe(loop.stop)
         else:
-            for _ in range(max(self.concurrency, 1)):
-                self.calls.put(None)
+            for name, size in self.groups.items():
+                for _ in range(max(size, 1)):
+                    self.queues[name].put(None)
 
 
 class _Forward(io.TextIOBase):
@@ -393,20 +425,20 @@ class Runner:
         try:
             if task_id in self.cancelled:
                 raise E.TaskCancelledError(spec.name)
-            fn = self.load_function(spec) if target is None else target()
-            args, kwargs = self.resolve_args(spec, inline)
-            with self.lock:  # cancel() may interrupt only the user's code
-                self.running[task_id] = threading.get_ident()
-            start = time.time()
-            try:
-                with self.task_env(spec):
+            with self.task_env(spec):  # (its py_modules may be needed to unpickle the code)
+                fn = self.load_function(spec) if target is None else target()
+                args, kwargs = self.resolve_args(spec, inline)
+                with self.lock:  # cancel() may interrupt only the user's code
+                    self.running[task_id] = threading.get_ident()
+                start = time.time()
+                try:
                     result = fn(*args, **kwargs)
-            finally:
-                with self.lock:
-                    self.running.pop(task_id, None)
-                self.events.append((spec.name, spec.kind, start, time.time(),
-                                    threading.get_ident(), task_id))
-            results, retryable = self.pack_results(spec, result, copy), False
+                finally:
+                    with self.lock:
+                        self.running.pop(task_id, None)
+                    self.events.append((spec.name, spec.kind, start, time.time(),
+                                        threading.get_ident(), task_id))
+                results, retryable = self.pack_results(spec, result, copy), False
         except BaseException as exc:  # noqa: BLE001 - user code: the error is the result
             with self.lock:
                 self.running.pop(task_id, None)

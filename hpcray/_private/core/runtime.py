@@ -32,6 +32,7 @@ from . import protocol as P
 from .backoff import Backoff
 from .config import Config
 from .objects import LocalStore, RefTracker, Stored
+from .pending import PendingCalls
 from .serialization import fits_inline, has_device, nbytes, own, serialize
 
 SHM = "shm"  # an ObjData whose buffers are in the sender's node store: descs = [SHM, where]
@@ -111,6 +112,7 @@ class Runtime:
         # (name, kind, start, end, thread, ok) of the tasks run here, for hpcray.timeline()
         self.events: collections.deque = collections.deque(maxlen=config.timeline_events)
         self.job: dict = {"job_id": job_id, "slurm": None, "state_dir": ""}  # set by bootstrap
+        self.pending_calls = PendingCalls()  # actor calls of max_pending_calls handles
 
     # -- progress (shared by both roles) ---------------------------------------------------
     def progress_once(self) -> bool:

@@ -108,6 +108,22 @@ record("runtime_env", lambda: [
                                          "working_dir": "/tmp"}).remote("WALK_VAR")),
     get(env_and_cwd.remote("WALK_VAR"))])
 record("runtime_env_pip", lambda: ping.options(runtime_env={"pip": ["requests"]}).remote())
+os.makedirs(os.path.join(HERE, "walkmods"))
+with open(os.path.join(HERE, "walkmods", "walkmod.py"), "w") as f:
+    f.write("ANSWER = 42\n")
+
+
+@hpcray.remote
+def import_walkmod():
+    import walkmod
+
+    return walkmod.ANSWER
+
+
+record("runtime_env_py_modules", lambda: get(import_walkmod.options(runtime_env={
+    "py_modules": [os.path.join(HERE, "walkmods", "walkmod.py")]}).remote()))
+record("runtime_env_py_modules_missing", lambda: import_walkmod.options(runtime_env={
+    "py_modules": [os.path.join(HERE, "walkmods", "nothere.py")]}))
 
 # -- tasks ------------------------------------------------------------------------------------
 record("num_returns", lambda: get(two.options(num_returns=2).remote()))
@@ -122,6 +138,17 @@ record("in_rank", lambda: [get(rank_and_pid.options(in_rank=True).remote()),
 
 
 # -- actors -----------------------------------------------------------------------------------
+def meet(tag, n):
+    """True once n calls met here (each leaves a file), False after 30 s."""
+    open(os.path.join(HERE, f"{tag}-{os.getpid()}-{time.monotonic_ns()}"), "w").close()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if len([f for f in os.listdir(HERE) if f.startswith(tag)]) >= n:
+            return True
+        time.sleep(0.01)
+    return False
+
+
 @hpcray.remote
 class Box:
     def __init__(self):
@@ -137,13 +164,7 @@ class Box:
         return os.environ.get(name)
 
     def meet(self, tag, n):
-        open(os.path.join(HERE, f"{tag}-{os.getpid()}-{time.monotonic_ns()}"), "w").close()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if len([f for f in os.listdir(HERE) if f.startswith(tag)]) >= n:
-                return True
-            time.sleep(0.01)
-        return False
+        return meet(tag, n)
 
     def two(self):
         return 1, 2
@@ -169,8 +190,35 @@ before = get(again.where.remote())
 hpcray.kill(again, no_restart=False)
 record("max_restarts", lambda: [before, get(again.where.remote())])
 record("max_task_retries", lambda: get(again.flaky.options(retry_exceptions=True).remote("m-a")))
-record("max_pending_calls", lambda: Box.options(max_pending_calls=5).remote())
-record("concurrency_groups", lambda: Box.options(concurrency_groups={"io": 2}).remote())
+
+
+def backpressure():
+    box = Box.options(max_pending_calls=1).remote()
+    first = box.meet.remote("pend", 2)  # runs until a second pend-* file exists
+    try:
+        box.where.remote()
+        refused = None
+    except hpcray.exceptions.PendingCallsLimitExceeded as exc:
+        refused = type(exc).__name__
+    open(os.path.join(HERE, "pend-release"), "w").close()
+    return [refused, get(first), get(box.where.remote())[0]]
+
+
+record("max_pending_calls", backpressure)
+
+
+@hpcray.remote(concurrency_groups={"io": 2})
+class Grouped:
+    @hpcray.method(concurrency_group="io")
+    def meet_io(self, tag, n):
+        return meet(tag, n)
+
+    def meet(self, tag, n):  # the default group: max_concurrency 1
+        return meet(tag, n)
+
+
+grouped = Grouped.remote()
+record("concurrency_groups", lambda: get([grouped.meet_io.remote("cg-a", 2) for _ in range(2)]))
 record("actor_runtime_env", lambda: get(Box.options(
     runtime_env={"env_vars": {"WALK_ACTOR": "yes"}}).remote().env.remote("WALK_ACTOR")))
 record("actor_in_rank", lambda: get(Box.options(in_rank=True).remote().where.remote()))
@@ -178,5 +226,6 @@ record("method_num_returns", lambda: get(Box.remote().two.options(num_returns=2)
 record("method_name", lambda: get(Box.remote().where.options(name="named-call").remote())[0])
 record("method_retry_exceptions", lambda: get(Box.remote().flaky.options(
     retry_exceptions=[ValueError], max_task_retries=1).remote("m-b")))
-record("concurrency_group", lambda: Box.remote().where.options(concurrency_group="io").remote())
+record("concurrency_group", lambda: get([grouped.meet.options(concurrency_group="io").remote(
+    "cg-b", 2) for _ in range(2)]))
 emit(R)
