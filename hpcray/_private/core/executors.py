@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
-import selectors
+import select
 import signal
 import socket
 import sys
@@ -55,6 +55,7 @@ def clean_environ(env: dict | os._Environ) -> dict:
 
 _context = None
 _starting = threading.local()
+_WAKE = object()
 
 
 def _no_main_module(original):
@@ -166,8 +167,9 @@ class ExecutorPool:
         self.wake_r.setblocking(False)
         self.closed = False
         start_forkserver([m.strip() for m in worker.config.preload.split(",") if m.strip()])
-        self.selector = selectors.DefaultSelector()
-        self.selector.register(self.wake_r, selectors.EVENT_READ, None)
+        self.epoll = select.epoll()
+        self.epoll.register(self.wake_r.fileno(), select.EPOLLIN)
+        self.watched: dict[int, Any] = {self.wake_r.fileno(): _WAKE}  # fd -> (executor, died)
         self.added: list[Proc] = []              # started, not yet watched
         self.polling = threading.Lock()          # one thread reads the channels at a time
         worker.backoff.attach(self.wait, self.wake)
@@ -336,33 +338,36 @@ class ExecutorPool:
         if self.closed or not self.polling.acquire(blocking=False):
             return self.worker.backoff.wakeup.wait(timeout)
         try:
-            if timeout >= 1e-3:
-                return self._poll(timeout)
-            # epoll counts whole milliseconds: a shorter sleep polls, then waits on the event
-            if self._poll(0):
-                return True
+            return self._poll(timeout)
         finally:
             self.polling.release()
-        return self.worker.backoff.wakeup.wait(timeout)
 
     def _poll(self, timeout: float) -> bool:
-        selector = self.selector
+        watched = self.watched
         if self.added:
             with self.lock:
                 added, self.added = self.added, []
             for proc in added:
                 if not proc.dead:
-                    selector.register(proc.channel.sock, selectors.EVENT_READ, (proc, False))
-                    selector.register(proc.process.sentinel, selectors.EVENT_READ, (proc, True))
-        events = selector.select(timeout)
-        if not events:
+                    for fd, died in ((proc.channel.fileno(), False), (proc.process.sentinel, True)):
+                        watched[fd] = (proc, died)
+                        self.epoll.register(fd, select.EPOLLIN)
+        if 0 < timeout < 1e-3 and self.low_fds():
+            # epoll counts whole milliseconds; select sleeps to the microsecond
+            ready = select.select(list(watched), (), (), timeout)[0]
+        else:
+            ready = [fd for fd, _ in self.epoll.poll(timeout)]
+        if not ready:
             return False
-        for key, _ in events:
-            if key.data is None:
+        for fd in ready:
+            data = watched.get(fd)
+            if data is None:
+                continue
+            if data is _WAKE:
                 with contextlib.suppress(BlockingIOError):
                     self.wake_r.recv(4096)
                 continue
-            proc, died = key.data
+            proc, died = data
             if proc.dead:
                 continue
             if died:
@@ -371,10 +376,14 @@ class ExecutorPool:
                 self.receive(proc)
         return True
 
+    def low_fds(self) -> bool:
+        return max(self.watched) < 1024  # select()'s FD_SETSIZE
+
     def unwatch(self, proc: Proc) -> None:
-        for number in (proc.channel.fileno(), proc.process.sentinel):
-            with contextlib.suppress(KeyError, ValueError, OSError):
-                self.selector.unregister(number)
+        for fd in (proc.channel.fileno(), proc.process.sentinel):
+            if self.watched.pop(fd, None) is not None:
+                with contextlib.suppress(ValueError, OSError):
+                    self.epoll.unregister(fd)
 
     def receive(self, proc: Proc) -> None:
         try:
