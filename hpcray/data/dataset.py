@@ -41,6 +41,7 @@ from .executor import (
     job_cpus,
     remote,
 )
+from .prefetch import Prefetcher
 
 DEFAULT_BATCH_SIZE = 1024
 
@@ -196,18 +197,27 @@ class Schema:
 class DataIterator:
     """Iterates batches or rows of a dataset (or of one split of it)."""
 
+    _prefetch: Prefetcher | None = None  # the latest iteration's
+
     def _blocks(self, prefetch: int) -> Iterator[Block]:  # pragma: no cover - overridden
+        """The blocks of one pass, fetched ``prefetch`` blocks ahead (see Prefetcher)."""
         raise NotImplementedError
+
+    def stats(self) -> str:
+        """How the latest iteration prefetched: blocks fetched ahead, time spent waiting."""
+        p = self._prefetch
+        return f"Iterator: {p.describe()}" if p is not None else "Iterator: not iterated yet"
 
     def iter_batches(self, *, prefetch_batches: int = 1, batch_size: int | None = 256,
                      batch_format: str | None = "default", drop_last: bool = False,
                      local_shuffle_buffer_size: int | None = None,
                      local_shuffle_seed: int | None = None,
                      _collate_fn: Callable | None = None) -> Iterator[Any]:
-        """Batches of batch_size rows (None: one per block) in batch_format; the next
-        prefetch_batches blocks are fetched while the current batch is used."""
+        """Batches of batch_size rows (None: one per block) in batch_format; a background
+        thread fetches the next prefetch_batches blocks to this rank while the current one is
+        used (0: each block is fetched when needed)."""
         batcher = Batcher(batch_size, drop_last, local_shuffle_buffer_size, local_shuffle_seed)
-        for batch in batcher.batches(self._blocks(max(1, prefetch_batches))):
+        for batch in batcher.batches(self._blocks(prefetch_batches)):
             out = to_batch(batch, batch_format)
             yield _collate_fn(out) if _collate_fn is not None else out
 
@@ -336,26 +346,18 @@ def _import_tensorflow(what: str) -> Any:
     return tf
 
 
-def _prefetched(bundles: Iterator[Bundle], depth: int) -> Iterator[Block]:
-    """Blocks fetched to this rank depth ahead of their use (through ref.future())."""
-    window: list = []
-    for ref, _meta in bundles:
-        window.append(ref.future())
-        if len(window) > depth:
-            yield window.pop(0).result()
-    for fut in window:
-        yield fut.result()
-
-
 class _DatasetIterator(DataIterator):
     def __init__(self, ds: Dataset):
         self._ds = ds
 
     def _blocks(self, prefetch: int) -> Iterator[Block]:
-        return _prefetched(self._ds._bundles(), prefetch)
+        if not hpcray.is_initialized():
+            hpcray.init()  # here, not in the prefetch thread: a plain script relaunches
+        self._prefetch = Prefetcher(self._ds._bundles(), prefetch, lambda b: b[0].future())
+        return (block for _, block in self._prefetch)
 
     def stats(self) -> str:
-        return self._ds.stats()
+        return f"{self._ds.stats()}\n{super().stats()}"
 
     def schema(self) -> Schema | None:
         return self._ds.schema()
