@@ -16,3 +16,8 @@ def test_shards_and_datasets_fetch_prefetch_batches_blocks_ahead(tmp_path: Path)
     pytest.importorskip("torch")
     out = job("prefetch.py", 4, tmp_path, str(tmp_path))
     assert oks(out) == ["prefetch"], out
+
+
+def test_a_users_datasink_writes_commits_and_fails_as_in_ray(tmp_path: Path) -> None:
+    out = job("datasink.py", 3, tmp_path, str(tmp_path))
+    assert len(oks(out)) == 8, out

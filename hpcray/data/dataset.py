@@ -30,6 +30,7 @@ from .block import (
     to_batch,
 )
 from .context import DataContext
+from .datasink import Datasink
 from .executor import (
     AllToAll,
     Bundle,
@@ -777,29 +778,51 @@ class Dataset:
 
     # ---------------------------------------------------------------- writes
 
-    def write_parquet(self, path: str, **kwargs) -> None:
-        self._write("parquet", path, kwargs)
+    def write_datasink(self, datasink: Datasink, *, ray_remote_args: dict | None = None,
+                       concurrency: int | None = None) -> None:
+        """Writes the dataset through a custom Datasink: write() runs in a task per block on
+        the rank holding it (at most concurrency at once), on_write_start/complete/failed on
+        the driver. ray_remote_args are the write tasks' options (num_cpus, ...)."""
+        from .write import write_datasink
 
-    def write_csv(self, path: str, **kwargs) -> None:
-        self._write("csv", path, kwargs)
+        write_datasink(self, datasink, ray_remote_args, concurrency)
 
-    def write_json(self, path: str, **kwargs) -> None:
-        self._write("json", path, kwargs)
+    def write_parquet(self, path: str, *, ray_remote_args: dict | None = None,
+                      concurrency: int | None = None, **arrow_parquet_args) -> None:
+        """A Parquet file per block in the folder path."""
+        self._write("parquet", path, arrow_parquet_args, ray_remote_args, concurrency)
 
-    def write_numpy(self, path: str, *, column: str | None = None, **kwargs) -> None:
-        self._write("npy", path, {"column": column})
+    def write_csv(self, path: str, *, ray_remote_args: dict | None = None,
+                  concurrency: int | None = None, **arrow_csv_args) -> None:
+        """A CSV file per block in the folder path."""
+        self._write("csv", path, arrow_csv_args, ray_remote_args, concurrency)
 
-    def write_hdf5(self, path: str, **kwargs) -> None:
+    def write_json(self, path: str, *, ray_remote_args: dict | None = None,
+                   concurrency: int | None = None, **pandas_json_args) -> None:
+        """A JSON-lines file per block in the folder path."""
+        self._write("json", path, pandas_json_args, ray_remote_args, concurrency)
+
+    def write_numpy(self, path: str, *, column: str | None = None,
+                    ray_remote_args: dict | None = None, concurrency: int | None = None,
+                    **kwargs) -> None:
+        """A .npy file of column per block in the folder path."""
+        self._write("npy", path, {"column": column}, ray_remote_args, concurrency)
+
+    def write_hdf5(self, path: str, *, ray_remote_args: dict | None = None,
+                   concurrency: int | None = None, **kwargs) -> None:
         """One HDF5 file at path with a dataset per column: each block is written by its own
         task to path's .parts folder, and path joins them as virtual datasets (no copy)."""
-        from .write import write_hdf5
+        from .write import HDF5Datasink
 
-        write_hdf5(self, path)
+        self.write_datasink(HDF5Datasink(path), ray_remote_args=ray_remote_args,
+                            concurrency=concurrency)
 
-    def _write(self, fmt: str, path: str, kwargs: dict) -> None:
-        from .write import write_files
+    def _write(self, fmt: str, path: str, kwargs: dict, ray_remote_args: dict | None,
+               concurrency: int | None) -> None:
+        from .write import FileDatasink
 
-        write_files(self, fmt, path, kwargs)
+        self.write_datasink(FileDatasink(path, fmt, kwargs), ray_remote_args=ray_remote_args,
+                            concurrency=concurrency)
 
 
 def _to_numpy(block: Block, column_name: str | None) -> Any:
