@@ -21,3 +21,8 @@ def test_shards_and_datasets_fetch_prefetch_batches_blocks_ahead(tmp_path: Path)
 def test_a_users_datasink_writes_commits_and_fails_as_in_ray(tmp_path: Path) -> None:
     out = job("datasink.py", 3, tmp_path, str(tmp_path))
     assert len(oks(out)) == 8, out
+
+
+def test_actor_pools_start_with_initial_size_actors(tmp_path: Path) -> None:
+    out = job("actor_pool.py", 3, tmp_path, str(tmp_path))
+    assert len(oks(out)) == 3, out

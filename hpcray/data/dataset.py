@@ -115,25 +115,38 @@ def _is_class(fn: Any) -> bool:
     return isinstance(fn, type)
 
 
+def pool_bounds(low: int, high: int, initial: int | None = None) -> tuple[int, int, int]:
+    """(min, max, initial) actors of a pool, checked; initial defaults to min (Ray's)."""
+    if not 1 <= low <= high:
+        raise ValueError(f"an actor pool needs 1 <= min_size <= max_size, got min_size={low}, "
+                         f"max_size={high}")
+    start = low if initial is None else initial
+    if not low <= start <= high:
+        raise ValueError(f"an actor pool's initial_size must be between min_size and max_size "
+                         f"({low} <= initial_size <= {high}), got initial_size={start}")
+    return low, high, start
+
+
 class ActorPoolStrategy:
     """Ray Data's compute strategy for a callable class: a pool of ``size`` actors, or one
-    that grows from ``min_size`` to ``max_size`` while input waits and shrinks back when
-    actors sit idle (same as ``concurrency=(min_size, max_size)``)."""
+    that starts with ``initial_size`` actors (default: min_size), grows up to ``max_size``
+    while input waits and shrinks back to ``min_size`` when actors sit idle (the same as
+    ``concurrency=(min_size, max_size, initial_size)``)."""
 
     def __init__(self, *, size: int | None = None, min_size: int | None = None,
                  max_size: int | None = None, initial_size: int | None = None,
                  max_tasks_in_flight_per_actor: int | None = None):
-        if size is not None and (min_size is not None or max_size is not None):
-            raise ValueError("give ActorPoolStrategy either size or min_size/max_size")
+        if size is not None and (min_size, max_size, initial_size) != (None, None, None):
+            raise ValueError("give ActorPoolStrategy either size, or min_size/max_size/"
+                             "initial_size")
         low = size if size is not None else (min_size or 1)
-        high = size if size is not None else (max_size or max(low, job_cpus()))
-        if not 1 <= low <= high:
-            raise ValueError(f"ActorPoolStrategy needs 1 <= min_size <= max_size, got "
-                             f"min_size={low}, max_size={high}")
-        self.min_size, self.max_size = low, high
+        high = size if size is not None else (
+            max_size or max(low, initial_size or 0, job_cpus()))
+        self.min_size, self.max_size, self.initial_size = pool_bounds(low, high, initial_size)
 
     def __repr__(self) -> str:
-        return f"ActorPoolStrategy(min_size={self.min_size}, max_size={self.max_size})"
+        return (f"ActorPoolStrategy(min_size={self.min_size}, max_size={self.max_size}, "
+                f"initial_size={self.initial_size})")
 
 
 class TaskPoolStrategy:
@@ -153,7 +166,7 @@ def _compute_concurrency(compute: Any, concurrency: int | tuple | None,
             raise ValueError("an actor pool (compute=ActorPoolStrategy) runs a callable class: "
                              "pass a class whose __call__ maps a batch, or drop compute=")
         if isinstance(compute, ActorPoolStrategy):
-            return (compute.min_size, compute.max_size)
+            return (compute.min_size, compute.max_size, compute.initial_size)
         return concurrency
     raise ValueError(f"compute must be an ActorPoolStrategy, a TaskPoolStrategy, 'actors' or "
                      f"'tasks', got {compute!r}")
@@ -403,9 +416,12 @@ class Dataset:
         concurrency = _compute_concurrency(compute, concurrency, actors)
         if not actors and (fn_constructor_args or fn_constructor_kwargs):
             raise ValueError("fn_constructor_args/kwargs are only for callable classes")
-        if isinstance(concurrency, tuple) and (len(concurrency) != 2 or
-                                               concurrency[0] > concurrency[1]):
-            raise ValueError(f"concurrency must be n or (min, max), got {concurrency}")
+        if isinstance(concurrency, tuple):
+            if len(concurrency) not in (2, 3) or not all(isinstance(c, int)
+                                                         for c in concurrency):
+                raise ValueError(f"concurrency must be n, (min, max) or (min, max, initial) "
+                                 f"actors, got {concurrency}")
+            pool_bounds(*concurrency)
         spec = MapSpec(name=name, apply=apply, fn=fn, ctor_args=tuple(fn_constructor_args),
                        ctor_kwargs=dict(fn_constructor_kwargs or {}),
                        compute="actors" if actors else "tasks", concurrency=concurrency,
