@@ -17,6 +17,7 @@ import hpcray
 from . import alltoall
 from .aggregate import AggregateFn, Count, Max, Mean, Min, Std, Sum
 from .block import (
+    BATCH_FORMATS,
     Batcher,
     Block,
     batches_of,
@@ -24,10 +25,12 @@ from .block import (
     concat,
     from_batch,
     from_rows,
+    import_cupy,
     iter_rows,
     num_rows,
     take_rows,
     to_batch,
+    to_cupy,
 )
 from .context import DataContext
 from .datasink import Datasink
@@ -225,15 +228,32 @@ class DataIterator:
     def iter_batches(self, *, prefetch_batches: int = 1, batch_size: int | None = 256,
                      batch_format: str | None = "default", drop_last: bool = False,
                      local_shuffle_buffer_size: int | None = None,
-                     local_shuffle_seed: int | None = None,
+                     local_shuffle_seed: int | None = None, device: str | None = None,
                      _collate_fn: Callable | None = None) -> Iterator[Any]:
         """Batches of batch_size rows (None: one per block) in batch_format; a background
         thread fetches the next prefetch_batches blocks to this rank while the current one is
-        used (0: each block is fetched when needed)."""
+        used (0: each block is fetched when needed). batch_format="cupy" or device="cuda"
+        ("cuda:N": GPU N) gives dicts of CuPy arrays on the GPU."""
+        gpu = _cuda_device(device)
+        if gpu is not False:
+            if batch_format not in (None, "default", "numpy", "cupy"):
+                raise ValueError(f"device={device!r} gives batches of CuPy arrays: use "
+                                 f"batch_format='cupy' (or 'numpy'), not {batch_format!r}")
+            batch_format = "cupy"
+        if batch_format not in BATCH_FORMATS and batch_format is not None:
+            raise ValueError(f"batch_format must be one of {BATCH_FORMATS}, got "
+                             f"{batch_format!r}")
+        if batch_format == "cupy":
+            import_cupy("CuPy batches (batch_format='cupy', device='cuda')")
         batcher = Batcher(batch_size, drop_last, local_shuffle_buffer_size, local_shuffle_seed)
-        for batch in batcher.batches(self._blocks(prefetch_batches)):
-            out = to_batch(batch, batch_format)
-            yield _collate_fn(out) if _collate_fn is not None else out
+        return self._iterate(batcher, prefetch_batches, batch_format,
+                             None if gpu is False else gpu, _collate_fn)
+
+    def _iterate(self, batcher: Batcher, prefetch: int, batch_format: str | None,
+                 gpu: int | None, collate: Callable | None) -> Iterator[Any]:
+        for batch in batcher.batches(self._blocks(prefetch)):
+            out = to_cupy(batch, gpu) if batch_format == "cupy" else to_batch(batch, batch_format)
+            yield collate(out) if collate is not None else out
 
     def iter_rows(self) -> Iterator[dict]:
         for block in self._blocks(2):
@@ -344,6 +364,18 @@ class DataIterator:
         return list(self._blocks(2))
 
 
+def _cuda_device(device: str | None) -> int | None | bool:
+    """False for host batches (None, "cpu", "auto"); for "cuda" None (the current GPU);
+    for "cuda:N" N."""
+    if device in (None, "cpu", "auto"):
+        return False
+    name, _, index = str(device).partition(":")
+    if name == "cuda" and (not index or index.isdigit()):
+        return int(index) if index else None
+    raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N' (CuPy arrays on GPU N), got "
+                     f"{device!r}")
+
+
 def _parse_type(text: str) -> tuple[np.dtype, tuple]:
     """A Schema type ("float32", or "float32(3, 4)" for tensor rows) as (dtype, row shape)."""
     name, _, shape = text.partition("(")
@@ -444,9 +476,9 @@ class Dataset:
         in Ray 2.60) passes each block whole; "default" means 1024."""
         if batch_size == "default":
             batch_size = DEFAULT_BATCH_SIZE
-        if batch_format not in (None, "default", "numpy", "pandas", "pyarrow"):
-            raise ValueError(f"batch_format must be 'default', 'numpy', 'pandas' or 'pyarrow', "
-                             f"got {batch_format!r}")
+        if batch_format not in (None, *BATCH_FORMATS):
+            raise ValueError(f"batch_format must be one of {BATCH_FORMATS}, got "
+                             f"{batch_format!r}")
         apply = functools.partial(_map_batches_apply, batch_size=batch_size,
                                   fmt=batch_format or "default", args=tuple(fn_args),
                                   kwargs=dict(fn_kwargs or {}))
