@@ -31,6 +31,7 @@ from .dataset import (
     from_blocks_local,
     items_to_blocks,
 )
+from .datasink import Datasink, WriteResult
 from .datasource import Datasource, ReadTask
 from .executor import DatasetStats, Plan, UserCodeException
 
@@ -42,6 +43,7 @@ __all__ = [
     "DataIterator",
     "Dataset",
     "DatasetStats",
+    "Datasink",
     "Datasource",
     "ExecutionOptions",
     "ExecutionResources",
@@ -56,6 +58,7 @@ __all__ = [
     "Sum",
     "TaskPoolStrategy",
     "UserCodeException",
+    "WriteResult",
     "from_arrow",
     "from_items",
     "from_numpy",

@@ -5,6 +5,8 @@ Everything here is pure logic (no runtime), so it is tested in-process.
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +28,7 @@ class BlockMetadata:
     input_files: list[str] | tuple[str, ...] | None = None
     schema: Any = None
 
-BATCH_FORMATS = ("default", "numpy", "pandas", "pyarrow")
+BATCH_FORMATS = ("default", "numpy", "pandas", "pyarrow", "cupy")
 
 
 def num_rows(block: Block) -> int:
@@ -61,9 +63,13 @@ def schema_of(block: Block) -> dict[str, str]:
 
 
 def column(values: Any) -> np.ndarray:
-    """One column as an array: lists of equal-shape arrays stack; ragged ones stay objects."""
+    """One column as an array: lists of equal-shape arrays stack; ragged ones stay objects;
+    a CuPy array comes to the host (blocks live in host memory)."""
     if isinstance(values, np.ndarray):
         return values
+    cupy = sys.modules.get("cupy")
+    if cupy is not None and isinstance(values, cupy.ndarray):
+        return cupy.asnumpy(values)
     if _is_arrow(values):
         return _arrow_column(values)
     if hasattr(values, "to_numpy") and not isinstance(values, (list, tuple)):
@@ -147,7 +153,30 @@ def to_batch(block: Block, batch_format: str | None) -> Any:
         return pd.DataFrame({k: (list(v) if v.ndim > 1 else v) for k, v in block.items()})
     if fmt == "pyarrow":
         return to_arrow(block)
+    if fmt == "cupy":
+        return to_cupy(block)
     raise ValueError(f"batch_format must be one of {BATCH_FORMATS}, got {batch_format!r}")
+
+
+def import_cupy(what: str) -> Any:
+    try:
+        import cupy
+    except ImportError as exc:
+        raise ImportError(f"{what} needs CuPy, which is not installed: pip install "
+                          f"cupy-cuda12x (or the CuPy build for your CUDA version)") from exc
+    return cupy
+
+
+def to_cupy(block: Block, device: int | None = None) -> dict:
+    """The block's columns as CuPy arrays on the GPU (device: its index; None: the current
+    one). Strings and other objects cannot go to a GPU: such a column is an error."""
+    cupy = import_cupy("CuPy batches (batch_format='cupy', device='cuda')")
+    bad = [k for k, v in block.items() if v.dtype == object]
+    if bad:
+        raise TypeError(f"CuPy batches hold numbers, but column(s) {bad} hold objects "
+                        f"(strings?): drop them first (ds.drop_columns({bad}))")
+    with cupy.cuda.Device(device) if device is not None else contextlib.nullcontext():
+        return {k: cupy.asarray(v) for k, v in block.items()}
 
 
 def to_arrow(block: Block):

@@ -17,6 +17,7 @@ import hpcray
 from . import alltoall
 from .aggregate import AggregateFn, Count, Max, Mean, Min, Std, Sum
 from .block import (
+    BATCH_FORMATS,
     Batcher,
     Block,
     batches_of,
@@ -24,12 +25,15 @@ from .block import (
     concat,
     from_batch,
     from_rows,
+    import_cupy,
     iter_rows,
     num_rows,
     take_rows,
     to_batch,
+    to_cupy,
 )
 from .context import DataContext
+from .datasink import Datasink
 from .executor import (
     AllToAll,
     Bundle,
@@ -41,6 +45,7 @@ from .executor import (
     job_cpus,
     remote,
 )
+from .prefetch import Prefetcher
 
 DEFAULT_BATCH_SIZE = 1024
 
@@ -113,25 +118,38 @@ def _is_class(fn: Any) -> bool:
     return isinstance(fn, type)
 
 
+def pool_bounds(low: int, high: int, initial: int | None = None) -> tuple[int, int, int]:
+    """(min, max, initial) actors of a pool, checked; initial defaults to min (Ray's)."""
+    if not 1 <= low <= high:
+        raise ValueError(f"an actor pool needs 1 <= min_size <= max_size, got min_size={low}, "
+                         f"max_size={high}")
+    start = low if initial is None else initial
+    if not low <= start <= high:
+        raise ValueError(f"an actor pool's initial_size must be between min_size and max_size "
+                         f"({low} <= initial_size <= {high}), got initial_size={start}")
+    return low, high, start
+
+
 class ActorPoolStrategy:
     """Ray Data's compute strategy for a callable class: a pool of ``size`` actors, or one
-    that grows from ``min_size`` to ``max_size`` while input waits and shrinks back when
-    actors sit idle (same as ``concurrency=(min_size, max_size)``)."""
+    that starts with ``initial_size`` actors (default: min_size), grows up to ``max_size``
+    while input waits and shrinks back to ``min_size`` when actors sit idle (the same as
+    ``concurrency=(min_size, max_size, initial_size)``)."""
 
     def __init__(self, *, size: int | None = None, min_size: int | None = None,
                  max_size: int | None = None, initial_size: int | None = None,
                  max_tasks_in_flight_per_actor: int | None = None):
-        if size is not None and (min_size is not None or max_size is not None):
-            raise ValueError("give ActorPoolStrategy either size or min_size/max_size")
+        if size is not None and (min_size, max_size, initial_size) != (None, None, None):
+            raise ValueError("give ActorPoolStrategy either size, or min_size/max_size/"
+                             "initial_size")
         low = size if size is not None else (min_size or 1)
-        high = size if size is not None else (max_size or max(low, job_cpus()))
-        if not 1 <= low <= high:
-            raise ValueError(f"ActorPoolStrategy needs 1 <= min_size <= max_size, got "
-                             f"min_size={low}, max_size={high}")
-        self.min_size, self.max_size = low, high
+        high = size if size is not None else (
+            max_size or max(low, initial_size or 0, job_cpus()))
+        self.min_size, self.max_size, self.initial_size = pool_bounds(low, high, initial_size)
 
     def __repr__(self) -> str:
-        return f"ActorPoolStrategy(min_size={self.min_size}, max_size={self.max_size})"
+        return (f"ActorPoolStrategy(min_size={self.min_size}, max_size={self.max_size}, "
+                f"initial_size={self.initial_size})")
 
 
 class TaskPoolStrategy:
@@ -151,7 +169,7 @@ def _compute_concurrency(compute: Any, concurrency: int | tuple | None,
             raise ValueError("an actor pool (compute=ActorPoolStrategy) runs a callable class: "
                              "pass a class whose __call__ maps a batch, or drop compute=")
         if isinstance(compute, ActorPoolStrategy):
-            return (compute.min_size, compute.max_size)
+            return (compute.min_size, compute.max_size, compute.initial_size)
         return concurrency
     raise ValueError(f"compute must be an ActorPoolStrategy, a TaskPoolStrategy, 'actors' or "
                      f"'tasks', got {compute!r}")
@@ -196,20 +214,46 @@ class Schema:
 class DataIterator:
     """Iterates batches or rows of a dataset (or of one split of it)."""
 
+    _prefetch: Prefetcher | None = None  # the latest iteration's
+
     def _blocks(self, prefetch: int) -> Iterator[Block]:  # pragma: no cover - overridden
+        """The blocks of one pass, fetched ``prefetch`` blocks ahead (see Prefetcher)."""
         raise NotImplementedError
+
+    def stats(self) -> str:
+        """How the latest iteration prefetched: blocks fetched ahead, time spent waiting."""
+        p = self._prefetch
+        return f"Iterator: {p.describe()}" if p is not None else "Iterator: not iterated yet"
 
     def iter_batches(self, *, prefetch_batches: int = 1, batch_size: int | None = 256,
                      batch_format: str | None = "default", drop_last: bool = False,
                      local_shuffle_buffer_size: int | None = None,
-                     local_shuffle_seed: int | None = None,
+                     local_shuffle_seed: int | None = None, device: str | None = None,
                      _collate_fn: Callable | None = None) -> Iterator[Any]:
-        """Batches of batch_size rows (None: one per block) in batch_format; the next
-        prefetch_batches blocks are fetched while the current batch is used."""
+        """Batches of batch_size rows (None: one per block) in batch_format; a background
+        thread fetches the next prefetch_batches blocks to this rank while the current one is
+        used (0: each block is fetched when needed). batch_format="cupy" or device="cuda"
+        ("cuda:N": GPU N) gives dicts of CuPy arrays on the GPU."""
+        gpu = _cuda_device(device)
+        if gpu is not False:
+            if batch_format not in (None, "default", "numpy", "cupy"):
+                raise ValueError(f"device={device!r} gives batches of CuPy arrays: use "
+                                 f"batch_format='cupy' (or 'numpy'), not {batch_format!r}")
+            batch_format = "cupy"
+        if batch_format not in BATCH_FORMATS and batch_format is not None:
+            raise ValueError(f"batch_format must be one of {BATCH_FORMATS}, got "
+                             f"{batch_format!r}")
+        if batch_format == "cupy":
+            import_cupy("CuPy batches (batch_format='cupy', device='cuda')")
         batcher = Batcher(batch_size, drop_last, local_shuffle_buffer_size, local_shuffle_seed)
-        for batch in batcher.batches(self._blocks(max(1, prefetch_batches))):
-            out = to_batch(batch, batch_format)
-            yield _collate_fn(out) if _collate_fn is not None else out
+        return self._iterate(batcher, prefetch_batches, batch_format,
+                             None if gpu is False else gpu, _collate_fn)
+
+    def _iterate(self, batcher: Batcher, prefetch: int, batch_format: str | None,
+                 gpu: int | None, collate: Callable | None) -> Iterator[Any]:
+        for batch in batcher.batches(self._blocks(prefetch)):
+            out = to_cupy(batch, gpu) if batch_format == "cupy" else to_batch(batch, batch_format)
+            yield collate(out) if collate is not None else out
 
     def iter_rows(self) -> Iterator[dict]:
         for block in self._blocks(2):
@@ -320,6 +364,18 @@ class DataIterator:
         return list(self._blocks(2))
 
 
+def _cuda_device(device: str | None) -> int | None | bool:
+    """False for host batches (None, "cpu", "auto"); for "cuda" None (the current GPU);
+    for "cuda:N" N."""
+    if device in (None, "cpu", "auto"):
+        return False
+    name, _, index = str(device).partition(":")
+    if name == "cuda" and (not index or index.isdigit()):
+        return int(index) if index else None
+    raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N' (CuPy arrays on GPU N), got "
+                     f"{device!r}")
+
+
 def _parse_type(text: str) -> tuple[np.dtype, tuple]:
     """A Schema type ("float32", or "float32(3, 4)" for tensor rows) as (dtype, row shape)."""
     name, _, shape = text.partition("(")
@@ -336,26 +392,18 @@ def _import_tensorflow(what: str) -> Any:
     return tf
 
 
-def _prefetched(bundles: Iterator[Bundle], depth: int) -> Iterator[Block]:
-    """Blocks fetched to this rank depth ahead of their use (through ref.future())."""
-    window: list = []
-    for ref, _meta in bundles:
-        window.append(ref.future())
-        if len(window) > depth:
-            yield window.pop(0).result()
-    for fut in window:
-        yield fut.result()
-
-
 class _DatasetIterator(DataIterator):
     def __init__(self, ds: Dataset):
         self._ds = ds
 
     def _blocks(self, prefetch: int) -> Iterator[Block]:
-        return _prefetched(self._ds._bundles(), prefetch)
+        if not hpcray.is_initialized():
+            hpcray.init()  # here, not in the prefetch thread: a plain script relaunches
+        self._prefetch = Prefetcher(self._ds._bundles(), prefetch, lambda b: b[0].future())
+        return (block for _, block in self._prefetch)
 
     def stats(self) -> str:
-        return self._ds.stats()
+        return f"{self._ds.stats()}\n{super().stats()}"
 
     def schema(self) -> Schema | None:
         return self._ds.schema()
@@ -400,9 +448,12 @@ class Dataset:
         concurrency = _compute_concurrency(compute, concurrency, actors)
         if not actors and (fn_constructor_args or fn_constructor_kwargs):
             raise ValueError("fn_constructor_args/kwargs are only for callable classes")
-        if isinstance(concurrency, tuple) and (len(concurrency) != 2 or
-                                               concurrency[0] > concurrency[1]):
-            raise ValueError(f"concurrency must be n or (min, max), got {concurrency}")
+        if isinstance(concurrency, tuple):
+            if len(concurrency) not in (2, 3) or not all(isinstance(c, int)
+                                                         for c in concurrency):
+                raise ValueError(f"concurrency must be n, (min, max) or (min, max, initial) "
+                                 f"actors, got {concurrency}")
+            pool_bounds(*concurrency)
         spec = MapSpec(name=name, apply=apply, fn=fn, ctor_args=tuple(fn_constructor_args),
                        ctor_kwargs=dict(fn_constructor_kwargs or {}),
                        compute="actors" if actors else "tasks", concurrency=concurrency,
@@ -425,9 +476,9 @@ class Dataset:
         in Ray 2.60) passes each block whole; "default" means 1024."""
         if batch_size == "default":
             batch_size = DEFAULT_BATCH_SIZE
-        if batch_format not in (None, "default", "numpy", "pandas", "pyarrow"):
-            raise ValueError(f"batch_format must be 'default', 'numpy', 'pandas' or 'pyarrow', "
-                             f"got {batch_format!r}")
+        if batch_format not in (None, *BATCH_FORMATS):
+            raise ValueError(f"batch_format must be one of {BATCH_FORMATS}, got "
+                             f"{batch_format!r}")
         apply = functools.partial(_map_batches_apply, batch_size=batch_size,
                                   fmt=batch_format or "default", args=tuple(fn_args),
                                   kwargs=dict(fn_kwargs or {}))
@@ -775,29 +826,51 @@ class Dataset:
 
     # ---------------------------------------------------------------- writes
 
-    def write_parquet(self, path: str, **kwargs) -> None:
-        self._write("parquet", path, kwargs)
+    def write_datasink(self, datasink: Datasink, *, ray_remote_args: dict | None = None,
+                       concurrency: int | None = None) -> None:
+        """Writes the dataset through a custom Datasink: write() runs in a task per block on
+        the rank holding it (at most concurrency at once), on_write_start/complete/failed on
+        the driver. ray_remote_args are the write tasks' options (num_cpus, ...)."""
+        from .write import write_datasink
 
-    def write_csv(self, path: str, **kwargs) -> None:
-        self._write("csv", path, kwargs)
+        write_datasink(self, datasink, ray_remote_args, concurrency)
 
-    def write_json(self, path: str, **kwargs) -> None:
-        self._write("json", path, kwargs)
+    def write_parquet(self, path: str, *, ray_remote_args: dict | None = None,
+                      concurrency: int | None = None, **arrow_parquet_args) -> None:
+        """A Parquet file per block in the folder path."""
+        self._write("parquet", path, arrow_parquet_args, ray_remote_args, concurrency)
 
-    def write_numpy(self, path: str, *, column: str | None = None, **kwargs) -> None:
-        self._write("npy", path, {"column": column})
+    def write_csv(self, path: str, *, ray_remote_args: dict | None = None,
+                  concurrency: int | None = None, **arrow_csv_args) -> None:
+        """A CSV file per block in the folder path."""
+        self._write("csv", path, arrow_csv_args, ray_remote_args, concurrency)
 
-    def write_hdf5(self, path: str, **kwargs) -> None:
+    def write_json(self, path: str, *, ray_remote_args: dict | None = None,
+                   concurrency: int | None = None, **pandas_json_args) -> None:
+        """A JSON-lines file per block in the folder path."""
+        self._write("json", path, pandas_json_args, ray_remote_args, concurrency)
+
+    def write_numpy(self, path: str, *, column: str | None = None,
+                    ray_remote_args: dict | None = None, concurrency: int | None = None,
+                    **kwargs) -> None:
+        """A .npy file of column per block in the folder path."""
+        self._write("npy", path, {"column": column}, ray_remote_args, concurrency)
+
+    def write_hdf5(self, path: str, *, ray_remote_args: dict | None = None,
+                   concurrency: int | None = None, **kwargs) -> None:
         """One HDF5 file at path with a dataset per column: each block is written by its own
         task to path's .parts folder, and path joins them as virtual datasets (no copy)."""
-        from .write import write_hdf5
+        from .write import HDF5Datasink
 
-        write_hdf5(self, path)
+        self.write_datasink(HDF5Datasink(path), ray_remote_args=ray_remote_args,
+                            concurrency=concurrency)
 
-    def _write(self, fmt: str, path: str, kwargs: dict) -> None:
-        from .write import write_files
+    def _write(self, fmt: str, path: str, kwargs: dict, ray_remote_args: dict | None,
+               concurrency: int | None) -> None:
+        from .write import FileDatasink
 
-        write_files(self, fmt, path, kwargs)
+        self.write_datasink(FileDatasink(path, fmt, kwargs), ray_remote_args=ray_remote_args,
+                            concurrency=concurrency)
 
 
 def _to_numpy(block: Block, column_name: str | None) -> Any:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from .block import Block, BlockMetadata, column, concat, from_batch, num_rows, slice_block
+from .datasink import Datasink, TaskContext, WriteResult  # noqa: F401 - Ray's import path
 
 # Reads cut data into blocks of about this size: small enough that tasks pipeline and stay in
 # cache (measured on 2 ranks: 8 MiB blocks stream 2-4x faster than 64-128 MiB ones)

@@ -499,7 +499,7 @@ class PoolSizer:
 class _ActorStage(_Stage):
     """A map_batches stage on a pool of actors, each building the user's class once."""
 
-    def __init__(self, *args, pool_size: tuple[int, int], **kwargs):
+    def __init__(self, *args, pool_size: tuple[int, int, int], **kwargs):
         super().__init__(*args, **kwargs)
         ctx = DataContext.get_current()
         retry = ctx.actor_task_retry_on_errors
@@ -518,9 +518,10 @@ class _ActorStage(_Stage):
         self.idle_since: dict[int, float] = {}
         self.owner: dict[int, int] = {}
         self.next_id = 0
-        self.sizer = PoolSizer(*pool_size, ctx.actor_pool_idle_timeout_s)
+        low, high, initial = pool_size
+        self.sizer = PoolSizer(low, high, ctx.actor_pool_idle_timeout_s)
         self.task_cap = self.max_inflight
-        for _ in range(self.sizer.low):
+        for _ in range(initial):
             self._grow()
         self.stats.pool[:] = [len(self.actors)]
 
@@ -629,15 +630,16 @@ def _limits(ctx: DataContext) -> tuple[int, float]:
     return inflight, budget
 
 
-def pool_size(spec: MapSpec) -> tuple[int, int]:
-    """(actors to start, most actors) of a map_batches pool."""
+def pool_size(spec: MapSpec) -> tuple[int, int, int]:
+    """(fewest, most, first) actors of a map_batches pool."""
     c = spec.concurrency
     if c is None:
         n = job_cpus()
-        return n, n
+        return n, n, n
     if isinstance(c, tuple):
-        return max(1, int(c[0])), max(1, int(c[1]))
-    return int(c), int(c)
+        low, high = max(1, int(c[0])), max(1, int(c[1]))
+        return low, high, int(c[2]) if len(c) > 2 else low
+    return int(c), int(c), int(c)
 
 
 def execute(plan: Plan, stats: DatasetStats | None = None) -> Iterator[Bundle]:

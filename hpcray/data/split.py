@@ -25,6 +25,7 @@ from .block import Block, num_rows, size_bytes, slice_block, take_rows
 from .context import DataContext
 from .dataset import DataIterator, Dataset
 from .executor import execute, remote, slice_task
+from .prefetch import Prefetcher
 
 DEFAULT_CHUNK = 256
 
@@ -74,9 +75,9 @@ class SplitCoordinator:
         self.queues: list[deque] = []
         self.totals: list[int] = []
         self.target: int | None = None
-        # the last two refs handed to each consumer stay referenced here: a consumer asks for
-        # block k+1 while it fetches block k, and has fetched k before asking for k+2 (or
-        # before beginning its next epoch)
+        # the last refs handed to each consumer stay referenced here until it has fetched
+        # them: one in use, its prefetch ahead, one more in the reply on its way (or until
+        # it begins its next epoch)
         self.handed: dict[int, deque] = {}
         self.finished: set[int] = set()
         self.epoch_of: dict[int, int] = {}
@@ -95,10 +96,11 @@ class SplitCoordinator:
     def schema(self) -> Any:
         return self.ds.schema()
 
-    def begin(self, i: int, chunk: int | None) -> tuple[int, int]:
-        """(epoch, rows skipped at its start) for consumer i starting its next epoch; a
-        restarted worker's fresh iterator joins where its predecessor was."""
-        self.handed.pop(i, None)
+    def begin(self, i: int, chunk: int | None, prefetch: int = 1) -> tuple[int, int]:
+        """(epoch, rows skipped at its start) for consumer i starting its next epoch, which
+        fetches prefetch blocks ahead; a restarted worker's fresh iterator joins where its
+        predecessor was."""
+        self.handed[i] = deque(maxlen=max(0, prefetch) + 3)
         first = self.resume[0] if self.resume else 0
         self.epoch_of[i] = self.epoch_of[i] + 1 if i in self.epoch_of else first
         if chunk:
@@ -158,7 +160,7 @@ class SplitCoordinator:
                 break
         if self.queues[i]:
             ref, rows = self.queues[i].popleft()
-            self.handed.setdefault(i, deque(maxlen=2)).append(ref)
+            self.handed.setdefault(i, deque(maxlen=4)).append(ref)
             return ("block", ref, rows)
         self.finished.add(i)
         return ("end", self.target)
@@ -210,14 +212,9 @@ class SplitIterator(DataIterator):
             epoch, rows = epoch + 1, 0
         hpcray.get(self._coord.load_state.remote(epoch, rows))
 
-    def _blocks(self, prefetch: int) -> Iterator[Block]:
-        epoch, skip = hpcray.get(self._coord.begin.remote(self._index, self._chunk))
-        self._position = {"epoch": epoch, "rows": skip}
-        self._batches = 0
-        used = 0
-        chunk = self._chunk or DEFAULT_CHUNK
-        held: deque = deque()  # the last blocks, >= one chunk of rows, so the end can trim
-        held_rows = 0
+    def _replies(self, epoch: int) -> Iterator[tuple]:
+        """The coordinator's replies for this consumer's epoch, up to its "end"; the next
+        request is always on its way while a reply is used."""
         ask = self._coord.next.remote(self._index, epoch)
         while True:
             msg = hpcray.get(ask)
@@ -225,6 +222,23 @@ class SplitIterator(DataIterator):
                 time.sleep(0.005)
                 ask = self._coord.next.remote(self._index, epoch)
                 continue
+            if msg[0] == "end":
+                yield msg
+                return
+            ask = self._coord.next.remote(self._index, epoch)
+            yield msg
+
+    def _blocks(self, prefetch: int) -> Iterator[Block]:
+        epoch, skip = hpcray.get(self._coord.begin.remote(self._index, self._chunk, prefetch))
+        self._position = {"epoch": epoch, "rows": skip}
+        self._batches = 0
+        used = 0
+        chunk = self._chunk or DEFAULT_CHUNK
+        held: deque = deque()  # the last blocks, >= one chunk of rows, so the end can trim
+        held_rows = 0
+        self._prefetch = Prefetcher(self._replies(epoch), prefetch,
+                                    lambda m: m[1].future() if m[0] == "block" else None)
+        for msg, got in self._prefetch:
             if msg[0] == "end":
                 limit = msg[1]
                 excess = used - limit if limit is not None else 0
@@ -239,11 +253,6 @@ class SplitIterator(DataIterator):
                 self._position = {"epoch": epoch, "rows": 0, "done": True}
                 self._batches = 0
                 return
-            fetch = msg[1].future()
-            # ask for the next block while this one comes (the coordinator keeps it until
-            # the request after that)
-            ask = self._coord.next.remote(self._index, epoch)
-            got = fetch.result()
             for block in got if isinstance(got, list) else [got]:
                 rows = num_rows(block)
                 held.append((block, rows))

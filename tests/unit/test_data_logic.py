@@ -463,8 +463,8 @@ def test_actor_pools_grow_while_input_waits_and_let_idle_actors_go() -> None:
     assert p.release({0: 0, 1: 0}, {0: 0.0, 1: 0.0}, False, True, 9.0) == [0]  # keeps min_size
     assert p.release({0: 2, 1: 1}, {0: 0.0, 1: 0.0}, False, True, 9.0) == []  # busy
     strategy = ActorPoolStrategy(min_size=2, max_size=4)
-    assert _compute_concurrency(strategy, None, True) == (2, 4)
-    assert _compute_concurrency(ActorPoolStrategy(size=3), None, True) == (3, 3)
+    assert _compute_concurrency(strategy, None, True) == (2, 4, 2)
+    assert _compute_concurrency(ActorPoolStrategy(size=3), None, True) == (3, 3, 3)
     assert _compute_concurrency(None, (1, 2), True) == (1, 2)
     with pytest.raises(ValueError, match="runs a callable class"):
         _compute_concurrency(strategy, None, False)
