@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -46,6 +47,9 @@ def run_process(cmd: list[str], timeout: float, env: dict | None = None,
         if "PYTHONPATH" in env:  # the caller's paths first, then the suite's
             full_env["PYTHONPATH"] = env.pop("PYTHONPATH") + os.pathsep + full_env["PYTHONPATH"]
         full_env.update(env)
+    from hpcray._private.job.launch import _segments
+
+    segments = _segments()
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True,
                             env=full_env, cwd=cwd, start_new_session=True)
@@ -60,7 +64,29 @@ def run_process(cmd: list[str], timeout: float, env: dict | None = None,
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        # hpcray's own launchers (hpcray run, python script.py) must clean up themselves
+        clean_shm(segments if os.path.basename(cmd[0]).startswith("mpiexec") else None)
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def clean_shm(segments_before: set[str] | None) -> None:
+    """After a job: the stand-in device's files of processes that are gone (killed ranks never
+    unlink them); after a bare mpiexec, as hpcray's launcher does, the MPICH segments its
+    killed ranks left."""
+    from hpcray._private.job.launch import remove_stale_segments
+
+    if segments_before is not None:
+        remove_stale_segments(segments_before)
+    for name in os.listdir("/dev/shm"):
+        if name.startswith(("hpcray-fakegpu-", "hpcray-fakenccl-")):
+            pid = int(name.split("-")[2])
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(f"/dev/shm/{name}")
+            except PermissionError:
+                pass
 
 
 def kill_all(procs) -> None:
