@@ -763,3 +763,18 @@ def test_rank_killed_on_one_node_ends_the_job(jobs):
         time.sleep(0.1)
     assert not [p for p in pids if _pid_alive(p)], "orphaned ranks"
     assert not _processes(str(jobs.workdir)), "leftover processes"
+
+
+@ofi_netmod
+def test_crashing_tasks_under_srun_are_task_failures(jobs):
+    """srun across both nodes: segfaults, SIGKILLs and os._exit in tasks, an actor killed
+    twice, cancels: Ray's errors or retried results, and the step exits 0 (executor deaths are
+    not rank deaths, so Slurm never sees a task die)."""
+    from test_core import PRELUDE, job_file
+    from test_isolation import _check_crashes
+
+    script = jobs.script(PRELUDE + job_file("isolation/crashes.py"))
+    proc = jobs.srun("-N", "2", "--ntasks-per-node=2", "--mpi=pmi2", sys.executable,
+                     str(script))
+    assert proc.returncode == 0, proc.stderr[-4000:] + proc.stdout[-4000:]
+    _check_crashes(_result(proc.stdout))
