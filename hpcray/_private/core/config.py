@@ -36,9 +36,9 @@ class Config:
     #: HPCRAY_EXECUTION=process, off with thread, where ranks move them by MPI from the
     #: producer's own memory)
     node_store: bool = True
-    #: bytes of freed node-store segments (4 MiB and up) each process keeps to write later
-    #: objects into: pages already allocated take a copy several times faster than fresh
-    #: ones (-1: a quarter of the node's memory; 0: none)
+    #: bytes of freed node-store segments (4 MiB and up) each process keeps, for 2 s, to
+    #: write later objects into: pages already allocated take a copy several times faster
+    #: than fresh ones (-1: a quarter of the node's memory; 0: none)
     segment_cache: int = -1
     #: CPUs each worker rank advertises
     cpus_per_rank: float = 1.0

@@ -329,7 +329,7 @@ class Runtime:
         if ref is None:
             return
         stored = self.store.get(ref.id)
-        if stored is None:
+        if stored is None or stored.sending is None:  # not borrowed: a copy already
             return
         if stored.sending:
             self.transport.wait_requests(stored.sending)

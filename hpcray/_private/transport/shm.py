@@ -19,12 +19,13 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
+import sys
 import threading
+import time
 
 ALIGN = 64
 HEADER = 64          # the segment's first bytes: the tag of the object it holds now
 _PREFIX = "hpcray-"
-_POPULATE = getattr(mmap, "MAP_POPULATE", 0x8000)
 
 
 def plan(sizes: list[int]) -> tuple[list[tuple[int, int]], int]:
@@ -42,24 +43,22 @@ class Segment:
 
     __slots__ = ("fd", "ino", "layout", "mm", "reusable", "tag")
 
-    def __init__(self, fd: int, layout: list[tuple[int, int]], tag: str, writable: bool = False,
-                 populate: bool = False):
+    def __init__(self, fd: int, layout: list[tuple[int, int]], tag: str, writable: bool = False):
         self.fd, self.layout, self.tag = fd, layout, tag
         self.ino = os.fstat(fd).st_ino
         self.reusable = writable  # made here: its pages may serve a later object
         total = max((o + s for o, s in layout), default=0)
         prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
-        flags = mmap.MAP_SHARED | (_POPULATE if populate else 0)
-        self.mm = mmap.mmap(fd, total, flags=flags, prot=prot) if total else None
+        self.mm = mmap.mmap(fd, total, prot=prot) if total else None
 
     @classmethod
     def create(cls, sizes: list[int], tag: str, pool: SegmentPool | None = None) -> Segment:
         """A new writable segment for buffers of these sizes (a freed one from ``pool``
         when one fits)."""
         layout, total = plan(sizes)
-        fd = pool.take(total) if pool is not None else None
-        if fd is not None:
-            segment = cls(fd, layout, tag, writable=True, populate=True)
+        segment = pool.take(total) if pool is not None else None
+        if segment is not None:
+            segment.layout, segment.tag = layout, tag
         else:
             fd = os.memfd_create(_PREFIX + "node-store", os.MFD_CLOEXEC)
             try:
@@ -69,8 +68,7 @@ class Segment:
                 os.close(fd)
                 raise
         if segment.mm is not None:
-            label = tag.encode()[:HEADER]
-            segment.mm[:HEADER] = label.ljust(HEADER, b"\0")
+            segment.mm[:HEADER] = tag.encode()[:HEADER].ljust(HEADER, b"\0")
         return segment
 
     @classmethod
@@ -130,9 +128,7 @@ _receiving = threading.local()  # .fds: descriptors that came with the message b
 
 
 def _received(index: int, tag: str, layout: list) -> Segment:
-    segment = Segment(_receiving.fds[index], layout, tag)
-    segment.reusable = True  # its maker sent it away: the receiver may reuse its pages
-    return segment
+    return Segment(_receiving.fds[index], layout, tag)
 
 
 def buffers_of(item) -> list:
@@ -174,69 +170,81 @@ def mapped_inodes() -> set[int]:
 
 
 class SegmentPool:
-    """Freed segments of this process, kept for reuse while they fit in ``capacity`` bytes
-    and the machine has a quarter of its memory available.
+    """Freed segments this process made, kept mapped for reuse for ``KEEP_SECONDS``, while
+    they fit in ``capacity`` bytes and the machine has a quarter of its memory available.
 
     Only segments of at least ``MIN_SIZE`` bytes are kept: a smaller one costs less to make
     than the check that no other process still maps it."""
 
     MIN_SIZE = 4 << 20
+    KEEP_SECONDS = 2.0  # a freed segment not reused within this goes back to the system
 
     def __init__(self, capacity: int):
         self.capacity = capacity
         self.lock = threading.Lock()
-        self.free: list[tuple[int, int, int]] = []   # (size, fd, inode), oldest first
-        self.viewed: list[Segment] = []              # freed, still viewed in this process
+        self.free: list[Segment] = []     # reusable now, oldest first
+        self.freed_at: dict[int, float] = {}  # id(segment) -> when it was given back
+        self.viewed: list[Segment] = []   # freed, still viewed in this process
         self.bytes = 0
+        self.trimmer: threading.Thread | None = None
 
     def give(self, segment: Segment) -> None:
-        """Takes back a segment whose object was freed (unless too small or not reusable)."""
+        """Takes back a segment whose object was freed (unless too small or not its own)."""
         if (self.capacity <= 0 or not segment.reusable or segment.mm is None
                 or len(segment.mm) < self.MIN_SIZE):
             return
         with self.lock:
             self.viewed.append(segment)
+            self.freed_at[id(segment)] = time.monotonic()
             self._settle()
+            if self.trimmer is None:
+                self.trimmer = threading.Thread(target=self._trim, daemon=True,
+                                                name="hpcray-segment-pool")
+                self.trimmer.start()
+
+    def _trim(self) -> None:
+        """Returns segments unused for KEEP_SECONDS (memory is freed when refs go, after
+        a short grace for reuse)."""
+        while True:
+            time.sleep(self.KEEP_SECONDS / 2)
+            with self.lock:
+                self._settle()
 
     def _settle(self) -> None:
-        """Unmaps the freed segments that no array views any more; they join ``free``."""
+        """Freed segments that no array of this process views any more join ``free``."""
         still = []
         for segment in self.viewed:
-            try:
-                size = os.fstat(segment.fd).st_size
-                segment.mm.close()
-            except BufferError:  # an array made from it lives on in this process
+            # every buffer export of the mapping holds a reference to it
+            if sys.getrefcount(segment.mm) > 2:  # the attribute and this call's argument
                 still.append(segment)
-                continue
-            fd, segment.fd = segment.fd, -1
-            self.free.append((size, fd, segment.ino))
-            self.bytes += size
+            else:
+                self.free.append(segment)
+                self.bytes += len(segment.mm)
         self.viewed = still
         capacity = self.capacity if _available_fraction() > 0.25 else 0
-        while self.bytes > capacity and self.free:
-            size, fd, _ = self.free.pop(0)
-            self.bytes -= size
-            os.close(fd)
+        stale = time.monotonic() - self.KEEP_SECONDS
+        while self.free and (self.bytes > capacity or
+                             self.freed_at[id(self.free[0])] < stale):
+            self._drop(self.free.pop(0))
 
-    def take(self, total: int) -> int | None:
-        """The descriptor of a freed segment of ``total`` to ``2 * total`` bytes, or None."""
+    def _drop(self, segment: Segment) -> None:
+        self.bytes -= len(segment.mm)
+        self.freed_at.pop(id(segment), None)
+
+    def take(self, total: int) -> Segment | None:
+        """A freed segment mapping ``total`` to ``2 * total`` bytes that no other process
+        maps, or None."""
         if total < self.MIN_SIZE:
             return None
         with self.lock:
             self._settle()
-            fits = [entry for entry in self.free if total <= entry[0] <= 2 * total]
+            fits = [seg for seg in self.free if total <= len(seg.mm) <= 2 * total]
             if not fits:
                 return None
             busy = mapped_inodes()
-            for entry in sorted(fits):
-                if entry[2] not in busy:
-                    self.free.remove(entry)
-                    self.bytes -= entry[0]
-                    return entry[1]
+            for segment in sorted(fits, key=lambda seg: len(seg.mm)):
+                if segment.ino not in busy:
+                    self.free.remove(segment)
+                    self._drop(segment)
+                    return segment
         return None
-
-    def clear(self) -> None:
-        with self.lock:
-            for _, fd, _ in self.free:
-                os.close(fd)
-            self.free, self.bytes = [], 0
