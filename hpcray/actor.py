@@ -219,6 +219,9 @@ class ActorMethod:
                           retry_exceptions=dumps_code(tuple(retry))
                           if isinstance(retry, (list, tuple)) else bool(retry),
                           options={"concurrency_group": group} if group else {})
+        parent = getattr(runtime.local, "task_id", 0)
+        if parent:  # called from a task: cancel(recursive=True) on it reaches this call
+            spec.options["parent"] = parent
         num_returns = self._options.get("num_returns", 1)
         limit = handle._extra.get("max_pending_calls", 0)
         if limit:

@@ -204,10 +204,12 @@ def wait(object_refs: list[ObjectRef], *, num_returns: int = 1, timeout: float |
 
 
 def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
-    """Cancels the task producing object_ref: get() then raises TaskCancelledError."""
+    """Cancels the task producing object_ref: get() then raises TaskCancelledError. With
+    ``recursive`` (the default, as in Ray) the tasks and actor calls it submitted, and theirs,
+    are cancelled too (``force`` applies to those that are tasks)."""
     if not isinstance(object_ref, ObjectRef):
         raise TypeError(f"cancel() expects an ObjectRef, got {type(object_ref).__name__}")
-    _runtime().request("cancel", object_ref.id, force)
+    _runtime().request("cancel", object_ref.id, force, bool(recursive))
 
 
 def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:

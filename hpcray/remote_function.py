@@ -66,6 +66,13 @@ class RemoteFunction:
             out["max_calls"] = o["max_calls"]
         return out
 
+    def _submit_options(self, runtime) -> dict[str, Any]:
+        out = self._task_options(runtime.config)
+        parent = getattr(runtime.local, "task_id", 0)
+        if parent:  # submitted by a task: cancel(recursive=True) on it reaches this one
+            out["parent"] = parent
+        return out
+
     def _in_rank(self) -> bool:
         """Run in the rank itself: asked for, or the code uses MPI or device arrays."""
         if self._options.get("in_rank") is not None:
@@ -97,7 +104,7 @@ class RemoteFunction:
             args=packed, deps=deps, contained=contained, resources=opts.resources_of(o, 1),
             strategy=strategy, max_retries=o.get("max_retries", 3),
             retry_exceptions=dumps_code(tuple(retry)) if isinstance(retry, (list, tuple))
-            else bool(retry), options=self._task_options(runtime.config))
+            else bool(retry), options=self._submit_options(runtime))
         num_returns = o.get("num_returns", 1)
         try:
             refs = runtime.submit(spec, num_returns)

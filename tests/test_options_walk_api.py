@@ -136,3 +136,29 @@ def test_num_cpus_other_than_the_launchers_is_refused(run_job) -> None:
     proc = run_job("import hpcray\nhpcray.init(num_cpus=5)\n", n=3, timeout=60)
     assert proc.returncode != 0
     assert "init(num_cpus=5) under an MPI launcher" in proc.stderr, proc.stderr[-3000:]
+
+
+#: the other calls' arguments, and where each is checked
+CALLS = {
+    "cancel": {"object_ref": "job", "force": "test_core", "recursive": "job"},
+    "kill": {"actor": "job", "no_restart": "job"},
+    "wait": {"object_refs": "job", "num_returns": "test_core", "timeout": "job",
+             "fetch_local": "job"},
+}
+
+
+def test_the_walk_covers_the_calls_arguments() -> None:
+    for name, checked in CALLS.items():
+        assert set(checked) == set(inspect.signature(getattr(hpcray, name)).parameters), name
+
+
+def test_call_arguments_at_work(run_job) -> None:
+    r, _ = run(run_job, job_file("core/api_walk.py"), timeout=180)
+    cancelled = ["err", "TaskCancelledError"]
+    # recursive (Ray's default): the task's children and grandchildren are cancelled too
+    assert r["cancel_recursive"] == [cancelled, [cancelled, cancelled]], r
+    assert r["cancel_flat"] == [cancelled, [["ok", 1], ["ok", "grandchild"]]], r
+    assert r["kill_no_restart"] == ["err", "ActorDiedError"], r
+    assert r["kill_restart"] == ["ok", 1], r  # restarted: a new instance
+    # fetch_local=False: ready where it was made, not copied here until asked for
+    assert r["wait_fetch_local"] == ["ok", [[1, False], [1, True], 0, 1]], r

@@ -54,6 +54,7 @@ class HeadRuntime(Runtime):
                                          self.actor_orphaned)
         self.objects = self.directory.entries
         self.tasks: dict[int, Task] = {}
+        self.children: dict[int, list[int]] = {}  # unfinished task -> tasks it submitted
         self.actor_table = ActorTable(self.transport.send)
         self.actors = self.actor_table.actors
         self.fn_blobs: dict[int, bytes] = {}
@@ -81,6 +82,8 @@ class HeadRuntime(Runtime):
             "service": self.op_service, "actor_lost": self.op_actor_lost,
             "named_actors": lambda src, namespace: self.actor_table.names(namespace),
             "unfinished": lambda src, ids: [i for i in ids if i in self.tasks],
+            "ready": lambda src, ids: [i for i in ids if (e := self.objects.get(i)) is None
+                                       or e.ready],
         }
         self.services: dict[str, Any] = {}  # see op_service
         self.mpi_job: Any = None  # the job's MPI side (job.bootstrap.Job), set at start-up
@@ -240,6 +243,9 @@ class HeadRuntime(Runtime):
             self.fail_task(task, self.error_blob(exc))
             return
         self.tasks[spec.task_id] = task
+        parent = spec.options.get("parent")
+        if parent in self.tasks:  # for cancel(recursive=True)
+            self.children.setdefault(parent, []).append(spec.task_id)
         self.directory.pin(task.pins)
         for _, object_id in spec.deps:
             entry = self.objects.get(object_id)
@@ -345,6 +351,7 @@ class HeadRuntime(Runtime):
                 not task.cancelled and self.retry_call(task):
             return
         del self.tasks[task_id]
+        self.children.pop(task_id, None)
         if not task.restart:
             for object_id, inline, size, contained, _ in results:
                 self.set_ready(object_id, inline, None if inline is not None else src, size,
@@ -375,6 +382,7 @@ class HeadRuntime(Runtime):
         spec = task.spec
         if self.tasks.pop(spec.task_id, None) is None:
             return
+        self.children.pop(spec.task_id, None)
         if task.rank is None and spec.kind == P.NORMAL:
             self.scheduler.cancel(spec.task_id)
         for object_id in spec.return_ids:
@@ -534,7 +542,7 @@ class HeadRuntime(Runtime):
         else:
             self.end_actor(actor, cause)
 
-    def op_cancel(self, src: int, object_id: int, force: bool) -> bool:
+    def op_cancel(self, src: int, object_id: int, force: bool, recursive: bool = True) -> bool:
         entry = self.objects.get(object_id)
         task = self.tasks.get(entry.producer) if entry is not None else None
         if task is None:
@@ -542,6 +550,21 @@ class HeadRuntime(Runtime):
         if force and task.spec.kind != P.NORMAL:
             raise ValueError(f"cancel(force=True) ends a task's worker; {task.spec.name} is an "
                              "actor call: cancel it without force, or hpcray.kill() the actor")
+        descendants = []  # as Ray: every task and actor call submitted under it, found first
+        if recursive:
+            stack = list(self.children.get(task.spec.task_id, ()))
+            while stack:
+                child = self.tasks.get(stack.pop())
+                if child is not None and child.spec.kind != P.ACTOR_CREATE:
+                    descendants.append(child)
+                    stack.extend(self.children.get(child.spec.task_id, ()))
+        self.cancel_task(task, force)
+        for child in descendants:  # (force is for normal tasks only, as in Ray)
+            if child.spec.task_id in self.tasks:
+                self.cancel_task(child, force and child.spec.kind == P.NORMAL)
+        return True
+
+    def cancel_task(self, task: Task, force: bool) -> None:
         task.cancelled = True
         if task.rank is None:
             if task.spec.kind == P.ACTOR_CALL:
@@ -552,7 +575,6 @@ class HeadRuntime(Runtime):
                 f"{task.spec.name} was cancelled before it started")))
         else:
             self.transport.send(task.rank, (P.CANCEL, task.spec.task_id, force))
-        return True
 
     def op_nodes(self, src: int) -> list[dict]:
         nodes: dict[str, dict] = {}
