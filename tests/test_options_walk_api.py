@@ -144,12 +144,17 @@ CALLS = {
     "kill": {"actor": "job", "no_restart": "job"},
     "wait": {"object_refs": "job", "num_returns": "test_core", "timeout": "job",
              "fetch_local": "job"},
+    "util.placement_group": {"bundles": "job", "strategy": "test_core", "name": "job",
+                             "lifetime": "job"},
 }
 
 
 def test_the_walk_covers_the_calls_arguments() -> None:
     for name, checked in CALLS.items():
-        assert set(checked) == set(inspect.signature(getattr(hpcray, name)).parameters), name
+        fn = hpcray
+        for part in name.split("."):
+            fn = getattr(fn, part)
+        assert set(checked) == set(inspect.signature(fn).parameters), name
 
 
 def test_call_arguments_at_work(run_job) -> None:
@@ -162,3 +167,8 @@ def test_call_arguments_at_work(run_job) -> None:
     assert r["kill_restart"] == ["ok", 1], r  # restarted: a new instance
     # fetch_local=False: ready where it was made, not copied here until asked for
     assert r["wait_fetch_local"] == ["ok", [[1, False], [1, True], 0, 1]], r
+    # named: found by name, unique, gone once removed; the group a task or actor runs in
+    assert r["pg_name"] == ["ok", [True, ["err", "ValueError"], [True, None, None, True],
+                                   False]], r
+    # lifetime None: an actor's groups end with it, the driver's and a task's with the job
+    assert r["pg_lifetime"] == ["ok", [True, [True] * 3, [True, False, True]]], r

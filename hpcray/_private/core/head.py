@@ -60,6 +60,9 @@ class HeadRuntime(Runtime):
         self.fn_blobs: dict[int, bytes] = {}
         self.fn_sent: list[set[int]] = [set() for _ in self.ranks]
         self.pending_pgs: dict[int, int] = {}
+        self.pg_info: dict[int, tuple] = {}  # pg -> (bundles, strategy, ready id, name key)
+        self.pg_names: dict[tuple[str, str], int] = {}  # (namespace, name) -> pg
+        self.pg_of_actor: dict[int, list[int]] = {}  # actor -> the groups it made (not detached)
         self.dead_ranks: list[int] = []
         self.pollers = 0  # driver threads inside the runtime; the progress thread steps aside
         self.pollers_lock = threading.Lock()
@@ -78,6 +81,7 @@ class HeadRuntime(Runtime):
             "cluster_resources": lambda src: self.scheduler.cluster_resources(),
             "available_resources": lambda src: self.scheduler.available_resources(),
             "nodes": self.op_nodes, "pg_create": self.op_pg_create, "pg_remove": self.op_pg_remove,
+            "pg_get": self.op_pg_get, "pg_current": self.op_pg_current,
             "pg_ranks": lambda src, pg_id: self.scheduler.placement_group_ranks(pg_id),
             "service": self.op_service, "actor_lost": self.op_actor_lost,
             "named_actors": lambda src, namespace: self.actor_table.names(namespace),
@@ -496,6 +500,9 @@ class HeadRuntime(Runtime):
         create = self.tasks.get(actor.create.spec.task_id)
         if create is not None:
             self.fail_task(create, self.error_blob(died_error(actor, create.spec.name)))
+        for pg_id in self.pg_of_actor.pop(actor.actor_id, ()):  # fate-shared with their maker
+            if pg_id in self.pg_info:
+                self.op_pg_remove(0, pg_id)
         self.schedule_queued()
 
     def actor_orphaned(self, actor_id: int) -> None:
@@ -595,15 +602,57 @@ class HeadRuntime(Runtime):
             node["GPUs"] = list(node.get("GPUs", {}).values())
         return list(nodes.values())
 
-    def op_pg_create(self, src: int, pg_id: int, bundles: list, strategy: str, ready_id: int) -> None:
+    def op_pg_create(self, src: int, pg_id: int, bundles: list, strategy: str, ready_id: int,
+                     name: str = "", namespace: str = "", creator_actor: int = 0) -> None:
+        """A placement group. Named: found by get_placement_group in its namespace. Made by
+        an actor without lifetime="detached": removed when that actor ends, as in Ray (every
+        other one lives until the job ends, the job being the cluster)."""
+        if name:
+            if (namespace, name) in self.pg_names:
+                raise ValueError(f"a placement group named {name!r} already exists in namespace "
+                                 f"{namespace!r}: remove it first, or pick another name")
+            self.pg_names[(namespace, name)] = pg_id
+        self.pg_info[pg_id] = (bundles, strategy, ready_id, (namespace, name) if name else None)
+        if creator_actor:
+            self.pg_of_actor.setdefault(creator_actor, []).append(pg_id)
         self.scheduler.create_placement_group(pg_id, bundles, strategy)
         self.directory.add(ready_id)
+        self.directory.pin([ready_id])  # get_placement_group hands it out while the group lives
         if self.scheduler.placement_group_ready(pg_id):
             self.set_ready(ready_id, inline_blob(True))
         else:
             self.pending_pgs[pg_id] = ready_id
 
+    def op_pg_get(self, src: int, name: str, namespace: str) -> tuple:
+        pg_id = self.pg_names.get((namespace, name))
+        if pg_id is None:
+            raise ValueError(f"no placement group named {name!r} in namespace {namespace!r} "
+                             "(create it with placement_group(..., name=...); a removed one is "
+                             "gone)")
+        bundles, strategy, ready_id, _ = self.pg_info[pg_id]
+        return pg_id, bundles, strategy, ready_id
+
+    def op_pg_current(self, src: int, task_id: int) -> tuple | None:
+        """The placement group the running task, or the actor whose call it is, was placed in."""
+        task = self.tasks.get(task_id)
+        if task is None:
+            return None
+        spec = task.spec
+        if spec.kind == P.ACTOR_CALL:
+            actor = self.actors.get(spec.actor_id)
+            spec = actor.create.spec if actor is not None else spec
+        group = self.pg_of(spec.strategy)
+        if group is None or group.pg_id not in self.pg_info:
+            return None
+        bundles, strategy, ready_id, _ = self.pg_info[group.pg_id]
+        return group.pg_id, bundles, strategy, ready_id
+
     def op_pg_remove(self, src: int, pg_id: int) -> None:
+        info = self.pg_info.pop(pg_id, None)
+        if info is not None:
+            if info[3] is not None:
+                self.pg_names.pop(info[3], None)
+            self.directory.unpin([info[2]])
         self.scheduler.remove_placement_group(pg_id)
         ready_id = self.pending_pgs.pop(pg_id, None)
         if ready_id is not None:

@@ -1,4 +1,5 @@
-"""cancel(recursive=), kill(no_restart=), wait(fetch_local=) at work (issue 19)."""
+"""cancel(recursive=), kill(no_restart=), wait(fetch_local=), placement_group(name=,
+lifetime=) at work (issue 19)."""
 
 import os
 
@@ -6,6 +7,13 @@ import numpy as np
 from jobkit import emit, gate, outcome, poll
 
 import hpcray
+from hpcray.util import (
+    PlacementGroupSchedulingStrategy,
+    get_current_placement_group,
+    get_placement_group,
+    placement_group,
+    remove_placement_group,
+)
 
 hpcray.init()
 HERE = os.getcwd()
@@ -98,4 +106,62 @@ def fetch_case():
 
 
 R["wait_fetch_local"] = outcome(fetch_case)
+
+
+# -- placement groups: names, lifetimes, the current group ------------------------------------
+def exists(name):
+    try:
+        return hpcray.get(get_placement_group(name).ready(), timeout=60)
+    except ValueError:
+        return False
+
+
+@hpcray.remote
+def current_pg():
+    pg = get_current_placement_group()
+    return None if pg is None else pg.id
+
+
+@hpcray.remote
+def make_pg(name):
+    return placement_group([{"CPU": 0.1}], name=name).id
+
+
+@hpcray.remote
+class Maker:
+    def make(self, name, lifetime):
+        return placement_group([{"CPU": 0.1}], name=name, lifetime=lifetime).id
+
+    def current(self):
+        pg = get_current_placement_group()
+        return None if pg is None else pg.id
+
+
+def named_case():
+    pg = placement_group([{"CPU": 1}], name="walk-pg")
+    found = get_placement_group("walk-pg")
+    twice = outcome(lambda: placement_group([{"CPU": 0.1}], name="walk-pg"))[:2]
+    in_pg = PlacementGroupSchedulingStrategy(pg, 0)
+    current = [hpcray.get(current_pg.options(scheduling_strategy=in_pg).remote(), timeout=60),
+               hpcray.get(current_pg.remote(), timeout=60), get_current_placement_group(),
+               hpcray.get(Maker.options(scheduling_strategy=in_pg).remote().current.remote(),
+                          timeout=60)]
+    remove_placement_group(pg)
+    return [found == pg and hpcray.get(found.ready(), timeout=60), twice,
+            [c == pg.id if c is not None else None for c in current], exists("walk-pg")]
+
+
+def lifetime_case():
+    from_task = hpcray.get(make_pg.remote("pg-task"), timeout=60)
+    maker = Maker.remote()
+    hpcray.get([maker.make.remote("pg-actor", None),
+                maker.make.remote("pg-detached", "detached")], timeout=60)
+    before = [exists(n) for n in ("pg-task", "pg-actor", "pg-detached")]
+    hpcray.kill(maker)
+    after = [exists(n) for n in ("pg-task", "pg-actor", "pg-detached")]
+    return [from_task > 0, before, after]
+
+
+R["pg_name"] = outcome(named_case)
+R["pg_lifetime"] = outcome(lifetime_case)
 emit(R)
