@@ -172,3 +172,66 @@ def test_call_arguments_at_work(run_job) -> None:
                                    False]], r
     # lifetime None: an actor's groups end with it, the driver's and a task's with the job
     assert r["pg_lifetime"] == ["ok", [True, [True] * 3, [True, False, True]]], r
+
+
+def _serve_fields() -> dict[str, list[str]]:
+    from dataclasses import fields
+
+    from hpcray.serve import config as serve_config
+
+    return {"HTTPOptions": [f.name for f in fields(serve_config.HTTPOptions)],
+            "DeploymentConfig": list(serve_config.DeploymentConfig.OPTIONS),
+            "AutoscalingConfig": [f.name for f in fields(serve_config.AutoscalingConfig)]}
+
+
+def test_every_serve_option_is_read() -> None:
+    """No Serve option is stored and never read: each is read as an attribute somewhere in
+    the package besides the methods that only check or copy them."""
+    import ast
+    from pathlib import Path
+
+    import hpcray.serve
+
+    checking = {"__post_init__", "parse", "merged", "from_options"}
+    holders = {"options", "cfg", "c", "config"}  # what the code calls an options object
+    read: set[str] = set()
+
+    def visit(node: ast.AST, in_config: bool) -> None:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name in checking:
+            return
+        if isinstance(node, ast.Attribute):
+            value = node.value
+            if isinstance(value, ast.Name) and (value.id in holders or
+                                                in_config and value.id == "self") or \
+                    isinstance(value, ast.Attribute) and value.attr in holders:
+                read.add(node.attr)
+        for child in ast.iter_child_nodes(node):
+            visit(child, in_config)
+
+    for path in Path(hpcray.serve.__file__).parent.glob("*.py"):
+        visit(ast.parse(path.read_text()), path.name == "config.py")
+    for owner, names in _serve_fields().items():
+        for name in names:
+            assert name in read, f"{owner}.{name} is never read"
+
+
+def test_deployment_actor_options_are_checked_when_defined() -> None:
+    pytest.importorskip("starlette")
+    from hpcray import serve
+
+    with pytest.raises(ValueError, match="job's environment"):
+        serve.deployment(ray_actor_options={"runtime_env": {"pip": ["x"]}})
+    with pytest.raises(ValueError, match="unsupported key"):
+        serve.deployment(ray_actor_options={"max_restarts": 2})
+    with pytest.raises(ValueError, match="root_path"):
+        serve.HTTPOptions(root_path="outer/")
+
+
+def test_serve_options_at_work(run_job) -> None:
+    pytest.importorskip("starlette")
+    pytest.importorskip("uvicorn")
+    r, _ = run(run_job, job_file("serve/options_walk.py"), timeout=180)
+    # routed as it came (a proxy in front stripped the prefix); the app sees the prefix
+    assert r["stripped"] == [200, {"var": "set", "path": "/outer/app/x",
+                                   "root_path": "/outer/app"}], r
+    assert r["unstripped"][0] == 404, r
