@@ -73,6 +73,10 @@ class AutoscalingConfig:
         return max(start, 1) if self.max_replicas else start
 
 
+class ReplicaOptions:
+    """Stands for a deployment's replicas when their ray_actor_options are checked."""
+
+
 #: what ray_actor_options may hold: the replica actors' own options
 RAY_ACTOR_OPTIONS = ("num_cpus", "num_gpus", "resources", "memory", "runtime_env",
                      "scheduling_strategy")
@@ -118,12 +122,11 @@ class DeploymentConfig:
         if unknown:
             raise ValueError(f"ray_actor_options has unsupported key(s) {unknown}; allowed: "
                              f"{sorted(RAY_ACTOR_OPTIONS)}")
-        from .._private.core import options as actor_options  # (plain checks, no MPI)
+        import hpcray
 
         # checked now, as the replicas' actor options will be (runtime_env: env_vars,
         # working_dir, py_modules), so a deployment that cannot start fails at its definition
-        actor_options.validate(dict(self.ray_actor_options), actor_options.ACTOR,
-                               "a deployment's replicas (ray_actor_options)")
+        hpcray.remote(**self.ray_actor_options)(ReplicaOptions)
 
     @classmethod
     def from_options(cls, options: dict) -> DeploymentConfig:
