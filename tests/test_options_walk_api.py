@@ -157,8 +157,10 @@ def test_the_walk_covers_the_calls_arguments() -> None:
         assert set(checked) == set(inspect.signature(fn).parameters), name
 
 
-def test_call_arguments_at_work(run_job) -> None:
-    r, _ = run(run_job, job_file("core/api_walk.py"), timeout=180)
+@pytest.mark.parametrize("execution", ["process", "thread"])
+def test_call_arguments_at_work(run_job, execution) -> None:
+    r, _ = run(run_job, job_file("core/api_walk.py"), timeout=180,
+               env={"HPCRAY_EXECUTION": execution})
     cancelled = ["err", "TaskCancelledError"]
     # recursive (Ray's default): the task's children and grandchildren are cancelled too
     assert r["cancel_recursive"] == [cancelled, [cancelled, cancelled]], r

@@ -55,8 +55,12 @@ def cancel_case(key, recursive):
     kids = poll(lambda: hpcray.get(registry.get.remote(key), timeout=60), timeout=60)
     hpcray.cancel(top, recursive=recursive)
     top_out = short(outcome(lambda: hpcray.get(top, timeout=60)))
-    open(os.path.join(HERE, key), "w").close()  # releases what was not cancelled
-    return [top_out, [short(outcome(lambda k=k: hpcray.get(k, timeout=60))) for k in kids]]
+    release = os.path.join(HERE, key)
+    if not recursive:  # (cancelled children must fail without it: a cancel is asynchronous)
+        open(release, "w").close()
+    kids_out = [short(outcome(lambda k=k: hpcray.get(k, timeout=90))) for k in kids]
+    open(release, "a").close()
+    return [top_out, kids_out]
 
 
 R["cancel_recursive"] = cancel_case("rec", True)
