@@ -20,12 +20,13 @@ pytestmark = pytest.mark.job
 #: init()'s arguments: "job" ones are exercised by test_init_arguments_at_work (and the tests
 #: it names), "refused" ones raise, with what to do, in test_init_refusals
 INIT = {
-    "num_cpus": "job", "resources": "job: test_core", "address": "job",
-    "num_gpus": "job: test_gpu_fake", "object_store_memory": "job", "local_mode": "refused",
-    "ignore_reinit_error": "job: test_core", "include_dashboard": "job",
+    "num_cpus": "job", "resources": "job", "address": "job",
+    "num_gpus": "job: test_ray_semantics", "object_store_memory": "job",
+    "local_mode": "refused", "ignore_reinit_error": "job", "include_dashboard": "job",
     "dashboard_host": "warned", "job_config": "refused", "configure_logging": "refused",
-    "logging_level": "refused", "log_to_driver": "job: test_core", "namespace": "job: walk",
-    "runtime_env": "job", "_temp_dir": "refused", "_system_config": "refused",
+    "logging_level": "refused", "log_to_driver": "job",
+    "namespace": "job: test_ray_semantics", "runtime_env": "job", "_temp_dir": "refused",
+    "_system_config": "refused",
 }
 
 REFUSALS = [
@@ -128,8 +129,15 @@ def test_init_arguments_at_work(run_job, tmp_path, execution) -> None:
     assert r["after_own"] == ["ok", [job] * 3], r
     assert r["driver"] == [None, None, None, tmp_path.name, None, None]  # as Ray's driver
     assert r["segment_cache"] == ["ok", 48 << 20]
-    assert r["cpus"] == 2.0
+    assert r["cpus"] == 2.0 and r["widgets"] == 3.0  # resources: per worker rank
+    assert r["reinit"] == ["ok", ["job_id", "node_id", "num_ranks"]], r
+    assert r["reinit_refused"] == ["err", "RuntimeError"], r
     assert init_options.NO_DASHBOARD in proc.stderr
+    marked = [line for line in proc.stdout.splitlines() if "walk-marker" in line]
+    if execution == "process":  # log_to_driver=True: forwarded, prefixed with its rank
+        assert len(marked) == 1 and "(rank=" in marked[0], proc.stdout[-3000:]
+    else:  # log_to_driver=False: the rank's own stdout, which the launcher passes on as is
+        assert len(marked) == 1 and "(rank=" not in marked[0], proc.stdout[-3000:]
 
 
 def test_num_cpus_other_than_the_launchers_is_refused(run_job) -> None:

@@ -59,8 +59,9 @@ def settings(*, address: str | None = None, object_store_memory: int | None = No
             f"init(logging_level={logging_level!r}): hpcray has no logger to set: its warnings "
             "and errors are printed to stderr, and what tasks print is forwarded to the driver "
             "unless init(log_to_driver=False)")
-    if runtime_env:
-        overrides["runtime_env"] = check_runtime_env(runtime_env, "init()")
+    if runtime_env is not None:  # ({} too: it stands over HPCRAY_RUNTIME_ENV)
+        overrides["runtime_env"] = check_runtime_env(runtime_env, "init()") if runtime_env \
+            else {}
     if _temp_dir is not None:
         raise ValueError("init(_temp_dir=...): hpcray writes no session files (no daemons, "
                          "sockets or logs); state kept across requeues goes under "

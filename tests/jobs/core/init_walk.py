@@ -3,7 +3,7 @@ object_store_memory, Ray's positional address, num_cpus matching the launcher's 
 
 import os
 
-from jobkit import emit, outcome
+from jobkit import emit, outcome, settle_output
 
 import hpcray
 
@@ -11,8 +11,10 @@ HERE = os.getcwd()
 JOB_ENV = {"env_vars": {"JOB_VAR": "job", "BOTH": "job"},
            "working_dir": os.path.join(HERE, "jobdir"),
            "py_modules": [os.path.join(HERE, "mods", "jobmod.py")]}
+FORWARD = os.environ.get("HPCRAY_EXECUTION") != "thread"  # log_to_driver both ways
 hpcray.init("auto", num_cpus=2, runtime_env=JOB_ENV, object_store_memory=48 << 20,
-            include_dashboard=True, configure_logging=False, local_mode=False)
+            include_dashboard=True, configure_logging=False, local_mode=False,
+            resources={"widget": 1.5}, log_to_driver=FORWARD)
 
 
 def seen():
@@ -44,6 +46,11 @@ class Actor:
 
 
 @hpcray.remote
+def shout():
+    print("walk-marker", flush=True)
+
+
+@hpcray.remote
 def segment_cache():
     return hpcray.get_runtime_context()._rt.config.segment_cache
 
@@ -64,5 +71,10 @@ R = {
     "driver": seen(),
     "segment_cache": outcome(lambda: get(segment_cache.remote())),
     "cpus": hpcray.cluster_resources().get("CPU"),
+    "widgets": hpcray.cluster_resources().get("widget"),
+    "reinit": outcome(lambda: sorted(hpcray.init(ignore_reinit_error=True))),
+    "reinit_refused": outcome(lambda: hpcray.init())[:2],
 }
+get(shout.remote())
+settle_output()
 emit(R)
