@@ -50,13 +50,12 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
     if isinstance(address, int):
         raise TypeError(f"init()'s first argument is Ray's address; give the CPUs as "
                         f"init(num_cpus={address})")
-    if runtime_env is None and os.environ.get("HPCRAY_RUNTIME_ENV"):
-        runtime_env = json.loads(os.environ["HPCRAY_RUNTIME_ENV"])
     ray_overrides, warnings = init_options.settings(
         address=address, object_store_memory=object_store_memory, local_mode=local_mode,
         include_dashboard=include_dashboard, dashboard_host=dashboard_host,
         job_config=job_config, configure_logging=configure_logging,
-        logging_level=logging_level, runtime_env=runtime_env, _temp_dir=_temp_dir,
+        logging_level=logging_level, runtime_env=init_options.runtime_env_of(runtime_env),
+        _temp_dir=_temp_dir,
         _system_config=_system_config)
     with _init_lock:
         if context.current() is not None:

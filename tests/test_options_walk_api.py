@@ -77,6 +77,19 @@ def test_init_settings() -> None:
     assert env[0] == {"runtime_env": {"env_vars": {"A": "1"}, "working_dir": "/tmp"}}
 
 
+def test_runtime_env_from_the_environment(monkeypatch, tmp_path) -> None:
+    (tmp_path / "envmod.py").write_text("X = 1\n")
+    monkeypatch.setenv("HPCRAY_RUNTIME_ENV", '{"py_modules": ["envmod.py"]}')
+    monkeypatch.chdir(tmp_path)
+    overrides, _ = init_options.settings(runtime_env=init_options.runtime_env_of(None))
+    assert overrides["runtime_env"] == {"py_modules": [str(tmp_path / "envmod.py")]}
+    assert init_options.settings(runtime_env=init_options.runtime_env_of({}))[0] == {
+        "runtime_env": {}}  # init's own stands over the variable
+    monkeypatch.setenv("HPCRAY_RUNTIME_ENV", "{nope")
+    with pytest.raises(ValueError, match="not JSON"):
+        init_options.runtime_env_of(None)
+
+
 def test_runtime_env_merge_follows_ray() -> None:
     """A task's runtime_env under the job's: env_vars merge (the task's win), any other field
     of the task's replaces the job's."""

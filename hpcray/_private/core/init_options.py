@@ -3,6 +3,7 @@ what hpcray does instead (a warning only where Ray treats the argument as a hint
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from typing import Any
@@ -70,6 +71,17 @@ def settings(*, address: str | None = None, object_store_memory: int | None = No
         raise ValueError("init(_system_config=...): hpcray's settings are HPCRAY_* environment "
                          "variables (docs/configuration.md), read by every rank")
     return overrides, warnings
+
+
+def runtime_env_of(given: dict | None) -> dict | None:
+    """init()'s runtime_env, else HPCRAY_RUNTIME_ENV's (JSON), checked by settings() alike."""
+    text = os.environ.get("HPCRAY_RUNTIME_ENV")
+    if given is not None or not text:
+        return given
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"HPCRAY_RUNTIME_ENV={text!r} is not JSON: {exc}") from None
 
 
 def num_cpus_under_launcher(num_cpus: int | None, workers: int, cpus_per_rank: float) -> None:
