@@ -129,6 +129,7 @@ class ActorClass:
         strategy = opts.strategy_of(o)  # (may refuse: before the code counts as sent)
         fn_id, blob = self._cache.id_and_blob(runtime)
         explicit = o.get("num_cpus") is not None
+        in_rank = self._in_rank(o)
         placement = opts.resources_of(o, 1)
         lifetime = opts.resources_of(o, 0) if not explicit else dict(placement)
         spec = P.TaskSpec(
@@ -136,10 +137,11 @@ class ActorClass:
             fn_id=fn_id, fn_blob=blob, args=packed, deps=deps, contained=contained,
             resources=placement, strategy=strategy, actor_id=runtime.ids.next(),
             options={"name": name, "namespace": namespace, "lifetime": o.get("lifetime"),
-                     "class_info": info, "in_rank": self._in_rank(o),
+                     "class_info": info, "in_rank": in_rank,
                      "max_restarts": o.get("max_restarts") or 0,
                      "max_task_retries": o.get("max_task_retries") or 0,
-                     "runtime_env": o.get("runtime_env") or None,
+                     "runtime_env": opts.with_job_env(runtime.config, o.get("runtime_env"),
+                                                      in_rank or bool(o.get("num_gpus"))),
                      "max_concurrency": o.get("max_concurrency"), "lifetime_resources": lifetime,
                      "concurrency_groups": groups})
         try:
@@ -217,6 +219,9 @@ class ActorMethod:
                           retry_exceptions=dumps_code(tuple(retry))
                           if isinstance(retry, (list, tuple)) else bool(retry),
                           options={"concurrency_group": group} if group else {})
+        parent = getattr(runtime.local, "task_id", 0)
+        if parent:  # called from a task: cancel(recursive=True) on it reaches this call
+            spec.options["parent"] = parent
         num_returns = self._options.get("num_returns", 1)
         limit = handle._extra.get("max_pending_calls", 0)
         if limit:

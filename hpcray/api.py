@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from ._private.core import context
+from ._private.core import context, init_options
 from ._private.core.timeline import trace_events
 from ._private.device.registry import host_copies
 from ._private.job import bootstrap, preempt
@@ -27,21 +27,36 @@ _state: dict[str, Any] = {"spmd_done": False}
 _init_lock = threading.RLock()
 
 
-def init(num_cpus: int | None = None, resources: dict[str, float] | None = None, *,
-         num_gpus: int | None = None, ignore_reinit_error: bool = False,
-         log_to_driver: bool = True, namespace: str | None = None, **kwargs) -> dict:
+def init(address: str | None = None, *, num_cpus: int | None = None,
+         resources: dict[str, float] | None = None, num_gpus: int | None = None,
+         object_store_memory: int | None = None, local_mode: bool = False,
+         ignore_reinit_error: bool = False, include_dashboard: bool | None = None,
+         dashboard_host: str | None = None, job_config: Any = None,
+         configure_logging: bool | None = None, logging_level: Any = None,
+         log_to_driver: bool = True, namespace: str | None = None,
+         runtime_env: dict | None = None, _temp_dir: str | None = None,
+         _system_config: dict | None = None) -> dict:
     """Starts hpcray. Collective: on every rank but 0 it runs the worker and never returns.
 
-    Under mpiexec/srun the job's ranks are used. Run plainly (one process), it spawns
-    ``num_cpus`` local worker ranks (default: one per core). GPUs are found with NVML;
-    ``num_gpus`` caps how many per node are used (or declares GPUs NVML cannot see).
+    Under mpiexec/srun the job's ranks are used (``num_cpus``, if given, must match them).
+    Run plainly (one process), it spawns ``num_cpus`` local worker ranks (default: one per
+    core). GPUs are found with NVML; ``num_gpus`` caps how many per node are used (or declares
+    GPUs NVML cannot see). ``runtime_env`` (env_vars, working_dir, py_modules) holds for every
+    task and actor, under their own; ``object_store_memory`` is the bytes of freed node-store
+    segments each process keeps for reuse (HPCRAY_SEGMENT_CACHE). ``address`` may only name
+    this job (None, "auto", "local"); Ray's arguments hpcray cannot carry out are refused with
+    ValueError.
     """
-    ignored = {"address", "runtime_env", "logging_level", "include_dashboard",
-               "configure_logging", "local_mode", "object_store_memory",
-               "_temp_dir", "dashboard_host", "job_config", "_system_config"}
-    unknown = sorted(set(kwargs) - ignored)
-    if unknown:
-        raise TypeError(f"init() got unknown argument(s) {unknown}")
+    if isinstance(address, int):
+        raise TypeError(f"init()'s first argument is Ray's address; give the CPUs as "
+                        f"init(num_cpus={address})")
+    ray_overrides, warnings = init_options.settings(
+        address=address, object_store_memory=object_store_memory, local_mode=local_mode,
+        include_dashboard=include_dashboard, dashboard_host=dashboard_host,
+        job_config=job_config, configure_logging=configure_logging,
+        logging_level=logging_level, runtime_env=init_options.runtime_env_of(runtime_env),
+        _temp_dir=_temp_dir,
+        _system_config=_system_config)
     with _init_lock:
         if context.current() is not None:
             if ignore_reinit_error:
@@ -59,10 +74,12 @@ def init(num_cpus: int | None = None, resources: dict[str, float] | None = None,
         if namespace is None and "HPCRAY_NAMESPACE" not in os.environ:
             namespace = str(uuid.uuid4())  # as Ray: an anonymous namespace per session
         overrides = {"log_to_driver": log_to_driver, "num_gpus": num_gpus,
-                     "namespace": namespace, "sys_path": list(sys.path)}
+                     "namespace": namespace, "sys_path": list(sys.path), **ray_overrides}
         if resources:
             overrides["resources"] = dict(resources)
         head = bootstrap.start(overrides, num_cpus)
+        for text in warnings:
+            print(f"hpcray: warning: {text}", file=sys.stderr, flush=True)
         if not _state.get("atexit"):
             _state["atexit"] = True
             bootstrap.exit_hook.install()
@@ -186,10 +203,12 @@ def wait(object_refs: list[ObjectRef], *, num_returns: int = 1, timeout: float |
 
 
 def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
-    """Cancels the task producing object_ref: get() then raises TaskCancelledError."""
+    """Cancels the task producing object_ref: get() then raises TaskCancelledError. With
+    ``recursive`` (the default, as in Ray) the tasks and actor calls it submitted, and theirs,
+    are cancelled too (``force`` applies to those that are tasks)."""
     if not isinstance(object_ref, ObjectRef):
         raise TypeError(f"cancel() expects an ObjectRef, got {type(object_ref).__name__}")
-    _runtime().request("cancel", object_ref.id, force)
+    _runtime().request("cancel", object_ref.id, force, bool(recursive))
 
 
 def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:

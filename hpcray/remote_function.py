@@ -54,14 +54,23 @@ class RemoteFunction:
         raise TypeError(f"remote function {self.__name__} cannot be called directly: use "
                         f"{self.__name__}.remote(...)")
 
-    def _task_options(self) -> dict[str, Any]:
+    def _task_options(self, config) -> dict[str, Any]:
         """What the executing side needs of the options (most tasks: nothing)."""
         o = self._options
-        out: dict[str, Any] = {"in_rank": True} if self._in_rank() else {}
-        if o.get("runtime_env"):
-            out["runtime_env"] = o["runtime_env"]
+        in_rank = self._in_rank()
+        out: dict[str, Any] = {"in_rank": True} if in_rank else {}
+        env = opts.with_job_env(config, o.get("runtime_env"), in_rank or bool(o.get("num_gpus")))
+        if env:
+            out["runtime_env"] = env
         if o.get("max_calls"):
             out["max_calls"] = o["max_calls"]
+        return out
+
+    def _submit_options(self, runtime) -> dict[str, Any]:
+        out = self._task_options(runtime.config)
+        parent = getattr(runtime.local, "task_id", 0)
+        if parent:  # submitted by a task: cancel(recursive=True) on it reaches this one
+            out["parent"] = parent
         return out
 
     def _in_rank(self) -> bool:
@@ -95,7 +104,7 @@ class RemoteFunction:
             args=packed, deps=deps, contained=contained, resources=opts.resources_of(o, 1),
             strategy=strategy, max_retries=o.get("max_retries", 3),
             retry_exceptions=dumps_code(tuple(retry)) if isinstance(retry, (list, tuple))
-            else bool(retry), options=self._task_options())
+            else bool(retry), options=self._submit_options(runtime))
         num_returns = o.get("num_returns", 1)
         try:
             refs = runtime.submit(spec, num_returns)

@@ -73,6 +73,15 @@ class AutoscalingConfig:
         return max(start, 1) if self.max_replicas else start
 
 
+class ReplicaOptions:
+    """Stands for a deployment's replicas when their ray_actor_options are checked."""
+
+
+#: what ray_actor_options may hold: the replica actors' own options
+RAY_ACTOR_OPTIONS = ("num_cpus", "num_gpus", "resources", "memory", "runtime_env",
+                     "scheduling_strategy")
+
+
 @dataclass(frozen=True)
 class DeploymentConfig:
     """The options of ``@serve.deployment``, validated."""
@@ -109,12 +118,15 @@ class DeploymentConfig:
         if not isinstance(self.ray_actor_options, dict):
             raise TypeError("ray_actor_options must be a dict such as {'num_cpus': 1, "
                             "'num_gpus': 0.5}")
-        allowed = {"num_cpus", "num_gpus", "resources", "memory", "runtime_env",
-                   "scheduling_strategy"}
-        unknown = sorted(set(self.ray_actor_options) - allowed)
+        unknown = sorted(set(self.ray_actor_options) - set(RAY_ACTOR_OPTIONS))
         if unknown:
             raise ValueError(f"ray_actor_options has unsupported key(s) {unknown}; allowed: "
-                             f"{sorted(allowed)}")
+                             f"{sorted(RAY_ACTOR_OPTIONS)}")
+        import hpcray
+
+        # checked now, as the replicas' actor options will be (runtime_env: env_vars,
+        # working_dir, py_modules), so a deployment that cannot start fails at its definition
+        hpcray.remote(**self.ray_actor_options)(ReplicaOptions)
 
     @classmethod
     def from_options(cls, options: dict) -> DeploymentConfig:
@@ -154,7 +166,9 @@ class HTTPOptions:
     loopback. ``debug_errors=True`` shows replicas' errors to clients (else a 500 with a
     request id, details in the job's log). ``max_connections`` (None: half the open-file
     limit, at most 1024), ``max_header_bytes``, ``keep_alive_timeout_s`` and
-    ``incomplete_request_timeout_s`` bound what clients can hold.
+    ``incomplete_request_timeout_s`` bound what clients can hold. ``root_path`` (e.g.
+    "/serve"), as in Ray: Serve runs behind a proxy that strips that prefix; requests are routed
+    as they come, and applications see it in their ASGI scope's ``path`` and ``root_path``.
     """
 
     host: str = "127.0.0.1"
@@ -186,6 +200,10 @@ class HTTPOptions:
         for name in ("require_token", "debug_errors"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if not isinstance(self.root_path, str) or self.root_path and (
+                not self.root_path.startswith("/") or self.root_path.endswith("/")):
+            raise ValueError(f"root_path must be '' or a path such as '/serve' (a leading '/', "
+                             f"no trailing one), got {self.root_path!r}")
         if self.token is not None and (not isinstance(self.token, str) or len(self.token) < 16):
             raise ValueError("token must be a string of at least 16 characters")
 

@@ -82,8 +82,11 @@ class Ingress:
             self.metrics.observe(app, deployment, body.status, time.perf_counter() - start)
             return
         method = scope["method"]
-        req = (method, path, scope.get("query_string", b""),
-               with_request_id(scope["headers"], rid), body, prefix, scope.get("client"),
+        # root_path, as in Ray: Serve sits behind a proxy that strips that prefix; routes match
+        # the path as it came, and the app sees the prefix in its scope's path and root_path
+        root = self.options.root_path
+        req = (method, root + path, scope.get("query_string", b""),
+               with_request_id(scope["headers"], rid), body, root + prefix, scope.get("client"),
                scope.get("server"), scope.get("scheme", "http"), scope.get("http_version", "1.1"))
         state = handles.state_for(app, deployment)
         response, call = await self._call(state, req, method, deployment, rid)

@@ -5,6 +5,7 @@ from .named_actors import list_named_actors
 from .placement_group import (
                               PlacementGroup,
                               get_current_placement_group,
+                              get_placement_group,
                               placement_group,
                               remove_placement_group,
 )
@@ -16,6 +17,7 @@ __all__ = [
                               "PlacementGroup",
                               "PlacementGroupSchedulingStrategy",
                               "get_current_placement_group",
+                              "get_placement_group",
                               "list_named_actors",
                               "placement_group",
                               "remove_placement_group",

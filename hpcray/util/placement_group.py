@@ -42,11 +42,21 @@ class PlacementGroup:
 
 def placement_group(bundles: list[dict], strategy: str = "PACK", name: str = "",
                     lifetime: str | None = None) -> PlacementGroup:
-    """Reserves bundles (e.g. ``[{"CPU": 1}] * 4``) with PACK, SPREAD, STRICT_PACK or STRICT_SPREAD."""
+    """Reserves bundles (e.g. ``[{"CPU": 1}] * 4``) with PACK, SPREAD, STRICT_PACK or STRICT_SPREAD.
+
+    ``name``: found with get_placement_group(name) in the job's namespace, unique there.
+    ``lifetime``: None, as in Ray, fate-shares the group with its creator: one made by an actor
+    is removed when that actor ends; one made by the driver or a task lives until the job ends
+    (the job is the cluster). ``"detached"`` keeps it until the job ends whoever made it.
+    """
     if strategy not in STRATEGIES:
         raise ValueError(f"placement group strategy must be one of {STRATEGIES}, got {strategy!r}")
     if not isinstance(bundles, list) or not bundles:
         raise ValueError("bundles must be a non-empty list of resource dicts")
+    if not isinstance(name, str):
+        raise TypeError(f"a placement group's name must be a str, got {name!r}")
+    if lifetime not in (None, "detached"):
+        raise ValueError(f"placement group lifetime must be None or 'detached', got {lifetime!r}")
     clean = []
     for bundle in bundles:
         if not isinstance(bundle, dict) or not bundle or any(
@@ -58,8 +68,20 @@ def placement_group(bundles: list[dict], strategy: str = "PACK", name: str = "",
     pg_id = rt.ids.next()
     ready_id = rt.ids.next()
     ready = ObjectRef(ready_id, _created=True)
-    rt.request("pg_create", pg_id, clean, strategy, ready_id)
+    creator = getattr(rt.local, "actor_id", 0) if lifetime is None else 0
+    rt.request("pg_create", pg_id, clean, strategy, ready_id, name, rt.config.namespace, creator)
     return PlacementGroup(pg_id, clean, strategy, ready)
+
+
+def get_placement_group(placement_group_name: str) -> PlacementGroup:
+    """The placement group created with this name in the job's namespace (ValueError if none,
+    as Ray raises)."""
+    if not placement_group_name:
+        raise ValueError("get_placement_group() needs the group's name")
+    rt = context.runtime()
+    pg_id, bundles, strategy, ready_id = rt.request("pg_get", placement_group_name,
+                                                    rt.config.namespace)
+    return PlacementGroup(pg_id, bundles, strategy, ObjectRef(ready_id))
 
 
 def remove_placement_group(placement_group: PlacementGroup) -> None:
@@ -68,4 +90,12 @@ def remove_placement_group(placement_group: PlacementGroup) -> None:
 
 
 def get_current_placement_group() -> PlacementGroup | None:
-    return None
+    """The placement group the calling task or actor was scheduled in; None on the driver or
+    outside any group."""
+    rt = context.runtime()
+    task_id = getattr(rt.local, "task_id", 0)
+    found = rt.request("pg_current", task_id) if task_id else None
+    if found is None:
+        return None
+    pg_id, bundles, strategy, ready_id = found
+    return PlacementGroup(pg_id, bundles, strategy, ObjectRef(ready_id))

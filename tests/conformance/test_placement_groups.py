@@ -42,10 +42,6 @@ def one():
     return 1
 
 
-NO_CURRENT_PG = ("get_current_placement_group() always returns None, also inside a task or actor "
-                 "scheduled in a placement group")
-
-
 @pytest.mark.parametrize("strategy", ["PACK", "SPREAD", "STRICT_PACK"])
 def test_placement_group_ready_and_wait(ray_start_regular_shared, strategy):
     pg = placement_group([{"CPU": 1}, {"CPU": 1}], strategy=strategy)
@@ -64,7 +60,6 @@ def test_task_in_placement_group(ray_start_regular_shared):
     remove_placement_group(pg)
 
 
-@pytest.mark.xfail(strict=True, reason=NO_CURRENT_PG)
 def test_current_placement_group_in_task(ray_start_regular_shared):
     pg = placement_group([{"CPU": 1}])
     pg.wait(60)
@@ -140,8 +135,6 @@ def test_no_current_placement_group_outside(ray_start_regular_shared):
     assert ray.get(where.remote(), timeout=60) is None
 
 
-@pytest.mark.xfail(strict=True, reason="hpcray.util.get_placement_group (Ray's "
-                   "ray.util.get_placement_group, a named group's lookup) is missing")
 def test_named_placement_group(ray_start_regular_shared):
     pg = placement_group([{"CPU": 1}], name="named_pg")
     pg.wait(60)

@@ -38,12 +38,11 @@ class Config:
     node_store: bool = True
     #: bytes of freed node-store segments (4 MiB and up) each process keeps, for 2 s, to
     #: write later objects into: pages already allocated take a copy several times faster
-    #: than fresh ones (-1: a quarter of the node's memory; 0: none)
+    #: than fresh ones (-1: a quarter of the node's memory; 0: none); init(object_store_memory=)
+    #: sets it
     segment_cache: int = -1
     #: CPUs each worker rank advertises
     cpus_per_rank: float = 1.0
-    #: CPUs the head rank advertises (it runs the driver)
-    head_cpus: float = 0.0
     #: custom resources of every worker rank, as JSON, e.g. '{"accel": 1}'
     resources: dict = field(default_factory=dict)
     #: GPUs per node to use; -1 discovers them with NVML (init(num_gpus=N) sets it)
@@ -84,6 +83,9 @@ class Config:
     timeline_events: int = 100_000
     #: the namespace of named actors created or looked up without one (init(namespace=...))
     namespace: str = ""
+    #: the job's runtime_env, as JSON (init(runtime_env=...) sets it): env_vars, working_dir
+    #: and py_modules for every task and actor, under each one's own runtime_env as in Ray
+    runtime_env: dict = field(default_factory=dict)
 
 
 #: variables read where they act (the launcher, a library), not by the runtime's Config
@@ -99,6 +101,8 @@ ELSEWHERE: dict[str, str] = {
     "HPCRAY_SERVE_TOKEN": "the bearer token of Serve's HTTP ingress (default: generated)",
     "HPCRAY_SERVE_DEPLOY_TIMEOUT": "seconds `serve.run` waits for replicas to start (300)",
     "HPCRAY_TUNE_STORAGE": "where Tune keeps results (default: ~/hpcray_results)",
+    "HPCRAY_HEAD_CPUS": "refused (init() raises): rank 0 runs the driver and schedules, never "
+                        "tasks; start one more rank instead",
     "HPCRAY_DATA_PROGRESS": "1 or 0: hpcray.data's progress lines on or off (default: on when "
                             "the driver's stderr is a terminal)",
 }
@@ -146,6 +150,11 @@ def _parse(kind: type, text: str):
 def load(defaults: dict | None = None, **overrides) -> Config:
     """Defaults (the job's, e.g. Slurm's ``--cpus-per-task``, over the built-in ones), then
     ``HPCRAY_*`` variables, then explicit keyword overrides."""
+    head_cpus = os.environ.get("HPCRAY_HEAD_CPUS")
+    if head_cpus is not None and head_cpus.strip() not in ("", "0", "0.0"):
+        raise ValueError(f"HPCRAY_HEAD_CPUS={head_cpus!r}: rank 0 runs the driver and "
+                         "schedules, never tasks; start one more rank instead (mpiexec/srun "
+                         "-n, or init(num_cpus=...) in a plain run) and unset HPCRAY_HEAD_CPUS")
     config = Config()
     for key, value in (defaults or {}).items():
         if value:

@@ -54,11 +54,15 @@ class HeadRuntime(Runtime):
                                          self.actor_orphaned)
         self.objects = self.directory.entries
         self.tasks: dict[int, Task] = {}
+        self.children: dict[int, list[int]] = {}  # unfinished task -> tasks it submitted
         self.actor_table = ActorTable(self.transport.send)
         self.actors = self.actor_table.actors
         self.fn_blobs: dict[int, bytes] = {}
         self.fn_sent: list[set[int]] = [set() for _ in self.ranks]
         self.pending_pgs: dict[int, int] = {}
+        self.pg_info: dict[int, tuple] = {}  # pg -> (bundles, strategy, ready id, name key)
+        self.pg_names: dict[tuple[str, str], int] = {}  # (namespace, name) -> pg
+        self.pg_of_actor: dict[int, list[int]] = {}  # actor -> the groups it made (not detached)
         self.dead_ranks: list[int] = []
         self.pollers = 0  # driver threads inside the runtime; the progress thread steps aside
         self.pollers_lock = threading.Lock()
@@ -77,10 +81,13 @@ class HeadRuntime(Runtime):
             "cluster_resources": lambda src: self.scheduler.cluster_resources(),
             "available_resources": lambda src: self.scheduler.available_resources(),
             "nodes": self.op_nodes, "pg_create": self.op_pg_create, "pg_remove": self.op_pg_remove,
+            "pg_get": self.op_pg_get, "pg_current": self.op_pg_current,
             "pg_ranks": lambda src, pg_id: self.scheduler.placement_group_ranks(pg_id),
             "service": self.op_service, "actor_lost": self.op_actor_lost,
             "named_actors": lambda src, namespace: self.actor_table.names(namespace),
             "unfinished": lambda src, ids: [i for i in ids if i in self.tasks],
+            "ready": lambda src, ids: [i for i in ids if (e := self.objects.get(i)) is None
+                                       or e.ready],
         }
         self.services: dict[str, Any] = {}  # see op_service
         self.mpi_job: Any = None  # the job's MPI side (job.bootstrap.Job), set at start-up
@@ -240,6 +247,9 @@ class HeadRuntime(Runtime):
             self.fail_task(task, self.error_blob(exc))
             return
         self.tasks[spec.task_id] = task
+        parent = spec.options.get("parent")
+        if parent in self.tasks:  # for cancel(recursive=True)
+            self.children.setdefault(parent, []).append(spec.task_id)
         self.directory.pin(task.pins)
         for _, object_id in spec.deps:
             entry = self.objects.get(object_id)
@@ -345,6 +355,7 @@ class HeadRuntime(Runtime):
                 not task.cancelled and self.retry_call(task):
             return
         del self.tasks[task_id]
+        self.children.pop(task_id, None)
         if not task.restart:
             for object_id, inline, size, contained, _ in results:
                 self.set_ready(object_id, inline, None if inline is not None else src, size,
@@ -375,6 +386,7 @@ class HeadRuntime(Runtime):
         spec = task.spec
         if self.tasks.pop(spec.task_id, None) is None:
             return
+        self.children.pop(spec.task_id, None)
         if task.rank is None and spec.kind == P.NORMAL:
             self.scheduler.cancel(spec.task_id)
         for object_id in spec.return_ids:
@@ -488,6 +500,9 @@ class HeadRuntime(Runtime):
         create = self.tasks.get(actor.create.spec.task_id)
         if create is not None:
             self.fail_task(create, self.error_blob(died_error(actor, create.spec.name)))
+        for pg_id in self.pg_of_actor.pop(actor.actor_id, ()):  # fate-shared with their maker
+            if pg_id in self.pg_info:
+                self.op_pg_remove(0, pg_id)
         self.schedule_queued()
 
     def actor_orphaned(self, actor_id: int) -> None:
@@ -534,7 +549,7 @@ class HeadRuntime(Runtime):
         else:
             self.end_actor(actor, cause)
 
-    def op_cancel(self, src: int, object_id: int, force: bool) -> bool:
+    def op_cancel(self, src: int, object_id: int, force: bool, recursive: bool = True) -> bool:
         entry = self.objects.get(object_id)
         task = self.tasks.get(entry.producer) if entry is not None else None
         if task is None:
@@ -542,6 +557,21 @@ class HeadRuntime(Runtime):
         if force and task.spec.kind != P.NORMAL:
             raise ValueError(f"cancel(force=True) ends a task's worker; {task.spec.name} is an "
                              "actor call: cancel it without force, or hpcray.kill() the actor")
+        descendants = []  # as Ray: every task and actor call submitted under it, found first
+        if recursive:
+            stack = list(self.children.get(task.spec.task_id, ()))
+            while stack:
+                child = self.tasks.get(stack.pop())
+                if child is not None and child.spec.kind != P.ACTOR_CREATE:
+                    descendants.append(child)
+                    stack.extend(self.children.get(child.spec.task_id, ()))
+        self.cancel_task(task, force)
+        for child in descendants:  # (force is for normal tasks only, as in Ray)
+            if child.spec.task_id in self.tasks:
+                self.cancel_task(child, force and child.spec.kind == P.NORMAL)
+        return True
+
+    def cancel_task(self, task: Task, force: bool) -> None:
         task.cancelled = True
         if task.rank is None:
             if task.spec.kind == P.ACTOR_CALL:
@@ -552,7 +582,6 @@ class HeadRuntime(Runtime):
                 f"{task.spec.name} was cancelled before it started")))
         else:
             self.transport.send(task.rank, (P.CANCEL, task.spec.task_id, force))
-        return True
 
     def op_nodes(self, src: int) -> list[dict]:
         nodes: dict[str, dict] = {}
@@ -573,15 +602,57 @@ class HeadRuntime(Runtime):
             node["GPUs"] = list(node.get("GPUs", {}).values())
         return list(nodes.values())
 
-    def op_pg_create(self, src: int, pg_id: int, bundles: list, strategy: str, ready_id: int) -> None:
+    def op_pg_create(self, src: int, pg_id: int, bundles: list, strategy: str, ready_id: int,
+                     name: str = "", namespace: str = "", creator_actor: int = 0) -> None:
+        """A placement group. Named: found by get_placement_group in its namespace. Made by
+        an actor without lifetime="detached": removed when that actor ends, as in Ray (every
+        other one lives until the job ends, the job being the cluster)."""
+        if name:
+            if (namespace, name) in self.pg_names:
+                raise ValueError(f"a placement group named {name!r} already exists in namespace "
+                                 f"{namespace!r}: remove it first, or pick another name")
+            self.pg_names[(namespace, name)] = pg_id
+        self.pg_info[pg_id] = (bundles, strategy, ready_id, (namespace, name) if name else None)
+        if creator_actor:
+            self.pg_of_actor.setdefault(creator_actor, []).append(pg_id)
         self.scheduler.create_placement_group(pg_id, bundles, strategy)
         self.directory.add(ready_id)
+        self.directory.pin([ready_id])  # get_placement_group hands it out while the group lives
         if self.scheduler.placement_group_ready(pg_id):
             self.set_ready(ready_id, inline_blob(True))
         else:
             self.pending_pgs[pg_id] = ready_id
 
+    def op_pg_get(self, src: int, name: str, namespace: str) -> tuple:
+        pg_id = self.pg_names.get((namespace, name))
+        if pg_id is None:
+            raise ValueError(f"no placement group named {name!r} in namespace {namespace!r} "
+                             "(create it with placement_group(..., name=...); a removed one is "
+                             "gone)")
+        bundles, strategy, ready_id, _ = self.pg_info[pg_id]
+        return pg_id, bundles, strategy, ready_id
+
+    def op_pg_current(self, src: int, task_id: int) -> tuple | None:
+        """The placement group the running task, or the actor whose call it is, was placed in."""
+        task = self.tasks.get(task_id)
+        if task is None:
+            return None
+        spec = task.spec
+        if spec.kind == P.ACTOR_CALL:
+            actor = self.actors.get(spec.actor_id)
+            spec = actor.create.spec if actor is not None else spec
+        group = self.pg_of(spec.strategy)
+        if group is None or group.pg_id not in self.pg_info:
+            return None
+        bundles, strategy, ready_id, _ = self.pg_info[group.pg_id]
+        return group.pg_id, bundles, strategy, ready_id
+
     def op_pg_remove(self, src: int, pg_id: int) -> None:
+        info = self.pg_info.pop(pg_id, None)
+        if info is not None:
+            if info[3] is not None:
+                self.pg_names.pop(info[3], None)
+            self.directory.unpin([info[2]])
         self.scheduler.remove_placement_group(pg_id)
         ready_id = self.pending_pgs.pop(pg_id, None)
         if ready_id is not None:

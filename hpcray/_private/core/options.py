@@ -70,28 +70,53 @@ def validate(options: dict[str, Any], allowed: set[str], what: str) -> dict[str,
 RUNTIME_ENV_KEYS = ("env_vars", "working_dir", "py_modules")
 
 
+def check_runtime_env(env: Any, what: str) -> dict:
+    """A runtime_env hpcray carries out (env_vars, working_dir, py_modules), its py_modules as
+    absolute paths; anything else is refused with what to do instead."""
+    if not isinstance(env, dict) or set(env) - set(RUNTIME_ENV_KEYS):
+        extra = sorted(set(env) - set(RUNTIME_ENV_KEYS)) if isinstance(env, dict) else env
+        raise ValueError(
+            f"runtime_env of {what} may hold {list(RUNTIME_ENV_KEYS)}, not {extra!r}: "
+            "install packages (pip, conda) in the job's environment, which every rank "
+            "shares")
+    env_vars = env.get("env_vars") or {}
+    if not isinstance(env_vars, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in env_vars.items()):
+        raise ValueError(f"runtime_env['env_vars'] of {what} must map str to str")
+    working_dir = env.get("working_dir")
+    if working_dir is not None and not (isinstance(working_dir, str) and
+                                        os.path.isdir(working_dir)):
+        raise ValueError(f"runtime_env['working_dir'] of {what} must be a directory every "
+                         f"rank can read (a shared file system path), got {working_dir!r}")
+    if env.get("py_modules") is not None:  # as absolute paths, checked here
+        env = {**env, "py_modules": py_modules.resolve(env["py_modules"], what)}
+    return env
+
+
+def merge_runtime_env(job: dict, own: dict | None) -> dict:
+    """Ray's rule for a task's runtime_env under the job's: env_vars merge (the task's win),
+    every other field of the task's replaces the job's."""
+    if not own:
+        return job
+    merged = {**job, **own}
+    if job.get("env_vars") and "env_vars" in own:
+        merged["env_vars"] = {**job["env_vars"], **(own["env_vars"] or {})}
+    return merged
+
+
+def with_job_env(config: Any, own: dict | None, in_rank: bool) -> dict | None:
+    """The runtime_env a task or actor runs with. Code that runs in its rank already has the
+    job's (the rank's process took it at start), so it carries only its own."""
+    job = config.runtime_env
+    if not job or in_rank or config.execution == "thread":
+        return own or None
+    return merge_runtime_env(job, own)
+
+
 def _refuse_unsupported(options: dict[str, Any], what: str) -> None:
     """Ray's options that hpcray accepts only in the forms it carries out."""
-    env = options.get("runtime_env")
-    if env:
-        if not isinstance(env, dict) or set(env) - set(RUNTIME_ENV_KEYS):
-            extra = sorted(set(env) - set(RUNTIME_ENV_KEYS)) if isinstance(env, dict) else env
-            raise ValueError(
-                f"runtime_env of {what} may hold {list(RUNTIME_ENV_KEYS)}, not {extra!r}: "
-                "install packages (pip, conda) in the job's environment, which every rank "
-                "shares")
-        env_vars = env.get("env_vars") or {}
-        if not isinstance(env_vars, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in env_vars.items()):
-            raise ValueError(f"runtime_env['env_vars'] of {what} must map str to str")
-        working_dir = env.get("working_dir")
-        if working_dir is not None and not (isinstance(working_dir, str) and
-                                            os.path.isdir(working_dir)):
-            raise ValueError(f"runtime_env['working_dir'] of {what} must be a directory every "
-                             f"rank can read (a shared file system path), got {working_dir!r}")
-        if env.get("py_modules") is not None:  # as absolute paths, checked here
-            options["runtime_env"] = {**env, "py_modules": py_modules.resolve(
-                env["py_modules"], what)}
+    if options.get("runtime_env"):
+        options["runtime_env"] = check_runtime_env(options["runtime_env"], what)
     if options.get("label_selector"):
         raise ValueError(f"label_selector of {what}: ranks carry no labels; select them with "
                          "resources= (HPCRAY_RESOURCES) or NodeAffinitySchedulingStrategy")

@@ -432,6 +432,8 @@ class Runner:
                     self.running[task_id] = threading.get_ident()
                 start = time.time()
                 try:
+                    if task_id in self.cancelled:  # cancelled while it was being set up
+                        raise E.TaskCancelledError(spec.name)
                     result = fn(*args, **kwargs)
                 finally:
                     with self.lock:

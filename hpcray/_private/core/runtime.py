@@ -29,6 +29,7 @@ from ...object_ref import ObjectRef
 from ..transport.shm import Segment, SegmentPool
 from . import hooks
 from . import protocol as P
+from .anywhere import wait_anywhere
 from .backoff import Backoff
 from .config import Config
 from .objects import LocalStore, RefTracker, Stored
@@ -531,8 +532,11 @@ class Runtime:
         if not 0 <= num_returns <= len(refs):
             raise ValueError(f"num_returns must be between 0 and {len(refs)}, got {num_returns}")
         deadline = None if timeout is None else time.monotonic() + timeout
-        self._wait_local([r.id for r in refs], deadline, num_returns)
-        objects = self.store.objects
+        if fetch_local:
+            self._wait_local([r.id for r in refs], deadline, num_returns)
+            objects = self.store.objects
+        else:
+            objects = wait_anywhere(self, [r.id for r in refs], deadline, num_returns)
         ready, not_ready = [], []
         for r in refs:
             (ready if r.id in objects and len(ready) < num_returns else not_ready).append(r)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..core import config as config_mod
+from ..core import init_options
 from ..core.context import set_current
 from ..core.procs import process_gone
 from ..core.runtime import RankInfo
@@ -263,6 +264,9 @@ def _join(overrides: dict, num_cpus: int | None) -> Job:
             comm = MPI.COMM_SELF.Dup()
     else:
         comm = world.Dup()
+        if not embedded:  # every rank raises the same error
+            init_options.num_cpus_under_launcher(num_cpus, comm.Get_size() - 1,
+                                                 early.cpus_per_rank)
     if comm.Get_rank() != 0:
         preload.start(early.preload)
     overrides = dict(comm.bcast(overrides, root=0))
@@ -319,6 +323,8 @@ def worker_start(job: Job) -> None:
     term.install()
     worker.term_expired = term.expired
     worker.forward_output()
+    if job.config.runtime_env:  # for the code that runs in this process (executors get theirs)
+        init_options.apply_in_process(job.config.runtime_env)
     exiting = threading.Lock()
 
     def end(status: int = 0) -> None:
