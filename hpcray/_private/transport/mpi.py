@@ -6,6 +6,7 @@ rank may send while the progress thread receives.
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
 from typing import Any
@@ -16,6 +17,7 @@ from .buffers import BufferPool
 
 CTRL = 11  # pickled control messages, ordered per sender
 DATA = 12  # raw buffers following an OBJDATA control message
+BATCH = "batch"  # a control message carrying several, queued while the peer was behind
 
 
 class Transport:
@@ -28,6 +30,11 @@ class Transport:
         self.lock = threading.RLock()
         self._sends: list[MPI.Request] = []
         self._keep: list[Any] = []
+        # control messages to a peer that has not taken the previous one yet go out together
+        # once it has (no delay while the peer keeps up: the first message leaves at once)
+        self._last: dict[int, MPI.Request] = {}   # dest -> its latest control send
+        self._outbox: dict[int, list] = {}        # dest -> messages waiting for that send
+        self._inbox: collections.deque = collections.deque()  # (source, msg) of a batch
         self.pool = BufferPool(256 << 20)
         self.closed = False
 
@@ -41,8 +48,28 @@ class Transport:
         with self.lock:
             if self.closed:
                 return
-            self._sends.append(self.comm.isend(msg, dest, CTRL))
-            self._keep.append(None)
+            waiting = self._outbox.get(dest)
+            if waiting is not None:
+                waiting.append(msg)
+                return
+            last = self._last.get(dest)
+            if last is not None and not last.Test():
+                self._outbox[dest] = [msg]
+                return
+            self._isend(dest, msg)
+
+    def _isend(self, dest: int, msg: Any) -> None:
+        req = self.comm.isend(msg, dest, CTRL)
+        self._sends.append(req)
+        self._keep.append(None)
+        self._last[dest] = req
+
+    def _flush(self) -> None:
+        """Sends each queued batch whose peer has taken the message before it."""
+        for dest in list(self._outbox):
+            if self._last[dest].Test():
+                msgs = self._outbox.pop(dest)
+                self._isend(dest, msgs[0] if len(msgs) == 1 else (BATCH, msgs))
 
     def isend_raw(self, dest: int, buf) -> MPI.Request:
         """Sends buf's bytes on the DATA tag (host or, for CUDA-aware MPI, device memory);
@@ -53,7 +80,7 @@ class Transport:
         return req
 
     def pending_sends(self) -> int:
-        return len(self._sends)
+        return len(self._sends) + len(self._outbox)
 
     def test_sends(self) -> None:
         """Completes finished sends among the oldest few and drops their buffers.
@@ -62,8 +89,12 @@ class Transport:
         busy receiver; sends to one peer complete in order.
         """
         with self.lock:
+            if self.closed:
+                return
+            if self._outbox:
+                self._flush()
             sends = self._sends
-            if not sends or self.closed:
+            if not sends:
                 return
             window = sends[:64]
             MPI.Request.Testsome(window)
@@ -86,11 +117,17 @@ class Transport:
         with self.lock:
             if self.closed:
                 return None
+            if self._inbox:
+                return self._inbox.popleft()
             status = MPI.Status()
             msg = self.comm.improbe(MPI.ANY_SOURCE, CTRL, status)
             if msg is None:
                 return None
-            return status.Get_source(), msg.recv()
+            source, msg = status.Get_source(), msg.recv()
+            if msg[0] == BATCH:
+                self._inbox.extend((source, m) for m in msg[1])
+                return self._inbox.popleft()
+            return source, msg
 
     def recv_raw(self, source: int, buf) -> None:
         """Receives the next DATA message from source into buf. Call with the lock held."""
