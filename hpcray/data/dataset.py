@@ -142,6 +142,15 @@ class ActorPoolStrategy:
         if size is not None and (min_size, max_size, initial_size) != (None, None, None):
             raise ValueError("give ActorPoolStrategy either size, or min_size/max_size/"
                              "initial_size")
+        if max_tasks_in_flight_per_actor is not None:
+            if not isinstance(max_tasks_in_flight_per_actor, int) or \
+                    max_tasks_in_flight_per_actor < 1:
+                raise ValueError("max_tasks_in_flight_per_actor must be an int >= 1, got "
+                                 f"{max_tasks_in_flight_per_actor!r}")
+            if max_tasks_in_flight_per_actor != 2:  # Ray's own is a pipelining hint
+                warnings.warn("hpcray's actor pools queue up to two blocks per actor and "
+                              "then grow, up to max_size; max_tasks_in_flight_per_actor is "
+                              "ignored", stacklevel=2)
         low = size if size is not None else (min_size or 1)
         high = size if size is not None else (
             max_size or max(low, initial_size or 0, job_cpus()))
@@ -162,6 +171,11 @@ class TaskPoolStrategy:
 def _compute_concurrency(compute: Any, concurrency: int | tuple | None,
                          actors: bool) -> int | tuple | None:
     """concurrency from Ray's compute= (a strategy, or "actors"/"tasks")."""
+    if isinstance(compute, TaskPoolStrategy) and compute.size is not None:
+        if concurrency is not None and concurrency != compute.size:
+            raise ValueError(f"compute=TaskPoolStrategy(size={compute.size}) and "
+                             f"concurrency={concurrency!r} disagree: give one of them")
+        return compute.size
     if compute is None or compute == "tasks" or isinstance(compute, TaskPoolStrategy):
         return concurrency
     if compute == "actors" or isinstance(compute, ActorPoolStrategy):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 
 import hpcray.data as rd
@@ -63,3 +65,24 @@ def test_bad_concurrency_tuples_are_named(concurrency, match) -> None:
 def test_size_excludes_the_other_sizes() -> None:
     with pytest.raises(ValueError, match="either size, or min_size/max_size/initial_size"):
         ActorPoolStrategy(size=2, initial_size=2)
+
+
+def test_max_tasks_in_flight_is_checked_and_its_hint_named() -> None:
+
+
+    with pytest.raises(ValueError, match="max_tasks_in_flight_per_actor"):
+        ActorPoolStrategy(min_size=1, max_size=2, max_tasks_in_flight_per_actor=0)
+    with pytest.warns(UserWarning, match="two blocks per actor"):
+        ActorPoolStrategy(min_size=1, max_size=2, max_tasks_in_flight_per_actor=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ActorPoolStrategy(min_size=1, max_size=2, max_tasks_in_flight_per_actor=2)
+
+
+def test_task_pool_size_is_the_concurrency() -> None:
+    from hpcray.data.dataset import TaskPoolStrategy, _compute_concurrency
+
+    assert _compute_concurrency(TaskPoolStrategy(size=3), None, False) == 3
+    assert _compute_concurrency(TaskPoolStrategy(), 5, False) == 5
+    with pytest.raises(ValueError, match="disagree"):
+        _compute_concurrency(TaskPoolStrategy(size=3), 2, False)
