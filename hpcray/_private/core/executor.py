@@ -263,15 +263,8 @@ class ExecutorRuntime(Runner, Runtime):
                     if object_id not in inline and object_id not in self.refs.counts:
                         self.store.objects.pop(object_id, None)
 
-    def when_local(self, object_id: int, callback) -> None:
-        with self.lock:
-            present = object_id in self.store.objects
-            if not present:
-                self.store.watch((object_id,), callback)
-        if present:
-            callback()
-        else:
-            self.send(("watch", object_id))
+    def want(self, object_id: int) -> None:
+        self.send(("watch", object_id))  # the rank sends it once it is there
 
     # -- messages from the rank --------------------------------------------------------------
     def listen(self) -> None:

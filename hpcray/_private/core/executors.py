@@ -172,7 +172,7 @@ class ExecutorPool:
         self.watched: dict[int, Any] = {self.wake_r.fileno(): _WAKE}  # fd -> (executor, died)
         self.added: list[Proc] = []              # started, not yet watched
         self.polling = threading.Lock()          # one thread reads the channels at a time
-        worker.backoff.attach(self.wait, self.wake)
+        worker.backoff.attach(self.poll, self.wake)
         self.busy = threading.Event()  # some task runs: the memory monitor watches
         if worker.config.memory_usage_threshold > 0:
             threading.Thread(target=self.monitor, daemon=True, name="hpcray-memory").start()
@@ -321,22 +321,12 @@ class ExecutorPool:
     # -- the hub -------------------------------------------------------------------------------
     def poll(self, timeout: float = 0.0) -> bool:
         """Handles what executors sent and their deaths, waiting up to ``timeout`` for
-        something (the rank's progress loop sleeps here); True if anything came.
-
-        The progress loop itself reads the channels, so an executor's result goes to the head
-        without a hand-over between threads."""
+        something; True if anything came. The rank's progress loop polls here and sleeps
+        here (its backoff), so an executor's result goes to the head without a hand-over
+        between threads; while another thread reads the channels, a sleep waits on the
+        rank's wake-up event instead."""
         if self.closed or not self.polling.acquire(blocking=False):
-            return False
-        try:
-            return self._poll(timeout)
-        finally:
-            self.polling.release()
-
-    def wait(self, timeout: float) -> bool:
-        """The rank's backoff sleep: in the executors' select when no other thread is
-        reading them (then on the rank's wake-up event)."""
-        if self.closed or not self.polling.acquire(blocking=False):
-            return self.worker.backoff.wakeup.wait(timeout)
+            return timeout > 0 and self.worker.backoff.wakeup.wait(timeout)
         try:
             return self._poll(timeout)
         finally:

@@ -168,8 +168,12 @@ class Runtime:
         if present:
             callback()
         else:
-            self.to_head((P.WANT, [object_id]))
-            self.backoff.kick()  # the progress loop watches closely for the reply
+            self.want(object_id)
+
+    def want(self, object_id: int) -> None:
+        """Asks for an object to be brought here (when_local's request)."""
+        self.to_head((P.WANT, [object_id]))
+        self.backoff.kick()  # the progress loop watches closely for the reply
 
     def before_poll(self) -> None:
         """Sends or applies the reference count changes made since the last poll."""

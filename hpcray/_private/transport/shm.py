@@ -182,10 +182,8 @@ class SegmentPool:
     def __init__(self, capacity: int):
         self.capacity = capacity
         self.lock = threading.Lock()
-        self.free: list[Segment] = []     # reusable now, oldest first
-        self.freed_at: dict[int, float] = {}  # id(segment) -> when it was given back
-        self.viewed: list[Segment] = []   # freed, still viewed in this process
-        self.bytes = 0
+        self.free: list[tuple[float, Segment]] = []    # (when freed, segment): reusable now
+        self.viewed: list[tuple[float, Segment]] = []  # freed, still viewed in this process
         self.trimmer: threading.Thread | None = None
 
     def give(self, segment: Segment) -> None:
@@ -194,8 +192,7 @@ class SegmentPool:
                 or len(segment.mm) < self.MIN_SIZE):
             return
         with self.lock:
-            self.viewed.append(segment)
-            self.freed_at[id(segment)] = time.monotonic()
+            self.viewed.append((time.monotonic(), segment))
             self._settle()
             if self.trimmer is None:
                 self.trimmer = threading.Thread(target=self._trim, daemon=True,
@@ -211,25 +208,23 @@ class SegmentPool:
                 self._settle()
 
     def _settle(self) -> None:
-        """Freed segments that no array of this process views any more join ``free``."""
+        """Freed segments that no array of this process views any more join ``free``; those
+        past KEEP_SECONDS, or the oldest beyond the capacity, go."""
         still = []
-        for segment in self.viewed:
+        for entry in self.viewed:
             # every buffer export of the mapping holds a reference to it
-            if sys.getrefcount(segment.mm) > 2:  # the attribute and this call's argument
-                still.append(segment)
-            else:
-                self.free.append(segment)
-                self.bytes += len(segment.mm)
+            viewed = sys.getrefcount(entry[1].mm) > 2  # the attribute and this argument
+            (still if viewed else self.free).append(entry)
         self.viewed = still
-        capacity = self.capacity if _available_fraction() > 0.25 else 0
         stale = time.monotonic() - self.KEEP_SECONDS
-        while self.free and (self.bytes > capacity or
-                             self.freed_at[id(self.free[0])] < stale):
-            self._drop(self.free.pop(0))
-
-    def _drop(self, segment: Segment) -> None:
-        self.bytes -= len(segment.mm)
-        self.freed_at.pop(id(segment), None)
+        kept = sorted((entry for entry in self.free if entry[0] >= stale),
+                      key=lambda entry: entry[0], reverse=True)  # newest first
+        room = self.capacity if _available_fraction() > 0.25 else 0
+        self.free = []
+        for entry in kept:
+            if len(entry[1].mm) <= room:
+                self.free.append(entry)
+                room -= len(entry[1].mm)
 
     def take(self, total: int) -> Segment | None:
         """A freed segment mapping ``total`` to ``2 * total`` bytes that no other process
@@ -238,13 +233,12 @@ class SegmentPool:
             return None
         with self.lock:
             self._settle()
-            fits = [seg for seg in self.free if total <= len(seg.mm) <= 2 * total]
+            fits = [entry for entry in self.free if total <= len(entry[1].mm) <= 2 * total]
             if not fits:
                 return None
             busy = mapped_inodes()
-            for segment in sorted(fits, key=lambda seg: len(seg.mm)):
-                if segment.ino not in busy:
-                    self.free.remove(segment)
-                    self._drop(segment)
-                    return segment
+            for entry in sorted(fits, key=lambda entry: len(entry[1].mm)):
+                if entry[1].ino not in busy:
+                    self.free.remove(entry)
+                    return entry[1]
         return None
