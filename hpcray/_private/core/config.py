@@ -41,6 +41,10 @@ class Config:
     #: than fresh ones (-1: a quarter of the node's memory; 0: none); init(object_store_memory=)
     #: sets it
     segment_cache: int = -1
+    #: while every rank is busy, the head sends a rank the next task of the shape it runs,
+    #: to start there the moment the running one ends (one per running task): no round trip
+    #: between tasks. Given back, to run elsewhere, if a rank frees while it still waits
+    queue_ahead: bool = True
     #: CPUs each worker rank advertises
     cpus_per_rank: float = 1.0
     #: custom resources of every worker rank, as JSON, e.g. '{"accel": 1}'

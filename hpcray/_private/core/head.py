@@ -20,15 +20,17 @@ from .directory import LocalCopies, ObjectDirectory, error_blob
 from .objects import Stored
 from .procs import LoopFailures, process_gone
 from .runtime import RankInfo, Runtime
-from .scheduler import Infeasible, InPlacementGroup, Request, Scheduler
+from .scheduler import DEFAULT, Infeasible, InPlacementGroup, Request, Scheduler
 from .serialization import deserialize, inline_blob
+
+RECALL_AFTER = 0.1  # seconds a task runs before the one queued behind it may be asked back
 
 
 class Task:
     """A task, actor creation or actor call the head is responsible for."""
 
-    __slots__ = ("blocked", "cancelled", "pins", "rank", "restart", "retries_left", "spec",
-                 "waiting")
+    __slots__ = ("after", "blocked", "cancelled", "next", "pins", "rank", "recalled", "restart",
+                 "retries_left", "since", "spec", "waiting")
 
     def __init__(self, spec: P.TaskSpec):
         self.spec = spec
@@ -39,6 +41,12 @@ class Task:
         self.restart = False  # an actor's creation run again after its process died
         self.blocked = False
         self.cancelled = False
+        # queued ahead (see Config.queue_ahead): a running task's successor on its rank, and
+        # the task a queued one waits behind (it holds no resources until that ends or blocks)
+        self.next: Task | None = None
+        self.after: Task | None = None
+        self.since = 0.0        # when it began to hold its resources on its rank
+        self.recalled = False   # asked back from the rank it waits on
 
 
 class HeadRuntime(Runtime):
@@ -64,6 +72,8 @@ class HeadRuntime(Runtime):
         self.pg_names: dict[tuple[str, str], int] = {}  # (namespace, name) -> pg
         self.pg_of_actor: dict[int, list[int]] = {}  # actor -> the groups it made (not detached)
         self.dead_ranks: list[int] = []
+        self.open_slots: dict[tuple, dict[int, Task]] = {}  # shape -> running, nothing behind
+        self.queued_ahead: dict[int, Task] = {}  # tasks waiting behind another on its rank
         self.pollers = 0  # driver threads inside the runtime; the progress thread steps aside
         self.pollers_lock = threading.Lock()
         self.last_poll = 0.0
@@ -73,7 +83,7 @@ class HeadRuntime(Runtime):
             P.WANT: self.on_want, P.PUT: self.on_put, P.LOG: self.on_log,
             P.BLOCKED: self.on_blocked, P.HEARTBEAT: self.on_heartbeat,
             P.REQUEST: self.on_request, P.OBJDATA: self.on_objdata, P.RELEASE: self.on_release,
-            P.EVENTS: self.on_events,
+            P.EVENTS: self.on_events, P.RETURNED: self.on_returned,
         }
         self.timelines: dict[int, dict[int, list]] = {}
         self.ops = {
@@ -145,6 +155,9 @@ class HeadRuntime(Runtime):
                 if now >= self.next_check:
                     self.next_check = now + 0.2
                     self.check_ranks(now)
+                    if self.queued_ahead:
+                        with self.lock:
+                            self.recall_stalled(now)
                 failing.ok()
             except Exception as exc:  # noqa: BLE001 - reported; the loop must go on
                 failing.failed(exc)
@@ -282,10 +295,10 @@ class HeadRuntime(Runtime):
             return
         request = Request(spec.task_id, spec.resources, spec.strategy)
         rank = self.scheduler.try_place(request)
-        if rank is None:
-            self.scheduler.submit(request)
-        else:
+        if rank is not None:
             self.dispatch(task, rank)
+        elif not self.queue_behind(task):
+            self.scheduler.submit(request)
 
     def schedule_queued(self) -> None:
         for request, rank in self.scheduler.schedule():
@@ -307,7 +320,8 @@ class HeadRuntime(Runtime):
     def pg_of(strategy) -> InPlacementGroup | None:
         return strategy if isinstance(strategy, InPlacementGroup) else None
 
-    def dispatch(self, task: Task, rank: int) -> None:
+    def dispatch(self, task: Task, rank: int, behind: Task | None = None) -> None:
+        """Sends a task to rank (``behind``: to start there when that task ends or blocks)."""
         spec = task.spec
         task.rank = rank
         inline = {}
@@ -329,10 +343,100 @@ class HeadRuntime(Runtime):
         if spec.fn_id and spec.fn_id not in sent:
             spec.fn_blob = self.fn_blobs[spec.fn_id]
             sent.add(spec.fn_id)
-        self.transport.send(rank, (P.TASK, spec.wire(), inline))
+        if behind is None:
+            self.transport.send(rank, (P.TASK, spec.wire(), inline))
+        else:
+            self.transport.send(rank, (P.TASK, spec.wire(), inline, behind.spec.task_id))
         spec.fn_blob = None
         if spec.kind == P.ACTOR_CREATE:
             self.pump_actor(self.actors[spec.actor_id])
+        elif spec.kind == P.NORMAL and behind is None:
+            self.holds(task)
+
+    # -- queueing ahead (Config.queue_ahead) -------------------------------------------------
+    @staticmethod
+    def shape_key(task: Task) -> tuple | None:
+        """Tasks of one key may follow each other on a rank (None: this one never does)."""
+        spec = task.spec
+        if spec.strategy != DEFAULT:
+            return None
+        return tuple(sorted(spec.resources.items()))
+
+    def holds(self, task: Task) -> None:
+        """task now runs on its rank holding its resources: the next queued task of its shape
+        may wait behind it there."""
+        task.since = time.monotonic()
+        key = self.shape_key(task) if self.config.queue_ahead else None
+        if key is None:
+            return
+        request = self.scheduler.take_next(task.spec.resources)
+        follower = self.tasks.get(request.id) if request is not None else None
+        if follower is not None:
+            self.link(follower, task)
+        else:
+            self.open_slots.setdefault(key, {})[task.spec.task_id] = task
+
+    def queue_behind(self, task: Task) -> bool:
+        """Sends a task that fits nowhere now to wait behind a running one of its shape."""
+        key = self.shape_key(task) if self.config.queue_ahead else None
+        slots = self.open_slots.get(key) if key is not None else None
+        if not slots or not self.scheduler.only_waiting(task.spec.resources):
+            return False
+        leader = slots.pop(next(iter(slots)))  # the longest running
+        self.link(task, leader)
+        return True
+
+    def link(self, task: Task, leader: Task) -> None:
+        task.after, leader.next = leader, task
+        self.queued_ahead[task.spec.task_id] = task
+        self.dispatch(task, leader.rank, behind=leader)
+
+    def close_slot(self, task: Task) -> None:
+        slots = self.open_slots.get(self.shape_key(task))
+        if slots:
+            slots.pop(task.spec.task_id, None)
+
+    def hand_over(self, task: Task) -> bool:
+        """task ended or blocked: the one behind it (if any) now holds its resources."""
+        self.close_slot(task)
+        follower = task.next
+        if follower is None:
+            return False
+        task.next = follower.after = None
+        self.queued_ahead.pop(follower.spec.task_id, None)
+        self.holds(follower)
+        return True
+
+    def unlink(self, task: Task) -> None:
+        """task no longer waits behind another (it ended, or came back, before it started)."""
+        leader = task.after
+        task.after = None
+        self.queued_ahead.pop(task.spec.task_id, None)
+        if leader is not None and leader.next is task:
+            leader.next = None
+            if leader.spec.task_id in self.tasks and not leader.blocked:
+                key = self.shape_key(leader)
+                self.open_slots.setdefault(key, {})[leader.spec.task_id] = leader
+
+    def recall_stalled(self, now: float) -> None:
+        """Asks back tasks waiting behind one that has run a while, when a rank could run
+        them now (a long task must not hold up the one behind it while ranks idle)."""
+        for task in list(self.queued_ahead.values()):
+            leader = task.after
+            if task.recalled or leader is None or now - leader.since < RECALL_AFTER:
+                continue
+            if self.scheduler.fits_now(task.spec.resources):
+                task.recalled = True
+                self.transport.send(task.rank, (P.UNQUEUE, task.spec.task_id))
+        self.flush()
+
+    def on_returned(self, src: int, task_id: int) -> None:
+        task = self.tasks.get(task_id)
+        if task is None or task.after is None or task.rank != src:
+            return
+        self.unlink(task)
+        task.rank, task.recalled = None, False
+        self.task_ready(task)
 
     def on_done(self, src: int, task_id: int, results: list, retryable: bool) -> None:
         task = self.tasks.get(task_id)
@@ -341,9 +445,12 @@ class HeadRuntime(Runtime):
             return
         spec = task.spec
         if spec.kind == P.NORMAL:
-            if task.blocked:
+            if task.after is not None:  # ended before it started (cancelled while queued)
+                self.unlink(task)
+            elif task.blocked:
                 task.blocked = False
-            else:
+                self.close_slot(task)
+            elif not self.hand_over(task):
                 self.scheduler.release(src, spec.resources, self.pg_of(spec.strategy))
             if retryable and task.retries_left > 0 and not task.cancelled:
                 task.retries_left -= 1
@@ -389,6 +496,8 @@ class HeadRuntime(Runtime):
         self.children.pop(spec.task_id, None)
         if task.rank is None and spec.kind == P.NORMAL:
             self.scheduler.cancel(spec.task_id)
+        if task.after is not None:
+            self.unlink(task)
         for object_id in spec.return_ids:
             self.set_ready(object_id, blob)
         self.directory.unpin(task.pins)
@@ -402,10 +511,13 @@ class HeadRuntime(Runtime):
         task = self.tasks.get(task_id)
         if task is None or task.spec.kind != P.NORMAL or task.rank != src or task.blocked == blocked:
             return
+        if task.after is not None:  # its rank started it: the one before it ended or blocked
+            self.hand_over(task.after)
         task.blocked = blocked
         spec = task.spec
         if blocked:
-            self.scheduler.release(src, spec.resources, self.pg_of(spec.strategy))
+            if not self.hand_over(task):
+                self.scheduler.release(src, spec.resources, self.pg_of(spec.strategy))
             self.schedule_queued()
         else:
             self.scheduler.acquire(src, spec.resources, self.pg_of(spec.strategy))
@@ -723,7 +835,13 @@ class HeadRuntime(Runtime):
             self.end_actor(actor, f"its rank {rank} on {info.host} died", notify_rank=False)
         crashed = E.WorkerCrashedError(f"rank {rank} (pid {info.pid} on {info.host}) died while "
                                        "running the task")
-        for task in [t for t in self.tasks.values() if t.rank == rank]:
+        lost_tasks = [t for t in self.tasks.values() if t.rank == rank]
+        for task in lost_tasks:  # queued ahead there: nothing is handed over any more
+            if task.spec.kind == P.NORMAL:
+                self.close_slot(task)
+                self.queued_ahead.pop(task.spec.task_id, None)
+                task.after = task.next = None
+        for task in lost_tasks:
             if task.spec.kind == P.NORMAL and task.retries_left > 0 and not task.cancelled:
                 task.retries_left -= 1
                 task.rank = None

@@ -25,6 +25,7 @@ BLOCKED = 8
 HEARTBEAT = 9
 DONE_MANY = 10
 EVENTS = 11
+RETURNED = 12
 # head -> worker
 TASK = 20
 PUSH = 21
@@ -35,6 +36,7 @@ KILL_ACTOR = 25
 REPLY = 26
 SHUTDOWN = 27
 TIMELINE = 28
+UNQUEUE = 29
 # peer -> peer
 OBJDATA = 40
 RELEASE = 41
@@ -132,6 +134,14 @@ class Heartbeat(NamedTuple):
     quiet: float = 0.0
 
 
+class Returned(NamedTuple):
+    """Answer to Unqueue: task_id had not started here and was dropped."""
+
+    OP = RETURNED
+    TO = HEAD
+    task_id: int
+
+
 class Events(NamedTuple):
     """Answer to Timeline: the task events this rank recorded."""
 
@@ -148,6 +158,15 @@ class Task(NamedTuple):
     TO = WORKER
     fields: tuple                # TaskSpec.wire()
     inline: dict
+    behind: int = 0              # a task running here: start this one when that ends or blocks
+
+
+class Unqueue(NamedTuple):
+    """Give back task_id if it still waits behind another (it may run sooner elsewhere)."""
+
+    OP = UNQUEUE
+    TO = WORKER
+    task_id: int
 
 
 class Push(NamedTuple):
@@ -242,8 +261,8 @@ class Release(NamedTuple):
 
 
 MESSAGES: tuple[type, ...] = (Submit, Done, DoneMany, Refs, Want, Request, Put, Log, Blocked,
-                              Heartbeat, Events, Task, Push, Obj, Free, Cancel, KillActor,
-                              Reply, Shutdown, Timeline, ObjData, Release)
+                              Heartbeat, Events, Returned, Task, Unqueue, Push, Obj, Free,
+                              Cancel, KillActor, Reply, Shutdown, Timeline, ObjData, Release)
 
 # task kinds
 NORMAL, ACTOR_CREATE, ACTOR_CALL = 0, 1, 2

@@ -336,6 +336,30 @@ class Scheduler:
             return None
         return self._place(_Group(*key))
 
+    def take_next(self, resources: dict[str, float]) -> Request | None:
+        """The oldest queued DEFAULT request of this shape, removed from the queue, while no
+        other request or placement group waits (nothing else is owed the resources of a task
+        of this shape when it ends); None otherwise."""
+        key = (_shape(resources), DEFAULT)
+        group = self._queues.get(key)
+        if group is None or not self.only_waiting(resources):
+            return None
+        _, req = group.queue.popitem(last=False)
+        del self._queued[req.id]
+        if not group.queue:
+            del self._queues[key]
+        return req
+
+    def only_waiting(self, resources: dict[str, float]) -> bool:
+        """Whether no request but DEFAULT ones of this shape and no placement group waits."""
+        key = (_shape(resources), DEFAULT)
+        return all(k == key for k in self._queues) and all(pg.ready for pg in self._pgs.values())
+
+    def fits_now(self, resources: dict[str, float]) -> bool:
+        """Whether some rank has this much free now (nothing is allocated)."""
+        shape = _shape(resources)
+        return any(_covers(free, shape) for free in self._cluster.free.values())
+
     def cancel(self, req_id: int) -> bool:
         """Removes a queued request; True if it was queued."""
         group = self._queued.pop(req_id, None)

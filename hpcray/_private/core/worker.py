@@ -49,7 +49,7 @@ class WorkerRuntime(Runner, Runtime):
             P.TASK: self.on_task, P.PUSH: self.on_push, P.OBJ: self.on_obj, P.FREE: self.on_free,
             P.CANCEL: self.on_cancel, P.KILL_ACTOR: self.on_kill_actor, P.REPLY: self.on_reply,
             P.SHUTDOWN: self.on_shutdown, P.OBJDATA: self.on_objdata, P.RELEASE: self.on_release,
-            P.TIMELINE: self.on_timeline,
+            P.TIMELINE: self.on_timeline, P.UNQUEUE: self.on_unqueue,
         }
         self.streams: list[_Forward] = []
         self.main_thread = threading.current_thread()
@@ -60,6 +60,9 @@ class WorkerRuntime(Runner, Runtime):
         self.term_expired = lambda: False  # set by bootstrap: SIGTERM's grace has run out
         self.before_user_code = lambda: None  # set by bootstrap: preloaded imports are done
         self.inline_tasks: collections.deque = collections.deque()
+        self.live: set[int] = set()          # normal tasks running here, not blocked
+        self.behind: dict[int, tuple] = {}   # running task id -> (spec, inline) to start next
+        self.waits_on: dict[int, int] = {}   # queued task id -> the task it waits behind
 
     # -- the worker's half of the conversation ---------------------------------------------
     def to_head(self, msg: tuple) -> None:
@@ -72,6 +75,8 @@ class WorkerRuntime(Runner, Runtime):
                 self.transport.send(0, (P.REFS, changes))
             self.transport.send(0, msg)
         self.backoff.kick()
+        if msg[0] == P.BLOCKED and msg[2]:
+            self.start_next(msg[1])
 
     def request(self, op: str, *args) -> Any:
         req_id = self.ids.next()
@@ -179,10 +184,20 @@ class WorkerRuntime(Runner, Runtime):
                     self.backoff.kick()
 
     # -- messages from the head ------------------------------------------------------------
-    def on_task(self, src: int, fields: tuple, inline: dict) -> None:
+    def on_task(self, src: int, fields: tuple, inline: dict, behind: int = 0) -> None:
         spec = P.TaskSpec(*fields)
         if spec.fn_blob is not None:
             self.fn_blobs[spec.fn_id] = spec.fn_blob
+        if spec.kind == P.NORMAL:
+            with self.lock:
+                if behind in self.live:
+                    self.behind[behind] = (spec, inline)
+                    self.waits_on[spec.task_id] = behind
+                    return
+                self.live.add(spec.task_id)
+        self.start(spec, inline)
+
+    def start(self, spec: P.TaskSpec, inline: dict) -> None:
         pool = self.pool
         if pool is not None and (spec.actor_id not in self.actors if spec.kind == P.ACTOR_CALL
                                  else not self.in_rank(spec)):
@@ -230,8 +245,41 @@ class WorkerRuntime(Runner, Runtime):
         self.store.free(ids, self.transport.pool)
 
     def on_cancel(self, src: int, task_id: int, force: bool) -> None:
-        if self.pool is None or not self.pool.cancel(task_id, force):
+        queued = self.unqueue(task_id)
+        if queued is not None:
+            self.report(task_id, self.error_results(queued, E.TaskCancelledError(
+                f"{queued.name} was cancelled before it started")), False)
+        elif self.pool is None or not self.pool.cancel(task_id, force):
             self.cancel_running(task_id)
+
+    def on_unqueue(self, src: int, task_id: int) -> None:
+        if self.unqueue(task_id) is not None:
+            self.to_head((P.RETURNED, task_id))
+
+    def unqueue(self, task_id: int) -> P.TaskSpec | None:
+        """Drops a task still waiting behind another here; its spec, or None."""
+        with self.lock:
+            leader = self.waits_on.pop(task_id, None)
+            if leader is None:
+                return None
+            return self.behind.pop(leader)[0]
+
+    def start_next(self, task_id: int) -> None:
+        """task_id ended or blocked: the task queued behind it starts now."""
+        with self.lock:
+            self.live.discard(task_id)
+            follower = self.behind.pop(task_id, None)
+            if follower is None:
+                return
+            del self.waits_on[follower[0].task_id]
+            self.live.add(follower[0].task_id)
+            self.flush_done()  # the head learns that task_id ended before anything of the next
+        self.start(*follower)
+
+    def report(self, task_id: int, results: list, retryable: bool, more: bool = False) -> None:
+        super().report(task_id, results, retryable, more)
+        if self.live or self.behind:
+            self.start_next(task_id)
 
     def on_kill_actor(self, src: int, actor_id: int) -> None:
         host = self.actors.pop(actor_id, None)

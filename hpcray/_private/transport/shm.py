@@ -16,12 +16,16 @@ segment is reused only when no other process of this user still maps it (read fr
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import mmap
 import os
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
 
 ALIGN = 64
 HEADER = 64          # the segment's first bytes: the tag of the object it holds now
@@ -35,18 +39,19 @@ def plan(sizes: list[int]) -> tuple[list[tuple[int, int]], int]:
     for size in sizes:
         layout.append((offset, size))
         offset += -(-size // ALIGN) * ALIGN
-    return layout, offset
+    return layout, max((o + s for o, s in layout), default=HEADER)
 
 
 class Segment:
     """One object's buffers in node-shared memory."""
 
-    __slots__ = ("fd", "ino", "layout", "mm", "reusable", "tag")
+    __slots__ = ("fd", "ino", "layout", "mapped", "mm", "reusable", "tag")
 
     def __init__(self, fd: int, layout: list[tuple[int, int]], tag: str, writable: bool = False):
         self.fd, self.layout, self.tag = fd, layout, tag
         self.ino = os.fstat(fd).st_ino
         self.reusable = writable  # made here: its pages may serve a later object
+        self.mapped: set[int] = set()  # CHUNK-sized pieces this process has written through mm
         total = max((o + s for o, s in layout), default=0)
         prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
         self.mm = mmap.mmap(fd, total, prot=prot) if total else None
@@ -76,8 +81,7 @@ class Segment:
         """A segment with a copy of buffers (the one copy a large value makes)."""
         views = [memoryview(b).cast("B") for b in buffers]
         segment = cls.create([v.nbytes for v in views], tag, pool)
-        for (offset, size), view in zip(segment.layout, views):
-            segment.mm[offset:offset + size] = view
+        _copier.fill(segment, views)
         return segment
 
     def views(self) -> list[memoryview]:
@@ -123,6 +127,93 @@ class Segment:
                 os.close(self.fd)
 
 
+class Copier:
+    """Copies large values into segments with several threads.
+
+    Writing through a mapping runs at memcpy speed once this process has the pages mapped,
+    and splits across threads; a first write faults each 4 KiB page in, several times slower
+    than ``pwrite()``, which fills the pages without mapping them. So one thread ``pwrite``s
+    the pieces this process never mapped, while the others copy through the mapping, taking
+    mapped pieces first; each takes the next piece when done (the faster kind takes more).
+    """
+
+    CHUNK = 16 << 20
+    PARALLEL = 8 << 20  # smaller values: one copy in the caller's thread
+
+    def __init__(self, threads: int):
+        self.threads = threads
+        self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    def fill(self, segment: Segment, views: list[memoryview]) -> None:
+        total = sum(v.nbytes for v in views)
+        if total < self.PARALLEL or self.threads < 2 or segment.mm is None:
+            for (offset, size), view in zip(segment.layout, views):
+                segment.mm[offset:offset + size] = view
+            return
+        mapped: collections.deque = collections.deque()
+        fresh: collections.deque = collections.deque()
+        for (offset, size), view in zip(segment.layout, views):
+            for start in range(0, size, self.CHUNK):
+                piece = (offset + start, view[start:start + self.CHUNK])
+                where = (offset + start) // self.CHUNK
+                (mapped if where in segment.mapped else fresh).append(piece)
+        dst = np.frombuffer(segment.mm, np.uint8)
+        try:
+            helpers = [self._executor().submit(self._work, segment, dst, mapped, fresh, i == 0)
+                       for i in range(min(self.threads, len(mapped) + len(fresh)) - 1)]
+            self._work(segment, dst, mapped, fresh, False)
+            for helper in helpers:
+                helper.result()
+        finally:
+            del dst  # the pool reuses a segment only when no array views it
+
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.threads - 1, "hpcray-copy")
+            return self._pool
+
+    def _work(self, segment: Segment, dst: np.ndarray, mapped: collections.deque,
+              fresh: collections.deque, writes: bool) -> None:
+        """Copies pieces until none is left; ``writes``: fresh ones first, by pwrite."""
+        while True:
+            try:
+                if writes and fresh:
+                    offset, view = fresh.popleft()
+                    if _pwrite(segment.fd, view, offset):
+                        continue
+                else:
+                    offset, view = mapped.popleft()
+            except IndexError:
+                try:  # no mapped piece left: fault fresh ones in from the other end
+                    offset, view = fresh.pop()
+                except IndexError:
+                    return
+            np.copyto(dst[offset:offset + view.nbytes], np.frombuffer(view, np.uint8))
+            segment.mapped.add(offset // self.CHUNK)
+
+
+def _pwrite(fd: int, view: memoryview, offset: int) -> bool:
+    """Writes view at offset; True once written."""
+    done = 0
+    while done < view.nbytes:
+        written = os.pwrite(fd, view[done:], offset + done)
+        if written <= 0:
+            return False
+        done += written
+    return True
+
+
+def _copy_threads() -> int:
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return max(2, min(4, cpus))
+
+
+_copier = Copier(_copy_threads())
 _sending = threading.local()   # .fds: descriptors of the message being pickled
 _receiving = threading.local()  # .fds: descriptors that came with the message being unpickled
 

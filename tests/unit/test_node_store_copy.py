@@ -1,0 +1,55 @@
+"""The node store's parallel copy into segments: pwrite for fresh pages, the mapping for
+mapped ones, checked against the source bytes through a second, read-only mapping."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from hpcray._private.transport import shm
+
+
+def _readback(segment: shm.Segment) -> list[bytes]:
+    peer = shm.Segment.open_peer(*segment.describe())
+    return [bytes(v) for v in peer.views()]
+
+
+@pytest.mark.parametrize("threads", [1, 2, 4])
+def test_fill_fresh_then_reused_segment(threads):
+    rng = np.random.default_rng(threads)
+    copier = shm.Copier(threads)
+    copier.CHUNK, copier.PARALLEL = 1 << 16, 1 << 16  # many pieces, every path taken
+    sizes = [int(s) for s in rng.integers(1, 700_000, size=4)] + [1 << 18]
+    segment = shm.Segment.create(sizes, "a1")
+    for round_ in range(3):  # fresh, then the same pages again with other bytes
+        buffers = [rng.integers(0, 256, size=n, dtype=np.uint8) for n in sizes]
+        copier.fill(segment, [memoryview(b) for b in buffers])
+        assert _readback(segment) == [b.tobytes() for b in buffers], f"round {round_}"
+        assert [bytes(v) for v in segment.views()] == [b.tobytes() for b in buffers]
+    chunks = -(-(max(o + s for o, s in segment.layout)) // copier.CHUNK)
+    assert segment.mapped <= set(range(chunks))
+
+
+def test_fill_by_pwrite_reaches_other_mappings():
+    data = os.urandom(3 * (1 << 16) + 5)
+    segment = shm.Segment.create([len(data)], "b2")
+    view = memoryview(data)
+    offset = segment.layout[0][0]
+    assert shm._pwrite(segment.fd, view, offset)
+    assert _readback(segment) == [data]
+    assert not segment.mapped
+
+
+def test_holding_uses_the_pool_and_keeps_bytes():
+    pool = shm.SegmentPool(1 << 30)
+    rng = np.random.default_rng(7)
+    first = rng.integers(0, 256, size=shm.SegmentPool.MIN_SIZE + 123, dtype=np.uint8)
+    segment = shm.Segment.holding([first], "c3", pool)
+    assert bytes(segment.views()[0]) == first.tobytes()
+    pool.give(segment)
+    second = rng.integers(0, 256, size=first.size, dtype=np.uint8)
+    again = shm.Segment.holding([second], "c4", pool)
+    assert again is segment  # reused: same pages, new bytes and tag
+    assert _readback(again) == [second.tobytes()]
