@@ -242,6 +242,29 @@ def test_objects(run_job):
 
 
 
+def test_tasks_queued_ahead_on_busy_ranks(run_job):
+    """While every rank is busy the head sends each the next task to start when its running
+    one ends: results stay right, a task waiting behind a long one is given back to a rank
+    that frees, one cancelled while it waits fails at once, inner tasks waiting behind the
+    outer ones that get() them start when those block, and a crash with tasks queued behind
+    it is retried without losing them."""
+    r, _ = run(run_job, job_file("core/queue_ahead.py"), timeout=180)
+    assert r["mixed"] is True
+    assert r["not_stuck"] == [True, True], r
+    assert r["long_still_running"] is True
+    assert is_error(r["cancelled"], "TaskCancelledError", "cancelled")
+    assert r["after_cancel"] is True
+    assert r["nested"] is True
+    assert r["crash"] is True
+
+
+def test_tasks_queued_ahead_thread_mode(run_job):
+    r, _ = run(run_job, job_file("core/queue_ahead.py"), timeout=180,
+               env={"HPCRAY_EXECUTION": "thread"})
+    assert r["mixed"] is True and r["nested"] is True
+    assert "crash" not in r and "not_stuck" not in r  # process mode only
+
+
 def test_refcount_frees_memory(run_job):
     r, _ = run(run_job, job_file("core/memory.py"), timeout=120)
     assert r["checks"] == [2.0 * i for i in range(0, 100, 2)]

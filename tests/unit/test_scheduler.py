@@ -681,3 +681,64 @@ def test_random_operations_match_brute_force(seed):
     model = Model(seed)
     model.run(400)
     model.drain()
+
+
+# -- queueing ahead: take_next, only_waiting, fits_now; the feasibility cache -------------------
+
+def test_take_next_pops_oldest_of_its_shape_only_while_nothing_else_waits():
+    s = make(1, 2, {"CPU": 1, "GPU": 1})
+    assert s.take_next({"CPU": 1}) is None  # nothing queued
+    for i in range(2):
+        assert s.try_place(Request(i, {"CPU": 1})) is not None
+    for i in (10, 11, 12):
+        s.submit(Request(i, {"CPU": 1}))
+    assert s.only_waiting({"CPU": 1}) and not s.only_waiting({"GPU": 1})
+    assert s.take_next({"CPU": 1}).id == 10  # oldest first, and out of the queue
+    assert s.num_queued() == 2
+    s.submit(Request(20, {"GPU": 1, "CPU": 1}))  # another shape waits: it is owed the CPUs
+    assert not s.only_waiting({"CPU": 1})
+    assert s.take_next({"CPU": 1}) is None
+    assert s.cancel(20)
+    assert s.take_next({"CPU": 1}).id == 11
+    s.submit(Request(30, {"CPU": 1}, SPREAD))  # not DEFAULT: never queued ahead
+    assert s.take_next({"CPU": 1}) is None
+    assert s.cancel(30) and s.take_next({"CPU": 1}).id == 12
+    assert s.take_next({"CPU": 1}) is None and s.num_queued() == 0
+
+
+def test_take_next_waits_for_placement_groups_being_reserved():
+    s = make(1, 1, {"CPU": 1})
+    assert s.try_place(Request(0, {"CPU": 1})) == 0
+    s.submit(Request(1, {"CPU": 1}))
+    s.create_placement_group(7, [{"CPU": 1}], "PACK")
+    assert not s.placement_group_ready(7)
+    assert s.take_next({"CPU": 1}) is None  # the group is owed the freed CPU first
+
+
+def test_fits_now_allocates_nothing():
+    rng = random.Random(5)
+    s = make(2, 2, {"CPU": 2})
+    placed = []
+    for i in range(8):
+        need = {"CPU": rng.choice([0.5, 1.0, 2.0])}
+        before = s.available_resources()
+        fits = s.fits_now(need)
+        assert s.available_resources() == before
+        rank = s.try_place(Request(i, need))
+        assert fits == (rank is not None)
+        if rank is not None:
+            placed.append((rank, need))
+
+
+def test_feasibility_is_cached_until_a_rank_goes():
+    s = make(2, 1, {"CPU": 1})
+    s.add_rank(5, "big", {"CPU": 8})
+    s.check_feasible({"CPU": 4})  # only rank 5 can hold it
+    s.check_feasible({"CPU": 4})
+    s.remove_rank(5)
+    with pytest.raises(Infeasible):
+        s.check_feasible({"CPU": 4})
+    with pytest.raises(ValueError):
+        s.check_feasible({"CPU": -1})
+    with pytest.raises(ValueError):  # a bad amount is refused every time, not cached
+        s.check_feasible({"CPU": -1})

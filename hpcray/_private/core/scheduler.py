@@ -69,13 +69,24 @@ class Infeasible(InfeasibleError):
     """No live rank (or bundle) can ever satisfy the request, however long it waits."""
 
 
+_SHAPES: dict[tuple, Shape] = {}  # resource items -> their Shape: a job uses a few
+
+
 def _shape(resources: dict[str, float]) -> Shape:
     """Validates a resource dict and returns its Shape (amounts <= 1e-9 count as zero)."""
+    key = tuple(resources.items())
+    shape = _SHAPES.get(key)
+    if shape is not None:
+        return shape
     for name, amount in resources.items():
         if not amount >= 0:
             raise ValueError(f"resource {name!r} must be a non-negative number, got {amount!r}")
-    return tuple(sorted((name, float(amount))
-                        for name, amount in resources.items() if amount > _EPS))
+    shape = tuple(sorted((name, float(amount))
+                         for name, amount in resources.items() if amount > _EPS))
+    if len(_SHAPES) >= 4096:
+        _SHAPES.clear()
+    _SHAPES[key] = shape
+    return shape
 
 
 def _checked(strategy: object) -> object:
@@ -220,6 +231,7 @@ class Scheduler:
         self._queued: dict[int, _Group] = {}  # request id -> its group
         self._infeasible: list[tuple[Request, str]] = []
         self._pgs: dict[int, _PlacementGroup] = {}
+        self._feasible: set[Shape] = set()  # DEFAULT shapes some live rank can hold
 
     # -- ranks ---------------------------------------------------------------------------------
     def add_rank(self, rank: int, node_id: str, resources: dict[str, float]) -> None:
@@ -246,6 +258,7 @@ class Scheduler:
         info = self._ranks.pop(rank, None)
         if info is None:
             return
+        self._feasible.clear()
         self._cluster.remove(rank)
         self._profiles[info.profile] -= 1
         if not self._profiles[info.profile]:
@@ -275,6 +288,8 @@ class Scheduler:
         group (as Ray: a wrong argument, not a wait that can never end).
         """
         strategy, shape = _checked(strategy), _shape(resources)
+        if shape in self._feasible and strategy == DEFAULT:
+            return
         if isinstance(strategy, InPlacementGroup):
             pg = self._pgs.get(strategy.pg_id)
             if pg is not None and not -1 <= strategy.bundle_index < len(pg.bundles):
@@ -282,6 +297,8 @@ class Scheduler:
         reason = self._infeasible_reason(shape, strategy)
         if reason is not None:
             raise Infeasible(reason)
+        if strategy == DEFAULT:
+            self._feasible.add(shape)
 
     def submit(self, req: Request) -> None:
         """Queues req for schedule(); raises Infeasible (see check_feasible) or ValueError."""
