@@ -53,3 +53,24 @@ def test_holding_uses_the_pool_and_keeps_bytes():
     again = shm.Segment.holding([second], "c4", pool)
     assert again is segment  # reused: same pages, new bytes and tag
     assert _readback(again) == [second.tobytes()]
+
+
+def test_reused_segment_is_mapped_whole_before_the_copy():
+    """Pages a first fill wrote by pwrite() are mapped in one call when the segment is
+    reused, and the bytes written through that new mapping are the ones readers see."""
+    pool = shm.SegmentPool(1 << 30)
+    copier = shm.Copier(2)
+    copier.CHUNK = 1 << 16
+    rng = np.random.default_rng(3)
+    size = shm.SegmentPool.MIN_SIZE + 4096
+    segment = shm.Segment.create([size], "d1")
+    first = rng.integers(0, 256, size=size, dtype=np.uint8)
+    shm._pwrite(segment.fd, memoryview(first), segment.layout[0][0])  # nothing mapped here
+    assert not segment.mapped
+    pool.give(segment)
+    again = shm.Segment.create([size], "d2", pool)
+    assert again is segment
+    assert again.mapped == set(range(-(-len(again.mm) // shm.Copier.CHUNK)))
+    second = rng.integers(0, 256, size=size, dtype=np.uint8)
+    copier.fill(again, [memoryview(second)])
+    assert _readback(again) == [second.tobytes()]

@@ -448,6 +448,10 @@ class Runner:
             results, retryable = self.pack_error(spec, exc)
         local.task_id = 0
         self.cancelled.discard(task_id)
+        # the arguments go before the report: once the caller has the result, a large
+        # argument's node-store segment is no longer mapped here and can take its next value
+        args = kwargs = result = fn = None
+        inline.clear()
         self.report(task_id, results, retryable, more)
         return ok
 

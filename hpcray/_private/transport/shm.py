@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 ALIGN = 64
+_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 HEADER = 64          # the segment's first bytes: the tag of the object it holds now
 _PREFIX = "hpcray-"
 
@@ -64,6 +65,7 @@ class Segment:
         segment = pool.take(total) if pool is not None else None
         if segment is not None:
             segment.layout, segment.tag = layout, tag
+            segment.map_all()
         else:
             fd = os.memfd_create(_PREFIX + "node-store", os.MFD_CLOEXEC)
             try:
@@ -83,6 +85,25 @@ class Segment:
         segment = cls.create([v.nbytes for v in views], tag, pool)
         _copier.fill(segment, views)
         return segment
+
+    def map_all(self) -> None:
+        """Maps every page of a reused segment now, in one call: pages written by pwrite()
+        have no mapping here yet, and faulting them in one by one while copying costs more
+        than the copy."""
+        chunks = -(-len(self.mm) // Copier.CHUNK)
+        if len(self.mapped) >= chunks:
+            return
+        try:
+            mm = mmap.mmap(self.fd, len(self.mm), flags=mmap.MAP_SHARED | _POPULATE)
+        except OSError:
+            return
+        try:
+            self.mm.close()
+        except BufferError:  # still viewed here after all: keep the old mapping
+            mm.close()
+            return
+        self.mm = mm
+        self.mapped = set(range(chunks))
 
     def views(self) -> list[memoryview]:
         """The buffers, as views of the mapping."""
@@ -150,6 +171,8 @@ class Copier:
         if total < self.PARALLEL or self.threads < 2 or segment.mm is None:
             for (offset, size), view in zip(segment.layout, views):
                 segment.mm[offset:offset + size] = view
+                segment.mapped.update(range(offset // self.CHUNK,
+                                            -(-(offset + size) // self.CHUNK)))
             return
         mapped: collections.deque = collections.deque()
         fresh: collections.deque = collections.deque()
