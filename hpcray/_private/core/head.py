@@ -444,6 +444,7 @@ class HeadRuntime(Runtime):
             self.directory.free_out[src].extend(r[0] for r in results if r[1] is None)
             return
         spec = task.spec
+        freed = False  # resources came back: queued requests may fit now
         if spec.kind == P.NORMAL:
             if task.after is not None:  # ended before it started (cancelled while queued)
                 self.unlink(task)
@@ -452,6 +453,7 @@ class HeadRuntime(Runtime):
                 self.close_slot(task)
             elif not self.hand_over(task):
                 self.scheduler.release(src, spec.resources, self.pg_of(spec.strategy))
+                freed = True
             if retryable and task.retries_left > 0 and not task.cancelled:
                 task.retries_left -= 1
                 task.rank = None
@@ -481,7 +483,7 @@ class HeadRuntime(Runtime):
                 self.end_actor(self.actors[spec.actor_id],
                                f"its __init__ raised: {deserialize(header, buffers)}",
                                notify_rank=False)
-        if spec.kind == P.NORMAL:
+        if freed:
             self.schedule_queued()
 
     def on_done_many(self, src: int, reports: list) -> None:

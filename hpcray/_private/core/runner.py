@@ -450,7 +450,8 @@ class Runner:
         self.cancelled.discard(task_id)
         # the arguments go before the report: once the caller has the result, a large
         # argument's node-store segment is no longer mapped here and can take its next value
-        args = kwargs = result = fn = None
+        # (not the result: refs in it must live until the head has pinned them)
+        args = kwargs = None
         inline.clear()
         self.report(task_id, results, retryable, more)
         return ok

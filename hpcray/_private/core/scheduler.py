@@ -369,8 +369,10 @@ class Scheduler:
 
     def only_waiting(self, resources: dict[str, float]) -> bool:
         """Whether no request but DEFAULT ones of this shape and no placement group waits."""
-        key = (_shape(resources), DEFAULT)
-        return all(k == key for k in self._queues) and all(pg.ready for pg in self._pgs.values())
+        queues = self._queues
+        if len(queues) > 1 or (queues and (_shape(resources), DEFAULT) not in queues):
+            return False
+        return all(pg.ready for pg in self._pgs.values())
 
     def fits_now(self, resources: dict[str, float]) -> bool:
         """Whether some rank has this much free now (nothing is allocated)."""
