@@ -700,24 +700,34 @@ class HeadRuntime(Runtime):
         stream.flush()
 
     def check_ranks(self, now: float) -> None:
-        """Declares ranks dead: by pid on this host, by silence elsewhere."""
+        """Declares ranks dead: those MPI reported (ULFM); without ULFM, by pid on this host;
+        by heartbeat silence on other hosts."""
+        transport = self.transport
+        for rank in transport.take_failed():
+            if self.ranks[rank].alive:
+                with self.lock:
+                    self.rank_died(self.ranks[rank], "MPI reported its failure (ULFM)")
         for info in self.ranks[1:]:
             if not info.alive:
                 continue
             if info.host == self.host:
-                gone = process_gone(info.pid)
+                if transport.ulfm:
+                    continue
+                gone, how = process_gone(info.pid), "its process is gone"
             else:
                 gone = now - info.last_seen > self.config.heartbeat_timeout
+                how = f"no heartbeat for {self.config.heartbeat_timeout:g} s"
             if gone:
                 with self.lock:
-                    self.rank_died(info)
+                    self.rank_died(info, how)
 
-    def rank_died(self, info: RankInfo) -> None:
+    def rank_died(self, info: RankInfo, how: str = "") -> None:
         rank = info.rank
         info.alive = False
         self.dead_ranks.append(rank)
-        print(f"hpcray: rank {rank} (pid {info.pid} on {info.host}) died", file=sys.stderr,
-              flush=True)
+        self.transport.forget(rank)  # its queued and unfinished sends are dropped
+        print(f"hpcray: rank {rank} (pid {info.pid} on {info.host}) died"
+              + (f" ({how})" if how else ""), file=sys.stderr, flush=True)
         self.scheduler.remove_rank(rank)
         for actor in self.actor_table.on_rank(rank):
             self.end_actor(actor, f"its rank {rank} on {info.host} died", notify_rank=False)

@@ -278,9 +278,10 @@ def _join(overrides: dict, num_cpus: int | None) -> Job:
     visible_before = os.environ.get("CUDA_VISIBLE_DEVICES")
     ranks = _describe(comm, config)
     faulthandler.cancel_dump_traceback_later()  # start-up is over
-    from ..transport.mpi import Transport  # imports mpi4py.MPI: only once MPI is set up
+    from ..transport.mpi import Transport, ulfm_enabled  # imports mpi4py.MPI: once MPI is up
 
-    return Job(MPI, comm, spawned, config, ranks, identity, Transport(comm), visible_before)
+    transport = Transport(comm, ulfm=ulfm_enabled())
+    return Job(MPI, comm, spawned, config, ranks, identity, transport, visible_before)
 
 
 def _launcher_rank_is_head() -> bool:
@@ -304,6 +305,7 @@ def head_start(job: Job) -> HeadRuntime:
     head.mpi_job = job
     set_current(head)
     _survive_peer_failure(head.check_soon)
+    job.transport.on_failure = head.check_soon  # ULFM: MPI reported a dead rank
     head.start()
     return head
 
