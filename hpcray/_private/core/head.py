@@ -450,6 +450,24 @@ class HeadRuntime(Runtime):
         if not self.actor_table.may_restart(actor):
             self.end_actor(actor, why, notify_rank=False)
             return
+        create = self.restart_actor(actor, why, f"on rank {actor.rank}")
+        create.rank = actor.rank
+        inline = {}
+        for _, object_id in create.spec.deps:
+            entry = self.objects.get(object_id)
+            if entry is None:
+                continue
+            if entry.inline is not None:
+                inline[object_id] = entry.inline
+            else:
+                self.directory.deliver(object_id, entry, actor.rank)
+        self.transport.send(actor.rank, (P.TASK, create.spec.wire(), inline))
+        self.pump_actor(actor)
+
+    def restart_actor(self, actor: Actor, why: str, where: str) -> Task:
+        """Takes one of the actor's restarts: its calls in flight go back to the front of its
+        queue (as their max_task_retries allow) or fail. Returns its creation task, to run
+        again on its rank or to place anew."""
         restarts_before = actor.restarts_left
         calls = [self.tasks[t] for t in self.actor_table.restart(actor, why) if t in self.tasks]
         for task in reversed(calls):
@@ -464,23 +482,12 @@ class HeadRuntime(Runtime):
                     "calls)")))
         create = Task(actor.create.spec)
         create.restart = True
-        create.rank = actor.rank
         self.tasks[create.spec.task_id] = create
-        print(f"hpcray: restarting actor {actor.create.spec.name.split('.')[0]} on rank "
-              f"{actor.rank} ({why}; restarts left: "
+        print(f"hpcray: restarting actor {actor.create.spec.name.split('.')[0]} {where} "
+              f"({why}; restarts left: "
               f"{'unlimited' if restarts_before < 0 else restarts_before - 1})",
               file=sys.stderr, flush=True)
-        inline = {}
-        for _, object_id in create.spec.deps:
-            entry = self.objects.get(object_id)
-            if entry is None:
-                continue
-            if entry.inline is not None:
-                inline[object_id] = entry.inline
-            else:
-                self.directory.deliver(object_id, entry, actor.rank)
-        self.transport.send(actor.rank, (P.TASK, create.spec.wire(), inline))
-        self.pump_actor(actor)
+        return create
 
     def end_actor(self, actor: Actor, cause: str, notify_rank: bool = True) -> None:
         if actor.dead:
@@ -729,8 +736,15 @@ class HeadRuntime(Runtime):
         print(f"hpcray: rank {rank} (pid {info.pid} on {info.host}) died"
               + (f" ({how})" if how else ""), file=sys.stderr, flush=True)
         self.scheduler.remove_rank(rank)
+        why = f"its rank {rank} on {info.host} died"
+        restarts = []  # restartable actors come back on other ranks, as Ray's on other nodes
         for actor in self.actor_table.on_rank(rank):
-            self.end_actor(actor, f"its rank {rank} on {info.host} died", notify_rank=False)
+            if self.actor_table.may_restart(actor) and \
+                    actor.create.spec.task_id not in self.tasks:  # created (else: it fails)
+                restarts.append(self.restart_actor(actor, why, "on another rank"))
+                actor.rank = None
+            else:
+                self.end_actor(actor, why, notify_rank=False)
         crashed = E.WorkerCrashedError(f"rank {rank} (pid {info.pid} on {info.host}) died while "
                                        "running the task")
         for task in [t for t in self.tasks.values() if t.rank == rank]:
@@ -744,6 +758,8 @@ class HeadRuntime(Runtime):
         lost = E.ObjectLostError(f"the only copy was on rank {rank} (host {info.host}), which died")
         blob, dependents = self.directory.rank_lost(rank, lost)
         self.settle(dependents, blob)
+        for create in restarts:  # placed once the rank's objects are known lost
+            self.task_ready(create)
         self.schedule_queued()
         self.flush()
 
