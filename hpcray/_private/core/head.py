@@ -23,6 +23,8 @@ from .runtime import RankInfo, Runtime
 from .scheduler import Infeasible, InPlacementGroup, Request, Scheduler
 from .serialization import deserialize, inline_blob
 
+ULFM_GRACE = 1.0  # seconds a rank's pid may be gone before the head stops waiting for ULFM
+
 
 class Task:
     """A task, actor creation or actor call the head is responsible for."""
@@ -64,6 +66,7 @@ class HeadRuntime(Runtime):
         self.pg_names: dict[tuple[str, str], int] = {}  # (namespace, name) -> pg
         self.pg_of_actor: dict[int, list[int]] = {}  # actor -> the groups it made (not detached)
         self.dead_ranks: list[int] = []
+        self.gone_at: dict[int, float] = {}  # under ULFM: when a rank's pid was first seen gone
         self.pollers = 0  # driver threads inside the runtime; the progress thread steps aside
         self.pollers_lock = threading.Lock()
         self.last_poll = 0.0
@@ -707,8 +710,12 @@ class HeadRuntime(Runtime):
         stream.flush()
 
     def check_ranks(self, now: float) -> None:
-        """Declares ranks dead: those MPI reported (ULFM); without ULFM, by pid on this host;
-        by heartbeat silence on other hosts."""
+        """Declares ranks dead: those MPI reported (ULFM), by pid on this host, by heartbeat
+        silence on other hosts.
+
+        ULFM reports a rank killed by a signal within milliseconds, but not one that exited
+        with an error status: under ULFM the pid stays the fallback, after a grace in which
+        MPI's report comes first."""
         transport = self.transport
         for rank in transport.take_failed():
             if self.ranks[rank].alive:
@@ -718,9 +725,9 @@ class HeadRuntime(Runtime):
             if not info.alive:
                 continue
             if info.host == self.host:
-                if transport.ulfm:
-                    continue
                 gone, how = process_gone(info.pid), "its process is gone"
+                if gone and transport.ulfm:
+                    gone = now - self.gone_at.setdefault(info.rank, now) > ULFM_GRACE
             else:
                 gone = now - info.last_seen > self.config.heartbeat_timeout
                 how = f"no heartbeat for {self.config.heartbeat_timeout:g} s"

@@ -139,6 +139,7 @@ def mpiexec_command(
     flavor = mpi_flavor(exe)
     cmd = [exe, "-n", str(n)]
     env: dict[str, str] = {}
+    ulfm = flavor == "openmpi" and has_ulfm(exe)
     if flavor == "mpich":
         # Hydra normally kills the whole job when one rank dies; hpcray detects dead
         # worker ranks itself and carries on, so keep the surviving ranks alive.
@@ -152,7 +153,7 @@ def mpiexec_command(
         cmd.append("--oversubscribe")
         # Worker ranks run threads (progress, actors): pinning each rank to one core hurts.
         cmd.extend(["--bind-to", "none"])
-        if has_ulfm(exe):
+        if ulfm:
             # a dead rank is an error the others' MPI calls report (ULFM), not the job's end:
             # hpcray re-runs its work elsewhere
             cmd.extend(["--with-ft", "ulfm"])
@@ -171,11 +172,21 @@ def mpiexec_command(
         # shell outlives the signals a launcher sends the whole process group (SIGUSR1 from
         # Hydra, SIGTERM from ours or scancel): the rank decides what they mean.
         cmd.extend(RANK_WRAPPER)
+    elif ulfm:
+        # Under --with-ft ulfm, mpirun leaves the other ranks running when one dies of a
+        # signal, and MPI reports that death to them; but it exits 0 for it, even for the
+        # head's, and it ends the job when a rank exits with an error status, which MPI does
+        # not report. So through the shell a worker that ends badly (exit status or signal)
+        # dies of SIGKILL, and the head's end is always an exit status, the job's.
+        cmd.extend(ULFM_WRAPPER)
     cmd.extend(argv)
     return cmd, env
 
 
 RANK_WRAPPER = ["sh", "-c", 'trap : USR1 TERM; "$@"; exit $?', "sh"]
+ULFM_WRAPPER = ["sh", "-c", ('trap : USR1 TERM; "$@"; s=$?; '
+                             'if [ $s != 0 ] && [ "${OMPI_COMM_WORLD_RANK:-0}" != 0 ]; '
+                             'then kill -KILL $$; fi; exit $s'), "sh"]
 
 
 # Set by a process manager for every rank it starts.
