@@ -320,6 +320,17 @@ def worker_start(job: Job) -> None:
     worker.before_user_code = preload.wait
     set_current(worker)
     _survive_peer_failure(lambda: None)
+
+    def head_lost() -> None:
+        """ULFM: MPI reported the head dead (from any node, where the pid check sees only
+        its own): this rank leaves, as when the head's pid is gone."""
+        if 0 in job.transport.dead and not worker.stopping:
+            print(f"hpcray: rank {worker.rank}: MPI reported the head's failure (ULFM); "
+                  "exiting", file=sys.__stderr__, flush=True)
+            worker.stopping = "orphaned"
+            worker.backoff.kick()
+
+    job.transport.on_failure = head_lost
     term = WorkerPreemption(worker, job.config.preempt_grace,
                             preempt_signal(job.config.preempt_signal))
     term.install()
