@@ -233,10 +233,10 @@ class Transport:
         if not self.ulfm or exc.Get_error_class() not in _FAILURE_CLASSES:
             raise exc
         self.comm.Ack_failed()
-        group = self.comm.Get_failed()
-        ranks = MPI.Group.Translate_ranks(group, list(range(group.Get_size())),
-                                          self.comm.Get_group())
+        group, everyone = self.comm.Get_failed(), self.comm.Get_group()
+        ranks = MPI.Group.Translate_ranks(group, list(range(group.Get_size())), everyone)
         group.Free()
+        everyone.Free()
         new = [r for r in ranks if r not in self.dead and r != MPI.UNDEFINED]
         for rank in new:
             self.forget(rank)
