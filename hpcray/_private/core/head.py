@@ -24,6 +24,7 @@ from .scheduler import DEFAULT, Infeasible, InPlacementGroup, Request, Scheduler
 from .serialization import deserialize, inline_blob
 
 RECALL_AFTER = 0.1  # seconds a task runs before the one queued behind it may be asked back
+ULFM_GRACE = 1.0  # seconds a rank's pid may be gone before the head stops waiting for ULFM
 
 
 class Task:
@@ -74,6 +75,7 @@ class HeadRuntime(Runtime):
         self.dead_ranks: list[int] = []
         self.open_slots: dict[tuple, dict[int, Task]] = {}  # shape -> running, nothing behind
         self.queued_ahead: dict[int, Task] = {}  # tasks waiting behind another on its rank
+        self.gone_at: dict[int, float] = {}  # under ULFM: when a rank's pid was first seen gone
         self.pollers = 0  # driver threads inside the runtime; the progress thread steps aside
         self.pollers_lock = threading.Lock()
         self.last_poll = 0.0
@@ -564,6 +566,24 @@ class HeadRuntime(Runtime):
         if not self.actor_table.may_restart(actor):
             self.end_actor(actor, why, notify_rank=False)
             return
+        create = self.restart_actor(actor, why, f"on rank {actor.rank}")
+        create.rank = actor.rank
+        inline = {}
+        for _, object_id in create.spec.deps:
+            entry = self.objects.get(object_id)
+            if entry is None:
+                continue
+            if entry.inline is not None:
+                inline[object_id] = entry.inline
+            else:
+                self.directory.deliver(object_id, entry, actor.rank)
+        self.transport.send(actor.rank, (P.TASK, create.spec.wire(), inline))
+        self.pump_actor(actor)
+
+    def restart_actor(self, actor: Actor, why: str, where: str) -> Task:
+        """Takes one of the actor's restarts: its calls in flight go back to the front of its
+        queue (as their max_task_retries allow) or fail. Returns its creation task, to run
+        again on its rank or to place anew."""
         restarts_before = actor.restarts_left
         calls = [self.tasks[t] for t in self.actor_table.restart(actor, why) if t in self.tasks]
         for task in reversed(calls):
@@ -578,23 +598,12 @@ class HeadRuntime(Runtime):
                     "calls)")))
         create = Task(actor.create.spec)
         create.restart = True
-        create.rank = actor.rank
         self.tasks[create.spec.task_id] = create
-        print(f"hpcray: restarting actor {actor.create.spec.name.split('.')[0]} on rank "
-              f"{actor.rank} ({why}; restarts left: "
+        print(f"hpcray: restarting actor {actor.create.spec.name.split('.')[0]} {where} "
+              f"({why}; restarts left: "
               f"{'unlimited' if restarts_before < 0 else restarts_before - 1})",
               file=sys.stderr, flush=True)
-        inline = {}
-        for _, object_id in create.spec.deps:
-            entry = self.objects.get(object_id)
-            if entry is None:
-                continue
-            if entry.inline is not None:
-                inline[object_id] = entry.inline
-            else:
-                self.directory.deliver(object_id, entry, actor.rank)
-        self.transport.send(actor.rank, (P.TASK, create.spec.wire(), inline))
-        self.pump_actor(actor)
+        return create
 
     def end_actor(self, actor: Actor, cause: str, notify_rank: bool = True) -> None:
         if actor.dead:
@@ -814,27 +823,48 @@ class HeadRuntime(Runtime):
         stream.flush()
 
     def check_ranks(self, now: float) -> None:
-        """Declares ranks dead: by pid on this host, by silence elsewhere."""
+        """Declares ranks dead: those MPI reported (ULFM), by pid on this host, by heartbeat
+        silence on other hosts.
+
+        ULFM reports a rank killed by a signal within milliseconds, but not one that exited
+        with an error status: under ULFM the pid stays the fallback, after a grace in which
+        MPI's report comes first."""
+        transport = self.transport
+        for rank in transport.take_failed():
+            if self.ranks[rank].alive:
+                with self.lock:
+                    self.rank_died(self.ranks[rank], "MPI reported its failure (ULFM)")
         for info in self.ranks[1:]:
             if not info.alive:
                 continue
             if info.host == self.host:
-                gone = process_gone(info.pid)
+                gone, how = process_gone(info.pid), "its process is gone"
+                if gone and transport.ulfm:
+                    gone = now - self.gone_at.setdefault(info.rank, now) > ULFM_GRACE
             else:
                 gone = now - info.last_seen > self.config.heartbeat_timeout
+                how = f"no heartbeat for {self.config.heartbeat_timeout:g} s"
             if gone:
                 with self.lock:
-                    self.rank_died(info)
+                    self.rank_died(info, how)
 
-    def rank_died(self, info: RankInfo) -> None:
+    def rank_died(self, info: RankInfo, how: str = "") -> None:
         rank = info.rank
         info.alive = False
         self.dead_ranks.append(rank)
-        print(f"hpcray: rank {rank} (pid {info.pid} on {info.host}) died", file=sys.stderr,
-              flush=True)
+        self.transport.forget(rank)  # its queued and unfinished sends are dropped
+        print(f"hpcray: rank {rank} (pid {info.pid} on {info.host}) died"
+              + (f" ({how})" if how else ""), file=sys.stderr, flush=True)
         self.scheduler.remove_rank(rank)
+        why = f"its rank {rank} on {info.host} died"
+        restarts = []  # restartable actors come back on other ranks, as Ray's on other nodes
         for actor in self.actor_table.on_rank(rank):
-            self.end_actor(actor, f"its rank {rank} on {info.host} died", notify_rank=False)
+            if self.actor_table.may_restart(actor) and \
+                    actor.create.spec.task_id not in self.tasks:  # created (else: it fails)
+                restarts.append(self.restart_actor(actor, why, "on another rank"))
+                actor.rank = None
+            else:
+                self.end_actor(actor, why, notify_rank=False)
         crashed = E.WorkerCrashedError(f"rank {rank} (pid {info.pid} on {info.host}) died while "
                                        "running the task")
         lost_tasks = [t for t in self.tasks.values() if t.rank == rank]
@@ -854,6 +884,8 @@ class HeadRuntime(Runtime):
         lost = E.ObjectLostError(f"the only copy was on rank {rank} (host {info.host}), which died")
         blob, dependents = self.directory.rank_lost(rank, lost)
         self.settle(dependents, blob)
+        for create in restarts:  # placed once the rank's objects are known lost
+            self.task_ready(create)
         self.schedule_queued()
         self.flush()
 

