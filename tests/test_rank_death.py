@@ -137,3 +137,23 @@ def test_ulfm_wrapper(rank, code, expect) -> None:
                           check=False, env={**os.environ, "OMPI_COMM_WORLD_RANK": rank},
                           timeout=60)
     assert proc.returncode == expect
+
+
+def test_survivor_starts_executors_after_a_rank_died_first(tmp_path) -> None:
+    """Hydra sends SIGUSR1 to the survivors when a rank dies; it once killed their
+    multiprocessing resource tracker, and executors started afterwards failed. Twice: the
+    signal's timing against the survivor's state varies."""
+    from hpcray._private.job.launch import mpiexec_command
+
+    script = tmp_path / "job.py"
+    script.write_text(job_file("ranks/early_death.py"))
+    for _ in range(2):
+        cmd, env = mpiexec_command(3, [sys.executable, str(script)], mpiexec=mpiexec())
+        proc = run_process(cmd, 120, env=env, cwd=str(tmp_path))
+        out = proc.stdout[-4000:] + proc.stderr[-4000:]
+        lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+        assert lines, out
+        r = json.loads(lines[0][len("RESULT "):])
+        (survivor,) = {1, 2} - {r["victim_rank"]}
+        assert r["after"] == [[i * i, survivor] for i in range(6)], out
+        assert "EOFError" not in proc.stderr, out

@@ -82,6 +82,11 @@ def start_forkserver(preload: list[str]) -> None:
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["hpcray._private.core.forkserver_init", *preload])
     saved = dict(os.environ)
+    # the forkserver and multiprocessing's resource tracker it starts keep the dispositions
+    # they start with: ignoring SIGUSR1 spares them Hydra's, sent to every surviving rank's
+    # process group when one rank dies (it killed the tracker, and then executor starts failed)
+    main = threading.current_thread() is threading.main_thread()
+    usr1 = signal.signal(signal.SIGUSR1, signal.SIG_IGN) if main else None
     try:
         os.environ.clear()
         os.environ.update(clean_environ(saved))
@@ -91,6 +96,8 @@ def start_forkserver(preload: list[str]) -> None:
     finally:
         os.environ.clear()
         os.environ.update(saved)
+        if main:
+            signal.signal(signal.SIGUSR1, usr1)
     _context = ctx
 
 
