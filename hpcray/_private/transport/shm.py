@@ -25,8 +25,6 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
-
 ALIGN = 64
 _POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 HEADER = 64          # the segment's first bytes: the tag of the object it holds now
@@ -181,6 +179,8 @@ class Copier:
                 piece = (offset + start, view[start:start + self.CHUNK])
                 where = (offset + start) // self.CHUNK
                 (mapped if where in segment.mapped else fresh).append(piece)
+        import numpy as np  # (not at import: a job's start-up need not load it)
+
         dst = np.frombuffer(segment.mm, np.uint8)
         try:
             helpers = [self._executor().submit(self._work, segment, dst, mapped, fresh, i == 0)
@@ -197,9 +197,11 @@ class Copier:
                 self._pool = ThreadPoolExecutor(self.threads - 1, "hpcray-copy")
             return self._pool
 
-    def _work(self, segment: Segment, dst: np.ndarray, mapped: collections.deque,
+    def _work(self, segment: Segment, dst, mapped: collections.deque,
               fresh: collections.deque, writes: bool) -> None:
         """Copies pieces until none is left; ``writes``: fresh ones first, by pwrite."""
+        import numpy as np
+
         while True:
             try:
                 if writes and fresh:
