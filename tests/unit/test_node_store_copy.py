@@ -4,6 +4,9 @@ mapped ones, checked against the source bytes through a second, read-only mappin
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import threading
 
 import numpy as np
 import pytest
@@ -74,3 +77,43 @@ def test_reused_segment_is_mapped_whole_before_the_copy():
     second = rng.integers(0, 256, size=size, dtype=np.uint8)
     copier.fill(again, [memoryview(second)])
     assert _readback(again) == [second.tobytes()]
+
+
+def _reader(segment: shm.Segment) -> subprocess.Popen:
+    """Another process that maps the segment (as a rank or executor does) until told."""
+    pid, fd, ino, tag, layout = segment.describe()
+    code = ("import sys\nfrom hpcray._private.transport import shm\n"
+            f"s = shm.Segment.open_peer({pid}, {fd}, {ino}, {tag!r}, {layout!r})\n"
+            "print('mapped', flush=True)\n"
+            "sys.stdin.readline()\n"
+            "s.mm.close()\n"
+            "print('released', flush=True)\n"
+            "sys.stdin.readline()\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "mapped"
+    return proc
+
+
+@pytest.mark.parametrize("lets_go", [True, False])
+def test_take_waits_for_a_reader_to_let_go(lets_go):
+    """A large freed segment another process still maps is taken once that process lets go
+    during the wait, and never while it still maps it."""
+    pool = shm.SegmentPool(1 << 30)
+    pool.WAIT_FOR_READERS = 60.0 if lets_go else 0.05  # (no timing assumption either way)
+    segment = shm.Segment.create([shm.SegmentPool.WAIT_MIN], "e1")
+    total = len(segment.mm)
+    reader = _reader(segment)
+    try:
+        pool.give(segment)
+        if lets_go:
+            threading.Timer(0.05, lambda: (reader.stdin.write("go\n"), reader.stdin.flush())
+                            ).start()
+            assert pool.take(total) is segment
+            assert reader.stdout.readline().strip() == "released"
+        else:
+            assert pool.take(total) is None
+            assert segment.ino in shm.mapped_inodes()
+    finally:
+        reader.kill()
+        reader.wait()

@@ -293,6 +293,8 @@ class SegmentPool:
     than the check that no other process still maps it."""
 
     MIN_SIZE = 4 << 20
+    WAIT_MIN = 32 << 20       # a value this large waits up to WAIT_FOR_READERS for a segment
+    WAIT_FOR_READERS = 0.01   # that another process still maps
     KEEP_SECONDS = 2.0  # a freed segment not reused within this goes back to the system
 
     def __init__(self, capacity: int):
@@ -352,9 +354,17 @@ class SegmentPool:
             fits = [entry for entry in self.free if total <= len(entry[1].mm) <= 2 * total]
             if not fits:
                 return None
-            busy = mapped_inodes()
-            for entry in sorted(fits, key=lambda entry: len(entry[1].mm)):
-                if entry[1].ino not in busy:
-                    self.free.remove(entry)
-                    return entry[1]
-        return None
+            fits.sort(key=lambda entry: len(entry[1].mm))
+            # frees are asynchronous: a reader lets go of a segment a moment after its
+            # object's last use, and new pages for a large value cost far more than a wait
+            deadline = time.monotonic() + (self.WAIT_FOR_READERS if total >= self.WAIT_MIN
+                                           else 0.0)
+            while True:
+                busy = mapped_inodes()
+                for entry in fits:
+                    if entry[1].ino not in busy:
+                        self.free.remove(entry)
+                        return entry[1]
+                if time.monotonic() >= deadline:
+                    return None
+                time.sleep(0.0005)
