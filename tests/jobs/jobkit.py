@@ -60,6 +60,21 @@ def poll(cond, timeout=30.0):
     return cond()
 
 
+def kill_and_wait(pid, timeout=30.0):
+    """SIGKILLs pid (a rank, say) and waits until it has exited (a zombie counts)."""
+    import signal
+
+    def gone():
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+        except FileNotFoundError:
+            return True
+
+    os.kill(pid, signal.SIGKILL)
+    return poll(gone, timeout)
+
+
 def outcome(fn):
     """["ok", value] or ["err", exception class name, str(exception)]."""
     try:

@@ -31,8 +31,8 @@ def test_fill_fresh_then_reused_segment(threads):
         copier.fill(segment, [memoryview(b) for b in buffers])
         assert _readback(segment) == [b.tobytes() for b in buffers], f"round {round_}"
         assert [bytes(v) for v in segment.views()] == [b.tobytes() for b in buffers]
-    chunks = -(-(max(o + s for o, s in segment.layout)) // copier.CHUNK)
-    assert segment.mapped <= set(range(chunks))
+    # with a pwrite() thread some pages have no mapping here yet: a reuse maps them first
+    assert segment.mapped == (threads == 1)
 
 
 def test_fill_by_pwrite_reaches_other_mappings():
@@ -73,7 +73,7 @@ def test_reused_segment_is_mapped_whole_before_the_copy():
     pool.give(segment)
     again = shm.Segment.create([size], "d2", pool)
     assert again is segment
-    assert again.mapped == set(range(-(-len(again.mm) // shm.Copier.CHUNK)))
+    assert again.mapped is True
     second = rng.integers(0, 256, size=size, dtype=np.uint8)
     copier.fill(again, [memoryview(second)])
     assert _readback(again) == [second.tobytes()]

@@ -20,7 +20,7 @@ from .directory import LocalCopies, ObjectDirectory, error_blob
 from .objects import Stored
 from .procs import LoopFailures, process_gone
 from .runtime import RankInfo, Runtime
-from .scheduler import DEFAULT, Infeasible, InPlacementGroup, Request, Scheduler
+from .scheduler import DEFAULT, Infeasible, InPlacementGroup, Request, Scheduler, shape_of
 from .serialization import deserialize, inline_blob
 
 RECALL_AFTER = 0.1  # seconds a task runs before the one queued behind it may be asked back
@@ -360,9 +360,7 @@ class HeadRuntime(Runtime):
     def shape_key(task: Task) -> tuple | None:
         """Tasks of one key may follow each other on a rank (None: this one never does)."""
         spec = task.spec
-        if spec.strategy != DEFAULT:
-            return None
-        return tuple(sorted(spec.resources.items()))
+        return shape_of(spec.resources) if spec.strategy == DEFAULT else None
 
     def holds(self, task: Task) -> None:
         """task now runs on its rank holding its resources: the next queued task of its shape
@@ -376,7 +374,7 @@ class HeadRuntime(Runtime):
         if follower is not None:
             self.link(follower, task)
         else:
-            self.open_slots.setdefault(key, {})[task.spec.task_id] = task
+            self.open_slot(task, key)
 
     def queue_behind(self, task: Task) -> bool:
         """Sends a task that fits nowhere now to wait behind a running one of its shape."""
@@ -392,6 +390,10 @@ class HeadRuntime(Runtime):
         task.after, leader.next = leader, task
         self.queued_ahead[task.spec.task_id] = task
         self.dispatch(task, leader.rank, behind=leader)
+
+    def open_slot(self, task: Task, key: tuple) -> None:
+        """task runs with nothing behind it: the next of its shape may wait behind it."""
+        self.open_slots.setdefault(key, {})[task.spec.task_id] = task
 
     def close_slot(self, task: Task) -> None:
         slots = self.open_slots.get(self.shape_key(task))
@@ -417,8 +419,7 @@ class HeadRuntime(Runtime):
         if leader is not None and leader.next is task:
             leader.next = None
             if leader.spec.task_id in self.tasks and not leader.blocked:
-                key = self.shape_key(leader)
-                self.open_slots.setdefault(key, {})[leader.spec.task_id] = leader
+                self.open_slot(leader, self.shape_key(leader))
 
     def recall_stalled(self, now: float) -> None:
         """Asks back tasks waiting behind one that has run a while, when a rank could run
@@ -450,9 +451,8 @@ class HeadRuntime(Runtime):
         if spec.kind == P.NORMAL:
             if task.after is not None:  # ended before it started (cancelled while queued)
                 self.unlink(task)
-            elif task.blocked:
+            elif task.blocked:  # (its slot closed when it blocked)
                 task.blocked = False
-                self.close_slot(task)
             elif not self.hand_over(task):
                 self.scheduler.release(src, spec.resources, self.pg_of(spec.strategy))
                 freed = True

@@ -89,6 +89,9 @@ def _shape(resources: dict[str, float]) -> Shape:
     return shape
 
 
+shape_of = _shape  # for callers that group requests as the scheduler does
+
+
 def _checked(strategy: object) -> object:
     """Returns strategy if it is one the scheduler knows, else raises ValueError."""
     if isinstance(strategy, (NodeAffinity, InPlacementGroup)) or strategy in (DEFAULT, SPREAD):

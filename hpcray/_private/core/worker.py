@@ -62,7 +62,6 @@ class WorkerRuntime(Runner, Runtime):
         self.inline_tasks: collections.deque = collections.deque()
         self.live: set[int] = set()          # normal tasks running here, not blocked
         self.behind: dict[int, tuple] = {}   # running task id -> (spec, inline) to start next
-        self.waits_on: dict[int, int] = {}   # queued task id -> the task it waits behind
 
     # -- the worker's half of the conversation ---------------------------------------------
     def to_head(self, msg: tuple) -> None:
@@ -192,7 +191,6 @@ class WorkerRuntime(Runner, Runtime):
             with self.lock:
                 if behind in self.live:
                     self.behind[behind] = (spec, inline)
-                    self.waits_on[spec.task_id] = behind
                     return
                 self.live.add(spec.task_id)
         self.start(spec, inline)
@@ -258,11 +256,12 @@ class WorkerRuntime(Runner, Runtime):
 
     def unqueue(self, task_id: int) -> P.TaskSpec | None:
         """Drops a task still waiting behind another here; its spec, or None."""
-        with self.lock:
-            leader = self.waits_on.pop(task_id, None)
-            if leader is None:
-                return None
-            return self.behind.pop(leader)[0]
+        with self.lock:  # (one task waits behind each running one at most: a short scan)
+            for leader, (spec, _) in self.behind.items():
+                if spec.task_id == task_id:
+                    del self.behind[leader]
+                    return spec
+        return None
 
     def start_next(self, task_id: int) -> None:
         """task_id ended or blocked: the task queued behind it starts now."""
@@ -271,7 +270,6 @@ class WorkerRuntime(Runner, Runtime):
             follower = self.behind.pop(task_id, None)
             if follower is None:
                 return
-            del self.waits_on[follower[0].task_id]
             self.live.add(follower[0].task_id)
             self.flush_done()  # the head learns that task_id ended before anything of the next
         self.start(*follower)

@@ -50,7 +50,7 @@ class Segment:
         self.fd, self.layout, self.tag = fd, layout, tag
         self.ino = os.fstat(fd).st_ino
         self.reusable = writable  # made here: its pages may serve a later object
-        self.mapped: set[int] = set()  # CHUNK-sized pieces this process has written through mm
+        self.mapped = False  # every page has a mapping here (written through mm, or map_all)
         total = max((o + s for o, s in layout), default=0)
         prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
         self.mm = mmap.mmap(fd, total, prot=prot) if total else None
@@ -88,8 +88,7 @@ class Segment:
         """Maps every page of a reused segment now, in one call: pages written by pwrite()
         have no mapping here yet, and faulting them in one by one while copying costs more
         than the copy."""
-        chunks = -(-len(self.mm) // Copier.CHUNK)
-        if len(self.mapped) >= chunks:
+        if self.mapped:
             return
         try:
             mm = mmap.mmap(self.fd, len(self.mm), flags=mmap.MAP_SHARED | _POPULATE)
@@ -101,7 +100,7 @@ class Segment:
             mm.close()
             return
         self.mm = mm
-        self.mapped = set(range(chunks))
+        self.mapped = True
 
     def views(self) -> list[memoryview]:
         """The buffers, as views of the mapping."""
@@ -151,9 +150,10 @@ class Copier:
 
     Writing through a mapping runs at memcpy speed once this process has the pages mapped,
     and splits across threads; a first write faults each 4 KiB page in, several times slower
-    than ``pwrite()``, which fills the pages without mapping them. So one thread ``pwrite``s
-    the pieces this process never mapped, while the others copy through the mapping, taking
-    mapped pieces first; each takes the next piece when done (the faster kind takes more).
+    than ``pwrite()``, which fills the pages without mapping them. So into a fresh segment one
+    thread ``pwrite``s pieces from the front while the others copy pieces from the back through
+    the mapping, each taking the next when done (the faster kind takes more); into a mapped
+    (reused) segment every thread copies through the mapping.
     """
 
     CHUNK = 16 << 20
@@ -169,25 +169,23 @@ class Copier:
         if total < self.PARALLEL or self.threads < 2 or segment.mm is None:
             for (offset, size), view in zip(segment.layout, views):
                 segment.mm[offset:offset + size] = view
-                segment.mapped.update(range(offset // self.CHUNK,
-                                            -(-(offset + size) // self.CHUNK)))
+            segment.mapped = True
             return
-        mapped: collections.deque = collections.deque()
-        fresh: collections.deque = collections.deque()
-        for (offset, size), view in zip(segment.layout, views):
-            for start in range(0, size, self.CHUNK):
-                piece = (offset + start, view[start:start + self.CHUNK])
-                where = (offset + start) // self.CHUNK
-                (mapped if where in segment.mapped else fresh).append(piece)
+        pieces = collections.deque((offset + start, view[start:start + self.CHUNK])
+                                   for (offset, size), view in zip(segment.layout, views)
+                                   for start in range(0, size, self.CHUNK))
+        writes = not segment.mapped  # one thread pwrite()s while the others fault pages in
         import numpy as np  # (not at import: a job's start-up need not load it)
 
         dst = np.frombuffer(segment.mm, np.uint8)
         try:
-            helpers = [self._executor().submit(self._work, segment, dst, mapped, fresh, i == 0)
-                       for i in range(min(self.threads, len(mapped) + len(fresh)) - 1)]
-            self._work(segment, dst, mapped, fresh, False)
+            helpers = [self._executor().submit(self._work, segment, dst, pieces,
+                                               writes and i == 0)
+                       for i in range(min(self.threads, len(pieces)) - 1)]
+            self._work(segment, dst, pieces, False)
             for helper in helpers:
                 helper.result()
+            segment.mapped = segment.mapped or not helpers  # (no helper: no pwrite)
         finally:
             del dst  # the pool reuses a segment only when no array views it
 
@@ -197,26 +195,19 @@ class Copier:
                 self._pool = ThreadPoolExecutor(self.threads - 1, "hpcray-copy")
             return self._pool
 
-    def _work(self, segment: Segment, dst, mapped: collections.deque,
-              fresh: collections.deque, writes: bool) -> None:
-        """Copies pieces until none is left; ``writes``: fresh ones first, by pwrite."""
+    @staticmethod
+    def _work(segment: Segment, dst, pieces: collections.deque, writes: bool) -> None:
+        """Copies pieces until none is left: by pwrite() from the front (``writes``), else
+        through the mapping from the back."""
         import numpy as np
 
         while True:
             try:
-                if writes and fresh:
-                    offset, view = fresh.popleft()
-                    if _pwrite(segment.fd, view, offset):
-                        continue
-                else:
-                    offset, view = mapped.popleft()
+                offset, view = pieces.popleft() if writes else pieces.pop()
             except IndexError:
-                try:  # no mapped piece left: fault fresh ones in from the other end
-                    offset, view = fresh.pop()
-                except IndexError:
-                    return
-            np.copyto(dst[offset:offset + view.nbytes], np.frombuffer(view, np.uint8))
-            segment.mapped.add(offset // self.CHUNK)
+                return
+            if not (writes and _pwrite(segment.fd, view, offset)):
+                np.copyto(dst[offset:offset + view.nbytes], np.frombuffer(view, np.uint8))
 
 
 def _pwrite(fd: int, view: memoryview, offset: int) -> bool:

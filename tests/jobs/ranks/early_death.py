@@ -3,9 +3,8 @@ reaches the survivor's process group while its forkserver and resource tracker i
 survivor must still start executors and run the work (tests/test_rank_death.py)."""
 
 import os
-import signal
 
-from jobkit import emit, poll
+from jobkit import emit, kill_and_wait
 
 import hpcray
 
@@ -27,17 +26,8 @@ def square(x):
     return [x * x, rank()]
 
 
-def gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except FileNotFoundError:
-        return True
-
-
 victim = Victim.options(in_rank=True).remote()  # runs in its rank: its pid is the rank's
 victim_rank, victim_pid = hpcray.get(victim.where.remote(), timeout=60)
-os.kill(victim_pid, signal.SIGKILL)
-poll(lambda: gone(victim_pid), 30)
+kill_and_wait(victim_pid)
 emit({"victim_rank": victim_rank,
       "after": hpcray.get([square.remote(i) for i in range(6)], timeout=60)})

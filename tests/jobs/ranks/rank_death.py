@@ -3,10 +3,9 @@ the other rank, the actor (max_restarts=1) comes back there, later work runs
 (tests/test_rank_death.py)."""
 
 import os
-import signal
 import time
 
-from jobkit import emit, poll
+from jobkit import emit, kill_and_wait, poll
 
 import hpcray
 
@@ -48,14 +47,6 @@ def square(x):
     return [x * x, rank()]
 
 
-def gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except FileNotFoundError:
-        return True
-
-
 keeper = Keeper.options(in_rank=True).remote()
 victim_rank, victim_pid = hpcray.get(keeper.where.remote(), timeout=60)
 R = {"victim_rank": victim_rank, "before": hpcray.get(keeper.add.remote(1), timeout=60)}
@@ -63,8 +54,7 @@ refs = [hold.remote(i) for i in range(4)]
 # one task running on each worker rank (one CPU each), then the victim dies
 poll(lambda: {name.rsplit("-", 1)[1] for name in os.listdir(HERE)
               if name.startswith("started-")} == {"1", "2"}, 60)
-os.kill(victim_pid, signal.SIGKILL)
-poll(lambda: gone(victim_pid), 30)
+kill_and_wait(victim_pid)
 open(GO, "w").close()
 R["held"] = hpcray.get(refs, timeout=60)
 R["started_on_victim"] = sorted(int(name.split("-")[1]) for name in os.listdir(HERE)
