@@ -46,7 +46,8 @@ class Backoff:
 
     def kick(self) -> None:
         """Wakes the sleeping loop now: another thread expects a reply soon."""
-        self.wakeup.set()
+        if not self.wakeup.is_set():  # (setting an Event takes its lock and notifies)
+            self.wakeup.set()
         if self.sleeping and self.notify is not None:
             self.notify()
 

@@ -26,7 +26,7 @@ from ..transport.shm import Segment
 from . import context, py_modules
 from . import protocol as P
 from .backoff import Backoff
-from .objects import DROP, LocalStore, RefTracker, Stored
+from .objects import DROP, LocalStore, RefTracker, Stored, ref_events
 from .pending import PendingCalls
 from .runner import ActorHost, Runner
 from .runtime import Runtime, segment_pool
@@ -355,7 +355,8 @@ class ExecutorRuntime(Runner, Runtime):
             del spec, inline
             for stream in (sys.stdout, sys.stderr):
                 stream.flush()
-            self.send(None)  # the refs the task dropped
+            if ref_events:
+                self.send(None)  # the refs the task dropped
 
 
 def unwire(header: bytes, buffers, error: bool) -> Stored:

@@ -232,7 +232,8 @@ class ExecutorPool:
         proc.task = spec
         proc.started = time.monotonic()
         self.by_task[spec.task_id] = proc
-        self.busy.set()
+        if not self.busy.is_set():
+            self.busy.set()
 
     def monitor(self) -> None:
         """The memory monitor: while tasks run, ends the newest retriable one when the node
@@ -383,15 +384,21 @@ class ExecutorPool:
                     self.epoll.unregister(fd)
 
     def receive(self, proc: Proc) -> None:
-        try:
-            msg = proc.channel.recv()
-        except ChannelClosed:
-            self.drain_then_bury(proc)
-            return
-        try:
-            self.handle(proc, msg)
-        except Exception:  # noqa: BLE001 - a bad message must not stop the rank
-            traceback.print_exc(file=sys.__stderr__)
+        """Handles the messages that came (a read may bring several: epoll sees none of
+        those left in the channel's read-ahead)."""
+        channel = proc.channel
+        while True:
+            try:
+                msg = channel.recv()
+            except ChannelClosed:
+                self.drain_then_bury(proc)
+                return
+            try:
+                self.handle(proc, msg)
+            except Exception:  # noqa: BLE001 - a bad message must not stop the rank
+                traceback.print_exc(file=sys.__stderr__)
+            if not channel.buffered() or proc.dead:
+                return
 
     def drain_then_bury(self, proc: Proc) -> None:
         """The executor died: what it sent before counts, then its task or actor fails."""
@@ -401,11 +408,12 @@ class ExecutorPool:
         sock = proc.channel.sock
         sock.setblocking(False)
         while True:
-            try:
-                if not sock.recv(1, socket.MSG_PEEK):
+            if not proc.channel.buffered():
+                try:
+                    if not sock.recv(1, socket.MSG_PEEK):
+                        break
+                except (BlockingIOError, OSError):
                     break
-            except (BlockingIOError, OSError):
-                break
             sock.setblocking(True)
             try:
                 msg = proc.channel.recv()
