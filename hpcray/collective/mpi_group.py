@@ -200,7 +200,13 @@ class MPIGroup(BaseGroup):
         with self.lock:
             world_group = parent.Get_group()
             group = world_group.Incl(self.mpi_ranks)
-            self.comm = parent.Create_group(group, plan["tag"])
+            if runtime.transport.ulfm:
+                # once a rank died, Open MPI's Create_group over the job's communicator fails
+                # (ERR_PROC_FAILED) among live ranks too; MPI-4's Create_from_group needs none
+                self.comm = MPI.Intracomm.Create_from_group(
+                    group, f"hpcray.collective.{self.instance}", errhandler=MPI.ERRORS_RETURN)
+            else:
+                self.comm = parent.Create_group(group, plan["tag"])
             group.Free()
             world_group.Free()
             self._gather = (self.comm.Allgather_init(self._slot, self._slots) if PERSISTENT
@@ -710,9 +716,9 @@ class MPIGroup(BaseGroup):
             deadline = time.monotonic() + HEAD_WORD
             while not self.lost and time.monotonic() < deadline:
                 time.sleep(0.01)
-        where = ", ".join(f"rank {r} (MPI rank {self.mpi_ranks[r]})" for r in dead)
-        self.lose(f"group {self.name!r}: MPI reported that member(s) {where or '?'} failed "
-                  f"({exc})")
+        who = (", ".join(f"rank {r} (MPI rank {self.mpi_ranks[r]})" for r in dead)
+               if dead else "ranks ?")
+        self.lose(f"group {self.name!r}: member {who} is gone: MPI reported {exc}")
         self._usable()
 
     def _failed_members(self) -> list[int]:

@@ -3,9 +3,11 @@
 ``rank``: one member's worker rank is SIGKILLed while the other two wait in an allreduce.
 ``kill``: a member is ended with hpcray.kill() while the others wait in a barrier and in a
 broadcast; then members of forming groups are killed (a declared one, and a joined one)
-while the others wait in their joins. Either way the group's timeout is 600 s: only the
-member-death path can end these waits within the test's hard timeout. Afterwards a new
-group of live actors matches numpy.
+while the others wait in their joins.
+``gpu``: a member of a "nccl" group on (fake) device arrays is killed while the others wait in
+an allreduce.
+The group's timeout is 600 s: only the member-death path can end these waits within the
+test's hard timeout. Afterwards a new group of live actors matches numpy.
 """
 
 import os
@@ -18,6 +20,7 @@ import hpcray
 import hpcray.collective as col
 
 MODE = sys.argv[1]
+BACKEND = "nccl" if MODE == "gpu" else "mpi"
 HERE = os.getcwd()
 WAIT = 600  # the group timeout: far beyond the test's own
 
@@ -29,7 +32,7 @@ class Member:
         return [ctx.get_rank(), os.getpid()]
 
     def join(self, n, rank, name):
-        col.init_collective_group(n, rank, group_name=name, timeout_s=WAIT)
+        col.init_collective_group(n, rank, BACKEND, group_name=name, timeout_s=WAIT)
         return col.get_rank(name)
 
     def call(self, what, name, *args):
@@ -42,6 +45,12 @@ class Member:
             return self.join(*args, name)
         if what == "allreduce":
             (x,) = args
+            if BACKEND == "nccl":
+                import fakegpu
+
+                d = fakegpu.asarray(x)
+                col.allreduce(d, name)
+                return d.get().tolist()
             x = x.copy()
             col.allreduce(x, name)
             return x.tolist()
@@ -53,6 +62,9 @@ class Member:
         if what == "barrier":
             return col.barrier(name)
         raise ValueError(what)
+
+    def path(self, name):
+        return col.describe_group(name)
 
     def destroy(self, name):
         col.destroy_collective_group(name)
@@ -77,6 +89,8 @@ def check_new_group(members, name, seed):
 
 hpcray.init()
 R = {}
+if BACKEND == "nccl":  # one (fake) GPU per worker rank: the NCCL path
+    Member = Member.options(num_gpus=1)
 ms = [Member.remote() for _ in range(3)]
 R["joined"] = hpcray.get([m.join.remote(3, r, "g") for r, m in enumerate(ms)], timeout=60)
 R["where"] = hpcray.get([m.where.remote() for m in ms], timeout=60)
@@ -90,6 +104,14 @@ if MODE == "rank":
     R["later"] = hpcray.get([m.call.remote("allreduce", "g", x) for m in ms[:2]], timeout=60)
     R["destroyed"] = hpcray.get([m.destroy.remote("g") for m in ms[:2]], timeout=60)
     R["new"] = check_new_group(ms[:2], "g", 7)
+elif MODE == "gpu":
+    refs = [m.call.remote("allreduce", "g", x) for m in ms[:2]]
+    entered("g", "allreduce", 2)
+    hpcray.kill(ms[2])
+    R["waited"] = hpcray.get(refs, timeout=120)
+    R["destroyed"] = hpcray.get([m.destroy.remote("g") for m in ms[:2]], timeout=60)
+    R["new"] = check_new_group([ms[0], ms[1], Member.remote()], "g", 13)
+    R["path"] = hpcray.get(ms[0].path.remote("g"), timeout=60)
 else:
     refs = [ms[0].call.remote("barrier", "g"), ms[1].call.remote("broadcast", "g", x)]
     entered("g", "barrier", 1)
