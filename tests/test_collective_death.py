@@ -54,7 +54,7 @@ def test_a_member_s_rank_killed_during_an_allreduce(tmp_path, mpi) -> None:
         who = (f"member rank 2 (actor Member, MPI rank {victim_rank} on host ",
                f"is gone: rank {victim_rank} (pid {victim_pid} on ")
     else:  # the head's word, or MPI's where it came first
-        who = (f"member rank 2 (", f"MPI rank {victim_rank}", "is gone: ")
+        who = ("member rank 2 (", f"MPI rank {victim_rank}", "is gone: ")
     assert failed_naming(r["waited"], "group 'g': ", *who, ADVICE), out
     assert r["later"] == r["waited"], out  # later calls: the same error
     assert r["destroyed"] == [False, False] and r["new"] is True, out
@@ -81,7 +81,8 @@ def test_a_killed_member_fails_the_others_calls_and_joins(tmp_path) -> None:
 
 
 def test_a_killed_member_of_a_gpu_group(tmp_path) -> None:
-    """A "nccl" group on (fake) device arrays, over tests/stand_ins' NCCL: the same."""
+    """A "nccl" group on (fake) device arrays, over tests/stand_ins' NCCL: the same, for an
+    allreduce and a recv from the killed member."""
     stand_in = f"{ROOT}:{ROOT / 'tests' / 'stand_ins'}"
     r, proc, out = run_member_death(tmp_path, "gpu", mpiexec(),
                                     env={"HPCRAY_NUM_GPUS": "3", "PYTHONPATH": stand_in})

@@ -5,7 +5,7 @@
 broadcast; then members of forming groups are killed (a declared one, and a joined one)
 while the others wait in their joins.
 ``gpu``: a member of a "nccl" group on (fake) device arrays is killed while the others wait in
-an allreduce.
+an allreduce and in a recv from it.
 The group's timeout is 600 s: only the member-death path can end these waits within the
 test's hard timeout. Afterwards a new group of live actors matches numpy.
 """
@@ -54,6 +54,17 @@ class Member:
             x = x.copy()
             col.allreduce(x, name)
             return x.tolist()
+        if what == "recv":
+            x, src = args
+            out = np.zeros_like(x)
+            if BACKEND == "nccl":
+                import fakegpu
+
+                d = fakegpu.asarray(out)
+                col.recv(d, src, name)
+                return d.get().tolist()
+            col.recv(out, src, name)
+            return out.tolist()
         if what == "broadcast":
             (x,) = args
             x = x.copy()
@@ -105,8 +116,9 @@ if MODE == "rank":
     R["destroyed"] = hpcray.get([m.destroy.remote("g") for m in ms[:2]], timeout=60)
     R["new"] = check_new_group(ms[:2], "g", 7)
 elif MODE == "gpu":
-    refs = [m.call.remote("allreduce", "g", x) for m in ms[:2]]
-    entered("g", "allreduce", 2)
+    refs = [ms[0].call.remote("allreduce", "g", x), ms[1].call.remote("recv", "g", x, 2)]
+    entered("g", "allreduce", 1)
+    entered("g", "recv", 1)
     hpcray.kill(ms[2])
     R["waited"] = hpcray.get(refs, timeout=120)
     R["destroyed"] = hpcray.get([m.destroy.remote("g") for m in ms[:2]], timeout=60)
