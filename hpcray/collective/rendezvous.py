@@ -69,6 +69,7 @@ class GroupRendezvous:
         self.holds: dict[int, int] = {}            # mpi rank -> instance id creating on it
         self.arrived: dict[tuple, set[int]] = {}   # (instance id, seq) -> group ranks
         self.next_id = 1
+        self.ended: set = set()  # members' actors ended for good: their threads may linger
 
     def call(self, action: str, *args) -> Any:
         """The head's entry point: one method per action."""
@@ -110,6 +111,8 @@ class GroupRendezvous:
         ``{"state": "waiting", "missing": [...]}`` until every rank joined, then ``"queued"``
         until creation is granted, then ``{"state": "go", "mpi_ranks", "instance", "tag"}``.
         """
+        if key in self.ended:  # (an in-rank actor's thread lives on after hpcray.kill())
+            raise CollectiveGroupError(f"group {name!r}: this actor was ended; it joins no group")
         decl = self.declared.get(name)
         if decl is not None and decl.get("gone") and key in decl["actors"]:
             self.withdraw(name, key)
@@ -217,9 +220,11 @@ class GroupRendezvous:
 
     # -- members that died ----------------------------------------------------------------
     def member_gone(self, actor_id: int | None, mpi_rank: int | None, reason: str,
-                    host: str = "", actors: dict[int, str] | None = None) -> list[tuple]:
-        """The head's hook: an actor ended (actor_id) or a rank died (mpi_rank; actors: the
-        actors that were on it, by id, with their class names); host: where it was.
+                    host: str = "", actors: dict[int, str] | None = None,
+                    ended: bool = False) -> list[tuple]:
+        """The head's hook: an actor ended (actor_id; ended: for good, not restarting) or a
+        rank died (mpi_rank; actors: the actors that were on it, by id, with their class
+        names); host: where it was.
 
         Every group it was a member of breaks: a formed one returns a notice ``(mpi rank,
         (instance id, message))`` for each member's rank still alive (the killed actor's own
@@ -227,6 +232,9 @@ class GroupRendezvous:
         declared one fails the joins of its other members."""
         actors = dict(actors or {})
         gone = set(actors) | ({actor_id} if actor_id is not None else set())
+        if ended and (any(k[1] == actor_id for k in self.member_of) or
+                      any(actor_id in d["actors"] for d in self.declared.values())):
+            self.ended.add(actor_id)
         for name, decl in self.declared.items():
             dead = {r: (None, a) for a, r in decl["actors"].items() if a in gone}
             if dead and not decl.get("gone"):

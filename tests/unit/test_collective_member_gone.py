@@ -79,14 +79,30 @@ def test_a_member_that_dies_before_the_group_formed_fails_the_others_joins() -> 
     rdv = GroupRendezvous()
     rdv.join("f", 3, 0, "mpi", 1, 101)
     rdv.join("f", 3, 2, "mpi", 3, 103)
-    assert rdv.member_gone(103, None, KILLED, "h", {103: "W"}) == []  # nobody is in the group
+    # nobody is in the group yet: no notices
+    assert rdv.member_gone(103, None, KILLED, "h", {103: "W"}, ended=True) == []
     with pytest.raises(CollectiveGroupError, match=r"member rank 2 \(actor W, MPI rank 3 on "
                                                    r"host h\) is gone: it was killed"):
         rdv.join("f", 3, 0, "mpi", 1, 101)
     assert rdv.instances == {} and rdv.member_of == {} and rdv.forming == {}
+    # the killed actor's thread (in its rank, it outlives the kill) may poll on: refused
+    with pytest.raises(CollectiveGroupError, match="this actor was ended"):
+        rdv.join("f", 3, 2, "mpi", 3, 103)
     # the name forms anew with live members
-    assert rdv.join("f", 2, 0, "mpi", 1, 101)["state"] == "waiting"
-    assert rdv.join("f", 2, 1, "mpi", 2, 102)["state"] == "go"
+    assert rdv.join("f", 3, 0, "mpi", 1, 101)["state"] == "waiting"
+    assert rdv.join("f", 3, 1, "mpi", 2, 102)["state"] == "waiting"
+    assert rdv.join("f", 3, 2, "mpi", 3, 104)["state"] == "go"
+
+
+def test_a_restarted_actor_joins_again() -> None:
+    rdv = GroupRendezvous()
+    inst = formed(rdv, "r", [(1, 101), (2, 102)])
+    why = "the actor's process died"
+    assert len(rdv.member_gone(102, None, why, "h", {102: "W"})) == 2  # not ended: restarts
+    for rank in (0, 1):
+        rdv.leave(inst, rank)
+    assert rdv.join("r", 2, 0, "mpi", 1, 101)["state"] == "waiting"
+    assert rdv.join("r", 2, 1, "mpi", 3, 102)["state"] == "go"  # its new incarnation
 
 
 def test_a_queued_group_whose_member_died_is_never_granted() -> None:

@@ -609,7 +609,7 @@ class HeadRuntime(Runtime):
     def end_actor(self, actor: Actor, cause: str, notify_rank: bool = True) -> None:
         if actor.dead:
             return
-        self.member_gone(cause, actor=actor)
+        self.member_gone(cause, actor=actor, ended=True)
         if actor.restarts_left != 0 and actor.create.spec.task_id not in self.tasks:
             self.directory.unpin(actor.create.pins)  # kept for restarts
         placed_alive = actor.rank is not None and self.ranks[actor.rank].alive
@@ -664,10 +664,11 @@ class HeadRuntime(Runtime):
         return service.call(action, *args)
 
     def member_gone(self, reason: str, actor: Actor | None = None,
-                    rank: RankInfo | None = None) -> None:
-        """An actor ended or restarted, or a rank died (reason says why): head services with
-        a ``member_gone(actor_id, mpi_rank, reason, host, actors)`` hook (hpcray.collective's
-        rendezvous: the groups it was in) return [(rank, payload)], sent as NOTICEs."""
+                    rank: RankInfo | None = None, ended: bool = False) -> None:
+        """An actor ended (for good) or restarted, or a rank died (reason says why): head
+        services with a ``member_gone(actor_id, mpi_rank, reason, host, actors, ended)`` hook
+        (hpcray.collective's rendezvous: the groups it was in) return [(rank, payload)], sent
+        as NOTICEs."""
         if not self.services:
             return
         if actor is not None:
@@ -684,7 +685,7 @@ class HeadRuntime(Runtime):
             if hook is None:
                 continue
             try:
-                notices = hook(actor_id, mpi_rank, reason, host, actors)
+                notices = hook(actor_id, mpi_rank, reason, host, actors, ended)
             except Exception as exc:  # noqa: BLE001 - a library's bug must not stop the head
                 print(f"hpcray: {path}.member_gone failed: {exc!r}", file=sys.stderr, flush=True)
                 continue
@@ -884,11 +885,10 @@ class HeadRuntime(Runtime):
         info.alive = False
         self.dead_ranks.append(rank)
         self.transport.forget(rank)  # its queued and unfinished sends are dropped
-        print(f"hpcray: rank {rank} (pid {info.pid} on {info.host}) died"
-              + (f" ({how})" if how else ""), file=sys.stderr, flush=True)
+        died = f"rank {rank} (pid {info.pid} on {info.host}) died" + (f" ({how})" if how else "")
+        print(f"hpcray: {died}", file=sys.stderr, flush=True)
         self.scheduler.remove_rank(rank)
-        self.member_gone(f"rank {rank} (pid {info.pid} on {info.host}) died"
-                         + (f" ({how})" if how else ""), rank=info)
+        self.member_gone(died, rank=info)
         why = f"its rank {rank} on {info.host} died"
         restarts = []  # restartable actors come back on other ranks, as Ray's on other nodes
         for actor in self.actor_table.on_rank(rank):

@@ -146,5 +146,6 @@ else:
     entered("j", "join", 3)
     hpcray.kill(third)
     R["joined_killed"] = hpcray.get(refs[:2], timeout=120)
-    R["new"] = check_new_group([ms[0], ms[1], Member.remote()], "g", 11)
+    # the killed member's thread (in its rank) polled on in its join: the name forms anew
+    R["new"] = check_new_group([ms[0], ms[1], Member.remote()], "j", 11)
 emit(R)
