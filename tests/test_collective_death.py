@@ -50,6 +50,7 @@ def test_a_member_s_rank_killed_during_an_allreduce(tmp_path, mpi) -> None:
     r, proc, out = run_member_death(tmp_path, "rank", launcher)
     victim_rank, victim_pid = r["where"][2]
     assert r["joined"] == [0, 1, 2], out
+    assert r["warm"] is True, out
     if mpi == "mpich":  # the head's word
         who = (f"member rank 2 (actor Member, MPI rank {victim_rank} on host ",
                f"is gone: rank {victim_rank} (pid {victim_pid} on ")
