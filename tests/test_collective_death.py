@@ -21,13 +21,15 @@ pytestmark = pytest.mark.job
 ADVICE = "cannot be used any more: call destroy_collective_group('g') in each surviving member"
 
 
-def run_member_death(tmp_path, mode: str, launcher: str, env: dict | None = None) -> tuple:
-    """Runs the job under launcher on 4 ranks (3 members); (its RESULT, the process)."""
+def run_member_death(tmp_path, mode: str, launcher: str, env: dict | None = None,
+                     ranks: int = 4) -> tuple:
+    """Runs the job under launcher (3 members); (its RESULT, the process, what to show)."""
     from hpcray._private.job.launch import mpiexec_command
 
     script = tmp_path / "job.py"
     script.write_text(job_file("collective/member_death.py"))
-    cmd, launch_env = mpiexec_command(4, [sys.executable, str(script), mode], mpiexec=launcher)
+    cmd, launch_env = mpiexec_command(ranks, [sys.executable, str(script), mode],
+                                      mpiexec=launcher)
     proc = run_process(cmd, 120, env={**launch_env, "HPCRAY_COLLECTIVE_TIMEOUT": "600",
                                       **(env or {})}, cwd=str(tmp_path))
     out = f"exit status {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
@@ -45,9 +47,10 @@ def failed_naming(outcomes: list, *texts: str) -> bool:
 def test_a_member_s_rank_killed_during_an_allreduce(tmp_path, mpi) -> None:
     """The third member's rank is SIGKILLed while the other two wait in an allreduce. Under
     MPICH the head finds the death by pid and tells them; under ULFM MPI reports it in
-    their pending call too, and whichever comes first ends the wait."""
+    their pending call too, and whichever comes first ends the wait. The member, restarted
+    on the spare rank, forms the group again with them."""
     launcher = mpiexec() if mpi == "mpich" else _openmpi_mpirun()
-    r, proc, out = run_member_death(tmp_path, "rank", launcher)
+    r, proc, out = run_member_death(tmp_path, "rank", launcher, ranks=5)  # a spare rank
     victim_rank, victim_pid = r["where"][2]
     assert r["joined"] == [0, 1, 2], out
     assert r["warm"] is True, out
@@ -58,7 +61,9 @@ def test_a_member_s_rank_killed_during_an_allreduce(tmp_path, mpi) -> None:
         who = ("member rank 2 (", f"MPI rank {victim_rank}", "is gone: ")
     assert failed_naming(r["waited"], "group 'g': ", *who, ADVICE), out
     assert r["later"] == r["waited"], out  # later calls: the same error
-    assert r["destroyed"] == [False, False] and r["new"] is True, out
+    assert r["destroyed"] == [False, False], out
+    # the group forms again with the third member, restarted on the spare rank
+    assert r["new"] is True and r["restarted"][0] not in [w[0] for w in r["where"]], out
     assert re.search(rf"hpcray: rank {victim_rank} \(pid {victim_pid} on .*\) died", proc.stderr)
     assert proc.returncode != 0 and "died during the job" in proc.stderr, out
 

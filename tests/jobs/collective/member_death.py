@@ -1,7 +1,8 @@
 """A collective group loses a member while the others wait in it (tests/test_collective_death.py).
 
 ``rank``: one member's worker rank is SIGKILLed while the other two wait in a (small, cached)
-allreduce.
+allreduce; that member (max_restarts=1) comes back on the job's spare rank and the group forms
+again with it.
 ``kill``: a member is ended with hpcray.kill() while the others wait in a barrier and in a
 broadcast; then members of forming groups are killed (a declared one, and a joined one)
 while the others wait in their joins.
@@ -104,7 +105,9 @@ hpcray.init()
 R = {}
 if BACKEND == "nccl":  # one (fake) GPU per worker rank: the NCCL path
     Member = Member.options(num_gpus=1)
-ms = [Member.remote() for _ in range(3)]
+ms = [Member.remote() for _ in range(2)]
+# in "rank" mode the job has a spare worker rank, where the third comes back (max_restarts)
+ms.append(Member.options(max_restarts=1 if MODE == "rank" else 0).remote())
 R["joined"] = hpcray.get([m.join.remote(3, r, "g") for r, m in enumerate(ms)], timeout=60)
 R["where"] = hpcray.get([m.where.remote() for m in ms], timeout=60)
 x = np.random.default_rng(1).standard_normal(100_000)
@@ -121,7 +124,8 @@ if MODE == "rank":
     R["waited"] = hpcray.get(refs, timeout=120)
     R["later"] = hpcray.get([m.call.remote("allreduce", "g", x) for m in ms[:2]], timeout=60)
     R["destroyed"] = hpcray.get([m.destroy.remote("g") for m in ms[:2]], timeout=60)
-    R["new"] = check_new_group(ms[:2], "g", 7)
+    R["new"] = check_new_group(ms, "g", 7)  # with the restarted third
+    R["restarted"] = hpcray.get(ms[2].where.remote(), timeout=60)
 elif MODE == "gpu":
     refs = [ms[0].call.remote("allreduce", "g", x), ms[1].call.remote("recv", "g", x, 2)]
     entered("g", "allreduce", 1)
