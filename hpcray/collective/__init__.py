@@ -25,11 +25,10 @@ from .collective import (
     reducescatter,
     send,
 )
-from .types import CollectiveError, CollectiveTimeoutError, ReduceOp
+from .types import CollectiveError, CollectiveGroupError, CollectiveTimeoutError, ReduceOp
 
-__all__ = ["CollectiveError", "CollectiveTimeoutError", "ReduceOp", "abort_collective_group",
-           "allgather", "allreduce",
-           "barrier", "broadcast", "create_collective_group", "describe_group",
-           "destroy_collective_group", "get_collective_group_size", "get_rank",
-           "init_collective_group", "is_group_initialized", "mpi_comm", "recv", "reduce", "reducescatter",
-           "send"]
+__all__ = ["CollectiveError", "CollectiveGroupError", "CollectiveTimeoutError", "ReduceOp",
+           "abort_collective_group", "allgather", "allreduce", "barrier", "broadcast",
+           "create_collective_group", "describe_group", "destroy_collective_group",
+           "get_collective_group_size", "get_rank", "init_collective_group",
+           "is_group_initialized", "mpi_comm", "recv", "reduce", "reducescatter", "send"]

@@ -19,6 +19,7 @@ class BaseGroup(ABC):
         self.world_size = world_size
         self.rank = rank
         self.alive = True
+        self.instance = 0  # the rendezvous's id of this incarnation of the group
 
     @abstractmethod
     def allreduce(self, tensor: Any, op: ReduceOp) -> None: ...
@@ -59,3 +60,13 @@ class BaseGroup(ABC):
 
     def abort(self, reason: str) -> None:
         """Makes the operation in progress (in another thread) and later ones raise."""
+
+    def lose(self, message: str) -> None:
+        """A member died (message: who and why): the operation in progress and every later
+        one raise CollectiveGroupError. Called from any thread."""
+        self.abort(message)
+
+    def failed(self, exc: BaseException) -> None:
+        """An operation raised exc: raises what the caller sees (CollectiveGroupError where
+        the backend's library reports a dead member)."""
+        raise exc

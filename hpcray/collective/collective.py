@@ -8,10 +8,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from .._private.core import context
+from .._private.core import context, hooks
 from .base import BaseGroup
 from .rendezvous import RENDEZVOUS
-from .types import CollectiveError, CollectiveTimeoutError, ReduceOp
+from .types import CollectiveError, CollectiveGroupError, CollectiveTimeoutError, ReduceOp
 
 _groups: dict[tuple, BaseGroup] = {}
 _groups_lock = threading.Lock()
@@ -19,6 +19,9 @@ _groups_lock = threading.Lock()
 # actor's own threads) or none (task threads)
 _cache = threading.local()
 _worker_runtime = None  # a worker rank's runtime lasts as long as its process
+# the head's word on this rank's groups that lost a member: {instance: message} (a notice may
+# come before its group is made here)
+_gone: dict[int, str] = {}
 
 
 def _runtime():
@@ -29,6 +32,16 @@ def _runtime():
         if rt.rank != 0:
             _worker_runtime = rt
     return rt
+
+
+def _on_notice(payload: tuple) -> None:
+    """The head's notice (in the rank's progress loop): a member of a group instance is gone."""
+    instance, message = payload
+    with _groups_lock:
+        _gone[instance] = message
+        groups = [g for g in _groups.values() if g.instance == instance]
+    for group in groups:
+        group.lose(message)
 
 
 def _member_key(rt) -> Any:
@@ -83,8 +96,16 @@ def init_collective_group(world_size: int, rank: int, backend: str = "mpi",
     meet = f"{group_name}@{scope}" if scope else group_name
     deadline = time.monotonic() + timeout
     delay = 0.0005
+    hooks.on_notice(RENDEZVOUS, _on_notice)
     while True:
-        state = rt.request("service", RENDEZVOUS, "join", meet, world_size, rank, backend, rt.rank, key)
+        try:
+            state = rt.request("service", RENDEZVOUS, "join", meet, world_size, rank, backend,
+                               rt.rank, key)
+        except CollectiveGroupError as exc:
+            raise CollectiveGroupError(
+                f"{exc}. Group {group_name!r} cannot form: form it again with live actors "
+                "(after destroy_collective_group on the driver, for a group made with "
+                "create_collective_group)") from None
         if state["state"] == "go":
             break
         if time.monotonic() > deadline:
@@ -106,6 +127,9 @@ def init_collective_group(world_size: int, rank: int, backend: str = "mpi",
     rt.request("service", RENDEZVOUS, "created", state["instance"], rank)
     with _groups_lock:
         _groups[(key, group_name)] = group
+        gone = _gone.get(group.instance)
+    if gone:
+        group.lose(gone)
 
 
 def create_collective_group(actors: list, world_size: int, ranks: list[int],
@@ -138,6 +162,9 @@ def destroy_collective_group(group_name: str = "default") -> None:
         group = _groups.pop((_member_key(rt), group_name), None)
     if group is not None:
         group.alive = False
+        with _groups_lock:
+            if not any(g.instance == group.instance for g in _groups.values()):
+                _gone.pop(group.instance, None)
         group.destroy()
     elif rt.rank == 0:
         rt.request("service", RENDEZVOUS, "destroy", group_name)
@@ -208,44 +235,72 @@ def get_collective_group_size(group_name: str = "default") -> int:
 
 def allreduce(tensor: Any, group_name: str = "default", op: ReduceOp = ReduceOp.SUM) -> Any:
     """Reduces tensor across the group, in place on every member; returns it."""
-    _group(group_name).allreduce(tensor, op)
+    group = _group(group_name)
+    try:
+        group.allreduce(tensor, op)
+    except RuntimeError as exc:  # (mpi4py's MPI.Exception is one)
+        group.failed(exc)
     return tensor
 
 
 def reduce(tensor: Any, dst_rank: int = 0, group_name: str = "default",
            op: ReduceOp = ReduceOp.SUM) -> Any:
     """Reduces tensor across the group into dst_rank's tensor (others are unchanged)."""
-    _group(group_name).reduce(tensor, dst_rank, op)
+    group = _group(group_name)
+    try:
+        group.reduce(tensor, dst_rank, op)
+    except RuntimeError as exc:  # (mpi4py's MPI.Exception is one)
+        group.failed(exc)
     return tensor
 
 
 def broadcast(tensor: Any, src_rank: int = 0, group_name: str = "default") -> Any:
     """Copies src_rank's tensor into every member's tensor."""
-    _group(group_name).broadcast(tensor, src_rank)
+    group = _group(group_name)
+    try:
+        group.broadcast(tensor, src_rank)
+    except RuntimeError as exc:  # (mpi4py's MPI.Exception is one)
+        group.failed(exc)
     return tensor
 
 
 def allgather(tensor_list: list, tensor: Any, group_name: str = "default") -> list:
     """Fills tensor_list[i] with rank i's tensor, on every member."""
-    _group(group_name).allgather(tensor_list, tensor)
+    group = _group(group_name)
+    try:
+        group.allgather(tensor_list, tensor)
+    except RuntimeError as exc:  # (mpi4py's MPI.Exception is one)
+        group.failed(exc)
     return tensor_list
 
 
 def reducescatter(tensor: Any, tensor_list: list, group_name: str = "default",
                   op: ReduceOp = ReduceOp.SUM) -> Any:
     """tensor on rank r becomes the reduction of every member's tensor_list[r]."""
-    _group(group_name).reducescatter(tensor, tensor_list, op)
+    group = _group(group_name)
+    try:
+        group.reducescatter(tensor, tensor_list, op)
+    except RuntimeError as exc:  # (mpi4py's MPI.Exception is one)
+        group.failed(exc)
     return tensor
 
 
 def send(tensor: Any, dst_rank: int, group_name: str = "default") -> None:
     """Sends tensor to dst_rank, which must call recv with a matching tensor."""
-    _group(group_name).send(tensor, dst_rank)
+    group = _group(group_name)
+    try:
+        group.send(tensor, dst_rank)
+    except RuntimeError as exc:  # (mpi4py's MPI.Exception is one)
+        group.failed(exc)
 
 
 def recv(tensor: Any, src_rank: int, group_name: str = "default") -> Any:
     """Receives into tensor what src_rank sends."""
-    _group(group_name).recv(tensor, src_rank)
+    group = _group(group_name)
+    try:
+        group.recv(tensor, src_rank)
+    except RuntimeError as exc:  # (mpi4py's MPI.Exception is one)
+        group.failed(exc)
     return tensor
 
 
@@ -266,4 +321,8 @@ def mpi_comm(group_name: str = "default") -> Iterator[Any]:
 
 def barrier(group_name: str = "default") -> None:
     """Returns once every member called barrier."""
-    _group(group_name).barrier()
+    group = _group(group_name)
+    try:
+        group.barrier()
+    except RuntimeError as exc:  # (mpi4py's MPI.Exception is one)
+        group.failed(exc)

@@ -67,6 +67,7 @@ class GPUGroup(BaseGroup):
         gpus = [where(runtime.ranks[m]).gpu for m in plan["mpi_ranks"]]
         self.choice = choose_group_path(gpus, None if forced == STAGED else nccl_missing(), forced)
         self.mpi = MPIGroup(name, world_size, rank, runtime, plan, timeout, buffer=self._stage)
+        self.instance = self.mpi.instance
         self.call_lock = threading.Lock()  # one operation at a time per member
         self.comm = None
         if self.choice.path == NCCL:
@@ -222,6 +223,8 @@ class GPUGroup(BaseGroup):
         comm, self.comm = self.comm, None
         if comm is not None:
             comm.abort()
+        if self.mpi.lost:  # a member died
+            self.mpi._usable()  # raises CollectiveGroupError
         msg = f"group {self.name!r}: {what} (call {self.mpi.seq}): {why}"
         self.mpi.broken = self.mpi.broken or msg
         error = CollectiveTimeoutError if timeout else CollectiveError
@@ -381,6 +384,12 @@ class GPUGroup(BaseGroup):
 
     def abort(self, reason: str) -> None:
         self.mpi.abort(reason)
+
+    def lose(self, message: str) -> None:
+        self.mpi.lose(message)
+
+    def failed(self, exc: BaseException) -> None:
+        self.mpi.failed(exc)
 
     def destroy(self) -> None:
         with self.call_lock:

@@ -24,6 +24,7 @@ import numpy as np
 from mpi4py import MPI
 
 from .._private.core.backoff import Backoff
+from .._private.transport.mpi import _FAILURE_CLASSES
 from .arrays import Buffer, as_buffer
 from .base import BaseGroup
 from .header import (
@@ -56,7 +57,7 @@ from .header import (
     validate_reduce,
 )
 from .rendezvous import RENDEZVOUS
-from .types import CollectiveError, CollectiveTimeoutError, ReduceOp
+from .types import CollectiveError, CollectiveGroupError, CollectiveTimeoutError, ReduceOp
 
 #: Open MPI (4.1's AVX reductions) saturates 8- and 16-bit integer sums: numpy reduces those
 NARROW_SUMS_SATURATE = MPI.Get_library_version().startswith("Open MPI")
@@ -86,6 +87,9 @@ FAST_TYPES = {np.dtype(t): code for code, t in enumerate(
     (np.float32, np.float64, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16,
      np.uint32, np.uint64))}
 _MPI_FUNCTIONS: list = []  # (MPI_Start, MPI_Test) addresses, once resolved
+#: seconds a member whose MPI reported a dead member (ULFM) waits for the head's word on it,
+#: which says more (the member's actor, host and why it died)
+HEAD_WORD = 2.0
 
 
 def _fast_path(slot: bytearray, gathered: bytearray, request, world_size: int,
@@ -175,6 +179,7 @@ class MPIGroup(BaseGroup):
         self.seq = 0
         self.p2p_seq: dict[tuple[int, int], int] = {}
         self.broken: str | None = None
+        self.lost: str | None = None  # a member died: what the survivors are told
         self.call_lock = threading.Lock()  # one operation at a time per member
         # members sharing this node's cores with more members yield sooner: the one they
         # wait for may need this core; otherwise partners are running and answer soon
@@ -195,7 +200,13 @@ class MPIGroup(BaseGroup):
         with self.lock:
             world_group = parent.Get_group()
             group = world_group.Incl(self.mpi_ranks)
-            self.comm = parent.Create_group(group, plan["tag"])
+            if runtime.transport.ulfm:
+                # once a rank died, Open MPI's Create_group over the job's communicator fails
+                # (ERR_PROC_FAILED) among live ranks too; MPI-4's Create_from_group needs none
+                self.comm = MPI.Intracomm.Create_from_group(
+                    group, f"hpcray.collective.{self.instance}", errhandler=MPI.ERRORS_RETURN)
+            else:
+                self.comm = parent.Create_group(group, plan["tag"])
             group.Free()
             world_group.Free()
             self._gather = (self.comm.Allgather_init(self._slot, self._slots) if PERSISTENT
@@ -208,6 +219,14 @@ class MPIGroup(BaseGroup):
     # -- waiting ---------------------------------------------------------------------------
     def _wait(self, reqs: list, what: str, seq: int = 0, peer: int | None = None,
               payload: bool = False, spun: bool = False) -> None:
+        try:
+            self._wait_on(reqs, what, seq, peer, payload, spun)
+        except MPI.Exception:  # (ULFM: a member died) MPI may still touch reqs and buffers
+            _ABANDONED.append((self, reqs))
+            raise
+
+    def _wait_on(self, reqs: list, what: str, seq: int, peer: int | None, payload: bool,
+                 spun: bool) -> None:
         """Tests reqs until done, releasing the lock between tests; raises on timeout.
 
         First spin_tests tests under one lock hold (spun: the caller made them), then tests
@@ -270,6 +289,11 @@ class MPIGroup(BaseGroup):
         return self.runtime.request("service", RENDEZVOUS, action, *args)
 
     def _usable(self) -> None:
+        if self.lost:
+            raise CollectiveGroupError(
+                f"{self.lost}. Group {self.name!r} cannot be used any more: call "
+                f"destroy_collective_group({self.name!r}) in each surviving member, then form "
+                "the group again with live actors")
         if self.broken:
             raise CollectiveError(f"group {self.name!r} is unusable after an earlier failure: "
                                   f"{self.broken}")
@@ -672,13 +696,54 @@ class MPIGroup(BaseGroup):
     def abort(self, reason: str) -> None:
         self.broken = self.broken or reason
 
+    def lose(self, message: str) -> None:
+        self.lost = self.lost or message
+        self.broken = self.broken or message
+
+    def failed(self, exc: BaseException) -> None:
+        """An operation raised exc: where MPI reports a dead member (ULFM), the group is lost
+        and CollectiveGroupError says so; anything else is raised as it is."""
+        if isinstance(exc, MPI.Exception):
+            if exc.Get_error_class() not in _FAILURE_CLASSES:
+                raise exc
+        elif not (isinstance(exc, RuntimeError) and str(exc).startswith("MPI_")):  # (C path)
+            raise exc
+        dead = self._failed_members()
+        if not dead and not isinstance(exc, MPI.Exception):
+            raise exc
+        _ABANDONED.append((self, None))
+        if not self.lost:  # the head's notice says more: give it a moment
+            deadline = time.monotonic() + HEAD_WORD
+            while not self.lost and time.monotonic() < deadline:
+                time.sleep(0.01)
+        who = (", ".join(f"rank {r} (MPI rank {self.mpi_ranks[r]})" for r in dead)
+               if dead else "ranks ?")
+        self.lose(f"group {self.name!r}: member {who} is gone: MPI reported {exc}")
+        self._usable()
+
+    def _failed_members(self) -> list[int]:
+        """The group ranks MPI knows to have failed (ULFM), else []."""
+        try:
+            with self.lock:
+                failed = self.comm.Get_failed()
+                group = self.comm.Get_group()
+                ranks = MPI.Group.Translate_ranks(failed, list(range(failed.Get_size())), group)
+                failed.Free()
+                group.Free()
+        except (AttributeError, NotImplementedError, MPI.Exception):
+            return []
+        return sorted(r for r in ranks if r != MPI.UNDEFINED)
+
     def destroy(self) -> None:
         with self.call_lock:
             if not self.broken:  # a timed-out operation may still be pending on the comm
-                with self.lock:
-                    if self._gather is not None:
-                        self._gather.Free()
-                    self.user_comm.Free()
-                    self.comm.Free()
+                try:
+                    with self.lock:
+                        if self._gather is not None:
+                            self._gather.Free()
+                        self.user_comm.Free()
+                        self.comm.Free()
+                except MPI.Exception:  # (ULFM: a member died meanwhile) leave it
+                    _ABANDONED.append((self, None))
             self.broken = self.broken or "the group was destroyed"
             self._rendezvous("leave", self.instance, self.rank)

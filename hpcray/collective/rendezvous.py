@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .types import CollectiveGroupError
+
 
 class RendezvousError(ValueError):
     """A join that can never succeed (bad rank, size or backend, two members on one rank)."""
@@ -25,6 +27,7 @@ class Instance:
         "backend",
         "created",
         "error",
+        "gone",
         "granted_at",
         "id",
         "left",
@@ -43,6 +46,7 @@ class Instance:
         self.left: set[int] = set()
         self.granted_at: float | None = None
         self.error: str | None = None
+        self.gone: str | None = None  # a member died or was killed: why (the group is broken)
 
     def complete(self) -> bool:
         return len(self.members) == self.world_size
@@ -65,11 +69,12 @@ class GroupRendezvous:
         self.holds: dict[int, int] = {}            # mpi rank -> instance id creating on it
         self.arrived: dict[tuple, set[int]] = {}   # (instance id, seq) -> group ranks
         self.next_id = 1
+        self.ended: set = set()  # members' actors ended for good: their threads may linger
 
     def call(self, action: str, *args) -> Any:
         """The head's entry point: one method per action."""
         if action not in ("declare", "lookup", "join", "withdraw", "created", "leave", "destroy",
-                          "arrive", "arrivals"):
+                          "arrive", "arrivals"):  # (member_gone is the head's own hook)
             raise ValueError(f"unknown rendezvous action {action!r}")
         return getattr(self, action)(*args)
 
@@ -106,12 +111,21 @@ class GroupRendezvous:
         ``{"state": "waiting", "missing": [...]}`` until every rank joined, then ``"queued"``
         until creation is granted, then ``{"state": "go", "mpi_ranks", "instance", "tag"}``.
         """
+        if key in self.ended:  # (an in-rank actor's thread lives on after hpcray.kill())
+            raise CollectiveGroupError(f"group {name!r}: this actor was ended; it joins no group")
+        decl = self.declared.get(name)
+        if decl is not None and decl.get("gone") and key in decl["actors"]:
+            self.withdraw(name, key)
+            raise CollectiveGroupError(decl["gone"])
         inst_id = self.member_of.get((name, key))
         if inst_id is None:
             inst = self._add_member(name, world_size, rank, backend, mpi_rank, key)
         else:
             inst = self.instances[inst_id]
         self._expire_holds()
+        if inst.gone and inst.error:  # a member died before the group formed
+            self._drop_member(inst, key)
+            raise CollectiveGroupError(inst.error)
         if inst.error:
             raise RendezvousError(inst.error)
         if not inst.complete():
@@ -204,6 +218,60 @@ class GroupRendezvous:
         """Group ranks that said they arrived at collective number ``seq``."""
         return sorted(self.arrived.get((instance_id, seq), ()))
 
+    # -- members that died ----------------------------------------------------------------
+    def member_gone(self, actor_id: int | None, mpi_rank: int | None, reason: str,
+                    host: str = "", actors: dict[int, str] | None = None,
+                    ended: bool = False) -> list[tuple]:
+        """The head's hook: an actor ended (actor_id; ended: for good, not restarting) or a
+        rank died (mpi_rank; actors: the actors that were on it, by id, with their class
+        names); host: where it was.
+
+        Every group it was a member of breaks: a formed one returns a notice ``(mpi rank,
+        (instance id, message))`` for each member's rank still alive (the killed actor's own
+        rank too, which wakes a call of its own); a forming one fails its members' joins; a
+        declared one fails the joins of its other members."""
+        actors = dict(actors or {})
+        gone = set(actors) | ({actor_id} if actor_id is not None else set())
+        if ended and (any(k[1] == actor_id for k in self.member_of) or
+                      any(actor_id in d["actors"] for d in self.declared.values())):
+            self.ended.add(actor_id)
+        for name, decl in self.declared.items():
+            dead = {r: (None, a) for a, r in decl["actors"].items() if a in gone}
+            if dead and not decl.get("gone"):
+                decl["gone"] = _gone(name, dead, reason, host, actors)
+        notices = []
+        for inst in list(self.instances.values()):
+            dead = {r: (m, k) for r, (m, k) in inst.members.items()
+                    if k in gone or (mpi_rank is not None and m == mpi_rank)}
+            if not dead or inst.gone:
+                continue
+            inst.gone = _gone(inst.name, dead, reason, host, actors)
+            formed = inst.complete() and inst.granted_at is not None
+            if formed:
+                live = {m for m, _ in inst.members.values() if m != mpi_rank}
+                notices += [(m, (inst.id, inst.gone)) for m in sorted(live)]
+            else:  # its members wait in join: they fail there
+                inst.error = inst.gone
+                if self.forming.get(inst.name) is inst:
+                    del self.forming[inst.name]
+            self._release(inst)
+            for r, (_, key) in dead.items():  # it never leaves: count it as left
+                inst.left.add(r)
+                if self.member_of.get((inst.name, key)) == inst.id:
+                    del self.member_of[(inst.name, key)]
+                if not formed:
+                    self._drop_member(inst, key)
+        return notices
+
+    def _drop_member(self, inst: Instance, key: Any) -> None:
+        """A member of a group that failed to form leaves it; the last one frees it."""
+        self.member_of.pop((inst.name, key), None)
+        for r, (_, k) in list(inst.members.items()):
+            if k == key:
+                del inst.members[r]
+        if not inst.members:
+            self.instances.pop(inst.id, None)
+
     # -- creation grants ------------------------------------------------------------------
     def _grant(self) -> None:
         """Grants queued groups in order; a group waits while an earlier one shares a rank."""
@@ -238,6 +306,21 @@ class GroupRendezvous:
                 del self.holds[m]
         if stale:
             self._grant()
+
+
+def _gone(name: str, dead: dict, reason: str, host: str, actors: dict[int, str]) -> str:
+    """What a group's survivors are told: which members ({group rank: (MPI rank | None, member
+    key)}) are gone, and why."""
+    parts = []
+    for rank, (mpi_rank, key) in sorted(dead.items()):
+        what = (f"actor {actors[key]}" if key in actors else
+                "a task" if isinstance(key, tuple) else "an actor")
+        where = "".join([f", MPI rank {mpi_rank}" if mpi_rank is not None else "",
+                         f" on host {host}" if host else ""])
+        parts.append(f"rank {rank} ({what}{where})")
+    who = (f"member {parts[0]} is" if len(parts) == 1 else
+           f"members {', '.join(parts[:-1])} and {parts[-1]} are")
+    return f"group {name!r}: {who} gone: {reason}"
 
 
 RENDEZVOUS = f"{__name__}:GroupRendezvous"  # the head service's name (see HeadRuntime.op_service)

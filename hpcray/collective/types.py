@@ -23,3 +23,11 @@ class CollectiveError(HpcrayError):
 
 class CollectiveTimeoutError(CollectiveError, TimeoutError):
     """Members did not arrive at a collective (or at the group's creation) in time."""
+
+
+class CollectiveGroupError(CollectiveError):
+    """A member of the group died or was killed (its rank died, hpcray.kill(), a restart):
+    the group cannot complete any operation again. Every surviving member's operation in
+    progress and every later one raises this; the message names the member and why it went.
+    Call destroy_collective_group(name) in the survivors and form the group again with live
+    actors."""

@@ -585,6 +585,7 @@ class HeadRuntime(Runtime):
         queue (as their max_task_retries allow) or fail. Returns its creation task, to run
         again on its rank or to place anew."""
         restarts_before = actor.restarts_left
+        self.member_gone(why, actor=actor)  # a restarted actor is a new member
         calls = [self.tasks[t] for t in self.actor_table.restart(actor, why) if t in self.tasks]
         for task in reversed(calls):
             if task.retries_left and not task.cancelled:
@@ -608,6 +609,7 @@ class HeadRuntime(Runtime):
     def end_actor(self, actor: Actor, cause: str, notify_rank: bool = True) -> None:
         if actor.dead:
             return
+        self.member_gone(cause, actor=actor, ended=True)
         if actor.restarts_left != 0 and actor.create.spec.task_id not in self.tasks:
             self.directory.unpin(actor.create.pins)  # kept for restarts
         placed_alive = actor.rank is not None and self.ranks[actor.rank].alive
@@ -660,6 +662,36 @@ class HeadRuntime(Runtime):
                 raise ValueError(f"head services come from hpcray's own modules, not {module!r}")
             service = self.services[path] = getattr(importlib.import_module(module), name)()
         return service.call(action, *args)
+
+    def member_gone(self, reason: str, actor: Actor | None = None,
+                    rank: RankInfo | None = None, ended: bool = False) -> None:
+        """An actor ended (for good) or restarted, or a rank died (reason says why): head
+        services with a ``member_gone(actor_id, mpi_rank, reason, host, actors, ended)`` hook
+        (hpcray.collective's rendezvous: the groups it was in) return [(rank, payload)], sent
+        as NOTICEs."""
+        if not self.services:
+            return
+        if actor is not None:
+            actors = {actor.actor_id: actor.create.spec.name.split(".")[0]}
+            info = self.ranks[actor.rank] if actor.rank is not None else None
+            actor_id, mpi_rank = actor.actor_id, None
+        else:
+            actors = {a.actor_id: a.create.spec.name.split(".")[0]
+                      for a in self.actor_table.on_rank(rank.rank)}
+            info, actor_id, mpi_rank = rank, None, rank.rank
+        host = info.host if info is not None else ""
+        for path, service in list(self.services.items()):
+            hook = getattr(service, "member_gone", None)
+            if hook is None:
+                continue
+            try:
+                notices = hook(actor_id, mpi_rank, reason, host, actors, ended)
+            except Exception as exc:  # noqa: BLE001 - a library's bug must not stop the head
+                print(f"hpcray: {path}.member_gone failed: {exc!r}", file=sys.stderr, flush=True)
+                continue
+            for dest, payload in notices:
+                if self.ranks[dest].alive:
+                    self.transport.send(dest, (P.NOTICE, path, payload))
 
     def op_kill(self, src: int, actor_id: int,
                 cause: str = "it was killed with hpcray.kill()", restart: bool = False) -> None:
@@ -853,9 +885,10 @@ class HeadRuntime(Runtime):
         info.alive = False
         self.dead_ranks.append(rank)
         self.transport.forget(rank)  # its queued and unfinished sends are dropped
-        print(f"hpcray: rank {rank} (pid {info.pid} on {info.host}) died"
-              + (f" ({how})" if how else ""), file=sys.stderr, flush=True)
+        died = f"rank {rank} (pid {info.pid} on {info.host}) died" + (f" ({how})" if how else "")
+        print(f"hpcray: {died}", file=sys.stderr, flush=True)
         self.scheduler.remove_rank(rank)
+        self.member_gone(died, rank=info)
         why = f"its rank {rank} on {info.host} died"
         restarts = []  # restartable actors come back on other ranks, as Ray's on other nodes
         for actor in self.actor_table.on_rank(rank):

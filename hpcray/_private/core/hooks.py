@@ -44,3 +44,14 @@ devices: Any = HostOnly
 def is_device(buf: Any) -> bool:
     """Whether a serialized value's buffer is device memory (or its host copy)."""
     return type(buf) in devices.DEVICE_ENTRIES
+
+
+#: head service path -> what a worker rank does with that service's notices (see on_notice)
+notice_handlers: dict[str, Any] = {}
+
+
+def on_notice(path: str, callback: Any) -> None:
+    """Runs ``callback(payload)`` for each NOTICE the head sends this rank from the head
+    service ``path`` (hpcray.collective's rendezvous: a group member died). It runs in the
+    rank's progress loop: it must be quick and must not wait for the head."""
+    notice_handlers[path] = callback

@@ -38,6 +38,7 @@ REPLY = 26
 SHUTDOWN = 27
 TIMELINE = 28
 UNQUEUE = 29
+NOTICE = 30
 # peer -> peer
 OBJDATA = 40
 RELEASE = 41
@@ -170,6 +171,16 @@ class Unqueue(NamedTuple):
     task_id: int
 
 
+class Notice(NamedTuple):
+    """News for a library above core on this rank (see hooks.on_notice), e.g. that a member
+    of a collective group died; ignored where nothing registered ``path``."""
+
+    OP = NOTICE
+    TO = WORKER
+    path: str                    # the head service that sends it ("module:Class")
+    payload: Any
+
+
 class Push(NamedTuple):
     """Send your copy of object_id to rank dest."""
 
@@ -262,7 +273,7 @@ class Release(NamedTuple):
 
 
 MESSAGES: tuple[type, ...] = (Submit, Done, DoneMany, Refs, Want, Request, Put, Log, Blocked,
-                              Heartbeat, Events, Returned, Task, Unqueue, Push, Obj, Free,
+                              Heartbeat, Events, Returned, Task, Unqueue, Notice, Push, Obj, Free,
                               Cancel, KillActor, Reply, Shutdown, Timeline, ObjData, Release)
 
 # task kinds

@@ -14,6 +14,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ... import exceptions as E
+from . import hooks
 from . import protocol as P
 from .objects import Stored
 from .procs import process_gone
@@ -49,7 +50,7 @@ class WorkerRuntime(Runner, Runtime):
             P.TASK: self.on_task, P.PUSH: self.on_push, P.OBJ: self.on_obj, P.FREE: self.on_free,
             P.CANCEL: self.on_cancel, P.KILL_ACTOR: self.on_kill_actor, P.REPLY: self.on_reply,
             P.SHUTDOWN: self.on_shutdown, P.OBJDATA: self.on_objdata, P.RELEASE: self.on_release,
-            P.TIMELINE: self.on_timeline, P.UNQUEUE: self.on_unqueue,
+            P.TIMELINE: self.on_timeline, P.UNQUEUE: self.on_unqueue, P.NOTICE: self.on_notice,
         }
         self.streams: list[_Forward] = []
         self.main_thread = threading.current_thread()
@@ -294,6 +295,15 @@ class WorkerRuntime(Runner, Runtime):
 
     def on_timeline(self, src: int, req_id: int) -> None:
         self.transport.send(0, (P.EVENTS, req_id, list(self.events)))
+
+    def on_notice(self, src: int, path: str, payload: Any) -> None:
+        handler = hooks.notice_handlers.get(path)
+        if handler is not None:
+            try:
+                handler(payload)
+            except Exception as exc:  # noqa: BLE001 - a library's bug must not stop the rank
+                print(f"hpcray: rank {self.rank}: notice from {path} failed: {exc!r}",
+                      file=sys.__stderr__, flush=True)
 
     def on_shutdown(self, src: int) -> None:
         self.stopping = "shutdown"
