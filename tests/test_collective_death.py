@@ -83,6 +83,11 @@ def test_a_killed_member_fails_the_others_calls_and_joins(tmp_path) -> None:
     assert failed_naming(r["joined_killed"], "group 'j': member rank 2 (actor Member, MPI rank",
                          killed, "Group 'j' cannot form"), out
     assert r["new"] is True, out
+    assert failed_naming(r["restart_waited"], "group 'r': member rank 2 (actor Member",
+                         "is gone: it was killed with hpcray.kill(no_restart=False)",
+                         "call destroy_collective_group('r')"), out
+    restarted_on, before_on = r["restart_rank"][1], r["restart_rank"][0]
+    assert r["restart_new"] is True and restarted_on == before_on, out
     assert proc.returncode == 0, out
 
 

@@ -90,8 +90,11 @@ def init_collective_group(world_size: int, rank: int, backend: str = "mpi",
                               "not by the driver; use create_collective_group(actors, ...)")
     key = _member_key(rt)
     with _groups_lock:
-        if (key, group_name) in _groups:
+        old = _groups.get((key, group_name))
+        if old is not None and old.instance not in _gone:
             raise CollectiveError(f"group {group_name!r} is already initialized in this actor")
+    if old is not None:  # its member died (this actor itself, restarted here): a new one
+        _drop(key, group_name)
     timeout = float(timeout_s if timeout_s is not None else rt.config.collective_timeout)
     meet = f"{group_name}@{scope}" if scope else group_name
     deadline = time.monotonic() + timeout
@@ -158,16 +161,22 @@ def destroy_collective_group(group_name: str = "default") -> None:
     """In a member: leaves the group and frees its communicator. On the driver: forgets a
     group declared with create_collective_group."""
     rt = _runtime()
-    with _groups_lock:
-        group = _groups.pop((_member_key(rt), group_name), None)
-    if group is not None:
-        group.alive = False
-        with _groups_lock:
-            if not any(g.instance == group.instance for g in _groups.values()):
-                _gone.pop(group.instance, None)
-        group.destroy()
-    elif rt.rank == 0:
+    if not _drop(_member_key(rt), group_name) and rt.rank == 0:
         rt.request("service", RENDEZVOUS, "destroy", group_name)
+
+
+def _drop(key: Any, group_name: str) -> bool:
+    """Leaves the member's group and frees its communicator; False if it had none."""
+    with _groups_lock:
+        group = _groups.pop((key, group_name), None)
+    if group is None:
+        return False
+    group.alive = False
+    with _groups_lock:
+        if not any(g.instance == group.instance for g in _groups.values()):
+            _gone.pop(group.instance, None)
+    group.destroy()
+    return True
 
 
 def abort_collective_group(group_name: str = "default", reason: str = "aborted") -> None:

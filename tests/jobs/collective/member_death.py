@@ -159,4 +159,17 @@ else:
     R["joined_killed"] = hpcray.get(refs[:2], timeout=120)
     # the killed member's thread (in its rank) polled on in its join: the name forms anew
     R["new"] = check_new_group([ms[0], ms[1], Member.remote()], "j", 11)
+    # killed with no_restart=False, a member comes back on its own (the only free) rank,
+    # where its broken group of that name is replaced when it joins again
+    again = Member.options(max_restarts=1).remote()
+    group = [ms[0], ms[1], again]
+    hpcray.get([m.join.remote(3, r, "r") for r, m in enumerate(group)], timeout=60)
+    before = hpcray.get(again.where.remote(), timeout=60)
+    refs = [m.call.remote("allreduce", "r", x[:10]) for m in ms[:2]]
+    entered("r", "allreduce", 2)
+    hpcray.kill(again, no_restart=False)
+    R["restart_waited"] = hpcray.get(refs, timeout=120)
+    hpcray.get([m.destroy.remote("r") for m in ms[:2]], timeout=60)
+    R["restart_new"] = check_new_group(group, "r", 17)
+    R["restart_rank"] = [before[0], hpcray.get(again.where.remote(), timeout=60)[0]]
 emit(R)
