@@ -68,7 +68,7 @@ def kill_and_wait(pid, timeout=30.0):
         try:
             with open(f"/proc/{pid}/stat") as f:
                 return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):  # (reaped between open and read)
             return True
 
     os.kill(pid, signal.SIGKILL)
