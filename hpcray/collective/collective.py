@@ -242,74 +242,56 @@ def get_collective_group_size(group_name: str = "default") -> int:
     return group.world_size if group is not None else -1
 
 
-def allreduce(tensor: Any, group_name: str = "default", op: ReduceOp = ReduceOp.SUM) -> Any:
-    """Reduces tensor across the group, in place on every member; returns it."""
+def _run(group_name: str, op: str, *args: Any) -> None:
+    """Runs one of this member's group operations: a failure its library reports for a dead
+    member becomes CollectiveGroupError (the group's failed())."""
     group = _group(group_name)
     try:
-        group.allreduce(tensor, op)
+        getattr(group, op)(*args)
     except RuntimeError as exc:  # (mpi4py's MPI.Exception is one)
         group.failed(exc)
+
+
+def allreduce(tensor: Any, group_name: str = "default", op: ReduceOp = ReduceOp.SUM) -> Any:
+    """Reduces tensor across the group, in place on every member; returns it."""
+    _run(group_name, "allreduce", tensor, op)
     return tensor
 
 
 def reduce(tensor: Any, dst_rank: int = 0, group_name: str = "default",
            op: ReduceOp = ReduceOp.SUM) -> Any:
     """Reduces tensor across the group into dst_rank's tensor (others are unchanged)."""
-    group = _group(group_name)
-    try:
-        group.reduce(tensor, dst_rank, op)
-    except RuntimeError as exc:  # (mpi4py's MPI.Exception is one)
-        group.failed(exc)
+    _run(group_name, "reduce", tensor, dst_rank, op)
     return tensor
 
 
 def broadcast(tensor: Any, src_rank: int = 0, group_name: str = "default") -> Any:
     """Copies src_rank's tensor into every member's tensor."""
-    group = _group(group_name)
-    try:
-        group.broadcast(tensor, src_rank)
-    except RuntimeError as exc:  # (mpi4py's MPI.Exception is one)
-        group.failed(exc)
+    _run(group_name, "broadcast", tensor, src_rank)
     return tensor
 
 
 def allgather(tensor_list: list, tensor: Any, group_name: str = "default") -> list:
     """Fills tensor_list[i] with rank i's tensor, on every member."""
-    group = _group(group_name)
-    try:
-        group.allgather(tensor_list, tensor)
-    except RuntimeError as exc:  # (mpi4py's MPI.Exception is one)
-        group.failed(exc)
+    _run(group_name, "allgather", tensor_list, tensor)
     return tensor_list
 
 
 def reducescatter(tensor: Any, tensor_list: list, group_name: str = "default",
                   op: ReduceOp = ReduceOp.SUM) -> Any:
     """tensor on rank r becomes the reduction of every member's tensor_list[r]."""
-    group = _group(group_name)
-    try:
-        group.reducescatter(tensor, tensor_list, op)
-    except RuntimeError as exc:  # (mpi4py's MPI.Exception is one)
-        group.failed(exc)
+    _run(group_name, "reducescatter", tensor, tensor_list, op)
     return tensor
 
 
 def send(tensor: Any, dst_rank: int, group_name: str = "default") -> None:
     """Sends tensor to dst_rank, which must call recv with a matching tensor."""
-    group = _group(group_name)
-    try:
-        group.send(tensor, dst_rank)
-    except RuntimeError as exc:  # (mpi4py's MPI.Exception is one)
-        group.failed(exc)
+    _run(group_name, "send", tensor, dst_rank)
 
 
 def recv(tensor: Any, src_rank: int, group_name: str = "default") -> Any:
     """Receives into tensor what src_rank sends."""
-    group = _group(group_name)
-    try:
-        group.recv(tensor, src_rank)
-    except RuntimeError as exc:  # (mpi4py's MPI.Exception is one)
-        group.failed(exc)
+    _run(group_name, "recv", tensor, src_rank)
     return tensor
 
 
@@ -330,8 +312,4 @@ def mpi_comm(group_name: str = "default") -> Iterator[Any]:
 
 def barrier(group_name: str = "default") -> None:
     """Returns once every member called barrier."""
-    group = _group(group_name)
-    try:
-        group.barrier()
-    except RuntimeError as exc:  # (mpi4py's MPI.Exception is one)
-        group.failed(exc)
+    _run(group_name, "barrier")

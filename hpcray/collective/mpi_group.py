@@ -24,7 +24,7 @@ import numpy as np
 from mpi4py import MPI
 
 from .._private.core.backoff import Backoff
-from .._private.transport.mpi import _FAILURE_CLASSES
+from .._private.transport.mpi import FAILURE_CLASSES, failed_ranks
 from .arrays import Buffer, as_buffer
 from .base import BaseGroup
 from .header import (
@@ -704,7 +704,7 @@ class MPIGroup(BaseGroup):
         """An operation raised exc: where MPI reports a dead member (ULFM), the group is lost
         and CollectiveGroupError says so; anything else is raised as it is."""
         if isinstance(exc, MPI.Exception):
-            if exc.Get_error_class() not in _FAILURE_CLASSES:
+            if exc.Get_error_class() not in FAILURE_CLASSES:
                 raise exc
         elif not (isinstance(exc, RuntimeError) and str(exc).startswith("MPI_")):  # (C path)
             raise exc
@@ -725,14 +725,9 @@ class MPIGroup(BaseGroup):
         """The group ranks MPI knows to have failed (ULFM), else []."""
         try:
             with self.lock:
-                failed = self.comm.Get_failed()
-                group = self.comm.Get_group()
-                ranks = MPI.Group.Translate_ranks(failed, list(range(failed.Get_size())), group)
-                failed.Free()
-                group.Free()
+                return failed_ranks(self.comm)
         except (AttributeError, NotImplementedError, MPI.Exception):
             return []
-        return sorted(r for r in ranks if r != MPI.UNDEFINED)
 
     def destroy(self) -> None:
         with self.call_lock:

@@ -177,14 +177,8 @@ class GroupRendezvous:
         """A member gave up waiting for the others (timeout): it leaves the forming group."""
         inst_id = self.member_of.pop((name, key), None)
         inst = self.instances.get(inst_id) if inst_id is not None else None
-        if inst is None or inst.complete():
-            return
-        for r, (_, k) in list(inst.members.items()):
-            if k == key:
-                del inst.members[r]
-        if not inst.members:
-            self.forming.pop(name, None)
-            self.instances.pop(inst.id, None)
+        if inst is not None and not inst.complete():
+            self._drop_member(inst, key)
 
     def created(self, instance_id: int, rank: int) -> None:
         """A member's communicator exists; when all exist the ranks are free for other groups."""
@@ -264,13 +258,16 @@ class GroupRendezvous:
         return notices
 
     def _drop_member(self, inst: Instance, key: Any) -> None:
-        """A member of a group that failed to form leaves it; the last one frees it."""
+        """A member leaves a group that did not form (it gave up, or the group failed); the
+        last one frees it."""
         self.member_of.pop((inst.name, key), None)
         for r, (_, k) in list(inst.members.items()):
             if k == key:
                 del inst.members[r]
         if not inst.members:
             self.instances.pop(inst.id, None)
+            if self.forming.get(inst.name) is inst:
+                del self.forming[inst.name]
 
     # -- creation grants ------------------------------------------------------------------
     def _grant(self) -> None:

@@ -54,6 +54,10 @@ class Actor:
         self.task_retries = int(spec.options.get("max_task_retries") or 0)  # -1: without end
 
     @property
+    def class_name(self) -> str:
+        return self.create.spec.name.split(".")[0]
+
+    @property
     def idle(self) -> bool:
         return not self.inflight and not self.queue
 

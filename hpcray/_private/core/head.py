@@ -326,13 +326,7 @@ class HeadRuntime(Runtime):
         """Sends a task to rank (``behind``: to start there when that task ends or blocks)."""
         spec = task.spec
         task.rank = rank
-        inline = {}
-        for _, object_id in spec.deps:
-            entry = self.objects[object_id]
-            if entry.inline is not None:
-                inline[object_id] = entry.inline
-            else:
-                self.directory.deliver(object_id, entry, rank)
+        inline = self.arguments(spec, rank)
         if spec.kind == P.ACTOR_CREATE:
             actor = self.actors[spec.actor_id]
             actor.rank = rank
@@ -354,6 +348,19 @@ class HeadRuntime(Runtime):
             self.pump_actor(self.actors[spec.actor_id])
         elif spec.kind == P.NORMAL and behind is None:
             self.holds(task)
+
+    def arguments(self, spec: P.TaskSpec, rank: int) -> dict:
+        """The task's small arguments, to send with it; the others go to rank directly."""
+        inline = {}
+        for _, object_id in spec.deps:
+            entry = self.objects.get(object_id)
+            if entry is None:
+                continue
+            if entry.inline is not None:
+                inline[object_id] = entry.inline
+            else:
+                self.directory.deliver(object_id, entry, rank)
+        return inline
 
     # -- queueing ahead (Config.queue_ahead) -------------------------------------------------
     @staticmethod
@@ -567,16 +574,8 @@ class HeadRuntime(Runtime):
             self.end_actor(actor, why, notify_rank=False)
             return
         create = self.restart_actor(actor, why, f"on rank {actor.rank}")
-        create.rank = actor.rank
-        inline = {}
-        for _, object_id in create.spec.deps:
-            entry = self.objects.get(object_id)
-            if entry is None:
-                continue
-            if entry.inline is not None:
-                inline[object_id] = entry.inline
-            else:
-                self.directory.deliver(object_id, entry, actor.rank)
+        create.rank = actor.rank  # (not dispatch(): its resources stayed held there)
+        inline = self.arguments(create.spec, actor.rank)
         self.transport.send(actor.rank, (P.TASK, create.spec.wire(), inline))
         self.pump_actor(actor)
 
@@ -600,7 +599,7 @@ class HeadRuntime(Runtime):
         create = Task(actor.create.spec)
         create.restart = True
         self.tasks[create.spec.task_id] = create
-        print(f"hpcray: restarting actor {actor.create.spec.name.split('.')[0]} {where} "
+        print(f"hpcray: restarting actor {actor.class_name} {where} "
               f"({why}; restarts left: "
               f"{'unlimited' if restarts_before < 0 else restarts_before - 1})",
               file=sys.stderr, flush=True)
@@ -672,12 +671,11 @@ class HeadRuntime(Runtime):
         if not self.services:
             return
         if actor is not None:
-            actors = {actor.actor_id: actor.create.spec.name.split(".")[0]}
+            actors = {actor.actor_id: actor.class_name}
             info = self.ranks[actor.rank] if actor.rank is not None else None
             actor_id, mpi_rank = actor.actor_id, None
         else:
-            actors = {a.actor_id: a.create.spec.name.split(".")[0]
-                      for a in self.actor_table.on_rank(rank.rank)}
+            actors = {a.actor_id: a.class_name for a in self.actor_table.on_rank(rank.rank)}
             info, actor_id, mpi_rank = rank, None, rank.rank
         host = info.host if info is not None else ""
         for path, service in list(self.services.items()):

@@ -37,8 +37,19 @@ def ulfm_enabled() -> bool:
 
 # what an MPI call raises under ULFM when it met a dead rank (ERR_IN_STATUS: a request of
 # Testsome/Testall did)
-_FAILURE_CLASSES = {MPI.ERR_PROC_FAILED, MPI.ERR_PROC_FAILED_PENDING, MPI.ERR_REVOKED,
+FAILURE_CLASSES = {MPI.ERR_PROC_FAILED, MPI.ERR_PROC_FAILED_PENDING, MPI.ERR_REVOKED,
                     MPI.ERR_IN_STATUS}
+
+
+def failed_ranks(comm: MPI.Comm) -> list[int]:
+    """The ranks of comm that MPI knows to have failed (ULFM), sorted."""
+    group, everyone = comm.Get_failed(), comm.Get_group()
+    try:
+        ranks = MPI.Group.Translate_ranks(group, list(range(group.Get_size())), everyone)
+    finally:
+        group.Free()
+        everyone.Free()
+    return sorted(r for r in ranks if r != MPI.UNDEFINED)
 
 
 class Transport:
@@ -230,14 +241,10 @@ class Transport:
         """An MPI call failed: under ULFM, because ranks died. Acknowledges the failures (so
         receives from any source work again) and forgets the dead ranks; any other error is
         raised again."""
-        if not self.ulfm or exc.Get_error_class() not in _FAILURE_CLASSES:
+        if not self.ulfm or exc.Get_error_class() not in FAILURE_CLASSES:
             raise exc
         self.comm.Ack_failed()
-        group, everyone = self.comm.Get_failed(), self.comm.Get_group()
-        ranks = MPI.Group.Translate_ranks(group, list(range(group.Get_size())), everyone)
-        group.Free()
-        everyone.Free()
-        new = [r for r in ranks if r not in self.dead and r != MPI.UNDEFINED]
+        new = [r for r in failed_ranks(self.comm) if r not in self.dead]
         for rank in new:
             self.forget(rank)
         if new:
