@@ -98,3 +98,37 @@ def test_a_closed_peer_ends_the_channel():
     assert reader.recv() == ("last",)
     with pytest.raises(ChannelClosed):
         reader.recv()
+
+
+def _readable(fd: int) -> bool:
+    import select
+
+    return bool(select.select([fd], [], [], 0)[0])
+
+
+def test_waker_never_blocks_and_wakes_after_each_drain():
+    """Many wakes before a drain (the sleeper waking itself while it handles a stream of
+    messages) must not block: a blocking wake once deadlocked a rank whose buffer filled."""
+    from hpcray._private.transport.pipe import Waker
+
+    waker = Waker()
+    try:
+        assert not _readable(waker.fileno())
+        done = threading.Event()
+
+        def storm():
+            for _ in range(100_000):  # far more than a socket buffer holds
+                waker.wake()
+            done.set()
+
+        thread = threading.Thread(target=storm, daemon=True)
+        thread.start()
+        assert done.wait(30), "wake() blocked"
+        assert _readable(waker.fileno())
+        for _ in range(50):  # each drain clears it; the next wake is seen again
+            waker.drain()
+            assert not _readable(waker.fileno())
+            waker.wake()
+            assert _readable(waker.fileno())
+    finally:
+        waker.close()

@@ -26,7 +26,7 @@ import traceback
 from typing import TYPE_CHECKING, Any
 
 from ... import exceptions as E
-from ..transport.pipe import Channel, ChannelClosed, oob
+from ..transport.pipe import Channel, ChannelClosed, Waker, oob
 from ..transport.shm import Segment
 from . import protocol as P
 from .executor import unwire
@@ -170,13 +170,12 @@ class ExecutorPool:
         self.calls: dict[int, Proc] = {}         # actor calls sent, until their results come
         self.lock = threading.RLock()
         self.blocks = iter(range(1, 1 << 22))
-        self.wake_r, self.wake_w = socket.socketpair()
-        self.wake_r.setblocking(False)
+        self.waker = Waker()
         self.closed = False
         start_forkserver([m.strip() for m in worker.config.preload.split(",") if m.strip()])
         self.epoll = select.epoll()
-        self.epoll.register(self.wake_r.fileno(), select.EPOLLIN)
-        self.watched: dict[int, Any] = {self.wake_r.fileno(): _WAKE}  # fd -> (executor, died)
+        self.epoll.register(self.waker.fileno(), select.EPOLLIN)
+        self.watched: dict[int, Any] = {self.waker.fileno(): _WAKE}  # fd -> (executor, died)
         self.added: list[Proc] = []              # started, not yet watched
         self.polling = threading.Lock()          # one thread reads the channels at a time
         worker.backoff.attach(self.poll, self.wake)
@@ -211,10 +210,7 @@ class ExecutorPool:
         return proc
 
     def wake(self) -> None:
-        try:
-            self.wake_w.send(b"x")
-        except OSError:
-            pass
+        self.waker.wake()
 
     # -- tasks ---------------------------------------------------------------------------------
     def run_task(self, spec: P.TaskSpec, inline: dict) -> None:
@@ -362,8 +358,7 @@ class ExecutorPool:
             if data is None:
                 continue
             if data is _WAKE:
-                with contextlib.suppress(BlockingIOError):
-                    self.wake_r.recv(4096)
+                self.waker.drain()
                 continue
             proc, died = data
             if proc.dead:

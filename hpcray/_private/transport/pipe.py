@@ -154,3 +154,41 @@ def _send_all(sock: socket.socket, parts: list, fds: list[int]) -> None:
             else:
                 views[0] = first[sent:]
                 sent = 0
+
+
+class Waker:
+    """A descriptor that a sleeping ``select``/``epoll`` watches, so another thread can
+    interrupt the sleep. Waking never blocks: at most one byte is pending, however many
+    wakes come before the sleeper drains it (the sleeper itself may wake it many times
+    while it handles messages, and a full socket buffer would then stop it for good)."""
+
+    def __init__(self) -> None:
+        self._r, self._w = socket.socketpair()
+        self._r.setblocking(False)
+        self._w.setblocking(False)
+        self._pending = False
+
+    def fileno(self) -> int:
+        return self._r.fileno()
+
+    def wake(self) -> None:
+        if self._pending:
+            return
+        self._pending = True
+        try:
+            self._w.send(b"x")
+        except OSError:  # full (a byte is pending anyway) or closed
+            pass
+
+    def drain(self) -> None:
+        """Called by the sleeper when the descriptor is readable."""
+        self._pending = False  # (cleared first: a wake from now on sends a byte again)
+        try:
+            while self._r.recv(4096):
+                pass
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self._r.close()
+        self._w.close()
