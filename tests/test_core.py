@@ -744,3 +744,16 @@ def test_trace_events_format():
     names = {e["pid"]: e["args"]["name"] for e in out if e["name"] == "process_name"}
     assert names == {1: "rank 1 (n1)", 2: "rank 2"}
     assert spans[0]["args"]["task_id"] == f"{7:016x}"
+
+
+def test_executor_reading(run_job):
+    """Answers reach every thread of an executor, whichever thread reads its channel, and a
+    cancel reaches a task running in a reused executor (process mode)."""
+    r, _ = run(run_job, job_file("core/executor_reading.py"), timeout=240)
+    assert r["fan"] == [True] * 12
+    assert r["between"] == sorted(i * i for i in range(20))
+    assert r["waiters"] == ["40", "41"]
+    assert all(is_error(c, "TaskCancelledError") for c in r["cancel"]), r["cancel"]
+    assert r["future"] == [i * i for i in range(6)]
+    assert r["after_future"] == [True] * 4
+    assert is_error(r["cancel_after_future"], "TaskCancelledError"), r

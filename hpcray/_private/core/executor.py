@@ -14,6 +14,7 @@ import ctypes
 import io
 import os
 import queue
+import select
 import signal
 import socket
 import sys
@@ -28,6 +29,7 @@ from . import protocol as P
 from .backoff import Backoff
 from .objects import DROP, LocalStore, RefTracker, Stored, ref_events
 from .pending import PendingCalls
+from .procs import batch_scheduling
 from .runner import ActorHost, Runner
 from .runtime import Runtime, segment_pool
 from .serialization import fits_inline, has_device
@@ -125,6 +127,10 @@ class ExecutorRuntime(Runner, Runtime):
         self.req_ids = iter(range(1, 1 << 62))
         self.done: list = []
         self.tasks: queue.SimpleQueue = queue.SimpleQueue()
+        self.reading = threading.Lock()          # held by the one thread reading the channel
+        self.reader_wanted = threading.Event()   # the listener thread reads from now on
+        self.signalled = False                   # a cancel signal came: read the channel
+        self.reader = 0                          # the thread reading the channel
         self.actor: ActorHost | None = None
         self.before_user_code = lambda: None
         self.pending_calls = PendingCalls()
@@ -158,7 +164,18 @@ class ExecutorRuntime(Runner, Runtime):
         req_id = next(self.req_ids)
         slot = self.replies[req_id] = [threading.Event(), None, None]
         self.send(("rpc", req_id, op, args, getattr(self.local, "task_id", 0)))
-        slot[0].wait()
+        done = slot[0]
+        while not done.is_set():  # no thread reads the channel: this one does until answered
+            if self.reading.acquire(blocking=False):
+                self.reader = threading.get_ident()
+                try:
+                    while not done.is_set():
+                        self.dispatch(self.recv())
+                finally:
+                    self.stop_reading()
+                self.raise_if_cancelled()  # a cancel read meanwhile
+            else:  # (another thread reads: it answers us, or gives up reading soon)
+                done.wait(0.005)
         del self.replies[req_id]
         if not slot[1]:
             raise slot[2]
@@ -250,9 +267,22 @@ class ExecutorRuntime(Runner, Runtime):
                 undo_modules()
 
     def on_cancel_signal(self, signum: int, frame: Any) -> None:
+        """The rank cancels a task: it sent the cancel, and this signal so that it is read
+        while the task runs and nobody reads the channel."""
+        self.signalled = True
+        if self.reading.acquire(blocking=False):
+            self.stop_reading()
+        if not self.reading_here():  # (raised in a read, it would cut a message in two)
+            self.raise_if_cancelled()
+
+    def raise_if_cancelled(self) -> None:
         task_id = getattr(self.local, "task_id", 0)
-        if task_id and task_id in self.cancelled and task_id in self.running:
+        if task_id and task_id in self.cancelled and task_id in self.running and \
+                threading.get_ident() not in self.waiting_threads:
             raise E.TaskCancelledError(f"task {task_id:x} was cancelled")
+
+    def reading_here(self) -> bool:
+        return self.reader == threading.get_ident()
 
     def resolve_args(self, spec: P.TaskSpec, inline: dict) -> tuple[list, dict]:
         try:
@@ -264,41 +294,93 @@ class ExecutorRuntime(Runner, Runtime):
                         self.store.objects.pop(object_id, None)
 
     def want(self, object_id: int) -> None:
+        self.listener_reads()  # nobody waits in the channel for the object: the listener will
         self.send(("watch", object_id))  # the rank sends it once it is there
+
+    def listener_reads(self) -> None:
+        """From now on the listener thread reads the channel, for good (an actor's executor,
+        or one whose code awaits objects): messages then arrive while user code runs."""
+        self.reader_wanted.set()
 
     # -- messages from the rank --------------------------------------------------------------
     def listen(self) -> None:
-        """The reader thread: answers, objects, cancels; the end of the channel ends us."""
-        try:
+        """The listener thread, once wanted (see listener_reads): reads every message."""
+        self.reader_wanted.wait()
+        with self.reading:
             while True:
-                msg = self.channel.recv()
-                kind = msg[0]
-                if kind == "task":
-                    self.on_task(*msg[1:])
-                elif kind == "reply":
-                    slot = self.replies.get(msg[1])
-                    if slot is not None:
-                        slot[1], slot[2] = msg[2], msg[3]
-                        slot[0].set()
-                elif kind == "obj":
-                    _, object_id, header, buffers, error = msg
-                    with self.lock:
-                        self.store.add(object_id, unwire(header, buffers, error))
-                    self.run_fired()
-                elif kind == "cancel":
-                    self.cancel_running(msg[1])
-                elif kind == "kill":
-                    if self.actor is not None:
-                        self.actor.kill()
-                    os._exit(0)
-                msg = None  # a task's arguments (their node-store mappings) go with the task
+                self.dispatch(self.recv())
+
+    def dispatch(self, msg: tuple) -> None:
+        """A message from the rank, on whichever thread reads the channel: the main thread
+        between tasks, a thread waiting for its answer, the cancel signal's handler, or the
+        listener. The end of the channel ends the executor."""
+        try:
+            kind = msg[0]
+            if kind == "task":
+                self.on_task(*msg[1:])
+            elif kind == "reply":
+                slot = self.replies.get(msg[1])
+                if slot is not None:
+                    slot[1], slot[2] = msg[2], msg[3]
+                    slot[0].set()
+            elif kind == "obj":
+                _, object_id, header, buffers, error = msg
+                with self.lock:
+                    self.store.add(object_id, unwire(header, buffers, error))
+                self.run_fired()
+            elif kind == "cancel":
+                self.cancel_running(msg[1])
+            elif kind == "kill":
+                if self.actor is not None:
+                    self.actor.kill()
+                os._exit(0)
         except ChannelClosed:
-            pass
-        except BaseException:  # noqa: BLE001 - a broken channel ends the executor
+            os._exit(0)
+
+    def next_task(self) -> tuple:
+        """The next task: the main thread reads the channel itself while none is queued
+        (no hand-over between threads per task), unless the listener reads."""
+        tasks = self.tasks
+        while True:
+            if not tasks.empty() or self.reader_wanted.is_set():
+                return tasks.get()
+            if self.reading.acquire(timeout=0.005):
+                self.reader = threading.get_ident()
+                try:
+                    if tasks.empty() and not self.reader_wanted.is_set():
+                        msg = self.recv()
+                        self.dispatch(msg)
+                        del msg  # a task's arguments (their node-store mappings) go with it
+                finally:
+                    self.stop_reading()
+
+    def stop_reading(self) -> None:
+        """Releases the channel, after reading what arrived with a cancel signal that came
+        while this thread held it (the rank sends the message, then the signal)."""
+        self.reader = threading.get_ident()
+        while True:
+            if self.signalled:
+                self.signalled = False
+                sock = self.channel.sock
+                while self.channel.buffered() or select.select([sock], [], [], 0)[0]:
+                    self.dispatch(self.recv())
+            self.reader = 0
+            self.reading.release()
+            # (set before the handler tries the lock: whichever of us gets it reads)
+            if not self.signalled or not self.reading.acquire(blocking=False):
+                return
+
+    def recv(self) -> tuple:
+        """The next message; a closed or broken channel (the rank is gone) ends the executor."""
+        try:
+            return self.channel.recv()
+        except ChannelClosed:
+            os._exit(0)
+        except BaseException:  # noqa: BLE001
             import traceback
 
             traceback.print_exc(file=sys.__stderr__)
-        os._exit(0)
+            os._exit(0)
 
     def on_task(self, fields: tuple, inline: dict) -> None:
         spec = P.TaskSpec(*fields)
@@ -310,6 +392,7 @@ class ExecutorRuntime(Runner, Runtime):
         if spec.kind == P.NORMAL:
             self.tasks.put((spec, inline))
         elif spec.kind == P.ACTOR_CREATE:
+            self.listener_reads()
             self.actor = ActorHost(self, spec, inline)
         elif self.actor is not None:
             self.actor.submit(spec, inline)
@@ -340,7 +423,7 @@ class ExecutorRuntime(Runner, Runtime):
         max_calls calls (Ray's max_calls: the process is replaced)."""
         calls: dict[int, int] = {}
         while True:
-            spec, inline = self.tasks.get()
+            spec, inline = self.next_task()
             limit = spec.options.get("max_calls") or 0
             calls[spec.fn_id] = calls.get(spec.fn_id, 0) + 1
             retire = bool(limit) and calls[spec.fn_id] >= limit
@@ -379,6 +462,7 @@ def main(sock: socket.socket) -> None:
         except OSError:
             pass
     sys.path[:] = info["sys_path"]
+    batch_scheduling(info["config"].sched_batch)
     runtime = ExecutorRuntime(channel, info)
     context.set_current(runtime)
     if runtime.config.log_to_driver:

@@ -29,7 +29,7 @@ from ... import exceptions as E
 from ..transport.pipe import Channel, ChannelClosed, Waker, oob
 from ..transport.shm import Segment
 from . import protocol as P
-from .executor import unwire
+from .executor import CANCEL_SIGNAL, unwire
 from .objects import ADD, CREATED, DROP, Stored, ref_events
 from .serialization import fits_inline, nbytes, serialize
 
@@ -320,6 +320,9 @@ class ExecutorPool:
         else:
             with contextlib.suppress(ChannelClosed):
                 proc.channel.send(("cancel", task_id))
+            if not proc.actor_id:  # its main thread runs the task: the signal has it read
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, CANCEL_SIGNAL)
         return True
 
     # -- the hub -------------------------------------------------------------------------------

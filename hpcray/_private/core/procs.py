@@ -8,6 +8,18 @@ import time
 import traceback
 
 
+def batch_scheduling(on: bool) -> None:
+    """Puts the calling thread, and so the threads and processes it starts later, under
+    SCHED_BATCH (Linux; elsewhere, or where refused, nothing changes)."""
+    if not on or not hasattr(os, "SCHED_BATCH"):
+        return
+    try:
+        if os.sched_getscheduler(0) == os.SCHED_OTHER:
+            os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+    except OSError:
+        pass
+
+
 def process_gone(pid: int) -> bool:
     """True once pid has exited (a zombie counts as gone)."""
     try:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from ..core import config as config_mod
 from ..core import init_options
 from ..core.context import set_current
-from ..core.procs import process_gone
+from ..core.procs import batch_scheduling, process_gone
 from ..core.runtime import RankInfo
 from ..device import discovery as gpu_mod
 from ..device.registry import cuda_aware_mpi, set_has_gpu
@@ -240,6 +240,7 @@ def _join(overrides: dict, num_cpus: int | None) -> Job:
     _raise_fd_limit()
     defaults = slurm.config_defaults()
     early = config_mod.load(defaults)  # the environment's settings, before the head's overrides
+    batch_scheduling(early.sched_batch)  # before any thread, the forkserver and MPI start
     _bound_startup(early.init_timeout)
     if early.execution == "process" and not _launcher_rank_is_head():
         from ..core.executors import start_forkserver
