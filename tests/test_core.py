@@ -16,6 +16,7 @@ import subprocess
 import textwrap
 from pathlib import Path
 
+import pytest
 from jobkit import digest, make_arrays, regenerate_array
 
 JOBS = Path(__file__).resolve().parent / "jobs"
@@ -757,3 +758,12 @@ def test_executor_reading(run_job):
     assert r["future"] == [i * i for i in range(6)]
     assert r["after_future"] == [True] * 4
     assert is_error(r["cancel_after_future"], "TaskCancelledError"), r
+
+
+@pytest.mark.parametrize("setting, expected", [(None, "batch"), ("0", "other")])
+def test_sched_batch(run_job, setting, expected):
+    """HPCRAY_SCHED_BATCH (on by default): the driver, the ranks, the executors and the
+    threads they start run under SCHED_BATCH; off, under the policy the job started with."""
+    env = {} if setting is None else {"HPCRAY_SCHED_BATCH": setting}
+    r, _ = run(run_job, job_file("core/sched_policy.py"), timeout=90, env=env)
+    assert r == {"driver": [expected] * 2, "task": [expected] * 2, "rank": [expected] * 2}
