@@ -130,7 +130,6 @@ class ExecutorRuntime(Runner, Runtime):
         self.reading = threading.Lock()          # held by the one thread reading the channel
         self.reader_wanted = threading.Event()   # the listener thread reads from now on
         self.signalled = False                   # a cancel signal came: read the channel
-        self.reader = 0                          # the thread reading the channel
         self.actor: ActorHost | None = None
         self.before_user_code = lambda: None
         self.pending_calls = PendingCalls()
@@ -165,16 +164,19 @@ class ExecutorRuntime(Runner, Runtime):
         slot = self.replies[req_id] = [threading.Event(), None, None]
         self.send(("rpc", req_id, op, args, getattr(self.local, "task_id", 0)))
         done = slot[0]
+        local = self.local
         while not done.is_set():  # no thread reads the channel: this one does until answered
+            local.reading = True
             if self.reading.acquire(blocking=False):
-                self.reader = threading.get_ident()
                 try:
                     while not done.is_set():
                         self.dispatch(self.recv())
                 finally:
                     self.stop_reading()
+                    local.reading = False
                 self.raise_if_cancelled()  # a cancel read meanwhile
             else:  # (another thread reads: it answers us, or gives up reading soon)
+                local.reading = False
                 done.wait(0.005)
         del self.replies[req_id]
         if not slot[1]:
@@ -270,9 +272,15 @@ class ExecutorRuntime(Runner, Runtime):
         """The rank cancels a task: it sent the cancel, and this signal so that it is read
         while the task runs and nobody reads the channel."""
         self.signalled = True
-        if self.reading.acquire(blocking=False):
-            self.stop_reading()
-        if not self.reading_here():  # (raised in a read, it would cut a message in two)
+        local = self.local
+        was_reading = getattr(local, "reading", False)
+        local.reading = True
+        try:
+            if self.reading.acquire(blocking=False):
+                self.stop_reading()
+        finally:
+            local.reading = was_reading
+        if not was_reading:  # (raised inside a read, it would cut a message in two)
             self.raise_if_cancelled()
 
     def raise_if_cancelled(self) -> None:
@@ -280,9 +288,6 @@ class ExecutorRuntime(Runner, Runtime):
         if task_id and task_id in self.cancelled and task_id in self.running and \
                 threading.get_ident() not in self.waiting_threads:
             raise E.TaskCancelledError(f"task {task_id:x} was cancelled")
-
-    def reading_here(self) -> bool:
-        return self.reader == threading.get_ident()
 
     def resolve_args(self, spec: P.TaskSpec, inline: dict) -> tuple[list, dict]:
         try:
@@ -344,27 +349,30 @@ class ExecutorRuntime(Runner, Runtime):
         while True:
             if not tasks.empty() or self.reader_wanted.is_set():
                 return tasks.get()
-            if self.reading.acquire(timeout=0.005):
-                self.reader = threading.get_ident()
-                try:
-                    if tasks.empty() and not self.reader_wanted.is_set():
-                        msg = self.recv()
-                        self.dispatch(msg)
-                        del msg  # a task's arguments (their node-store mappings) go with it
-                finally:
-                    self.stop_reading()
+            self.local.reading = True
+            try:
+                if self.reading.acquire(timeout=0.005):
+                    try:
+                        if tasks.empty() and not self.reader_wanted.is_set():
+                            msg = self.recv()
+                            self.dispatch(msg)
+                            del msg  # a task's arguments (their node-store mappings) go with it
+                    finally:
+                        self.stop_reading()
+            finally:
+                self.local.reading = False
 
     def stop_reading(self) -> None:
         """Releases the channel, after reading what arrived with a cancel signal that came
-        while this thread held it (the rank sends the message, then the signal)."""
-        self.reader = threading.get_ident()
+        while this thread held it (the rank sends the message, then the signal). The caller
+        marks its thread as reading (``local.reading``) from before it takes the channel until
+        after: the cancel signal's handler raises only where the main thread is not reading."""
         while True:
             if self.signalled:
                 self.signalled = False
                 sock = self.channel.sock
                 while self.channel.buffered() or select.select([sock], [], [], 0)[0]:
                     self.dispatch(self.recv())
-            self.reader = 0
             self.reading.release()
             # (set before the handler tries the lock: whichever of us gets it reads)
             if not self.signalled or not self.reading.acquire(blocking=False):
