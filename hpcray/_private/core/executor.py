@@ -29,7 +29,6 @@ from . import protocol as P
 from .backoff import Backoff
 from .objects import DROP, LocalStore, RefTracker, Stored, ref_events
 from .pending import PendingCalls
-from .procs import batch_scheduling
 from .runner import ActorHost, Runner
 from .runtime import Runtime, segment_pool
 from .serialization import fits_inline, has_device
@@ -470,7 +469,6 @@ def main(sock: socket.socket) -> None:
         except OSError:
             pass
     sys.path[:] = info["sys_path"]
-    batch_scheduling(info["config"].sched_batch)
     runtime = ExecutorRuntime(channel, info)
     context.set_current(runtime)
     if runtime.config.log_to_driver:

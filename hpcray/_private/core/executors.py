@@ -178,7 +178,7 @@ class ExecutorPool:
         self.watched: dict[int, Any] = {self.waker.fileno(): _WAKE}  # fd -> (executor, died)
         self.added: list[Proc] = []              # started, not yet watched
         self.polling = threading.Lock()          # one thread reads the channels at a time
-        worker.backoff.attach(self.poll, self.wake)
+        worker.backoff.attach(self.poll, self.waker.wake)
         self.busy = threading.Event()  # some task runs: the memory monitor watches
         if worker.config.memory_usage_threshold > 0:
             threading.Thread(target=self.monitor, daemon=True, name="hpcray-memory").start()
@@ -206,11 +206,8 @@ class ExecutorPool:
         with self.lock:
             self.procs[proc.channel.fileno()] = proc
             self.added.append(proc)
-        self.wake()
-        return proc
-
-    def wake(self) -> None:
         self.waker.wake()
+        return proc
 
     # -- tasks ---------------------------------------------------------------------------------
     def run_task(self, spec: P.TaskSpec, inline: dict) -> None:
@@ -625,7 +622,7 @@ class ExecutorPool:
     def close(self) -> None:
         """Ends every executor (the rank is leaving)."""
         self.closed = True
-        self.wake()
+        self.waker.wake()
         with self.lock:
             procs = list(self.procs.values())
         for proc in procs:

@@ -9,8 +9,9 @@ import traceback
 
 
 def batch_scheduling(on: bool) -> None:
-    """Puts the calling thread, and so the threads and processes it starts later, under
-    SCHED_BATCH (Linux; elsewhere, or where refused, nothing changes)."""
+    """Puts the calling thread, and so the threads and processes it starts later (the
+    forkserver, so every executor), under SCHED_BATCH (Linux; elsewhere, or where refused,
+    nothing changes)."""
     if not on or not hasattr(os, "SCHED_BATCH"):
         return
     try:

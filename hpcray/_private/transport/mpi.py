@@ -38,7 +38,7 @@ def ulfm_enabled() -> bool:
 # what an MPI call raises under ULFM when it met a dead rank (ERR_IN_STATUS: a request of
 # Testsome/Testall did)
 FAILURE_CLASSES = {MPI.ERR_PROC_FAILED, MPI.ERR_PROC_FAILED_PENDING, MPI.ERR_REVOKED,
-                    MPI.ERR_IN_STATUS}
+                   MPI.ERR_IN_STATUS}
 
 
 def failed_ranks(comm: MPI.Comm) -> list[int]:
